@@ -1,0 +1,326 @@
+//! The HTTP API (axum). A bearer token decides the team; a team never sees or
+//! touches another team's data (it gets 404, as if the thing did not exist).
+use crate::clock::SharedClock;
+use crate::config::{Config, Team};
+use crate::deliver::Wakers;
+use crate::domain::{Event, JobKey};
+use crate::store::{ChannelState, Store, StoreError, Subscription};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub clock: SharedClock,
+    pub wakers: Wakers,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("internal error")]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Store(e) => {
+                tracing::error!(error = %e, "store error while serving the API");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let mut r = (status, Json(json!({"error": self.to_string()}))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/v1/subscriptions", post(create).get(list))
+        .route("/v1/subscriptions/{id}", get(show).delete(remove))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters/{id}/replay", post(replay))
+        .route("/v1/channels", get(channels))
+        .route("/v1/channels/{name}/enable", post(enable))
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Finds the team whose token matches, comparing every token in constant time.
+fn team_for<'a>(cfg: &'a Config, headers: &HeaderMap) -> Result<&'a Team, ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(ApiError::Unauthorized)?;
+    let mut found = None;
+    for team in &cfg.teams {
+        for tok in &team.tokens {
+            if bool::from(tok.expose().as_bytes().ct_eq(presented.as_bytes())) {
+                found = Some(team);
+            }
+        }
+    }
+    found.ok_or(ApiError::Unauthorized)
+}
+
+fn field_str<'a>(
+    body: &'a serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<&'a str, ApiError> {
+    match body.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "field `{name}` must be a string"
+        ))),
+        None => Err(ApiError::BadRequest(format!("field `{name}` is required"))),
+    }
+}
+
+fn field_list(
+    body: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<Vec<String>>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::BadRequest(format!("field `{name}` must be a list of strings"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "field `{name}` must be a list of strings"
+        ))),
+    }
+}
+
+async fn create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let team = team_for(&st.config, &headers)?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = v else {
+        return Err(ApiError::BadRequest("body must be a JSON object".into()));
+    };
+    const KNOWN: [&str; 5] = ["farmId", "queueId", "jobId", "channels", "events"];
+    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::BadRequest(format!(
+            "unknown field `{k}`; expected one of {}",
+            KNOWN.join(", ")
+        )));
+    }
+    let job = JobKey::parse(
+        field_str(&obj, "farmId")?,
+        field_str(&obj, "queueId")?,
+        field_str(&obj, "jobId")?,
+    )
+    .map_err(|e| ApiError::BadRequest(format!("field `{}` must match {}", e.field, e.pattern)))?;
+    let channels = match field_list(&obj, "channels")? {
+        None => team.channels.iter().map(|c| c.name.clone()).collect(),
+        Some(list) if list.is_empty() => {
+            return Err(ApiError::BadRequest(
+                "field `channels` must not be empty".into(),
+            ));
+        }
+        Some(list) => {
+            for c in &list {
+                if team.channel(c).is_none() {
+                    let names: Vec<_> = team.channels.iter().map(|c| c.name.as_str()).collect();
+                    return Err(ApiError::BadRequest(format!(
+                        "field `channels`: team {:?} has no channel {:?} (it has: {})",
+                        team.name,
+                        c,
+                        names.join(", ")
+                    )));
+                }
+            }
+            let mut l = list;
+            l.dedup();
+            l
+        }
+    };
+    let events = match field_list(&obj, "events")? {
+        None => Event::DEFAULTS.to_vec(),
+        Some(list) if list.is_empty() => {
+            return Err(ApiError::BadRequest(
+                "field `events` must not be empty".into(),
+            ));
+        }
+        Some(list) => list
+            .iter()
+            .map(|s| {
+                Event::parse(s).ok_or_else(|| {
+                    let all: Vec<_> = Event::ALL.iter().map(|e| e.as_str()).collect();
+                    ApiError::BadRequest(format!(
+                        "field `events`: unknown event {s:?}; expected one of {}",
+                        all.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let sub = Subscription {
+        id: format!("sub-{}", uuid::Uuid::new_v4().simple()),
+        team: team.name.clone(),
+        job,
+        channels,
+        events,
+        created_at: st.clock.now(),
+        state: "active".into(),
+        ended_reason: None,
+    };
+    let (sub, created) = st.store.insert_subscription(sub)?;
+    if created {
+        tracing::info!(team = %sub.team, job = %sub.job, subscription = %sub.id, "subscribed");
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(sub)).into_response())
+}
+
+async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let team = team_for(&st.config, &headers)?;
+    let subs: Vec<_> = st
+        .store
+        .subscriptions()?
+        .into_iter()
+        .filter(|s| s.team == team.name)
+        .collect();
+    Ok(Json(json!({"subscriptions": subs})))
+}
+
+fn owned(st: &AppState, team: &Team, id: &str) -> Result<Subscription, ApiError> {
+    match st.store.subscription(id)? {
+        Some(s) if s.team == team.name => Ok(s),
+        _ => Err(ApiError::NotFound("subscription")),
+    }
+}
+
+async fn show(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Subscription>, ApiError> {
+    let team = team_for(&st.config, &headers)?;
+    Ok(Json(owned(&st, team, &id)?))
+}
+
+async fn remove(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let team = team_for(&st.config, &headers)?;
+    let sub = owned(&st, team, &id)?;
+    st.store.delete_subscription(&sub)?;
+    tracing::info!(team = %sub.team, job = %sub.job, subscription = %sub.id, "unsubscribed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn dead_letters(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let team = team_for(&st.config, &headers)?;
+    let items: Vec<_> = st
+        .store
+        .dead_letters()?
+        .into_iter()
+        .filter(|d| d.entry.team == team.name)
+        .collect();
+    Ok(Json(json!({"deadLetters": items})))
+}
+
+async fn replay(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let team = team_for(&st.config, &headers)?;
+    let id: u64 = id.parse().map_err(|_| ApiError::NotFound("dead letter"))?;
+    let ok = st
+        .store
+        .dead_letters()?
+        .iter()
+        .any(|d| d.id == id && d.entry.team == team.name);
+    if !ok {
+        return Err(ApiError::NotFound("dead letter"));
+    }
+    let e = st
+        .store
+        .replay_dead_letter(id, st.clock.now())?
+        .ok_or(ApiError::NotFound("dead letter"))?;
+    st.wakers.wake(&e.team, &e.channel);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"requeued": e.webhook_id, "channel": e.channel})),
+    )
+        .into_response())
+}
+
+async fn channels(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let team = team_for(&st.config, &headers)?;
+    let mut out = Vec::new();
+    for c in &team.channels {
+        let s = st.store.channel_state(&team.name, &c.name)?;
+        out.push(json!({
+            "name": c.name, "kind": c.kind, "events": c.events,
+            "disabled": s.disabled_reason.is_some(), "disabledReason": s.disabled_reason, "disabledAt": s.disabled_at,
+        }));
+    }
+    Ok(Json(json!({"channels": out})))
+}
+
+async fn enable(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let team = team_for(&st.config, &headers)?;
+    if team.channel(&name).is_none() {
+        return Err(ApiError::NotFound("channel"));
+    }
+    st.store
+        .set_channel_state(&team.name, &name, &ChannelState::default())?;
+    st.wakers.wake(&team.name, &name);
+    tracing::info!(team = %team.name, channel = %name, "channel enabled");
+    Ok(StatusCode::NO_CONTENT)
+}

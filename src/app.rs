@@ -1,0 +1,175 @@
+//! Start-up and shutdown: open the store, compile templates, build the clients, then
+//! run the watcher, the delivery workers and the API until told to stop.
+use crate::api::{self, AppState};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::deadline::client::DeadlineClient;
+use crate::deliver::{self, Wakers};
+use crate::notify::Sender;
+use crate::render::Renderer;
+use crate::store::Store;
+use crate::watcher::Watcher;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Store,
+    renderer: Arc<Renderer>,
+    client: Arc<DeadlineClient>,
+    sender: Sender,
+    listener: tokio::net::TcpListener,
+    clock: SharedClock,
+}
+
+impl App {
+    /// Validates everything that can be checked before serving. `client` overrides
+    /// the AWS-chain client (the demo passes one pointed at its simulator).
+    pub async fn build(
+        config: Config,
+        client: Option<DeadlineClient>,
+        clock: SharedClock,
+    ) -> anyhow::Result<App> {
+        let renderer = Renderer::load(&config).context("loading templates")?;
+        let store = Store::open(&config.store.path)?;
+        let sender = Sender::new(&config.delivery)?;
+        let client = match client {
+            Some(c) => c,
+            None => DeadlineClient::from_config(&config.deadline).await,
+        };
+        let listener = tokio::net::TcpListener::bind(&config.server.listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {} (server.listen)", config.server.listen)
+            })?;
+        Ok(App {
+            config: Arc::new(config),
+            store,
+            renderer: Arc::new(renderer),
+            client: Arc::new(client),
+            sender,
+            listener,
+            clock,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Runs until `stop` resolves, then stops polling, lets in-flight deliveries
+    /// finish within `[server] shutdown_grace`, and flushes the store. Anything not
+    /// delivered stays in the outbox for the next start.
+    pub async fn run(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (tx, rx) = watch::channel(false);
+        let wakers = Wakers::new(&self.config);
+        let addr = self.local_addr();
+        let outbox = self.store.outbox_len();
+        let subs = self.store.subscriptions()?.len();
+        tracing::info!(%addr, subscriptions = subs, outbox, store = %self.store.path().display(), "deadline-notifier started");
+
+        let watcher = Watcher {
+            store: self.store.clone(),
+            client: self.client.clone(),
+            renderer: self.renderer.clone(),
+            config: self.config.clone(),
+            clock: self.clock.clone(),
+            wakers: wakers.clone(),
+        };
+        let mut watcher_task = tokio::spawn(watcher.run(rx.clone()));
+        let workers = deliver::spawn_all(
+            &self.store,
+            &self.sender,
+            &self.config,
+            &self.clock,
+            &wakers,
+            &rx,
+        );
+
+        let state = AppState {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            clock: self.clock.clone(),
+            wakers,
+        };
+        let mut api_rx = rx.clone();
+        let server =
+            axum::serve(self.listener, api::router(state)).with_graceful_shutdown(async move {
+                let _ = api_rx.wait_for(|v| *v).await;
+            });
+        let mut server_task = tokio::spawn(async move { server.await });
+
+        let mut stop = Box::pin(stop);
+        let mut failure: Option<anyhow::Error> = None;
+        tokio::select! {
+            _ = &mut stop => tracing::info!("shutdown requested; finishing in-flight deliveries"),
+            r = &mut watcher_task => {
+                failure = Some(match r {
+                    Ok(Ok(())) => anyhow::anyhow!("watcher stopped unexpectedly"),
+                    Ok(Err(e)) => anyhow::Error::new(e).context("watcher stopped"),
+                    Err(e) => anyhow::anyhow!("watcher panicked: {e}"),
+                });
+            }
+            r = &mut server_task => {
+                failure = Some(anyhow::anyhow!("API server stopped: {:?}", r));
+            }
+        }
+        let _ = tx.send(true);
+        let grace = self.config.server.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            for w in workers {
+                match w.await {
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "delivery worker stopped with a store error")
+                    }
+                    Err(e) => tracing::error!(error = %e, "delivery worker panicked"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            let _ = watcher_task.await;
+            let _ = server_task.await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "shutdown grace elapsed; unfinished messages stay in the outbox"
+            );
+        }
+        self.store.flush().await?;
+        tracing::info!(outbox = self.store.outbox_len(), "stopped");
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,622 @@
+//! Configuration: TOML, strict (`deny_unknown_fields`), validated once at start-up
+//! into [`Config`]. Every error names the file and the key.
+use crate::domain::Event;
+use crate::notify::target;
+use crate::secret::{Secret, SecretSource};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. \"15s\", \"5m\", \"1h\""
+            ))
+        })
+    }
+
+    pub fn de_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let v = Vec::<String>::deserialize(d)?;
+        v.iter()
+            .map(|s| {
+                humantime::parse_duration(s)
+                    .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e})")))
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    store: StoreConfig,
+    #[serde(default)]
+    deadline: DeadlineConfig,
+    #[serde(default)]
+    delivery: DeliveryConfig,
+    #[serde(default)]
+    templates: TemplatesConfig,
+    #[serde(default)]
+    teams: Vec<RawTeam>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_grace", deserialize_with = "duration::de")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(20)
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+fn default_store_path() -> PathBuf {
+    "data/notifier.sled".into()
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_store_path(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadlineConfig {
+    #[serde(default = "default_poll", deserialize_with = "duration::de")]
+    pub poll_interval: Duration,
+    /// Overrides the endpoint (as `AWS_ENDPOINT_URL_DEADLINE` does).
+    pub endpoint_url: Option<String>,
+    /// Overrides the region from the AWS chain.
+    pub region: Option<String>,
+    #[serde(default = "default_terminal_grace", deserialize_with = "duration::de")]
+    pub terminal_grace: Duration,
+    /// Attempts per API call, including the first (the SDK's standard retry).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Base URL of the Deadline Cloud monitor, for links in messages.
+    pub monitor_url: Option<String>,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_terminal_grace() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_attempts() -> u32 {
+    3
+}
+
+impl Default for DeadlineConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: default_poll(),
+            endpoint_url: None,
+            region: None,
+            terminal_grace: default_terminal_grace(),
+            max_attempts: default_attempts(),
+            monitor_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// true allows http:// and loopback/private addresses (on-prem chat, tests).
+    #[serde(default)]
+    pub allow_private_targets: bool,
+    #[serde(default = "default_timeout", deserialize_with = "duration::de")]
+    pub timeout: Duration,
+    /// Backoff steps between attempts after a retryable failure; the last repeats.
+    #[serde(default = "default_schedule", deserialize_with = "duration::de_vec")]
+    pub retry_schedule: Vec<Duration>,
+    /// A message still failing this long after it was queued goes to the dead letters.
+    #[serde(default = "default_give_up", deserialize_with = "duration::de")]
+    pub give_up_after: Duration,
+    /// Longest `Retry-After` honoured; longer asks are capped to this.
+    #[serde(default = "default_max_retry_after", deserialize_with = "duration::de")]
+    pub max_retry_after: Duration,
+    /// Minimum spacing between posts to one Slack webhook (Slack allows ~1/s).
+    #[serde(default = "default_slack_interval", deserialize_with = "duration::de")]
+    pub slack_interval: Duration,
+    /// Minimum spacing between posts to one Teams webhook (Teams allows 4/s).
+    #[serde(default = "default_teams_interval", deserialize_with = "duration::de")]
+    pub teams_interval: Duration,
+    /// Minimum spacing between posts to one generic webhook.
+    #[serde(
+        default = "default_webhook_interval",
+        deserialize_with = "duration::de"
+    )]
+    pub webhook_interval: Duration,
+}
+
+fn default_slack_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_teams_interval() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_webhook_interval() -> Duration {
+    Duration::ZERO
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_schedule() -> Vec<Duration> {
+    [5, 300, 1800, 7200, 18000, 36000]
+        .into_iter()
+        .map(Duration::from_secs)
+        .collect()
+}
+fn default_give_up() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_retry_after() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            timeout: default_timeout(),
+            retry_schedule: default_schedule(),
+            give_up_after: default_give_up(),
+            max_retry_after: default_max_retry_after(),
+            slack_interval: default_slack_interval(),
+            teams_interval: default_teams_interval(),
+            webhook_interval: default_webhook_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatesConfig {
+    /// Directory holding `<team>/<kind>/<event>.hbs` and `default/<kind>/…`.
+    #[serde(default = "default_templates")]
+    pub dir: PathBuf,
+}
+
+fn default_templates() -> PathBuf {
+    "templates".into()
+}
+
+impl Default for TemplatesConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_templates(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    name: String,
+    #[serde(default)]
+    tokens: Vec<SecretSource>,
+    #[serde(default)]
+    channels: Vec<RawChannel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    name: String,
+    kind: ChannelKind,
+    url: SecretSource,
+    secret: Option<SecretSource>,
+    events: Option<Vec<Event>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Slack,
+    Teams,
+    Webhook,
+}
+
+impl ChannelKind {
+    pub const ALL: [ChannelKind; 3] =
+        [ChannelKind::Slack, ChannelKind::Teams, ChannelKind::Webhook];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Slack => "slack",
+            ChannelKind::Teams => "teams",
+            ChannelKind::Webhook => "webhook",
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub deadline: DeadlineConfig,
+    pub delivery: DeliveryConfig,
+    pub templates: TemplatesConfig,
+    pub teams: Vec<Team>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Team {
+    pub name: String,
+    pub tokens: Vec<Secret>,
+    pub channels: Vec<Channel>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub name: String,
+    pub kind: ChannelKind,
+    pub url: Secret,
+    /// Standard Webhooks signing key (decoded bytes of `whsec_…`).
+    pub secret: Option<Secret>,
+    pub events: Option<Vec<Event>>,
+}
+
+impl Channel {
+    pub fn wants(&self, event: Event) -> bool {
+        self.events.as_ref().is_none_or(|e| e.contains(&event))
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates; `path` is used in messages and to resolve relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        validate(raw, path)
+    }
+
+    pub fn team(&self, name: &str) -> Option<&Team> {
+        self.teams.iter().find(|t| t.name == name)
+    }
+}
+
+impl Team {
+    pub fn channel(&self, name: &str) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s != "default"
+}
+
+fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let invalid = |key: String, message: String| ConfigError::Invalid {
+        path: path.into(),
+        key,
+        message,
+    };
+
+    if raw.deadline.poll_interval < Duration::from_millis(100) {
+        return Err(invalid(
+            "deadline.poll_interval".into(),
+            "must be at least 100ms".into(),
+        ));
+    }
+    if !(1..=10).contains(&raw.deadline.max_attempts) {
+        return Err(invalid(
+            "deadline.max_attempts".into(),
+            "must be between 1 and 10".into(),
+        ));
+    }
+    if let Some(u) = &raw.deadline.endpoint_url {
+        url::Url::parse(u)
+            .map_err(|e| invalid("deadline.endpoint_url".into(), format!("not a URL: {e}")))?;
+    }
+    if let Some(u) = &raw.deadline.monitor_url {
+        let parsed = url::Url::parse(u)
+            .map_err(|e| invalid("deadline.monitor_url".into(), format!("not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "https" | "http") {
+            return Err(invalid(
+                "deadline.monitor_url".into(),
+                "must be an http(s) URL".into(),
+            ));
+        }
+    }
+    if raw.delivery.retry_schedule.is_empty() {
+        return Err(invalid(
+            "delivery.retry_schedule".into(),
+            "needs at least one step".into(),
+        ));
+    }
+    if raw.server.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(invalid(
+            "server.listen".into(),
+            format!(
+                "{:?} is not an address like 127.0.0.1:8080",
+                raw.server.listen
+            ),
+        ));
+    }
+    if raw.teams.is_empty() {
+        return Err(invalid(
+            "teams".into(),
+            "configure at least one [[teams]] entry".into(),
+        ));
+    }
+
+    let mut team_names = HashSet::new();
+    let mut all_tokens = HashSet::new();
+    let mut teams = Vec::new();
+    for (ti, t) in raw.teams.into_iter().enumerate() {
+        let tk = format!("teams[{ti}]");
+        if !valid_name(&t.name) {
+            return Err(invalid(
+                format!("{tk}.name"),
+                format!(
+                    "{:?} must be 1-64 of [a-z0-9_-] and not \"default\" (it names a template directory)",
+                    t.name
+                ),
+            ));
+        }
+        if !team_names.insert(t.name.clone()) {
+            return Err(invalid(
+                format!("{tk}.name"),
+                format!("team {:?} is configured twice", t.name),
+            ));
+        }
+        if t.tokens.is_empty() {
+            return Err(invalid(
+                format!("{tk}.tokens"),
+                format!("team {:?} needs at least one API token", t.name),
+            ));
+        }
+        let mut tokens = Vec::new();
+        for (i, src) in t.tokens.iter().enumerate() {
+            let key = format!("{tk}.tokens[{i}]");
+            let tok = src.resolve().map_err(|m| invalid(key.clone(), m))?;
+            if tok.expose().len() < 16 {
+                return Err(invalid(
+                    key,
+                    "a token must be at least 16 characters".into(),
+                ));
+            }
+            if !all_tokens.insert(tok.expose().to_string()) {
+                return Err(invalid(
+                    key,
+                    "this token is already used (by this or another team)".into(),
+                ));
+            }
+            tokens.push(tok);
+        }
+        if t.channels.is_empty() {
+            return Err(invalid(
+                format!("{tk}.channels"),
+                format!("team {:?} has no [[teams.channels]]", t.name),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut channels = Vec::new();
+        for (ci, c) in t.channels.into_iter().enumerate() {
+            let ck = format!("{tk}.channels[{ci}]");
+            if !valid_name(&c.name) {
+                return Err(invalid(
+                    format!("{ck}.name"),
+                    format!("{:?} must be 1-64 of [a-z0-9_-]", c.name),
+                ));
+            }
+            if !names.insert(c.name.clone()) {
+                return Err(invalid(
+                    format!("{ck}.name"),
+                    format!(
+                        "channel {:?} is configured twice in team {:?}",
+                        c.name, t.name
+                    ),
+                ));
+            }
+            let url = c
+                .url
+                .resolve()
+                .map_err(|m| invalid(format!("{ck}.url"), m))?;
+            target::check_url(c.kind, url.expose(), raw.delivery.allow_private_targets)
+                .map_err(|m| invalid(format!("{ck}.url"), m))?;
+            let secret = match (&c.secret, c.kind) {
+                (None, _) => None,
+                (Some(_), k) if k != ChannelKind::Webhook => {
+                    return Err(invalid(
+                        format!("{ck}.secret"),
+                        "only kind = \"webhook\" channels are signed".into(),
+                    ));
+                }
+                (Some(src), _) => {
+                    let s = src
+                        .resolve()
+                        .map_err(|m| invalid(format!("{ck}.secret"), m))?;
+                    crate::notify::webhook::decode_secret(s.expose())
+                        .map_err(|m| invalid(format!("{ck}.secret"), m))?;
+                    Some(s)
+                }
+            };
+            if let Some(ev) = &c.events
+                && ev.is_empty()
+            {
+                return Err(invalid(
+                    format!("{ck}.events"),
+                    "an empty list would receive nothing; omit the key for all events".into(),
+                ));
+            }
+            channels.push(Channel {
+                name: c.name,
+                kind: c.kind,
+                url,
+                secret,
+                events: c.events,
+            });
+        }
+        teams.push(Team {
+            name: t.name,
+            tokens,
+            channels,
+        });
+    }
+
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut templates = raw.templates;
+    if templates.dir.is_relative() && !templates.dir.exists() && base.join(&templates.dir).exists()
+    {
+        templates.dir = base.join(&templates.dir);
+    }
+
+    Ok(Config {
+        path: path.into(),
+        server: raw.server,
+        store: raw.store,
+        deadline: raw.deadline,
+        delivery: raw.delivery,
+        templates,
+        teams,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+[deadline]
+poll_interval = "1s"
+[delivery]
+allow_private_targets = true
+[[teams]]
+name = "lighting"
+tokens = ["lighting-token-0123456789"]
+[[teams.channels]]
+name = "slack"
+kind = "slack"
+url = "http://127.0.0.1:9/slack"
+[[teams.channels]]
+name = "pipeline"
+kind = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+events = ["job.failed", "job.succeeded"]
+"#;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, Path::new("notifier.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn good_config_loads() {
+        let c = Config::from_toml(GOOD, Path::new("x.toml")).unwrap();
+        assert_eq!(c.deadline.poll_interval, Duration::from_secs(1));
+        assert_eq!(c.teams[0].channels[1].events.as_ref().unwrap().len(), 2);
+        assert!(!c.teams[0].channels[1].wants(Event::Started));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err(&GOOD.replace("poll_interval = \"1s\"", "poll_interval = \"soon\""));
+        assert!(
+            e.contains("poll_interval") && e.contains("notifier.toml"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("[server]", "[server]\nlisten_typo = 1"));
+        assert!(e.contains("listen_typo"), "{e}");
+        let e = err(&GOOD.replace("\"job.failed\"", "\"job.exploded\""));
+        assert!(e.contains("job.exploded"), "{e}");
+        let e = err(&GOOD.replace(
+            "allow_private_targets = true",
+            "allow_private_targets = false",
+        ));
+        assert!(e.contains("teams[0].channels[0].url"), "{e}");
+        let e = err(&GOOD.replace("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD", "nope"));
+        assert!(e.contains("teams[0].channels[1].secret"), "{e}");
+        let e = err(&GOOD.replace(
+            "\"lighting-token-0123456789\"",
+            "{ env = \"DN_UNSET_TOKEN_VAR\" }",
+        ));
+        assert!(
+            e.contains("teams[0].tokens[0]") && e.contains("DN_UNSET_TOKEN_VAR"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secrets_never_in_errors() {
+        let e = err(&GOOD.replace(
+            "http://127.0.0.1:9/slack",
+            "ftp://hooks.example.com/T000/SECRETPART",
+        ));
+        assert!(!e.contains("SECRETPART"), "{e}");
+    }
+}

@@ -1,0 +1,429 @@
+//! The Deadline Cloud client: `aws-sdk-deadline` through the standard `aws-config`
+//! credential, region and endpoint chain. SDK types stop here.
+use super::{FetchResult, Fetched, SourceError};
+use crate::config::DeadlineConfig;
+use crate::domain::{JobKey, JobSnapshot, LifecycleStatus, ParameterValue, TaskRunStatus};
+use aws_sdk_deadline as dl;
+use aws_sdk_deadline::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_deadline::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_deadline::error::{BoxError, ProvideErrorMetadata, SdkError};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Up to this many identifiers per BatchGetJob call (the API's limit).
+pub const BATCH_LIMIT: usize = 100;
+
+/// The SDK prepends `management.` to every host, even a custom endpoint's, so
+/// `http://127.0.0.1:PORT` would become an unresolvable `management.127.0.0.1`.
+/// Installed only when a custom endpoint is configured, and never touches AWS hosts.
+#[derive(Debug)]
+struct StripHostPrefix;
+
+fn is_aws_host(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    h.ends_with(".amazonaws.com") || h.ends_with(".amazonaws.com.cn") || h.ends_with(".api.aws")
+}
+
+/// `scheme://management.rest` → `scheme://rest`, unless `rest` is an AWS hostname.
+fn strip_prefix(uri: &str) -> Option<String> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let after = rest.strip_prefix("management.")?;
+    let host = after.split(['/', ':', '?']).next().unwrap_or("");
+    if is_aws_host(host) {
+        return None;
+    }
+    Some(format!("{scheme}://{after}"))
+}
+
+impl Intercept for StripHostPrefix {
+    fn name(&self) -> &'static str {
+        "StripHostPrefixForCustomEndpoint"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let req = context.request_mut();
+        if let Some(new) = strip_prefix(req.uri()) {
+            req.set_uri(new)?;
+        }
+        Ok(())
+    }
+}
+
+/// GetJob's output and BatchGetJob's items have the same accessors but no shared type.
+macro_rules! snapshot {
+    ($o:expr, $key:expr) => {{
+        let o = &$o;
+        JobSnapshot {
+            key: $key,
+            name: o.name().to_string(),
+            description: o.description().map(str::to_string),
+            lifecycle_status: LifecycleStatus::from_wire(o.lifecycle_status().as_str()),
+            lifecycle_status_message: o.lifecycle_status_message().to_string(),
+            priority: o.priority(),
+            created_at: time(o.created_at()),
+            created_by: o.created_by().to_string(),
+            updated_at: o.updated_at().map(time),
+            updated_by: o.updated_by().map(str::to_string),
+            started_at: o.started_at().map(time),
+            ended_at: o.ended_at().map(time),
+            task_run_status: o
+                .task_run_status()
+                .map(|s| TaskRunStatus::from_wire(s.as_str())),
+            target_task_run_status: o.target_task_run_status().map(|s| s.as_str().to_string()),
+            task_run_status_counts: o
+                .task_run_status_counts()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.as_str().to_string(), i64::from(*v)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            task_failure_retry_count: o.task_failure_retry_count(),
+            max_failed_tasks_count: o.max_failed_tasks_count(),
+            max_retries_per_task: o.max_retries_per_task(),
+            max_worker_count: o.max_worker_count(),
+            storage_profile_id: o.storage_profile_id().map(str::to_string),
+            parameters: o
+                .parameters()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), param(v))).collect())
+                .unwrap_or_default(),
+            attachments: o.attachments().map(attachments),
+            source_job_id: o.source_job_id().map(str::to_string),
+        }
+    }};
+}
+
+/// Polls jobs with BatchGetJob, falling back to GetJob when BatchGetJob is refused.
+pub struct DeadlineClient {
+    client: dl::Client,
+    batch_refused: AtomicBool,
+}
+
+fn custom_endpoint(cfg: &DeadlineConfig) -> Option<String> {
+    let ignore = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+        .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    cfg.endpoint_url.clone().or_else(|| {
+        if ignore {
+            return None;
+        }
+        ["AWS_ENDPOINT_URL_DEADLINE", "AWS_ENDPOINT_URL"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    })
+}
+
+impl DeadlineClient {
+    /// Builds the client from the standard AWS chain (env, profile, IMDS …) plus
+    /// `[deadline]` overrides.
+    pub async fn from_config(cfg: &DeadlineConfig) -> DeadlineClient {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &cfg.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(url) = &cfg.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let sdk = loader.load().await;
+        Self::from_sdk_config(&sdk, cfg, custom_endpoint(cfg).is_some())
+    }
+
+    /// For the demo: fixed credentials and region, a known local endpoint.
+    pub fn local(endpoint: &str, cfg: &DeadlineConfig) -> DeadlineClient {
+        let conf = dl::Config::builder()
+            .behavior_version(dl::config::BehaviorVersion::latest())
+            .region(dl::config::Region::new("us-west-2"))
+            .credentials_provider(dl::config::Credentials::new(
+                "demo", "demo", None, None, "demo",
+            ))
+            .endpoint_url(endpoint)
+            .retry_config(
+                dl::config::retry::RetryConfig::standard().with_max_attempts(cfg.max_attempts),
+            )
+            .interceptor(StripHostPrefix)
+            .build();
+        DeadlineClient {
+            client: dl::Client::from_conf(conf),
+            batch_refused: AtomicBool::new(false),
+        }
+    }
+
+    fn from_sdk_config(
+        sdk: &aws_config::SdkConfig,
+        cfg: &DeadlineConfig,
+        custom: bool,
+    ) -> DeadlineClient {
+        let mut b = dl::config::Builder::from(sdk).retry_config(
+            dl::config::retry::RetryConfig::standard().with_max_attempts(cfg.max_attempts),
+        );
+        if custom {
+            b = b.interceptor(StripHostPrefix);
+        }
+        DeadlineClient {
+            client: dl::Client::from_conf(b.build()),
+            batch_refused: AtomicBool::new(false),
+        }
+    }
+
+    /// Reads every job in `keys` (any mix of farms and queues).
+    pub async fn fetch(&self, keys: &[JobKey]) -> FetchResult {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_LIMIT) {
+            if !self.batch_refused.load(Ordering::Relaxed) {
+                match self.batch(chunk).await {
+                    Ok(mut v) => {
+                        out.append(&mut v);
+                        continue;
+                    }
+                    Err(BatchErr::Refused(why)) => {
+                        tracing::warn!(reason = %why, "BatchGetJob refused; falling back to GetJob per job");
+                        self.batch_refused.store(true, Ordering::Relaxed);
+                    }
+                    Err(BatchErr::Source(e)) => return Err(e),
+                }
+            }
+            for key in chunk {
+                out.push((key.clone(), self.get_one(key).await?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn batch(&self, keys: &[JobKey]) -> Result<Vec<(JobKey, Fetched)>, BatchErr> {
+        let mut req = self.client.batch_get_job();
+        for k in keys {
+            let id = dl::types::BatchGetJobIdentifier::builder()
+                .farm_id(&k.farm_id)
+                .queue_id(&k.queue_id)
+                .job_id(&k.job_id)
+                .build()
+                .map_err(|e| BatchErr::Source(SourceError::Other(e.to_string())))?;
+            req = req.identifiers(id);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(classify_batch(e)),
+        };
+        let mut found: BTreeMap<JobKey, Fetched> = BTreeMap::new();
+        for item in resp.jobs() {
+            let key = JobKey {
+                farm_id: item.farm_id().into(),
+                queue_id: item.queue_id().into(),
+                job_id: item.job_id().into(),
+            };
+            found.insert(key.clone(), Fetched::Found(snapshot!(item, key)));
+        }
+        for err in resp.errors() {
+            let key = JobKey {
+                farm_id: err.farm_id().into(),
+                queue_id: err.queue_id().into(),
+                job_id: err.job_id().into(),
+            };
+            let msg = format!("{}: {}", err.code().as_str(), err.message());
+            let f = if err.code() == &dl::types::BatchGetJobErrorCode::ResourceNotFoundException {
+                Fetched::Gone(msg)
+            } else {
+                Fetched::Failed(msg)
+            };
+            found.insert(key, f);
+        }
+        Ok(keys
+            .iter()
+            .map(|k| {
+                let f = found
+                    .remove(k)
+                    .unwrap_or_else(|| Fetched::Failed("missing from BatchGetJob response".into()));
+                (k.clone(), f)
+            })
+            .collect())
+    }
+
+    async fn get_one(&self, key: &JobKey) -> Result<Fetched, SourceError> {
+        let resp = self
+            .client
+            .get_job()
+            .farm_id(&key.farm_id)
+            .queue_id(&key.queue_id)
+            .job_id(&key.job_id)
+            .send()
+            .await;
+        match resp {
+            Ok(out) => Ok(Fetched::Found(snapshot!(out, key.clone()))),
+            Err(SdkError::ServiceError(se)) => {
+                let e = se.err();
+                match e {
+                    dl::operation::get_job::GetJobError::ResourceNotFoundException(nf) => Ok(
+                        Fetched::Gone(format!("ResourceNotFoundException: {}", nf.message())),
+                    ),
+                    dl::operation::get_job::GetJobError::ThrottlingException(t) => {
+                        Err(SourceError::Throttled {
+                            retry_after: t
+                                .retry_after_seconds()
+                                .map(|s| Duration::from_secs(s.max(0) as u64)),
+                            message: t.message().to_string(),
+                        })
+                    }
+                    dl::operation::get_job::GetJobError::AccessDeniedException(_)
+                    | dl::operation::get_job::GetJobError::ValidationException(_) => {
+                        Ok(Fetched::Failed(format!(
+                            "{}: {}",
+                            e.code().unwrap_or("error"),
+                            e.message().unwrap_or("")
+                        )))
+                    }
+                    other => Err(SourceError::Other(format!(
+                        "GetJob: {}: {}",
+                        other.code().unwrap_or("error"),
+                        other.message().unwrap_or("")
+                    ))),
+                }
+            }
+            Err(e) => Err(SourceError::Other(format!("GetJob: {}", describe(&e)))),
+        }
+    }
+}
+
+enum BatchErr {
+    Refused(String),
+    Source(SourceError),
+}
+
+fn classify_batch(
+    e: SdkError<
+        dl::operation::batch_get_job::BatchGetJobError,
+        aws_sdk_deadline::config::http::HttpResponse,
+    >,
+) -> BatchErr {
+    use dl::operation::batch_get_job::BatchGetJobError as E;
+    if let SdkError::ServiceError(se) = &e {
+        let err = se.err();
+        let status = se.raw().status().as_u16();
+        match err {
+            E::AccessDeniedException(_) => {
+                return BatchErr::Refused(format!(
+                    "AccessDeniedException: {}",
+                    err.message().unwrap_or("")
+                ));
+            }
+            E::ValidationException(v)
+                if v.reason() == &dl::types::ValidationExceptionReason::UnknownOperation =>
+            {
+                return BatchErr::Refused("ValidationException: UNKNOWN_OPERATION".into());
+            }
+            E::ThrottlingException(t) => {
+                return BatchErr::Source(SourceError::Throttled {
+                    retry_after: t
+                        .retry_after_seconds()
+                        .map(|s| Duration::from_secs(s.max(0) as u64)),
+                    message: t.message().to_string(),
+                });
+            }
+            _ if matches!(
+                err.code(),
+                Some("UnknownOperationException") | Some("UnknownOperation")
+            ) || status == 404
+                || status == 405 =>
+            {
+                return BatchErr::Refused(format!("HTTP {status} {}", err.code().unwrap_or("")));
+            }
+            _ => {}
+        }
+        return BatchErr::Source(SourceError::Other(format!(
+            "BatchGetJob: HTTP {status} {}: {}",
+            err.code().unwrap_or("error"),
+            err.message().unwrap_or("")
+        )));
+    }
+    BatchErr::Source(SourceError::Other(format!("BatchGetJob: {}", describe(&e))))
+}
+
+fn describe<E: std::error::Error + 'static>(e: &E) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+fn time(t: &aws_sdk_deadline::primitives::DateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.secs(), t.subsec_nanos()).unwrap_or_default()
+}
+
+fn param(p: &dl::types::JobParameter) -> ParameterValue {
+    use dl::types::JobParameter as P;
+    let (kind, value) = match p {
+        P::Int(v) => ("int", v.clone()),
+        P::Float(v) => ("float", v.clone()),
+        P::String(v) => ("string", v.clone()),
+        P::Path(v) => ("path", v.clone()),
+        P::Bool(v) => ("bool", v.clone()),
+        P::RangeExpr(v) => ("rangeExpr", v.clone()),
+        P::IntList(v) => ("intList", v.join(", ")),
+        P::FloatList(v) => ("floatList", v.join(", ")),
+        P::StringList(v) => ("stringList", v.join(", ")),
+        P::PathList(v) => ("pathList", v.join(", ")),
+        P::BoolList(v) => ("boolList", v.join(", ")),
+        P::IntListList(v) => (
+            "intListList",
+            v.iter().map(|x| x.join(" ")).collect::<Vec<_>>().join(", "),
+        ),
+        _ => ("unknown", String::new()),
+    };
+    ParameterValue {
+        kind: kind.into(),
+        value,
+    }
+}
+
+fn attachments(a: &dl::types::Attachments) -> serde_json::Value {
+    let manifests: Vec<_> = a
+        .manifests()
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "fileSystemLocationName": m.file_system_location_name(),
+                "rootPath": m.root_path(),
+                "rootPathFormat": m.root_path_format().as_str(),
+                "outputRelativeDirectories": m.output_relative_directories(),
+                "inputManifestPath": m.input_manifest_path(),
+                "inputManifestHash": m.input_manifest_hash(),
+            })
+        })
+        .collect();
+    serde_json::json!({"manifests": manifests, "fileSystem": a.file_system().as_str()})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_stripped_only_for_custom_hosts() {
+        assert_eq!(
+            strip_prefix("http://management.127.0.0.1:4566/x").as_deref(),
+            Some("http://127.0.0.1:4566/x")
+        );
+        assert_eq!(
+            strip_prefix("http://management.localhost:1/x").as_deref(),
+            Some("http://localhost:1/x")
+        );
+        assert_eq!(
+            strip_prefix("https://management.deadline.us-west-2.amazonaws.com/x"),
+            None
+        );
+        assert_eq!(
+            strip_prefix("https://management.deadline.us-west-2.api.aws/x"),
+            None
+        );
+        assert_eq!(strip_prefix("http://127.0.0.1:4566/x"), None);
+    }
+}

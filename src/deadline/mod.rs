@@ -1,0 +1,30 @@
+//! Deadline Cloud: the SDK client (the only code that sees SDK types) and the local
+//! simulator that speaks the same wire format.
+pub mod client;
+pub mod simulator;
+
+use crate::domain::{JobKey, JobSnapshot};
+use std::time::Duration;
+
+/// What one poll learned about one job.
+#[derive(Debug, Clone)]
+pub enum Fetched {
+    Found(JobSnapshot),
+    /// The job no longer exists (Deadline deletes jobs 120 days after submission).
+    Gone(String),
+    /// This job could not be read this time; try again next poll.
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("Deadline Cloud throttled the request: {message}")]
+    Throttled {
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    #[error("Deadline Cloud request failed: {0}")]
+    Other(String),
+}
+
+pub type FetchResult = Result<Vec<(JobKey, Fetched)>, SourceError>;

@@ -1,0 +1,664 @@
+//! A local Deadline Cloud: GetJob, BatchGetJob, SearchJobs and ListJobs in the real
+//! restJson1 wire format (RFC 3339 times, `x-amzn-errortype` on errors), with jobs
+//! that advance on a script and injectable faults. Tests, the demo and benchmarks
+//! drive it through the real SDK.
+//!
+//! Control it in-process with [`Simulator`], or over HTTP under `/_sim/`.
+use crate::domain::{JobKey, JobSnapshot, LifecycleStatus, TaskRunStatus};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A change to a job, applied now or at a scripted time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Patch {
+    /// For scripts: apply this many milliseconds after the job was created.
+    #[serde(default)]
+    pub after_ms: u64,
+    pub task_run_status: Option<String>,
+    pub lifecycle_status: Option<String>,
+    pub lifecycle_status_message: Option<String>,
+    pub task_run_status_counts: Option<BTreeMap<String, i64>>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// A job to create.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobSpec {
+    pub farm_id: Option<String>,
+    pub queue_id: Option<String>,
+    pub job_id: Option<String>,
+    pub name: String,
+    pub description: Option<String>,
+    pub priority: Option<i32>,
+    pub created_by: Option<String>,
+    pub task_run_status: Option<String>,
+    pub lifecycle_status: Option<String>,
+    pub task_run_status_counts: Option<BTreeMap<String, i64>>,
+    #[serde(default)]
+    pub script: Vec<Patch>,
+}
+
+/// Faults applied to the next Deadline API requests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Faults {
+    /// Answer this many requests with 429 ThrottlingException.
+    #[serde(default)]
+    pub throttle_next: u32,
+    /// `Retry-After` seconds on those 429s.
+    pub retry_after: Option<u32>,
+    /// Answer this many requests with 500 InternalServerErrorException.
+    #[serde(default)]
+    pub error_next: u32,
+    /// Delay every request by this much.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Refuse BatchGetJob with AccessDeniedException (clients must fall back to GetJob).
+    #[serde(default)]
+    pub deny_batch: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub get_job: u64,
+    pub batch_get_job: u64,
+    pub search_jobs: u64,
+    pub list_jobs: u64,
+    pub throttled: u64,
+    pub errors: u64,
+    /// Job-reads served (GetJob = 1, BatchGetJob = items).
+    pub job_reads: u64,
+}
+
+struct SimJob {
+    snap: JobSnapshot,
+    script: Vec<Patch>,
+    created: Instant,
+    hits: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: BTreeMap<JobKey, SimJob>,
+    faults: Faults,
+    stats: Stats,
+    next_id: u64,
+}
+
+/// Handle on a running (or not yet started) simulator.
+#[derive(Clone, Default)]
+pub struct Simulator {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn apply(snap: &mut JobSnapshot, p: &Patch) {
+    let now = Utc::now();
+    if let Some(s) = &p.task_run_status {
+        let st = TaskRunStatus::from_wire(s);
+        if st == TaskRunStatus::Running && snap.started_at.is_none() {
+            snap.started_at = Some(now);
+        }
+        if st.is_terminal() {
+            snap.ended_at = Some(now);
+        } else if st.is_runnable() {
+            snap.ended_at = None;
+        }
+        snap.task_run_status = Some(st);
+    }
+    if let Some(s) = &p.lifecycle_status {
+        snap.lifecycle_status = LifecycleStatus::from_wire(s);
+    }
+    if let Some(s) = &p.lifecycle_status_message {
+        snap.lifecycle_status_message = s.clone();
+    }
+    if let Some(c) = &p.task_run_status_counts {
+        snap.task_run_status_counts = c.clone();
+    }
+    if let Some(n) = &p.name {
+        snap.name = n.clone();
+    }
+    if let Some(d) = &p.description {
+        snap.description = Some(d.clone());
+    }
+    snap.updated_at = Some(now);
+}
+
+impl SimJob {
+    /// Applies every scripted step that is due.
+    fn advance(&mut self) {
+        let elapsed = self.created.elapsed().as_millis() as u64;
+        while self.script.first().is_some_and(|p| p.after_ms <= elapsed) {
+            let p = self.script.remove(0);
+            apply(&mut self.snap, &p);
+        }
+    }
+}
+
+impl Simulator {
+    pub fn new() -> Simulator {
+        Simulator::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock can only come from a bug in this module;
+        // keep serving rather than poisoning every later request.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn add_job(&self, spec: JobSpec) -> JobKey {
+        let mut g = self.lock();
+        g.next_id += 1;
+        let n = g.next_id;
+        let key = JobKey {
+            farm_id: spec
+                .farm_id
+                .unwrap_or_else(|| format!("farm-{:032x}", 0xfa_u64)),
+            queue_id: spec
+                .queue_id
+                .unwrap_or_else(|| format!("queue-{:032x}", 0x9e_u64)),
+            job_id: spec
+                .job_id
+                .unwrap_or_else(|| format!("job-{:032x}", 0x10b0000_u64 + n)),
+        };
+        let mut snap = JobSnapshot::sample(key.clone(), &spec.name);
+        snap.created_at = Utc::now();
+        snap.description = spec.description;
+        snap.priority = spec.priority.unwrap_or(50);
+        if let Some(c) = spec.created_by {
+            snap.created_by = c;
+        }
+        snap.task_run_status = Some(TaskRunStatus::from_wire(
+            spec.task_run_status.as_deref().unwrap_or("READY"),
+        ));
+        snap.lifecycle_status = LifecycleStatus::from_wire(
+            spec.lifecycle_status
+                .as_deref()
+                .unwrap_or("CREATE_COMPLETE"),
+        );
+        snap.task_run_status_counts = spec
+            .task_run_status_counts
+            .unwrap_or_else(|| [("READY".to_string(), 10)].into());
+        snap.max_retries_per_task = Some(5);
+        snap.max_failed_tasks_count = Some(100);
+        snap.task_failure_retry_count = Some(0);
+        let mut script = spec.script;
+        script.sort_by_key(|p| p.after_ms);
+        g.jobs.insert(
+            key.clone(),
+            SimJob {
+                snap,
+                script,
+                created: Instant::now(),
+                hits: 0,
+            },
+        );
+        key
+    }
+
+    /// Applies a change now. Returns false if the job does not exist.
+    pub fn patch(&self, key: &JobKey, p: &Patch) -> bool {
+        let mut g = self.lock();
+        match g.jobs.get_mut(key) {
+            Some(j) => {
+                apply(&mut j.snap, p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Shorthand for a status change with matching task counts.
+    pub fn set_status(&self, key: &JobKey, status: &str) -> bool {
+        self.patch(
+            key,
+            &Patch {
+                task_run_status: Some(status.into()),
+                task_run_status_counts: Some([(status.to_string(), 10)].into()),
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn remove(&self, key: &JobKey) -> bool {
+        self.lock().jobs.remove(key).is_some()
+    }
+
+    /// How many times this job has been read (GetJob or as a BatchGetJob item).
+    pub fn hits(&self, key: &JobKey) -> u64 {
+        self.lock().jobs.get(key).map_or(0, |j| j.hits)
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        self.lock().faults = f;
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.lock().stats.clone()
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(
+                "/2023-10-12/farms/{farm}/queues/{queue}/jobs/{job}",
+                get(get_job),
+            )
+            .route(
+                "/2023-10-12/farms/{farm}/queues/{queue}/jobs",
+                get(list_jobs),
+            )
+            .route("/2023-10-12/batch-get-job", post(batch_get_job))
+            .route("/2023-10-12/farms/{farm}/search/jobs", post(search_jobs))
+            .route("/_sim/jobs", post(admin_add))
+            .route(
+                "/_sim/jobs/{farm}/{queue}/{job}",
+                axum::routing::patch(admin_patch)
+                    .delete(admin_delete)
+                    .get(admin_get),
+            )
+            .route("/_sim/faults", axum::routing::put(admin_faults))
+            .route("/_sim/stats", get(admin_stats))
+            .fallback(unknown_operation)
+            .with_state(self.clone())
+    }
+
+    /// Serves on `addr` (port 0 picks one); returns the bound address.
+    pub async fn serve(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let app = self.router();
+        let h = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "simulator stopped");
+            }
+        });
+        Ok((local, h))
+    }
+
+    /// Applies faults for one incoming API request; `Some(response)` means answer with it.
+    async fn gate(&self) -> Option<Response> {
+        let (latency, verdict) = {
+            let mut g = self.lock();
+            let latency = g.faults.latency_ms;
+            let v = if g.faults.throttle_next > 0 {
+                g.faults.throttle_next -= 1;
+                g.stats.throttled += 1;
+                Some(throttle(g.faults.retry_after))
+            } else if g.faults.error_next > 0 {
+                g.faults.error_next -= 1;
+                g.stats.errors += 1;
+                Some(aws_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalServerErrorException",
+                    "simulated failure",
+                    json!({}),
+                ))
+            } else {
+                None
+            };
+            (latency, v)
+        };
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        verdict
+    }
+}
+
+fn throttle(retry_after: Option<u32>) -> Response {
+    let mut r = aws_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "ThrottlingException",
+        "Rate exceeded",
+        json!({"serviceCode": "deadline", "quotaCode": "L-SIMULATED"}),
+    );
+    if let Some(s) = retry_after {
+        r.headers_mut().insert("retry-after", HeaderValue::from(s));
+    }
+    r
+}
+
+/// An AWS restJson1 error: status, `x-amzn-errortype` header, JSON body.
+fn aws_error(status: StatusCode, kind: &str, message: &str, extra: Value) -> Response {
+    let mut body = json!({"message": message});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let mut r = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(kind) {
+        r.headers_mut().insert("x-amzn-errortype", v);
+    }
+    r
+}
+
+fn not_found(key: &JobKey) -> Response {
+    aws_error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFoundException",
+        &format!("Job {} not found", key.job_id),
+        json!({"resourceId": key.job_id, "resourceType": "job"}),
+    )
+}
+
+fn rfc3339(t: chrono::DateTime<Utc>) -> Value {
+    Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// The GetJob wire shape (BatchGetJob items add farmId and queueId).
+pub fn wire_job(s: &JobSnapshot, with_location: bool) -> Value {
+    let mut m = serde_json::Map::new();
+    let mut put = |k: &str, v: Value| {
+        if !v.is_null() {
+            m.insert(k.to_string(), v);
+        }
+    };
+    if with_location {
+        put("farmId", json!(s.key.farm_id));
+        put("queueId", json!(s.key.queue_id));
+    }
+    put("jobId", json!(s.key.job_id));
+    put("name", json!(s.name));
+    put("description", json!(s.description));
+    put("lifecycleStatus", json!(s.lifecycle_status.as_str()));
+    put("lifecycleStatusMessage", json!(s.lifecycle_status_message));
+    put("priority", json!(s.priority));
+    put("createdAt", rfc3339(s.created_at));
+    put("createdBy", json!(s.created_by));
+    put(
+        "updatedAt",
+        s.updated_at.map(rfc3339).unwrap_or(Value::Null),
+    );
+    put("updatedBy", json!(s.updated_by));
+    put(
+        "startedAt",
+        s.started_at.map(rfc3339).unwrap_or(Value::Null),
+    );
+    put("endedAt", s.ended_at.map(rfc3339).unwrap_or(Value::Null));
+    put(
+        "taskRunStatus",
+        json!(s.task_run_status.as_ref().map(|x| x.as_str())),
+    );
+    put("targetTaskRunStatus", json!(s.target_task_run_status));
+    put("taskRunStatusCounts", json!(s.task_run_status_counts));
+    put("taskFailureRetryCount", json!(s.task_failure_retry_count));
+    put("maxFailedTasksCount", json!(s.max_failed_tasks_count));
+    put("maxRetriesPerTask", json!(s.max_retries_per_task));
+    put("maxWorkerCount", json!(s.max_worker_count));
+    put("storageProfileId", json!(s.storage_profile_id));
+    put("sourceJobId", json!(s.source_job_id));
+    if !s.parameters.is_empty() {
+        let p: serde_json::Map<String, Value> = s
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), json!({ v.kind.clone(): v.value })))
+            .collect();
+        put("parameters", Value::Object(p));
+    }
+    put("attachments", s.attachments.clone().unwrap_or(Value::Null));
+    Value::Object(m)
+}
+
+async fn get_job(
+    State(sim): State<Simulator>,
+    Path((farm, queue, job)): Path<(String, String, String)>,
+) -> Response {
+    if let Some(r) = sim.gate().await {
+        return r;
+    }
+    let key = JobKey {
+        farm_id: farm,
+        queue_id: queue,
+        job_id: job,
+    };
+    let mut g = sim.lock();
+    g.stats.get_job += 1;
+    g.stats.job_reads += 1;
+    match g.jobs.get_mut(&key) {
+        Some(j) => {
+            j.advance();
+            j.hits += 1;
+            Json(wire_job(&j.snap, false)).into_response()
+        }
+        None => not_found(&key),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchReq {
+    identifiers: Vec<JobKey>,
+}
+
+async fn batch_get_job(State(sim): State<Simulator>, body: axum::body::Bytes) -> Response {
+    if let Some(r) = sim.gate().await {
+        return r;
+    }
+    let req: BatchReq = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return aws_error(
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                &format!("cannot parse request: {e}"),
+                json!({"reason": "CANNOT_PARSE"}),
+            );
+        }
+    };
+    let mut g = sim.lock();
+    if g.faults.deny_batch {
+        return aws_error(
+            StatusCode::FORBIDDEN,
+            "AccessDeniedException",
+            "not authorized to perform deadline:BatchGetJob",
+            json!({}),
+        );
+    }
+    if req.identifiers.is_empty() || req.identifiers.len() > 100 {
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            "identifiers must have 1 to 100 items",
+            json!({"reason": "FIELD_VALIDATION_FAILED", "fieldList": [{"name": "identifiers", "message": "length"}]}),
+        );
+    }
+    g.stats.batch_get_job += 1;
+    let mut jobs = Vec::new();
+    let mut errors = Vec::new();
+    for key in req.identifiers {
+        match g.jobs.get_mut(&key) {
+            Some(j) => {
+                j.advance();
+                j.hits += 1;
+                jobs.push(wire_job(&j.snap, true));
+            }
+            None => errors.push(json!({
+                "farmId": key.farm_id, "queueId": key.queue_id, "jobId": key.job_id,
+                "code": "ResourceNotFoundException", "message": "Job not found"
+            })),
+        }
+    }
+    g.stats.job_reads += jobs.len() as u64;
+    Json(json!({"jobs": jobs, "errors": errors})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SearchReq {
+    queue_ids: Vec<String>,
+    item_offset: usize,
+    page_size: Option<usize>,
+}
+
+async fn search_jobs(
+    State(sim): State<Simulator>,
+    Path(farm): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = sim.gate().await {
+        return r;
+    }
+    let req: SearchReq = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return aws_error(
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                &e.to_string(),
+                json!({"reason": "CANNOT_PARSE"}),
+            );
+        }
+    };
+    if req.queue_ids.is_empty() || req.queue_ids.len() > 10 {
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            "queueIds must have 1 to 10 items",
+            json!({"reason": "FIELD_VALIDATION_FAILED"}),
+        );
+    }
+    let mut g = sim.lock();
+    g.stats.search_jobs += 1;
+    let page = req.page_size.unwrap_or(100).clamp(1, 100);
+    let mut all: Vec<Value> = Vec::new();
+    for (k, j) in g.jobs.iter_mut() {
+        if k.farm_id == farm && req.queue_ids.contains(&k.queue_id) {
+            j.advance();
+            all.push(wire_job(&j.snap, true));
+        }
+    }
+    let total = all.len();
+    let items: Vec<Value> = all.into_iter().skip(req.item_offset).take(page).collect();
+    let mut out = json!({"jobs": items, "totalResults": total});
+    if req.item_offset + page < total {
+        out["nextItemOffset"] = json!(req.item_offset + page);
+    }
+    Json(out).into_response()
+}
+
+async fn list_jobs(
+    State(sim): State<Simulator>,
+    Path((farm, queue)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = sim.gate().await {
+        return r;
+    }
+    let max = q
+        .get("maxResults")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100usize)
+        .clamp(1, 100);
+    let start: usize = q.get("nextToken").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut g = sim.lock();
+    g.stats.list_jobs += 1;
+    let mut all = Vec::new();
+    for (k, j) in g.jobs.iter_mut() {
+        if k.farm_id == farm && k.queue_id == queue {
+            j.advance();
+            let mut v = wire_job(&j.snap, false);
+            if let Some(m) = v.as_object_mut() {
+                m.remove("description");
+                m.remove("parameters");
+                m.remove("attachments");
+                m.remove("storageProfileId");
+            }
+            all.push(v);
+        }
+    }
+    let total = all.len();
+    let items: Vec<Value> = all.into_iter().skip(start).take(max).collect();
+    let mut out = json!({"jobs": items});
+    if start + max < total {
+        out["nextToken"] = json!((start + max).to_string());
+    }
+    Json(out).into_response()
+}
+
+async fn unknown_operation(headers: HeaderMap) -> Response {
+    let _ = headers;
+    aws_error(
+        StatusCode::BAD_REQUEST,
+        "ValidationException",
+        "unknown operation",
+        json!({"reason": "UNKNOWN_OPERATION"}),
+    )
+}
+
+async fn admin_add(State(sim): State<Simulator>, Json(spec): Json<JobSpec>) -> Response {
+    let key = sim.add_job(spec);
+    (StatusCode::CREATED, Json(json!(key))).into_response()
+}
+
+async fn admin_patch(
+    State(sim): State<Simulator>,
+    Path((farm, queue, job)): Path<(String, String, String)>,
+    Json(p): Json<Patch>,
+) -> Response {
+    let key = JobKey {
+        farm_id: farm,
+        queue_id: queue,
+        job_id: job,
+    };
+    if sim.patch(&key, &p) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        not_found(&key)
+    }
+}
+
+async fn admin_delete(
+    State(sim): State<Simulator>,
+    Path((farm, queue, job)): Path<(String, String, String)>,
+) -> Response {
+    let key = JobKey {
+        farm_id: farm,
+        queue_id: queue,
+        job_id: job,
+    };
+    if sim.remove(&key) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        not_found(&key)
+    }
+}
+
+async fn admin_get(
+    State(sim): State<Simulator>,
+    Path((farm, queue, job)): Path<(String, String, String)>,
+) -> Response {
+    let key = JobKey {
+        farm_id: farm,
+        queue_id: queue,
+        job_id: job,
+    };
+    let g = sim.lock();
+    match g.jobs.get(&key) {
+        Some(j) => Json(json!({"hits": j.hits, "job": wire_job(&j.snap, true)})).into_response(),
+        None => not_found(&key),
+    }
+}
+
+async fn admin_faults(State(sim): State<Simulator>, Json(f): Json<Faults>) -> StatusCode {
+    sim.set_faults(f);
+    StatusCode::NO_CONTENT
+}
+
+async fn admin_stats(State(sim): State<Simulator>) -> Json<Stats> {
+    Json(sim.stats())
+}

@@ -1,0 +1,383 @@
+//! Our own domain types. The AWS SDK's types stop at `deadline::client`; everything
+//! else speaks in these.
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field} must match {pattern} (got {got:?})")]
+pub struct IdError {
+    pub field: &'static str,
+    pub pattern: &'static str,
+    pub got: String,
+}
+
+fn check_id(
+    field: &'static str,
+    prefix: &str,
+    pattern: &'static str,
+    s: &str,
+) -> Result<(), IdError> {
+    let ok = s.strip_prefix(prefix).is_some_and(|hex| {
+        hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
+    if ok {
+        Ok(())
+    } else {
+        let mut got: String = s.chars().take(80).collect();
+        if s.chars().count() > 80 {
+            got.push('…');
+        }
+        Err(IdError {
+            field,
+            pattern,
+            got,
+        })
+    }
+}
+
+/// Identifies one Deadline Cloud job.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobKey {
+    pub farm_id: String,
+    pub queue_id: String,
+    pub job_id: String,
+}
+
+impl JobKey {
+    /// Validates each id against Deadline's patterns (`farm-`/`queue-`/`job-` + 32 hex).
+    pub fn parse(farm_id: &str, queue_id: &str, job_id: &str) -> Result<Self, IdError> {
+        check_id("farmId", "farm-", "farm-[0-9a-f]{32}", farm_id)?;
+        check_id("queueId", "queue-", "queue-[0-9a-f]{32}", queue_id)?;
+        check_id("jobId", "job-", "job-[0-9a-f]{32}", job_id)?;
+        Ok(Self {
+            farm_id: farm_id.into(),
+            queue_id: queue_id.into(),
+            job_id: job_id.into(),
+        })
+    }
+
+    /// Parses `farm/queue/job`.
+    pub fn parse_path(s: &str) -> Result<Self, IdError> {
+        let mut it = s.split('/');
+        let (f, q, j) = (
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+        );
+        if it.next().is_some() {
+            return Err(IdError {
+                field: "job",
+                pattern: "farm-…/queue-…/job-…",
+                got: s.into(),
+            });
+        }
+        Self::parse(f, q, j)
+    }
+}
+
+impl fmt::Display for JobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.farm_id, self.queue_id, self.job_id)
+    }
+}
+
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $wire:literal),* $(,)? }) => {
+        $(#[$m])*
+        /// Unknown wire values are kept verbatim in `Unknown` and never match a known variant.
+        #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant,)* Unknown(String) }
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                match self { $(Self::$variant => $wire,)* Self::Unknown(s) => s }
+            }
+            pub fn from_wire(s: &str) -> Self {
+                match s { $($wire => Self::$variant,)* other => Self::Unknown(other.to_string()) }
+            }
+            pub const KNOWN: &'static [&'static str] = &[$($wire),*];
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> { s.serialize_str(self.as_str()) }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Ok(Self::from_wire(&s))
+            }
+        }
+    };
+}
+
+wire_enum!(TaskRunStatus {
+    Pending = "PENDING",
+    Ready = "READY",
+    Assigned = "ASSIGNED",
+    Starting = "STARTING",
+    Scheduled = "SCHEDULED",
+    Interrupting = "INTERRUPTING",
+    Running = "RUNNING",
+    Suspended = "SUSPENDED",
+    Canceled = "CANCELED",
+    Failed = "FAILED",
+    Succeeded = "SUCCEEDED",
+    NotCompatible = "NOT_COMPATIBLE",
+});
+
+wire_enum!(LifecycleStatus {
+    CreateInProgress = "CREATE_IN_PROGRESS",
+    CreateFailed = "CREATE_FAILED",
+    CreateComplete = "CREATE_COMPLETE",
+    UploadInProgress = "UPLOAD_IN_PROGRESS",
+    UploadFailed = "UPLOAD_FAILED",
+    UpdateInProgress = "UPDATE_IN_PROGRESS",
+    UpdateFailed = "UPDATE_FAILED",
+    UpdateSucceeded = "UPDATE_SUCCEEDED",
+    Archived = "ARCHIVED",
+});
+
+impl TaskRunStatus {
+    /// Terminal per the service model's `JobComplete` waiter.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Canceled | Self::Suspended | Self::NotCompatible
+        )
+    }
+    /// States from which the job will (again) run tasks.
+    pub fn is_runnable(&self) -> bool {
+        matches!(
+            self,
+            Self::Pending
+                | Self::Ready
+                | Self::Assigned
+                | Self::Starting
+                | Self::Scheduled
+                | Self::Running
+        )
+    }
+}
+
+/// A job parameter value; Deadline's union of int/float/string/path, each carried as a string.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParameterValue {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+}
+
+/// One observation of a job: every GetJob field, in our own types.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSnapshot {
+    #[serde(flatten)]
+    pub key: JobKey,
+    pub name: String,
+    pub description: Option<String>,
+    pub lifecycle_status: LifecycleStatus,
+    pub lifecycle_status_message: String,
+    pub priority: i32,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub updated_by: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub task_run_status: Option<TaskRunStatus>,
+    pub target_task_run_status: Option<String>,
+    #[serde(default)]
+    pub task_run_status_counts: BTreeMap<String, i64>,
+    pub task_failure_retry_count: Option<i32>,
+    pub max_failed_tasks_count: Option<i32>,
+    pub max_retries_per_task: Option<i32>,
+    pub max_worker_count: Option<i32>,
+    pub storage_profile_id: Option<String>,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParameterValue>,
+    pub attachments: Option<serde_json::Value>,
+    pub source_job_id: Option<String>,
+}
+
+impl JobSnapshot {
+    pub fn is_terminal(&self) -> bool {
+        self.task_run_status
+            .as_ref()
+            .is_some_and(TaskRunStatus::is_terminal)
+            || self.lifecycle_status == LifecycleStatus::Archived
+    }
+
+    pub fn count(&self, status: &str) -> i64 {
+        self.task_run_status_counts
+            .get(status)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A minimal job, used for baselines in tests, the demo and template checks.
+    pub fn sample(key: JobKey, name: &str) -> Self {
+        Self {
+            key,
+            name: name.into(),
+            description: None,
+            lifecycle_status: LifecycleStatus::CreateComplete,
+            lifecycle_status_message: String::new(),
+            priority: 50,
+            created_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+            created_by: "arn:aws:sts::123456789012:assumed-role/Artist/jane".into(),
+            updated_at: None,
+            updated_by: None,
+            started_at: None,
+            ended_at: None,
+            task_run_status: Some(TaskRunStatus::Ready),
+            target_task_run_status: None,
+            task_run_status_counts: BTreeMap::new(),
+            task_failure_retry_count: None,
+            max_failed_tasks_count: None,
+            max_retries_per_task: None,
+            max_worker_count: None,
+            storage_profile_id: None,
+            parameters: BTreeMap::new(),
+            attachments: None,
+            source_job_id: None,
+        }
+    }
+}
+
+/// What a transition means to a human. Names are the wire/API names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Event {
+    Started,
+    Succeeded,
+    Failed,
+    Canceled,
+    Suspended,
+    NotCompatible,
+    Requeued,
+    TasksFailed,
+    CreateFailed,
+    UploadFailed,
+    UpdateFailed,
+    Archived,
+}
+
+impl Event {
+    pub const ALL: [Event; 12] = [
+        Event::Started,
+        Event::Succeeded,
+        Event::Failed,
+        Event::Canceled,
+        Event::Suspended,
+        Event::NotCompatible,
+        Event::Requeued,
+        Event::TasksFailed,
+        Event::CreateFailed,
+        Event::UploadFailed,
+        Event::UpdateFailed,
+        Event::Archived,
+    ];
+    /// What a subscription receives when it does not say.
+    pub const DEFAULTS: [Event; 7] = [
+        Event::Succeeded,
+        Event::Failed,
+        Event::Canceled,
+        Event::Suspended,
+        Event::NotCompatible,
+        Event::CreateFailed,
+        Event::UploadFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Started => "job.started",
+            Event::Succeeded => "job.succeeded",
+            Event::Failed => "job.failed",
+            Event::Canceled => "job.canceled",
+            Event::Suspended => "job.suspended",
+            Event::NotCompatible => "job.not_compatible",
+            Event::Requeued => "job.requeued",
+            Event::TasksFailed => "job.tasks_failed",
+            Event::CreateFailed => "job.create_failed",
+            Event::UploadFailed => "job.upload_failed",
+            Event::UpdateFailed => "job.update_failed",
+            Event::Archived => "job.archived",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Event> {
+        Event::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Event::parse(&s).ok_or_else(|| {
+            let names: Vec<_> = Event::ALL.iter().map(|e| e.as_str()).collect();
+            serde::de::Error::custom(format!(
+                "unknown event {s:?}; expected one of {}",
+                names.join(", ")
+            ))
+        })
+    }
+}
+
+/// A detected change of a job, with the state it came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    pub event: Event,
+    pub previous_task_run_status: Option<TaskRunStatus>,
+    pub previous_lifecycle_status: LifecycleStatus,
+    pub detected_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_against_deadline_patterns() {
+        let f = format!("farm-{}", "a".repeat(32));
+        let q = format!("queue-{}", "0".repeat(32));
+        let j = format!("job-{}", "f".repeat(32));
+        assert!(JobKey::parse(&f, &q, &j).is_ok());
+        let err = JobKey::parse(&f, &q, "job-XYZ").unwrap_err();
+        assert_eq!(err.field, "jobId");
+        assert!(JobKey::parse(&f, &format!("queue-{}", "A".repeat(32)), &j).is_err());
+        assert_eq!(
+            JobKey::parse_path(&format!("{f}/{q}/{j}")).unwrap().job_id,
+            j
+        );
+    }
+
+    #[test]
+    fn unknown_status_is_kept_and_never_known() {
+        let s = TaskRunStatus::from_wire("BRAND_NEW");
+        assert_eq!(s, TaskRunStatus::Unknown("BRAND_NEW".into()));
+        assert!(!s.is_terminal() && !s.is_runnable());
+        assert_eq!(s.as_str(), "BRAND_NEW");
+        // A value that merely looks like a known one stays unknown.
+        assert!(matches!(
+            TaskRunStatus::from_wire("succeeded"),
+            TaskRunStatus::Unknown(_)
+        ));
+    }
+}

@@ -1,0 +1,24 @@
+//! deadline-notifier: AWS Deadline Cloud job transitions, delivered to team chat.
+//!
+//! Data flow: [`watcher`] polls [`deadline`] → [`diff`] → [`route`] → [`render`] →
+//! [`store`] outbox → [`deliver`] → [`notify`] channels. See ARCHITECTURE.md.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod deadline;
+pub mod deliver;
+pub mod demo;
+pub mod diff;
+pub mod domain;
+pub mod notify;
+pub mod render;
+pub mod route;
+pub mod secret;
+pub mod sink;
+pub mod store;
+pub mod telemetry;
+pub mod watcher;

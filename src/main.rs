@@ -1,0 +1,332 @@
+//! The `deadline-notifier` binary: command-line parsing and the edge where errors
+//! become exit codes.
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use deadline_notifier::{
+    app::{self, App},
+    client::ApiClient,
+    clock,
+    config::Config,
+    deadline::{client::DeadlineClient, simulator::Simulator},
+    demo,
+    domain::{Event, JobKey, JobSnapshot, Transition},
+    render::{self, Renderer},
+    telemetry::{self, LogFormat},
+};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "deadline-notifier",
+    version,
+    about = "Tells artists in their team's chat when AWS Deadline Cloud jobs change state"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Base URL of a running deadline-notifier.
+    #[arg(
+        long,
+        env = "DEADLINE_NOTIFIER_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// Your team's API token.
+    #[arg(long, env = "DEADLINE_NOTIFIER_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve {
+        #[arg(long, default_value = "config/notifier.toml")]
+        config: PathBuf,
+    },
+    /// Run the simulator, a local sink and the service on embedded defaults, and print the notifications.
+    Demo,
+    /// Validate a config file and every template it uses.
+    CheckConfig {
+        #[arg(long, default_value = "config/notifier.toml")]
+        config: PathBuf,
+    },
+    /// Print the exact payload a channel would receive for a job and an event.
+    Render {
+        #[arg(long, default_value = "config/notifier.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        channel: String,
+        /// Event name, e.g. job.succeeded.
+        #[arg(long)]
+        event: String,
+        /// A GetJob response (JSON, as returned by `aws deadline get-job`), plus farmId and queueId.
+        #[arg(long)]
+        job: PathBuf,
+    },
+    /// Subscribe a job for your team.
+    Subscribe {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        farm: String,
+        #[arg(long)]
+        queue: String,
+        #[arg(long)]
+        job: String,
+        /// Channel names (default: all of the team's channels).
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        /// Events (default: succeeded, failed, canceled, suspended, not_compatible, create_failed, upload_failed).
+        #[arg(long = "event")]
+        events: Vec<String>,
+    },
+    /// Remove a subscription.
+    Unsubscribe {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+    },
+    /// List your team's subscriptions.
+    Subscriptions {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List your team's dead letters.
+    DeadLetters {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Re-send a dead letter (same webhook-id).
+    Replay {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+    },
+    /// Re-enable a channel that was disabled after a 401/403/404/410.
+    EnableChannel {
+        #[command(flatten)]
+        api: ApiArgs,
+        name: String,
+    },
+    /// Run the Deadline Cloud simulator alone.
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:4566")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Serve { config } => {
+            let cfg = Config::load(&config)?;
+            let app = App::build(cfg, None, clock::system()).await?;
+            app.run(app::shutdown_signal()).await
+        }
+        Command::Demo => demo::run().await,
+        Command::CheckConfig { config } => {
+            let cfg = Config::load(&config)?;
+            Renderer::load(&cfg)?;
+            let channels: usize = cfg.teams.iter().map(|t| t.channels.len()).sum();
+            println!(
+                "{}: OK ({} teams, {channels} channels, templates from {})",
+                config.display(),
+                cfg.teams.len(),
+                cfg.templates.dir.display()
+            );
+            Ok(())
+        }
+        Command::Render {
+            config,
+            team,
+            channel,
+            event,
+            job,
+        } => {
+            let cfg = Config::load(&config)?;
+            let renderer = Renderer::load(&cfg)?;
+            let t = cfg
+                .team(&team)
+                .with_context(|| format!("no team {team:?} in {}", config.display()))?;
+            let ch = t
+                .channel(&channel)
+                .with_context(|| format!("team {team:?} has no channel {channel:?}"))?;
+            let ev = Event::parse(&event).with_context(|| format!("unknown event {event:?}"))?;
+            let text = std::fs::read_to_string(&job)
+                .with_context(|| format!("reading {}", job.display()))?;
+            let snap = job_from_json(&text).with_context(|| format!("{}", job.display()))?;
+            let tr = Transition {
+                event: ev,
+                previous_task_run_status: None,
+                previous_lifecycle_status: snap.lifecycle_status.clone(),
+                detected_at: chrono::Utc::now(),
+            };
+            let ctx = render::context(&t.name, &ch.name, &snap, &tr, renderer.monitor_url());
+            let r = renderer.render(&t.name, ch.kind, ev, &ctx)?;
+            let link = renderer
+                .monitor_url()
+                .map(|b| render::monitor_link(b, &snap.key));
+            print(&deadline_notifier::notify::payload(
+                ch.kind,
+                &t.name,
+                &r,
+                &snap,
+                &tr,
+                link.as_deref(),
+            ));
+            Ok(())
+        }
+        Command::Subscribe {
+            api,
+            farm,
+            queue,
+            job,
+            channels,
+            events,
+        } => {
+            JobKey::parse(&farm, &queue, &job)?;
+            let mut body = json!({"farmId": farm, "queueId": queue, "jobId": job});
+            if !channels.is_empty() {
+                body["channels"] = json!(channels);
+            }
+            if !events.is_empty() {
+                body["events"] = json!(events);
+            }
+            let (created, v) = ApiClient::new(&api.server, &api.token)
+                .subscribe(body)
+                .await?;
+            if !created {
+                eprintln!("already subscribed; existing subscription:");
+            }
+            print(&v);
+            Ok(())
+        }
+        Command::Unsubscribe { api, id } => {
+            ApiClient::new(&api.server, &api.token)
+                .unsubscribe(&id)
+                .await?;
+            println!("unsubscribed {id}");
+            Ok(())
+        }
+        Command::Subscriptions { api } => {
+            print(
+                &ApiClient::new(&api.server, &api.token)
+                    .subscriptions()
+                    .await?,
+            );
+            Ok(())
+        }
+        Command::DeadLetters { api } => {
+            print(
+                &ApiClient::new(&api.server, &api.token)
+                    .get("/v1/dead-letters")
+                    .await?,
+            );
+            Ok(())
+        }
+        Command::Replay { api, id } => {
+            print(
+                &ApiClient::new(&api.server, &api.token)
+                    .post(&format!("/v1/dead-letters/{id}/replay"))
+                    .await?,
+            );
+            Ok(())
+        }
+        Command::EnableChannel { api, name } => {
+            ApiClient::new(&api.server, &api.token)
+                .post(&format!("/v1/channels/{name}/enable"))
+                .await?;
+            println!("channel {name} enabled");
+            Ok(())
+        }
+        Command::Simulate { listen } => {
+            let sim = Simulator::new();
+            let (addr, handle) = sim.serve(listen).await?;
+            println!("Deadline Cloud simulator on http://{addr}");
+            println!("  export AWS_ENDPOINT_URL_DEADLINE=http://{addr}");
+            println!(
+                "  add a job:  curl -X POST http://{addr}/_sim/jobs -H 'content-type: application/json' -d '{{\"name\":\"shot_010\"}}'"
+            );
+            tokio::select! {
+                _ = app::shutdown_signal() => {}
+                _ = handle => {}
+            }
+            let _ = DeadlineClient::local; // the demo and tests reach it through the SDK
+            Ok(())
+        }
+    }
+}
+
+/// Reads a GetJob/BatchGetJob-shaped JSON document into a snapshot.
+fn job_from_json(text: &str) -> anyhow::Result<JobSnapshot> {
+    let v: serde_json::Value = serde_json::from_str(text)?;
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let key = JobKey {
+        farm_id: s("farmId").unwrap_or_else(|| format!("farm-{}", "0".repeat(32))),
+        queue_id: s("queueId").unwrap_or_else(|| format!("queue-{}", "0".repeat(32))),
+        job_id: s("jobId").context("field `jobId` is required")?,
+    };
+    let mut snap = JobSnapshot::sample(key, &s("name").context("field `name` is required")?);
+    let t = |k: &str| {
+        s(k).and_then(|x| chrono::DateTime::parse_from_rfc3339(&x).ok())
+            .map(|d| d.with_timezone(&chrono::Utc))
+    };
+    snap.description = s("description");
+    if let Some(x) = s("lifecycleStatus") {
+        snap.lifecycle_status = deadline_notifier::domain::LifecycleStatus::from_wire(&x);
+    }
+    snap.lifecycle_status_message = s("lifecycleStatusMessage").unwrap_or_default();
+    snap.priority = v.get("priority").and_then(|x| x.as_i64()).unwrap_or(50) as i32;
+    if let Some(x) = t("createdAt") {
+        snap.created_at = x;
+    }
+    if let Some(x) = s("createdBy") {
+        snap.created_by = x;
+    }
+    snap.updated_at = t("updatedAt");
+    snap.updated_by = s("updatedBy");
+    snap.started_at = t("startedAt");
+    snap.ended_at = t("endedAt");
+    snap.task_run_status =
+        s("taskRunStatus").map(|x| deadline_notifier::domain::TaskRunStatus::from_wire(&x));
+    snap.target_task_run_status = s("targetTaskRunStatus");
+    if let Some(c) = v.get("taskRunStatusCounts").and_then(|c| c.as_object()) {
+        snap.task_run_status_counts = c
+            .iter()
+            .filter_map(|(k, v)| v.as_i64().map(|n| (k.clone(), n)))
+            .collect();
+    }
+    Ok(snap)
+}

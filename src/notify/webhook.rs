@@ -1,0 +1,88 @@
+//! Generic webhook: Standard Webhooks v1 JSON (`type`, `timestamp`, `data`), signed
+//! with `webhook-id`/`webhook-timestamp`/`webhook-signature` when a `whsec_` secret is set.
+use crate::domain::{JobSnapshot, Transition};
+use crate::render::Rendered;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+
+pub fn payload(team: &str, r: &Rendered, job: &JobSnapshot, tr: &Transition) -> Value {
+    let ts = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    };
+    let summary = if r.body.is_empty() {
+        r.title.clone()
+    } else {
+        format!("{}\n{}", r.title, r.body)
+    };
+    json!({
+        "type": tr.event.as_str(),
+        "timestamp": ts(Some(tr.detected_at)),
+        "data": {
+            "team": team,
+            "farmId": job.key.farm_id,
+            "queueId": job.key.queue_id,
+            "jobId": job.key.job_id,
+            "name": job.name,
+            "taskRunStatus": job.task_run_status.as_ref().map(|s| s.as_str()),
+            "previousTaskRunStatus": tr.previous_task_run_status.as_ref().map(|s| s.as_str()),
+            "lifecycleStatus": job.lifecycle_status.as_str(),
+            "previousLifecycleStatus": tr.previous_lifecycle_status.as_str(),
+            "taskRunStatusCounts": job.task_run_status_counts,
+            "createdBy": job.created_by,
+            "priority": job.priority,
+            "createdAt": ts(Some(job.created_at)),
+            "startedAt": ts(job.started_at),
+            "endedAt": ts(job.ended_at),
+            "updatedAt": ts(job.updated_at),
+            "summary": summary,
+        }
+    })
+}
+
+/// Decodes a `whsec_<base64>` secret (24–64 random bytes per the spec).
+pub fn decode_secret(s: &str) -> Result<Vec<u8>, String> {
+    let b64 = s
+        .strip_prefix("whsec_")
+        .ok_or("must start with whsec_ (Standard Webhooks format)")?;
+    let key = STANDARD
+        .decode(b64)
+        .map_err(|_| "the part after whsec_ is not valid base64".to_string())?;
+    if key.len() < 16 {
+        return Err("key is too short; use 24-64 random bytes".into());
+    }
+    Ok(key)
+}
+
+/// `v1,<base64 HMAC-SHA256(id.timestamp.body)>`.
+pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Result<String, String> {
+    let key = decode_secret(secret)?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
+    mac.update(msg_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    Ok(format!(
+        "v1,{}",
+        STANDARD.encode(mac.finalize().into_bytes())
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_webhooks_test_vector() {
+        let sig = sign(
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+            1649367553,
+            br#"{"email":"test@example.com","username":"test_user"}"#,
+        )
+        .unwrap();
+        assert_eq!(sig, "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=");
+    }
+}

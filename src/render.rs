@@ -1,0 +1,428 @@
+//! Templates render *text*; each channel escapes job data for its own markup, and
+//! serde (in `notify`) builds the JSON, so every payload is valid by construction.
+//!
+//! Lookup for (team, kind, event), first match wins:
+//! `<dir>/<team>/<kind>/<event>.hbs`, `<dir>/<team>/<kind>/default.hbs`,
+//! `<dir>/default/<kind>/<event>.hbs`, `<dir>/default/<kind>/default.hbs`, then the
+//! same `default/` files embedded in the binary.
+//!
+//! The first line of the output is the title, the rest the body.
+use crate::config::{ChannelKind, Config};
+use crate::domain::{Event, JobKey, JobSnapshot, Transition};
+use chrono::{DateTime, Utc};
+use handlebars::Handlebars;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template {file}: {message}")]
+    Template { file: String, message: String },
+    #[error("cannot read template {file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("template {file} failed to render: {message}")]
+    Render { file: String, message: String },
+}
+
+/// Templates shipped in the binary, so the service runs without a templates directory.
+pub const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "default/slack/default.hbs",
+        include_str!("../templates/default/slack/default.hbs"),
+    ),
+    (
+        "default/teams/default.hbs",
+        include_str!("../templates/default/teams/default.hbs"),
+    ),
+    (
+        "default/webhook/default.hbs",
+        include_str!("../templates/default/webhook/default.hbs"),
+    ),
+];
+
+/// Strips control characters that mean nothing in a chat message (keeps `\n` and `\t`).
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .filter(|&c| c == '\n' || c == '\t' || !c.is_control())
+        .collect()
+}
+
+/// Slack mrkdwn: `&`, `<`, `>` are its control characters; `&` first.
+pub fn escape_slack(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c if c == '\n' || c == '\t' || !c.is_control() => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The text a template produced, escaped for the channel's markup.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rendered {
+    /// Plain text, shown where the channel renders no markup (Slack header, Teams TextRun).
+    pub title: String,
+    /// Channel markup: Slack mrkdwn with job data escaped; plain text elsewhere.
+    pub body: String,
+    /// Slack fallback `text` (mrkdwn-escaped title); empty for other kinds.
+    pub fallback: String,
+    /// The template file that produced it.
+    pub template: String,
+}
+
+/// All compiled templates. Built once at start-up; every template is compiled in
+/// strict mode and test-rendered, so a broken one fails start-up with its file name.
+pub struct Renderer {
+    plain: Handlebars<'static>,
+    slack: Handlebars<'static>,
+    /// (team, kind, event) → template name.
+    resolved: HashMap<(String, ChannelKind, Event), String>,
+    monitor_url: Option<String>,
+}
+
+fn registry(escape: fn(&str) -> String) -> Handlebars<'static> {
+    let mut h = Handlebars::new();
+    h.set_strict_mode(true);
+    h.register_escape_fn(escape);
+    h
+}
+
+fn source_for(dir: &Path, rel: &str) -> Result<Option<(String, String)>, RenderError> {
+    let path: PathBuf = dir.join(rel);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(Some((path.display().to_string(), s))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(EMBEDDED
+            .iter()
+            .find(|(n, _)| *n == rel)
+            .map(|(n, s)| (format!("(embedded) templates/{n}"), s.to_string()))),
+        Err(source) => Err(RenderError::Read {
+            file: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+impl Renderer {
+    pub fn load(cfg: &Config) -> Result<Renderer, RenderError> {
+        let dir = &cfg.templates.dir;
+        let mut r = Renderer {
+            plain: registry(sanitize),
+            slack: registry(escape_slack),
+            resolved: HashMap::new(),
+            monitor_url: cfg.deadline.monitor_url.clone(),
+        };
+        let mut loaded: HashMap<String, String> = HashMap::new(); // rel → display name
+        for team in &cfg.teams {
+            let kinds: std::collections::BTreeSet<_> =
+                team.channels.iter().map(|c| c.kind.as_str()).collect();
+            for kind_s in kinds {
+                let kind = ChannelKind::ALL
+                    .into_iter()
+                    .find(|k| k.as_str() == kind_s)
+                    .unwrap_or(ChannelKind::Webhook);
+                for event in Event::ALL {
+                    let candidates = [
+                        format!("{}/{kind_s}/{}.hbs", team.name, event.as_str()),
+                        format!("{}/{kind_s}/default.hbs", team.name),
+                        format!("default/{kind_s}/{}.hbs", event.as_str()),
+                        format!("default/{kind_s}/default.hbs"),
+                    ];
+                    let mut found = None;
+                    for rel in candidates {
+                        if loaded.contains_key(&rel) {
+                            found = Some(rel);
+                            break;
+                        }
+                        if let Some((display, src)) = source_for(dir, &rel)? {
+                            r.register(&rel, &display, &src)?;
+                            loaded.insert(rel.clone(), display);
+                            found = Some(rel);
+                            break;
+                        }
+                    }
+                    let rel = found.ok_or_else(|| RenderError::Template {
+                        file: format!("{}/default/{kind_s}/default.hbs", dir.display()),
+                        message: "no template found for this channel kind".into(),
+                    })?;
+                    r.resolved.insert((team.name.clone(), kind, event), rel);
+                }
+            }
+        }
+        // Strict mode only catches a misspelt field when rendering, so render every
+        // template once now against a job with every field set.
+        for ((team, kind, event), rel) in &r.resolved {
+            let ctx = sample_context(team, "check", *event, r.monitor_url.as_deref());
+            r.render_named(rel, *kind, &ctx).map_err(|e| match e {
+                RenderError::Render { message, .. } => RenderError::Render {
+                    file: loaded[rel].clone(),
+                    message,
+                },
+                other => other,
+            })?;
+        }
+        Ok(r)
+    }
+
+    fn register(&mut self, name: &str, display: &str, src: &str) -> Result<(), RenderError> {
+        for reg in [&mut self.plain, &mut self.slack] {
+            reg.register_template_string(name, src)
+                .map_err(|e| RenderError::Template {
+                    file: display.to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    pub fn monitor_url(&self) -> Option<&str> {
+        self.monitor_url.as_deref()
+    }
+
+    /// Renders the message for one channel.
+    pub fn render(
+        &self,
+        team: &str,
+        kind: ChannelKind,
+        event: Event,
+        ctx: &Value,
+    ) -> Result<Rendered, RenderError> {
+        let rel = self
+            .resolved
+            .get(&(team.to_string(), kind, event))
+            .ok_or_else(|| RenderError::Template {
+                file: format!("{team}/{}/{}", kind.as_str(), event.as_str()),
+                message: "no template resolved for this team and channel kind".into(),
+            })?;
+        self.render_named(rel, kind, ctx)
+    }
+
+    fn render_named(
+        &self,
+        rel: &str,
+        kind: ChannelKind,
+        ctx: &Value,
+    ) -> Result<Rendered, RenderError> {
+        let err = |e: handlebars::RenderError| RenderError::Render {
+            file: rel.to_string(),
+            message: e.to_string(),
+        };
+        let plain = self.plain.render(rel, ctx).map_err(err)?;
+        let (title, plain_body) = split(&plain);
+        match kind {
+            ChannelKind::Slack => {
+                let marked = self.slack.render(rel, ctx).map_err(err)?;
+                let (fallback, body) = split(&marked);
+                Ok(Rendered {
+                    title,
+                    body,
+                    fallback,
+                    template: rel.to_string(),
+                })
+            }
+            _ => Ok(Rendered {
+                title,
+                body: plain_body,
+                fallback: String::new(),
+                template: rel.to_string(),
+            }),
+        }
+    }
+}
+
+fn split(s: &str) -> (String, String) {
+    let s = s.trim_matches(|c| c == '\n' || c == '\r');
+    match s.split_once('\n') {
+        Some((t, b)) => (
+            t.trim().to_string(),
+            b.trim_matches(|c| c == '\n' || c == '\r').to_string(),
+        ),
+        None => (s.trim().to_string(), String::new()),
+    }
+}
+
+fn ts(t: Option<DateTime<Utc>>) -> Value {
+    t.map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+        .unwrap_or(Value::Null)
+}
+
+/// `1h 2m 3s`-style; seconds precision is plenty for a render job.
+pub fn human_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s}s"),
+        _ => format!("{h}h {m}m {s}s"),
+    }
+}
+
+fn event_words(e: Event) -> (&'static str, &'static str) {
+    match e {
+        Event::Started => ("▶️", "started"),
+        Event::Succeeded => ("✅", "succeeded"),
+        Event::Failed => ("❌", "failed"),
+        Event::Canceled => ("🚫", "was canceled"),
+        Event::Suspended => ("⏸️", "was suspended"),
+        Event::NotCompatible => ("⚠️", "is not compatible with any fleet"),
+        Event::Requeued => ("🔁", "was requeued"),
+        Event::TasksFailed => ("⚠️", "has failing tasks"),
+        Event::CreateFailed => ("❌", "failed to create"),
+        Event::UploadFailed => ("❌", "failed to upload attachments"),
+        Event::UpdateFailed => ("❌", "failed to update"),
+        Event::Archived => ("🗄️", "was archived"),
+    }
+}
+
+/// Builds the template context: every GetJob field (wire names), plus team, channel,
+/// event, previous statuses, a duration, task summary and monitor link.
+pub fn context(
+    team: &str,
+    channel: &str,
+    job: &JobSnapshot,
+    tr: &Transition,
+    monitor_url: Option<&str>,
+) -> Value {
+    let mut counts = serde_json::Map::new();
+    for s in crate::domain::TaskRunStatus::KNOWN {
+        counts.insert((*s).to_string(), json!(job.count(s)));
+    }
+    for (k, v) in &job.task_run_status_counts {
+        counts.insert(k.clone(), json!(v));
+    }
+    let total: i64 = job.task_run_status_counts.values().sum();
+    let succeeded = job.count("SUCCEEDED");
+    let failed = job.count("FAILED");
+    let mut task_summary = format!("{succeeded}/{total} succeeded");
+    if failed > 0 {
+        task_summary.push_str(&format!(", {failed} failed"));
+    }
+    let duration_secs = job
+        .started_at
+        .map(|s| (job.ended_at.unwrap_or(tr.detected_at) - s).num_seconds());
+    let params: serde_json::Map<String, Value> = job
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.value.clone())))
+        .collect();
+    let (emoji, verb) = event_words(tr.event);
+    let link = monitor_url.map(|base| monitor_link(base, &job.key));
+    json!({
+        "team": team,
+        "channel": channel,
+        "event": tr.event.as_str(),
+        "emoji": emoji,
+        "verb": verb,
+        "detectedAt": ts(Some(tr.detected_at)),
+        "previousTaskRunStatus": tr.previous_task_run_status.as_ref().map(|s| s.as_str()),
+        "previousLifecycleStatus": tr.previous_lifecycle_status.as_str(),
+        "duration": duration_secs.map(human_duration),
+        "durationSeconds": duration_secs,
+        "taskSummary": task_summary,
+        "taskTotal": total,
+        "monitorUrl": link,
+        "farmId": job.key.farm_id,
+        "queueId": job.key.queue_id,
+        "jobId": job.key.job_id,
+        "name": job.name,
+        "description": job.description,
+        "lifecycleStatus": job.lifecycle_status.as_str(),
+        "lifecycleStatusMessage": job.lifecycle_status_message,
+        "priority": job.priority,
+        "createdAt": ts(Some(job.created_at)),
+        "createdBy": job.created_by,
+        "updatedAt": ts(job.updated_at),
+        "updatedBy": job.updated_by,
+        "startedAt": ts(job.started_at),
+        "endedAt": ts(job.ended_at),
+        "taskRunStatus": job.task_run_status.as_ref().map(|s| s.as_str()),
+        "targetTaskRunStatus": job.target_task_run_status,
+        "taskRunStatusCounts": counts,
+        "taskFailureRetryCount": job.task_failure_retry_count,
+        "maxFailedTasksCount": job.max_failed_tasks_count,
+        "maxRetriesPerTask": job.max_retries_per_task,
+        "maxWorkerCount": job.max_worker_count,
+        "storageProfileId": job.storage_profile_id,
+        "parameters": params,
+        "attachments": job.attachments,
+        "sourceJobId": job.source_job_id,
+    })
+}
+
+/// Link to the job in the Deadline Cloud monitor. Built from ids we validated, never
+/// from job text.
+pub fn monitor_link(base: &str, key: &JobKey) -> String {
+    format!(
+        "{}/farms/{}/queues/{}/jobs/{}",
+        base.trim_end_matches('/'),
+        key.farm_id,
+        key.queue_id,
+        key.job_id
+    )
+}
+
+/// A context with every optional field present, for start-up checks and previews.
+pub fn sample_context(team: &str, channel: &str, event: Event, monitor_url: Option<&str>) -> Value {
+    let key = JobKey {
+        farm_id: format!("farm-{}", "0".repeat(32)),
+        queue_id: format!("queue-{}", "0".repeat(32)),
+        job_id: format!("job-{}", "0".repeat(32)),
+    };
+    let mut job = JobSnapshot::sample(key, "sample job");
+    job.description = Some("sample description".into());
+    job.started_at = Some(job.created_at + chrono::Duration::seconds(30));
+    job.ended_at = Some(job.created_at + chrono::Duration::seconds(3600));
+    job.updated_at = job.ended_at;
+    job.updated_by = Some("arn:aws:sts::123456789012:assumed-role/Artist/jane".into());
+    job.task_run_status = Some(crate::domain::TaskRunStatus::Succeeded);
+    job.target_task_run_status = Some("READY".into());
+    job.task_run_status_counts = [("SUCCEEDED".to_string(), 598), ("FAILED".to_string(), 2)].into();
+    job.task_failure_retry_count = Some(0);
+    job.max_failed_tasks_count = Some(100);
+    job.max_retries_per_task = Some(5);
+    job.max_worker_count = Some(10);
+    job.storage_profile_id = Some(format!("sp-{}", "0".repeat(32)));
+    job.source_job_id = Some(format!("job-{}", "1".repeat(32)));
+    job.attachments = Some(json!({"manifests": [], "fileSystem": "COPIED"}));
+    let tr = Transition {
+        event,
+        previous_task_run_status: Some(crate::domain::TaskRunStatus::Running),
+        previous_lifecycle_status: crate::domain::LifecycleStatus::CreateComplete,
+        detected_at: job.created_at + chrono::Duration::seconds(3601),
+    };
+    context(
+        team,
+        channel,
+        &job,
+        &tr,
+        monitor_url.or(Some("https://monitor.example.com")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_escape_only_touches_control_chars() {
+        assert_eq!(
+            escape_slack("<!channel> & \"q\" *b*\u{7}"),
+            "&lt;!channel&gt; &amp; \"q\" *b*"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(61), "1m 1s");
+        assert_eq!(human_duration(3723), "1h 2m 3s");
+    }
+}

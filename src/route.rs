@@ -1,0 +1,121 @@
+//! Pure routing: which channels hear about which events. No I/O.
+use crate::config::{Channel, Team};
+use crate::domain::{Event, JobKey, Transition};
+use crate::store::Subscription;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug)]
+pub struct Dispatch<'a> {
+    pub team: &'a Team,
+    pub channel: &'a Channel,
+    pub event: Event,
+}
+
+/// For each event, in order: each active subscription of the job that asked for the
+/// event, and each of its channels whose own `events` list (if any) includes it.
+pub fn route<'a>(events: &[Event], subs: &[Subscription], teams: &'a [Team]) -> Vec<Dispatch<'a>> {
+    let mut out = Vec::new();
+    for &event in events {
+        for sub in subs
+            .iter()
+            .filter(|s| s.is_active() && s.events.contains(&event))
+        {
+            let Some(team) = teams.iter().find(|t| t.name == sub.team) else {
+                continue;
+            };
+            for channel in &team.channels {
+                if sub.channels.iter().any(|c| c == &channel.name) && channel.wants(event) {
+                    out.push(Dispatch {
+                        team,
+                        channel,
+                        event,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The idempotency key of one notification: the same (job, transition, channel)
+/// always yields the same id, across retries, restarts and replays.
+pub fn webhook_id(job: &JobKey, tr: &Transition, team: &str, channel: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        job.to_string(),
+        tr.event.as_str().to_string(),
+        tr.detected_at.timestamp_micros().to_string(),
+        team.to_string(),
+        channel.to_string(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    let hex: String = d.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("msg_{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ChannelKind, Team};
+    use crate::secret::Secret;
+
+    fn team(name: &str) -> Team {
+        let ch = |n: &str, events: Option<Vec<Event>>| Channel {
+            name: n.into(),
+            kind: ChannelKind::Webhook,
+            url: Secret::new("https://x"),
+            secret: None,
+            events,
+        };
+        Team {
+            name: name.into(),
+            tokens: vec![],
+            channels: vec![ch("all", None), ch("failures", Some(vec![Event::Failed]))],
+        }
+    }
+
+    fn sub(team: &str, channels: &[&str], events: &[Event]) -> Subscription {
+        Subscription {
+            id: "s".into(),
+            team: team.into(),
+            job: JobKey {
+                farm_id: "f".into(),
+                queue_id: "q".into(),
+                job_id: "j".into(),
+            },
+            channels: channels.iter().map(|s| s.to_string()).collect(),
+            events: events.to_vec(),
+            created_at: chrono::Utc::now(),
+            state: "active".into(),
+            ended_reason: None,
+        }
+    }
+
+    #[test]
+    fn routes_by_subscription_and_channel_filters() {
+        let teams = vec![team("a"), team("b")];
+        let subs = vec![
+            sub("a", &["all", "failures"], &Event::DEFAULTS),
+            sub("b", &["failures"], &[Event::Succeeded, Event::Failed]),
+        ];
+        let names = |evs: &[Event]| -> Vec<String> {
+            route(evs, &subs, &teams)
+                .iter()
+                .map(|d| format!("{}/{}/{}", d.team.name, d.channel.name, d.event))
+                .collect()
+        };
+        assert_eq!(names(&[Event::Succeeded]), vec!["a/all/job.succeeded"]);
+        assert_eq!(
+            names(&[Event::Failed]),
+            vec![
+                "a/all/job.failed",
+                "a/failures/job.failed",
+                "b/failures/job.failed"
+            ]
+        );
+        assert!(names(&[Event::Started]).is_empty());
+    }
+}

@@ -1,0 +1,156 @@
+//! A local webhook receiver for the demo and tests: records every POST and answers
+//! like the real platform (Slack `200 ok`, Teams `202`, webhooks `200`), or with
+//! scripted statuses to exercise retries.
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Received {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: serde_json::Value,
+    pub raw: String,
+    pub status: u16,
+}
+
+/// A scripted answer: status, optional `Retry-After`, body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    received: Vec<Received>,
+    scripts: HashMap<String, VecDeque<Answer>>,
+}
+
+#[derive(Clone)]
+pub struct Sink {
+    inner: Arc<Mutex<Inner>>,
+    tx: tokio::sync::broadcast::Sender<Received>,
+}
+
+impl Default for Sink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sink {
+    pub fn new() -> Sink {
+        let (tx, _) = tokio::sync::broadcast::channel(1024);
+        Sink {
+            inner: Arc::default(),
+            tx,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues answers for `path` (e.g. "/slack"), used before the default answer.
+    pub fn script(&self, path: &str, answers: impl IntoIterator<Item = Answer>) {
+        self.lock()
+            .scripts
+            .entry(path.to_string())
+            .or_default()
+            .extend(answers);
+    }
+
+    /// Every request so far, accepted or not.
+    pub fn received(&self) -> Vec<Received> {
+        self.lock().received.clone()
+    }
+
+    /// Requests that were answered with 2xx, i.e. delivered.
+    pub fn delivered(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Received> {
+        self.tx.subscribe()
+    }
+
+    pub async fn serve(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let app = Router::new()
+            .route("/{*path}", post(receive))
+            .with_state(self.clone());
+        let h = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok((local, h))
+    }
+}
+
+async fn receive(
+    State(sink): State<Sink>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let path = format!("/{path}");
+    let answer = {
+        let mut g = sink.lock();
+        g.scripts.get_mut(&path).and_then(|q| q.pop_front())
+    };
+    let answer = answer.unwrap_or_else(|| {
+        if path.starts_with("/slack") {
+            Answer {
+                status: 200,
+                retry_after: None,
+                body: "ok".into(),
+            }
+        } else if path.starts_with("/teams") {
+            Answer {
+                status: 202,
+                retry_after: None,
+                body: String::new(),
+            }
+        } else {
+            Answer {
+                status: 200,
+                retry_after: None,
+                body: String::new(),
+            }
+        }
+    });
+    let rec = Received {
+        path: path.clone(),
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
+            .collect(),
+        body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        raw: body,
+        status: answer.status,
+    };
+    sink.lock().received.push(rec.clone());
+    let _ = sink.tx.send(rec);
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (status, answer.body).into_response();
+    if let Some(ra) = answer.retry_after
+        && let Ok(v) = ra.parse()
+    {
+        r.headers_mut().insert("retry-after", v);
+    }
+    r
+}

@@ -1,0 +1,541 @@
+//! The only module that knows the storage engine (sled). Subscriptions, last-seen job
+//! state, the outbox of pending deliveries, dead letters and channel state.
+//!
+//! Invariant: a detected transition's new job state and the outbox entries it
+//! produces commit in one transaction; an outbox entry leaves only when delivered or
+//! dead-lettered.
+use crate::config::ChannelKind;
+use crate::domain::{Event, JobKey, JobSnapshot};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: cannot open: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("store {path}: {source}")]
+    Engine { path: PathBuf, source: sled::Error },
+    #[error("store {path}: corrupt record in {tree}: {message}")]
+    Corrupt {
+        path: PathBuf,
+        tree: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub id: String,
+    pub team: String,
+    #[serde(flatten)]
+    pub job: JobKey,
+    pub channels: Vec<String>,
+    pub events: Vec<Event>,
+    pub created_at: DateTime<Utc>,
+    /// `active`, or `ended` once the job no longer exists.
+    #[serde(default = "active")]
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_reason: Option<String>,
+}
+
+fn active() -> String {
+    "active".into()
+}
+
+impl Subscription {
+    pub fn is_active(&self) -> bool {
+        self.state == "active"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobState {
+    pub snapshot: JobSnapshot,
+    /// When the job was first seen terminal (cleared by a requeue).
+    pub terminal_since: Option<DateTime<Utc>>,
+}
+
+/// A message waiting to be delivered to one channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxEntry {
+    /// Store-assigned, increasing: gives transition order per channel.
+    #[serde(default)]
+    pub seq: u64,
+    /// Stable per (job, transition, channel); sent as `webhook-id`.
+    pub webhook_id: String,
+    pub team: String,
+    pub channel: String,
+    pub kind: ChannelKind,
+    pub job: JobKey,
+    pub event: Event,
+    pub created_at: DateTime<Utc>,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub id: u64,
+    pub reason: String,
+    pub dead_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub entry: OutboxEntry,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelState {
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    subs: sled::Tree,
+    sub_index: sled::Tree,
+    jobs: sled::Tree,
+    outbox: sled::Tree,
+    dead: sled::Tree,
+    channels: sled::Tree,
+}
+
+pub fn channel_key(team: &str, channel: &str) -> String {
+    format!("{team}/{channel}")
+}
+
+fn outbox_key(team: &str, channel: &str, seq: u64) -> Vec<u8> {
+    let mut k = channel_key(team, channel).into_bytes();
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn outbox_prefix(team: &str, channel: &str) -> Vec<u8> {
+    let mut k = channel_key(team, channel).into_bytes();
+    k.push(0);
+    k
+}
+
+fn job_key_bytes(k: &JobKey) -> Vec<u8> {
+    k.to_string().into_bytes()
+}
+
+fn index_key(team: &str, job: &JobKey) -> Vec<u8> {
+    format!("{team}\0{job}").into_bytes()
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our own types always serialize.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<String>>;
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
+                path: path.into(),
+                message: format!("cannot create directory: {e}"),
+            })?;
+        }
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| StoreError::Open {
+                path: path.into(),
+                message: match &e {
+                    sled::Error::Io(io)
+                        if io.to_string().contains("lock")
+                            || io.kind() == std::io::ErrorKind::WouldBlock =>
+                    {
+                        format!("{e} (is another deadline-notifier using this store?)")
+                    }
+                    _ => e.to_string(),
+                },
+            })?;
+        let t = |name: &str| {
+            db.open_tree(name).map_err(|source| StoreError::Engine {
+                path: path.into(),
+                source,
+            })
+        };
+        Ok(Store {
+            subs: t("subscriptions")?,
+            sub_index: t("subscription_index")?,
+            jobs: t("jobs")?,
+            outbox: t("outbox")?,
+            dead: t("dead_letters")?,
+            channels: t("channels")?,
+            db,
+            path: path.into(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn eng(&self, source: sled::Error) -> StoreError {
+        StoreError::Engine {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn tx_err(&self, e: TransactionError<String>) -> StoreError {
+        match e {
+            TransactionError::Storage(source) => self.eng(source),
+            TransactionError::Abort(message) => StoreError::Corrupt {
+                path: self.path.clone(),
+                tree: "transaction",
+                message,
+            },
+        }
+    }
+
+    fn dec<T: DeserializeOwned>(&self, tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            tree,
+            message: e.to_string(),
+        })
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map_err(|e| self.eng(e))?;
+        Ok(())
+    }
+
+    // --- subscriptions ---
+
+    /// Inserts `sub` unless the team already subscribes the job; returns the stored
+    /// subscription and whether it was created.
+    pub fn insert_subscription(
+        &self,
+        sub: Subscription,
+    ) -> Result<(Subscription, bool), StoreError> {
+        let ik = index_key(&sub.team, &sub.job);
+        let res = (&self.subs, &self.sub_index).transaction(
+            |(subs, idx)| -> TxResult<(Subscription, bool)> {
+                if let Some(id) = idx.get(&ik)?
+                    && let Some(existing) = subs.get(&id)?
+                {
+                    let existing: Subscription = serde_json::from_slice(&existing)
+                        .map_err(|e| ConflictableTransactionError::Abort(e.to_string()))?;
+                    if existing.is_active() {
+                        return Ok((existing, false));
+                    }
+                    subs.remove(&id)?;
+                }
+                subs.insert(sub.id.as_bytes(), enc(&sub))?;
+                idx.insert(ik.clone(), sub.id.as_bytes())?;
+                Ok((sub.clone(), true))
+            },
+        );
+        res.map_err(|e| self.tx_err(e))
+    }
+
+    pub fn subscription(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
+        match self.subs.get(id.as_bytes()).map_err(|e| self.eng(e))? {
+            Some(v) => Ok(Some(self.dec("subscriptions", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        self.subs
+            .iter()
+            .values()
+            .map(|v| self.dec("subscriptions", &v.map_err(|e| self.eng(e))?))
+            .collect()
+    }
+
+    pub fn delete_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        let ik = index_key(&sub.team, &sub.job);
+        (&self.subs, &self.sub_index)
+            .transaction(|(subs, idx)| -> TxResult<()> {
+                subs.remove(sub.id.as_bytes())?;
+                if idx.get(&ik)?.as_deref() == Some(sub.id.as_bytes()) {
+                    idx.remove(ik.clone())?;
+                }
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    /// Marks every active subscription of `job` as ended (the job is gone).
+    pub fn end_subscriptions(&self, job: &JobKey, reason: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for mut s in self.subscriptions()? {
+            if &s.job == job && s.is_active() {
+                s.state = "ended".into();
+                s.ended_reason = Some(reason.into());
+                self.subs
+                    .insert(s.id.as_bytes(), enc(&s))
+                    .map_err(|e| self.eng(e))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    // --- job state and the transactional outbox ---
+
+    pub fn job_state(&self, job: &JobKey) -> Result<Option<JobState>, StoreError> {
+        match self.jobs.get(job_key_bytes(job)).map_err(|e| self.eng(e))? {
+            Some(v) => Ok(Some(self.dec("jobs", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the job's new state and queues `entries`, atomically. Returns the
+    /// queued entries with their sequence numbers.
+    pub fn commit_observation(
+        &self,
+        state: &JobState,
+        entries: Vec<OutboxEntry>,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let jk = job_key_bytes(&state.snapshot.key);
+        let value = enc(state);
+        (&self.jobs, &self.outbox)
+            .transaction(|(jobs, outbox)| -> TxResult<Vec<OutboxEntry>> {
+                jobs.insert(jk.clone(), value.clone())?;
+                let mut out = Vec::with_capacity(entries.len());
+                for e in &entries {
+                    let mut e = e.clone();
+                    e.seq = outbox.generate_id()?;
+                    outbox.insert(outbox_key(&e.team, &e.channel, e.seq), enc(&e))?;
+                    out.push(e);
+                }
+                Ok(out)
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    /// The oldest pending entry for a channel: the only one that may be sent, so
+    /// messages leave in transition order.
+    pub fn outbox_head(
+        &self,
+        team: &str,
+        channel: &str,
+    ) -> Result<Option<OutboxEntry>, StoreError> {
+        match self.outbox.scan_prefix(outbox_prefix(team, channel)).next() {
+            Some(kv) => {
+                let (_, v) = kv.map_err(|e| self.eng(e))?;
+                Ok(Some(self.dec("outbox", &v)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    pub fn update_outbox(&self, e: &OutboxEntry) -> Result<(), StoreError> {
+        self.outbox
+            .insert(outbox_key(&e.team, &e.channel, e.seq), enc(e))
+            .map_err(|e| self.eng(e))?;
+        Ok(())
+    }
+
+    pub fn delivered(&self, e: &OutboxEntry) -> Result<(), StoreError> {
+        self.outbox
+            .remove(outbox_key(&e.team, &e.channel, e.seq))
+            .map_err(|e| self.eng(e))?;
+        Ok(())
+    }
+
+    /// Moves an entry from the outbox to the dead letters, atomically.
+    pub fn dead_letter(
+        &self,
+        e: &OutboxEntry,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<DeadLetter, StoreError> {
+        let ok = outbox_key(&e.team, &e.channel, e.seq);
+        (&self.outbox, &self.dead)
+            .transaction(|(outbox, dead)| -> TxResult<DeadLetter> {
+                let id = dead.generate_id()?;
+                let dl = DeadLetter {
+                    id,
+                    reason: reason.to_string(),
+                    dead_at: now,
+                    entry: e.clone(),
+                };
+                outbox.remove(ok.clone())?;
+                dead.insert(&id.to_be_bytes(), enc(&dl))?;
+                Ok(dl)
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.dead
+            .iter()
+            .values()
+            .map(|v| self.dec("dead_letters", &v.map_err(|e| self.eng(e))?))
+            .collect()
+    }
+
+    /// Re-queues a dead letter with its original `webhook-id`, at the tail of its channel.
+    pub fn replay_dead_letter(
+        &self,
+        id: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OutboxEntry>, StoreError> {
+        let dk = id.to_be_bytes();
+        (&self.outbox, &self.dead)
+            .transaction(|(outbox, dead)| -> TxResult<Option<OutboxEntry>> {
+                let Some(v) = dead.get(dk)? else {
+                    return Ok(None);
+                };
+                let dl: DeadLetter = serde_json::from_slice(&v)
+                    .map_err(|e| ConflictableTransactionError::Abort(e.to_string()))?;
+                let mut e = dl.entry;
+                e.seq = outbox.generate_id()?;
+                e.attempts = 0;
+                e.next_attempt_at = now;
+                e.created_at = now;
+                outbox.insert(outbox_key(&e.team, &e.channel, e.seq), enc(&e))?;
+                dead.remove(&dk)?;
+                Ok(Some(e))
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    // --- channel state ---
+
+    pub fn channel_state(&self, team: &str, channel: &str) -> Result<ChannelState, StoreError> {
+        match self
+            .channels
+            .get(channel_key(team, channel))
+            .map_err(|e| self.eng(e))?
+        {
+            Some(v) => self.dec("channels", &v),
+            None => Ok(ChannelState::default()),
+        }
+    }
+
+    pub fn set_channel_state(
+        &self,
+        team: &str,
+        channel: &str,
+        st: &ChannelState,
+    ) -> Result<(), StoreError> {
+        self.channels
+            .insert(channel_key(team, channel), enc(st))
+            .map_err(|e| self.eng(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> JobKey {
+        JobKey {
+            farm_id: format!("farm-{}", "a".repeat(32)),
+            queue_id: format!("queue-{}", "b".repeat(32)),
+            job_id: format!("job-{:032x}", n),
+        }
+    }
+
+    fn entry(team: &str, ch: &str, job: JobKey) -> OutboxEntry {
+        OutboxEntry {
+            seq: 0,
+            webhook_id: "msg_x".into(),
+            team: team.into(),
+            channel: ch.into(),
+            kind: ChannelKind::Webhook,
+            job,
+            event: Event::Succeeded,
+            created_at: Utc::now(),
+            attempts: 0,
+            next_attempt_at: Utc::now(),
+            last_error: None,
+            payload: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn state_and_outbox_commit_together_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("db");
+        {
+            let s = Store::open(&p).unwrap();
+            let st = JobState {
+                snapshot: JobSnapshot::sample(key(1), "a"),
+                terminal_since: None,
+            };
+            let q = s
+                .commit_observation(&st, vec![entry("t", "c", key(1)), entry("t", "c", key(1))])
+                .unwrap();
+            assert!(q[0].seq < q[1].seq);
+            s.db.flush().unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert!(s.job_state(&key(1)).unwrap().is_some());
+        let head = s.outbox_head("t", "c").unwrap().unwrap();
+        s.delivered(&head).unwrap();
+        let next = s.outbox_head("t", "c").unwrap().unwrap();
+        assert!(next.seq > head.seq);
+        let dl = s.dead_letter(&next, "HTTP 400", Utc::now()).unwrap();
+        assert!(s.outbox_head("t", "c").unwrap().is_none());
+        let back = s.replay_dead_letter(dl.id, Utc::now()).unwrap().unwrap();
+        assert_eq!(back.webhook_id, "msg_x");
+        assert!(s.dead_letters().unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_subscription_per_team_and_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let sub = |id: &str, team: &str| Subscription {
+            id: id.into(),
+            team: team.into(),
+            job: key(2),
+            channels: vec![],
+            events: vec![],
+            created_at: Utc::now(),
+            state: active(),
+            ended_reason: None,
+        };
+        assert!(s.insert_subscription(sub("a", "t1")).unwrap().1);
+        let (existing, created) = s.insert_subscription(sub("b", "t1")).unwrap();
+        assert!(!created);
+        assert_eq!(existing.id, "a");
+        assert!(s.insert_subscription(sub("c", "t2")).unwrap().1);
+        s.delete_subscription(&existing).unwrap();
+        assert!(s.insert_subscription(sub("d", "t1")).unwrap().1);
+    }
+
+    #[test]
+    fn second_process_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("db");
+        let _a = Store::open(&p).unwrap();
+        // sled holds an exclusive file lock; a second open in the same process also fails.
+        let err = Store::open(&p)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(&p.display().to_string()), "{err}");
+    }
+}
