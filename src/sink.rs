@@ -68,6 +68,11 @@ impl Sink {
             .extend(answers);
     }
 
+    /// Drops any answers still scripted for `path`.
+    pub fn clear_script(&self, path: &str) {
+        self.lock().scripts.remove(path);
+    }
+
     /// Every request so far, accepted or not.
     pub fn received(&self) -> Vec<Received> {
         self.lock().received.clone()

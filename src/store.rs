@@ -247,7 +247,9 @@ impl Store {
                 Ok((sub.clone(), true))
             },
         );
+        // A 201 promises the subscription survives a crash.
         res.map_err(|e| self.tx_err(e))
+            .and_then(|r| self.sync().map(|_| r))
     }
 
     pub fn subscription(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
@@ -276,6 +278,7 @@ impl Store {
                 Ok(())
             })
             .map_err(|e| self.tx_err(e))
+            .and_then(|_| self.sync())
     }
 
     /// Marks every active subscription of `job` as ended (the job is gone).
@@ -291,6 +294,7 @@ impl Store {
                 n += 1;
             }
         }
+        self.sync()?;
         Ok(n)
     }
 
@@ -325,6 +329,14 @@ impl Store {
                 Ok(out)
             })
             .map_err(|e| self.tx_err(e))
+            .and_then(|out| self.sync().map(|_| out))
+    }
+
+    /// sled commits to memory and flushes on a timer; a SIGKILL in between would lose a
+    /// committed transition, so every change the outbox contract depends on is synced.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.eng(e))?;
+        Ok(())
     }
 
     /// The oldest pending entry for a channel: the only one that may be sent, so
@@ -358,7 +370,7 @@ impl Store {
         self.outbox
             .remove(outbox_key(&e.team, &e.channel, e.seq))
             .map_err(|e| self.eng(e))?;
-        Ok(())
+        self.sync()
     }
 
     /// Moves an entry from the outbox to the dead letters, atomically.
@@ -383,6 +395,7 @@ impl Store {
                 Ok(dl)
             })
             .map_err(|e| self.tx_err(e))
+            .and_then(|dl| self.sync().map(|_| dl))
     }
 
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
@@ -417,6 +430,7 @@ impl Store {
                 Ok(Some(e))
             })
             .map_err(|e| self.tx_err(e))
+            .and_then(|r| self.sync().map(|_| r))
     }
 
     // --- channel state ---
@@ -441,7 +455,7 @@ impl Store {
         self.channels
             .insert(channel_key(team, channel), enc(st))
             .map_err(|e| self.eng(e))?;
-        Ok(())
+        self.sync()
     }
 }
 

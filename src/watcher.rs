@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// Jobs to poll, with their stored state and active subscriptions.
+type Due = BTreeMap<JobKey, (Option<JobState>, Vec<Subscription>)>;
+
 pub struct Watcher {
     pub store: Store,
     pub client: Arc<DeadlineClient>,
@@ -83,7 +86,7 @@ impl Watcher {
 
     /// Jobs to poll now: those with an active subscription, unless they have been
     /// terminal for longer than the grace period.
-    fn due(&self) -> Result<BTreeMap<JobKey, (Option<JobState>, Vec<Subscription>)>, StoreError> {
+    fn due(&self) -> Result<Due, StoreError> {
         let now = self.clock.now();
         let grace = chrono::Duration::from_std(self.config.deadline.terminal_grace)
             .unwrap_or(chrono::Duration::MAX);
@@ -124,7 +127,7 @@ impl Watcher {
             };
             match fetched {
                 Fetched::Found(snap) => {
-                    let (t, q) = self.observe(prev.as_ref(), snap, subs)?;
+                    let (t, q) = self.observe(prev.as_ref(), *snap, subs)?;
                     report.transitions += t;
                     report.queued += q;
                 }

@@ -217,7 +217,7 @@ impl DeadlineClient {
                 queue_id: item.queue_id().into(),
                 job_id: item.job_id().into(),
             };
-            found.insert(key.clone(), Fetched::Found(snapshot!(item, key)));
+            found.insert(key.clone(), Fetched::Found(Box::new(snapshot!(item, key))));
         }
         for err in resp.errors() {
             let key = JobKey {
@@ -254,7 +254,7 @@ impl DeadlineClient {
             .send()
             .await;
         match resp {
-            Ok(out) => Ok(Fetched::Found(snapshot!(out, key.clone()))),
+            Ok(out) => Ok(Fetched::Found(Box::new(snapshot!(out, key.clone())))),
             Err(SdkError::ServiceError(se)) => {
                 let e = se.err();
                 match e {

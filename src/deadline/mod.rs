@@ -9,7 +9,7 @@ use std::time::Duration;
 /// What one poll learned about one job.
 #[derive(Debug, Clone)]
 pub enum Fetched {
-    Found(JobSnapshot),
+    Found(Box<JobSnapshot>),
     /// The job no longer exists (Deadline deletes jobs 120 days after submission).
     Gone(String),
     /// This job could not be read this time; try again next poll.

@@ -1,0 +1,139 @@
+use crate::helpers::*;
+use serde_json::{Value, json};
+
+async fn call(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_scope_every_subscription_to_its_team() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let job = env.add_job("api");
+    let api = env.api();
+    let body =
+        json!({"farmId": job.farm_id, "queueId": job.queue_id, "jobId": job.job_id}).to_string();
+    let subs = format!("{api}/v1/subscriptions");
+    use reqwest::Method as M;
+
+    // No token, wrong token → 401 with a JSON error.
+    for tok in [None, Some("not-a-real-token-000000")] {
+        let (s, v) = call(M::POST, &subs, tok, Some(&body)).await;
+        assert_eq!(s, 401);
+        assert!(v["error"].is_string());
+        assert_eq!(call(M::GET, &subs, tok, None).await.0, 401);
+    }
+
+    let (s, created) = call(M::POST, &subs, Some(LIGHTING), Some(&body)).await;
+    assert_eq!(s, 201, "{created}");
+    for k in [
+        "id",
+        "team",
+        "farmId",
+        "queueId",
+        "jobId",
+        "channels",
+        "events",
+        "createdAt",
+    ] {
+        assert!(created.get(k).is_some(), "response has {k}: {created}");
+    }
+    assert_eq!(created["team"], "lighting");
+    assert_eq!(created["channels"], json!(["slack", "teams", "pipeline"]));
+    assert_eq!(created["events"].as_array().unwrap().len(), 7);
+    let id = created["id"].as_str().unwrap();
+
+    // Same job, same team → 200 with the existing subscription.
+    let (s, again) = call(M::POST, &subs, Some(LIGHTING), Some(&body)).await;
+    assert_eq!((s, again["id"].as_str()), (200, Some(id)));
+
+    // Another team can subscribe the same job, but never sees or deletes lighting's.
+    let (s, fx) = call(M::POST, &subs, Some(FX), Some(&body)).await;
+    assert_eq!(s, 201);
+    assert_ne!(fx["id"], created["id"]);
+    let one = format!("{subs}/{id}");
+    assert_eq!(call(M::GET, &one, Some(FX), None).await.0, 404);
+    assert_eq!(call(M::DELETE, &one, Some(FX), None).await.0, 404);
+    let (_, fx_list) = call(M::GET, &subs, Some(FX), None).await;
+    assert_eq!(fx_list["subscriptions"].as_array().unwrap().len(), 1);
+    assert_eq!(fx_list["subscriptions"][0]["team"], "fx");
+    let (_, dl) = call(M::GET, &format!("{api}/v1/dead-letters"), Some(FX), None).await;
+    assert!(dl["deadLetters"].as_array().unwrap().is_empty());
+
+    let (s, mine) = call(M::GET, &one, Some(LIGHTING), None).await;
+    assert_eq!((s, mine["id"].as_str()), (200, Some(id)));
+    assert_eq!(call(M::DELETE, &one, Some(LIGHTING), None).await.0, 204);
+    assert_eq!(call(M::GET, &one, Some(LIGHTING), None).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_400_naming_the_field() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let subs = format!("{}/v1/subscriptions", env.api());
+    let f = format!("farm-{}", "a".repeat(32));
+    let q = format!("queue-{}", "b".repeat(32));
+    let j = format!("job-{}", "c".repeat(32));
+    let cases = [
+        ("{not json".to_string(), "JSON"),
+        ("[]".to_string(), "object"),
+        (json!({"queueId": q, "jobId": j}).to_string(), "farmId"),
+        (
+            json!({"farmId": "farm-1", "queueId": q, "jobId": j}).to_string(),
+            "farmId",
+        ),
+        (
+            json!({"farmId": f, "queueId": q, "jobId": 42}).to_string(),
+            "jobId",
+        ),
+        (
+            json!({"farmId": f, "queueId": "queue-XYZ", "jobId": j}).to_string(),
+            "queueId",
+        ),
+        (
+            json!({"farmId": f, "queueId": q, "jobId": j, "channels": ["nope"]}).to_string(),
+            "channels",
+        ),
+        (
+            json!({"farmId": f, "queueId": q, "jobId": j, "events": ["job.exploded"]}).to_string(),
+            "events",
+        ),
+        (
+            json!({"farmId": f, "queueId": q, "jobId": j, "team": "fx"}).to_string(),
+            "team",
+        ),
+    ];
+    for (body, field) in cases {
+        let (s, v) = call(reqwest::Method::POST, &subs, Some(LIGHTING), Some(&body)).await;
+        assert_eq!(s, 400, "{body} → {v}");
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(field),
+            "error for {body} should name {field}: {msg}"
+        );
+    }
+    let big = format!("{{\"farmId\":\"{}\"}}", "x".repeat(100_000));
+    assert_eq!(
+        call(reqwest::Method::POST, &subs, Some(LIGHTING), Some(&big))
+            .await
+            .0,
+        413
+    );
+}

@@ -1,0 +1,281 @@
+use deadline_notifier::deadline::simulator::{JobSpec, Simulator};
+use deadline_notifier::domain::JobKey;
+use deadline_notifier::sink::{Received, Sink};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const LIGHTING: &str = "lighting-token-0123456789abcdef";
+pub const FX: &str = "fx-token-0123456789abcdef012345";
+
+/// Waits for `cond` to hold, checking every 50 ms, failing with `what` after `timeout`.
+pub async fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, mut cond: F) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct Env {
+    pub sim: Simulator,
+    pub sim_addr: SocketAddr,
+    pub sink: Sink,
+    pub dir: tempfile::TempDir,
+    pub api_port: u16,
+    pub runs: usize,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        Self::with_delivery("").await
+    }
+
+    /// `delivery_extra` is appended to the `[delivery]` table.
+    pub async fn with_delivery(delivery_extra: &str) -> Env {
+        let sim = Simulator::new();
+        let (sim_addr, _) = sim.serve(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let sink = Sink::new();
+        let (sink_addr, _) = sink.serve(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let api_port = free_port();
+        let cfg = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{api_port}"
+shutdown_grace = "5s"
+[store]
+path = "{store}"
+[deadline]
+poll_interval = "200ms"
+max_attempts = 3
+[delivery]
+allow_private_targets = true
+retry_schedule = ["200ms", "400ms"]
+slack_interval = "50ms"
+teams_interval = "50ms"
+{delivery_extra}
+[[teams]]
+name = "lighting"
+tokens = ["{LIGHTING}"]
+[[teams.channels]]
+name = "slack"
+kind = "slack"
+url = "http://{sink_addr}/slack/lighting"
+[[teams.channels]]
+name = "teams"
+kind = "teams"
+url = "http://{sink_addr}/teams/lighting"
+[[teams.channels]]
+name = "pipeline"
+kind = "webhook"
+url = "http://{sink_addr}/webhook/lighting"
+secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+[[teams]]
+name = "fx"
+tokens = ["{FX}"]
+[[teams.channels]]
+name = "hook"
+kind = "webhook"
+url = "http://{sink_addr}/webhook/fx"
+"#,
+            store = dir.path().join("store.sled").display()
+        );
+        std::fs::write(dir.path().join("notifier.toml"), cfg).unwrap();
+        Env {
+            sim,
+            sim_addr,
+            sink,
+            dir,
+            api_port,
+            runs: 0,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("notifier.toml")
+    }
+
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    /// Starts `deadline-notifier serve` with the standard AWS env chain pointed at
+    /// the simulator, and waits for /healthz.
+    pub async fn start(&mut self) -> Service {
+        self.runs += 1;
+        let log = self.dir.path().join(format!("run{}.log", self.runs));
+        let child = Command::new(env!("CARGO_BIN_EXE_deadline-notifier"))
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(
+                "AWS_ENDPOINT_URL_DEADLINE",
+                format!("http://{}", self.sim_addr),
+            )
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "secret-test")
+            .env("AWS_REGION", "us-west-2")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn deadline-notifier");
+        let svc = Service { child, log };
+        let url = format!("{}/healthz", self.api());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("service did not become healthy; log:\n{}", svc.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        svc
+    }
+
+    pub fn add_job(&self, name: &str) -> JobKey {
+        self.sim.add_job(JobSpec {
+            name: name.into(),
+            ..Default::default()
+        })
+    }
+
+    pub async fn subscribe(&self, token: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/subscriptions", self.api()))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn subscribe_job(&self, key: &JobKey, extra: Value) -> Value {
+        let mut body = json!({"farmId": key.farm_id, "queueId": key.queue_id, "jobId": key.job_id});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, v) = self.subscribe(LIGHTING, body).await;
+        assert_eq!(status, 201, "{v}");
+        v
+    }
+
+    /// Waits until the service has read the job `n` more times than now: after two
+    /// reads, the first observation is certainly committed.
+    pub async fn observed(&self, key: &JobKey, n: u64) {
+        let start = self.sim.hits(key);
+        wait_until(
+            Duration::from_secs(20),
+            "the service to poll the job",
+            || self.sim.hits(key) >= start + n,
+        )
+        .await;
+    }
+
+    /// Delivered messages about `key` (2xx answers), in arrival order.
+    pub fn delivered_for(&self, key: &JobKey) -> Vec<Received> {
+        self.sink
+            .delivered()
+            .into_iter()
+            .filter(|r| r.raw.contains(&key.job_id))
+            .collect()
+    }
+}
+
+pub struct Service {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Service {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Which channel a sink request went to.
+pub fn channel_of(r: &Received) -> &'static str {
+    if r.path.starts_with("/slack") {
+        "slack"
+    } else if r.path.starts_with("/teams") {
+        "teams"
+    } else if r.path.starts_with("/webhook/fx") {
+        "fx"
+    } else {
+        "webhook"
+    }
+}
+
+/// The event a delivered payload announces, whatever the channel.
+pub fn event_of(r: &Received) -> String {
+    if let Some(t) = r.body["type"].as_str()
+        && t.starts_with("job.")
+    {
+        return t.to_string();
+    }
+    for (word, ev) in [
+        (" started", "job.started"),
+        (" succeeded", "job.succeeded"),
+        (" failed to create", "job.create_failed"),
+        (" failed", "job.failed"),
+        (" was canceled", "job.canceled"),
+    ] {
+        let title = if channel_of(r) == "slack" {
+            r.body["blocks"][0]["text"]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        } else {
+            r.body["attachments"][0]["content"]["body"][0]["inlines"][0]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+        if title.ends_with(word) {
+            return ev.to_string();
+        }
+    }
+    "unknown".into()
+}

@@ -1,0 +1,6 @@
+//! Integration tests: the real `deadline-notifier` binary against the in-process
+//! Deadline Cloud simulator (through the real AWS SDK) and a local webhook sink.
+mod api;
+mod helpers;
+mod pipeline;
+mod startup;

@@ -1,0 +1,374 @@
+use crate::helpers::*;
+use deadline_notifier::deadline::simulator::{Faults, JobSpec, Patch};
+use deadline_notifier::sink::Answer;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn succeeded_job_yields_one_message_per_channel_and_no_started() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let job = env.add_job("shot_010 comp");
+    env.subscribe_job(&job, json!({})).await;
+    env.observed(&job, 2).await;
+    env.sim.set_status(&job, "RUNNING");
+    env.observed(&job, 2).await;
+    env.sim.set_status(&job, "SUCCEEDED");
+    wait_until(T, "3 deliveries", || env.delivered_for(&job).len() >= 3).await;
+    // Give the service time to (wrongly) send more.
+    env.observed(&job, 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let got = env.delivered_for(&job);
+    let mut channels: Vec<_> = got.iter().map(channel_of).collect();
+    channels.sort();
+    assert_eq!(
+        channels,
+        vec!["slack", "teams", "webhook"],
+        "exactly one message per channel"
+    );
+    for r in &got {
+        assert_eq!(event_of(r), "job.succeeded", "{}", r.raw);
+        assert!(
+            r.raw.contains("shot_010 comp"),
+            "message names the job: {}",
+            r.raw
+        );
+    }
+    let hook = got.iter().find(|r| channel_of(r) == "webhook").unwrap();
+    assert_eq!(hook.body["data"]["previousTaskRunStatus"], "RUNNING");
+    assert!(hook.headers.contains_key("webhook-signature"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_is_sent_when_asked_for_and_order_is_kept() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let job = env.add_job("shot_011");
+    env.subscribe_job(
+        &job,
+        json!({"events": ["job.started", "job.succeeded"], "channels": ["pipeline"]}),
+    )
+    .await;
+    env.observed(&job, 2).await;
+    env.sim.set_status(&job, "RUNNING");
+    env.observed(&job, 2).await;
+    env.sim.set_status(&job, "SUCCEEDED");
+    wait_until(T, "2 deliveries", || env.delivered_for(&job).len() >= 2).await;
+    let events: Vec<_> = env.delivered_for(&job).iter().map(event_of).collect();
+    assert_eq!(events, vec!["job.started", "job.succeeded"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_canceled_create_failed_and_skipped_states() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let failed = env.add_job("will fail");
+    let canceled = env.add_job("will cancel");
+    let jumped = env.add_job("ready to done");
+    let bad = env.sim.add_job(JobSpec {
+        name: "bad bundle".into(),
+        lifecycle_status: Some("CREATE_IN_PROGRESS".into()),
+        ..Default::default()
+    });
+    for j in [&failed, &canceled, &jumped, &bad] {
+        env.subscribe_job(j, json!({"channels": ["pipeline"]}))
+            .await;
+    }
+    for j in [&failed, &canceled, &jumped, &bad] {
+        env.observed(j, 2).await;
+    }
+    env.sim.set_status(&failed, "RUNNING");
+    env.sim.set_status(&canceled, "RUNNING");
+    env.observed(&failed, 2).await;
+    env.sim.set_status(&failed, "FAILED");
+    env.sim.set_status(&canceled, "CANCELED");
+    env.sim.set_status(&jumped, "SUCCEEDED"); // READY → SUCCEEDED, RUNNING never seen
+    env.sim.patch(
+        &bad,
+        &Patch {
+            lifecycle_status: Some("CREATE_FAILED".into()),
+            ..Default::default()
+        },
+    );
+    for (j, ev) in [
+        (&failed, "job.failed"),
+        (&canceled, "job.canceled"),
+        (&jumped, "job.succeeded"),
+        (&bad, "job.create_failed"),
+    ] {
+        wait_until(T, ev, || env.delivered_for(j).len() == 1).await;
+        assert_eq!(event_of(&env.delivered_for(j)[0]), ev);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_job_name_is_inert_on_every_channel() {
+    let hostile = "<!channel> *bold* \"q\" \\ \n<https://evil|click>";
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let job = env.sim.add_job(JobSpec {
+        name: hostile.into(),
+        description: Some("<@U123> <!here> &amp; {{name}}".into()),
+        ..Default::default()
+    });
+    env.subscribe_job(&job, json!({})).await;
+    env.observed(&job, 2).await;
+    env.sim.set_status(&job, "FAILED");
+    wait_until(T, "3 deliveries", || env.delivered_for(&job).len() >= 3).await;
+    for r in env.delivered_for(&job) {
+        let v: Value = serde_json::from_str(&r.raw).expect("payload is valid JSON");
+        match channel_of(&r) {
+            "slack" => {
+                // Top-level text and every mrkdwn object: no raw < > from job data.
+                let mut mrkdwn = vec![v["text"].as_str().unwrap().to_string()];
+                for b in v["blocks"].as_array().unwrap() {
+                    if b["text"]["type"] == "mrkdwn" {
+                        assert_eq!(b["text"]["verbatim"], true);
+                        mrkdwn.push(b["text"]["text"].as_str().unwrap().to_string());
+                    }
+                    if b["text"]["type"] == "plain_text" {
+                        // Shown literally: visible, pings nobody.
+                        assert!(b["text"]["text"].as_str().unwrap().contains("<!channel>"));
+                    }
+                }
+                for t in mrkdwn {
+                    assert!(
+                        !t.contains('<') && !t.contains('>'),
+                        "unescaped markup in mrkdwn: {t}"
+                    );
+                }
+                assert!(v.get("link_names").is_none());
+            }
+            "teams" => {
+                let content = &v["attachments"][0]["content"];
+                assert_eq!(
+                    v["attachments"][0]["contentType"],
+                    "application/vnd.microsoft.card.adaptive"
+                );
+                for b in content["body"].as_array().unwrap() {
+                    assert_eq!(
+                        b["type"], "RichTextBlock",
+                        "untrusted text only in TextRuns"
+                    );
+                }
+                assert!(content.get("msteams").is_none(), "no mention entities");
+                assert!(r.raw.contains("<!channel>"), "text shown as typed");
+            }
+            _ => assert_eq!(v["data"]["name"], hostile),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_detection_before_delivery_loses_nothing_and_detects_once() {
+    let mut env = Env::new().await;
+    let mut svc = env.start().await;
+    let job = env.add_job("crashy");
+    env.subscribe_job(&job, json!({"channels": ["pipeline"]}))
+        .await;
+    env.observed(&job, 2).await;
+    // The receiver is down: the message is detected and queued but cannot be delivered.
+    env.sink.script(
+        "/webhook/lighting",
+        (0..10_000).map(|_| Answer {
+            status: 503,
+            retry_after: None,
+            body: "down".into(),
+        }),
+    );
+    env.sim.set_status(&job, "SUCCEEDED");
+    wait_until(T, "a failed delivery attempt", || {
+        env.sink
+            .received()
+            .iter()
+            .any(|r| r.raw.contains(&job.job_id))
+    })
+    .await;
+    svc.kill(); // SIGKILL
+    let first_id = env
+        .sink
+        .received()
+        .iter()
+        .find(|r| r.raw.contains(&job.job_id))
+        .unwrap()
+        .headers["webhook-id"]
+        .clone();
+    env.sink.clear_script("/webhook/lighting");
+
+    let svc2 = env.start().await;
+    wait_until(T, "delivery after restart", || {
+        env.delivered_for(&job).len() == 1
+    })
+    .await;
+    env.observed(&job, 3).await;
+    let delivered = env.delivered_for(&job);
+    let seen: Vec<_> = env
+        .sink
+        .received()
+        .iter()
+        .filter(|r| r.raw.contains(&job.job_id))
+        .map(|r| {
+            (
+                r.status,
+                r.headers["webhook-id"].clone(),
+                r.body["type"].clone(),
+            )
+        })
+        .collect();
+    eprintln!("{seen:?}");
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(
+        delivered[0].headers["webhook-id"], first_id,
+        "same webhook-id across restart"
+    );
+    let detections = |log: String| {
+        log.lines()
+            .filter(|l| l.contains("transition detected") && l.contains(&job.job_id))
+            .count()
+    };
+    assert_eq!(
+        detections(svc.log_text()) + detections(svc2.log_text()),
+        1,
+        "detected exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_server_errors_delay_but_never_lose() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let job = env.add_job("throttled");
+    env.subscribe_job(&job, json!({"channels": ["pipeline"]}))
+        .await;
+    env.observed(&job, 2).await;
+    env.sim.set_faults(Faults {
+        throttle_next: 4,
+        retry_after: Some(1),
+        error_next: 4,
+        ..Default::default()
+    });
+    env.sim.set_status(&job, "RUNNING");
+    env.sim.set_status(&job, "FAILED");
+    wait_until(T, "delivery despite faults", || {
+        env.delivered_for(&job).len() == 1
+    })
+    .await;
+    let s = env.sim.stats();
+    assert!(
+        s.throttled >= 4 && s.errors >= 4,
+        "faults were served: {s:?}"
+    );
+    assert_eq!(event_of(&env.delivered_for(&job)[0]), "job.failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_get_job_refused_falls_back_to_get_job() {
+    let mut env = Env::new().await;
+    env.sim.set_faults(Faults {
+        deny_batch: true,
+        ..Default::default()
+    });
+    let _svc = env.start().await;
+    let job = env.add_job("no batch rights");
+    env.subscribe_job(&job, json!({"channels": ["pipeline"]}))
+        .await;
+    env.observed(&job, 2).await;
+    env.sim.set_status(&job, "SUCCEEDED");
+    wait_until(T, "delivery via GetJob", || {
+        env.delivered_for(&job).len() == 1
+    })
+    .await;
+    assert!(env.sim.stats().get_job >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_get_job_is_used_for_many_jobs() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let jobs: Vec<_> = (0..150).map(|i| env.add_job(&format!("job {i}"))).collect();
+    for j in &jobs {
+        env.subscribe_job(j, json!({"channels": ["pipeline"]}))
+            .await;
+    }
+    env.observed(&jobs[149], 2).await;
+    let s = env.sim.stats();
+    assert_eq!(s.get_job, 0, "no per-job calls while BatchGetJob works");
+    assert!(
+        s.job_reads as f64 / s.batch_get_job as f64 > 10.0,
+        "batches carry many jobs: {s:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_job_ends_its_subscription() {
+    let mut env = Env::new().await;
+    let svc = env.start().await;
+    let job = env.add_job("old job");
+    let sub = env.subscribe_job(&job, json!({})).await;
+    env.observed(&job, 1).await;
+    env.sim.remove(&job);
+    let url = format!(
+        "{}/v1/subscriptions/{}",
+        env.api(),
+        sub["id"].as_str().unwrap()
+    );
+    let client = reqwest::Client::new();
+    let mut state = String::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while state != "ended" && tokio::time::Instant::now() < deadline {
+        let v: Value = client
+            .get(&url)
+            .bearer_auth(LIGHTING)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        state = v["state"].as_str().unwrap_or("").to_string();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "ended");
+    assert!(svc.log_text().contains("no longer exists"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_and_undelivered_messages_survive() {
+    let mut env = Env::new().await;
+    let mut svc = env.start().await;
+    let job = env.add_job("term");
+    env.subscribe_job(&job, json!({"channels": ["pipeline"]}))
+        .await;
+    env.observed(&job, 2).await;
+    env.sink.script(
+        "/webhook/lighting",
+        (0..10_000).map(|_| Answer {
+            status: 500,
+            retry_after: None,
+            body: String::new(),
+        }),
+    );
+    env.sim.set_status(&job, "CANCELED");
+    wait_until(T, "an attempt", || {
+        env.sink
+            .received()
+            .iter()
+            .any(|r| r.raw.contains(&job.job_id))
+    })
+    .await;
+    let status = svc.terminate();
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        svc.log_text()
+    );
+    env.sink.clear_script("/webhook/lighting");
+    let _svc2 = env.start().await;
+    wait_until(T, "delivery after restart", || {
+        env.delivered_for(&job).len() == 1
+    })
+    .await;
+}

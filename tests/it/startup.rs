@@ -1,0 +1,120 @@
+use crate::helpers::*;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_deadline-notifier"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_template_fails_start_up_naming_the_file() {
+    let env = Env::new().await;
+    let tdir = env.dir.path().join("templates/lighting/slack");
+    std::fs::create_dir_all(&tdir).unwrap();
+    std::fs::write(tdir.join("job.failed.hbs"), "{{#if name}}unclosed").unwrap();
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!(
+            "[templates]\ndir = \"{}\"\n{cfg}",
+            env.dir.path().join("templates").display()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(env.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lighting/slack/job.failed.hbs"), "{err}");
+
+    // A misspelt field is caught at start-up too (strict mode), not at send time.
+    std::fs::write(tdir.join("job.failed.hbs"), "{{nmae}} failed").unwrap();
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(env.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("job.failed.hbs") && err.contains("nmae"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_errors_name_file_and_key() {
+    let env = Env::new().await;
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        cfg.replace("poll_interval = \"200ms\"", "poll_interval = \"often\""),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(env.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("notifier.toml") && err.contains("poll_interval"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn team_template_overrides_the_default() {
+    let mut env = Env::new().await;
+    let tdir = env.dir.path().join("templates/lighting/webhook");
+    std::fs::create_dir_all(&tdir).unwrap();
+    std::fs::write(
+        tdir.join("job.succeeded.hbs"),
+        "Hooray for {{name}} on {{team}}",
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!(
+            "[templates]\ndir = \"{}\"\n{cfg}",
+            env.dir.path().join("templates").display()
+        ),
+    )
+    .unwrap();
+    let _svc = env.start().await;
+    let job = env.add_job("custom");
+    env.subscribe_job(&job, serde_json::json!({"channels": ["pipeline"]}))
+        .await;
+    env.observed(&job, 2).await;
+    env.sim.set_status(&job, "SUCCEEDED");
+    wait_until(std::time::Duration::from_secs(30), "delivery", || {
+        env.delivered_for(&job).len() == 1
+    })
+    .await;
+    assert_eq!(
+        env.delivered_for(&job)[0].body["data"]["summary"],
+        "Hooray for custom on lighting"
+    );
+}
+
+#[test]
+fn demo_runs_and_prints_every_notification() {
+    let out = bin().arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("demo complete: 15 notifications delivered"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[slack]") && stdout.contains("[teams]") && stdout.contains("[webhook]")
+    );
+}
