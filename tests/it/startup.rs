@@ -118,3 +118,39 @@ fn demo_runs_and_prints_every_notification() {
         stdout.contains("[slack]") && stdout.contains("[teams]") && stdout.contains("[webhook]")
     );
 }
+
+#[test]
+fn example_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("whsec");
+    std::fs::write(&secret, "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n").unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"))
+        .unwrap()
+        .replace("/run/secrets/pipeline-whsec", &secret.display().to_string());
+    let cfg = dir.path().join("notifier.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("LIGHTING_API_TOKEN", "lighting-token-0123456789")
+        .env("LIGHTING_SLACK_WEBHOOK", "https://hooks.slack.com/services/T000/B000/XXXX")
+        .env("LIGHTING_TEAMS_WEBHOOK", "https://prod-00.westus.logic.azure.com/workflows/x/triggers/manual/paths/invoke?sig=abc")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A missing variable is named, its would-be value never printed.
+    let out = bin().args(["check-config", "--config"]).arg(&cfg).env_remove("LIGHTING_API_TOKEN").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("LIGHTING_API_TOKEN") && err.contains("teams[0].tokens[0]"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_process_on_one_store_refuses_to_start() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let out = bin().args(["serve", "--config"]).arg(env.config_path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("store.sled"), "names the store path: {err}");
+}
