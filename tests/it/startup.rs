@@ -138,18 +138,36 @@ fn example_config_is_valid() {
         .env("LIGHTING_TEAMS_WEBHOOK", "https://prod-00.westus.logic.azure.com/workflows/x/triggers/manual/paths/invoke?sig=abc")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A missing variable is named, its would-be value never printed.
-    let out = bin().args(["check-config", "--config"]).arg(&cfg).env_remove("LIGHTING_API_TOKEN").output().unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env_remove("LIGHTING_API_TOKEN")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("LIGHTING_API_TOKEN") && err.contains("teams[0].tokens[0]"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("LIGHTING_API_TOKEN")
+            && err.contains("teams[0].tokens[0]"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_process_on_one_store_refuses_to_start() {
     let mut env = Env::new().await;
     let _svc = env.start().await;
-    let out = bin().args(["serve", "--config"]).arg(env.config_path()).output().unwrap();
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(env.config_path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("store.sled"), "names the store path: {err}");
