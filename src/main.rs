@@ -7,7 +7,7 @@ use deadline_notifier::{
     client::ApiClient,
     clock,
     config::Config,
-    deadline::{client::DeadlineClient, simulator::Simulator},
+    deadline::{Fetched, client::DeadlineClient, simulator::Simulator},
     demo,
     domain::{Event, JobKey, JobSnapshot, Transition},
     render::{self, Renderer},
@@ -70,8 +70,11 @@ enum Command {
         #[arg(long)]
         event: String,
         /// A GetJob response (JSON, as returned by `aws deadline get-job`), plus farmId and queueId.
+        #[arg(long, conflicts_with = "job_id", required_unless_present = "job_id")]
+        job: Option<PathBuf>,
+        /// Fetch the job from Deadline Cloud instead: `farm-…/queue-…/job-…`.
         #[arg(long)]
-        job: PathBuf,
+        job_id: Option<String>,
     },
     /// Subscribe a job for your team.
     Subscribe {
@@ -174,6 +177,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             channel,
             event,
             job,
+            job_id,
         } => {
             let cfg = Config::load(&config)?;
             let renderer = Renderer::load(&cfg)?;
@@ -184,9 +188,25 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 .channel(&channel)
                 .with_context(|| format!("team {team:?} has no channel {channel:?}"))?;
             let ev = Event::parse(&event).with_context(|| format!("unknown event {event:?}"))?;
-            let text = std::fs::read_to_string(&job)
-                .with_context(|| format!("reading {}", job.display()))?;
-            let snap = job_from_json(&text).with_context(|| format!("{}", job.display()))?;
+            let snap = match (job, job_id) {
+                (Some(job), _) => {
+                    let text = std::fs::read_to_string(&job)
+                        .with_context(|| format!("reading {}", job.display()))?;
+                    job_from_json(&text).with_context(|| format!("{}", job.display()))?
+                }
+                (None, Some(id)) => {
+                    let key = JobKey::parse_path(&id)?;
+                    let client = DeadlineClient::from_config(&cfg.deadline).await;
+                    match client.fetch(std::slice::from_ref(&key)).await?.pop() {
+                        Some((_, Fetched::Found(s))) => *s,
+                        Some((_, Fetched::Gone(why) | Fetched::Failed(why))) => {
+                            anyhow::bail!("cannot read {key}: {why}")
+                        }
+                        None => anyhow::bail!("cannot read {key}: empty response"),
+                    }
+                }
+                (None, None) => anyhow::bail!("give --job FILE or --job-id farm/queue/job"),
+            };
             let tr = Transition {
                 event: ev,
                 previous_task_run_status: None,
@@ -283,7 +303,6 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 _ = app::shutdown_signal() => {}
                 _ = handle => {}
             }
-            let _ = DeadlineClient::local; // the demo and tests reach it through the SDK
             Ok(())
         }
     }

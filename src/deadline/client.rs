@@ -1,6 +1,6 @@
 //! The Deadline Cloud client: `aws-sdk-deadline` through the standard `aws-config`
 //! credential, region and endpoint chain. SDK types stop here.
-use super::{FetchResult, Fetched, SourceError};
+use super::{FetchResult, Fetched, JobSummary, SourceError};
 use crate::config::DeadlineConfig;
 use crate::domain::{JobKey, JobSnapshot, LifecycleStatus, ParameterValue, TaskRunStatus};
 use aws_sdk_deadline as dl;
@@ -193,6 +193,86 @@ impl DeadlineClient {
             }
         }
         Ok(out)
+    }
+
+    /// Every job of one queue (ListJobs, all pages).
+    pub async fn list_jobs(
+        &self,
+        farm_id: &str,
+        queue_id: &str,
+    ) -> Result<Vec<JobSummary>, SourceError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_jobs()
+            .farm_id(farm_id)
+            .queue_id(queue_id)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| SourceError::Other(format!("ListJobs: {}", describe(&e))))?;
+            for j in page.jobs() {
+                out.push(JobSummary {
+                    key: JobKey {
+                        farm_id: farm_id.into(),
+                        queue_id: queue_id.into(),
+                        job_id: j.job_id().into(),
+                    },
+                    name: j.name().into(),
+                    task_run_status: j
+                        .task_run_status()
+                        .map(|s| TaskRunStatus::from_wire(s.as_str())),
+                    lifecycle_status: LifecycleStatus::from_wire(j.lifecycle_status().as_str()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Jobs of up to 10 queues of one farm (SearchJobs, all pages by item offset).
+    pub async fn search_jobs(
+        &self,
+        farm_id: &str,
+        queue_ids: &[String],
+    ) -> Result<Vec<JobSummary>, SourceError> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page = self
+                .client
+                .search_jobs()
+                .farm_id(farm_id)
+                .set_queue_ids(Some(queue_ids.to_vec()))
+                .item_offset(offset)
+                .page_size(100)
+                .send()
+                .await
+                .map_err(|e| SourceError::Other(format!("SearchJobs: {}", describe(&e))))?;
+            for j in page.jobs() {
+                let (Some(job_id), Some(queue_id)) = (j.job_id(), j.queue_id()) else {
+                    continue;
+                };
+                out.push(JobSummary {
+                    key: JobKey {
+                        farm_id: farm_id.into(),
+                        queue_id: queue_id.into(),
+                        job_id: job_id.into(),
+                    },
+                    name: j.name().unwrap_or_default().into(),
+                    task_run_status: j
+                        .task_run_status()
+                        .map(|s| TaskRunStatus::from_wire(s.as_str())),
+                    lifecycle_status: LifecycleStatus::from_wire(
+                        j.lifecycle_status().map_or("", |s| s.as_str()),
+                    ),
+                });
+            }
+            match page.next_item_offset() {
+                Some(next) if next > offset => offset = next,
+                _ => return Ok(out),
+            }
+        }
     }
 
     async fn batch(&self, keys: &[JobKey]) -> Result<Vec<(JobKey, Fetched)>, BatchErr> {

@@ -28,3 +28,12 @@ pub enum SourceError {
 }
 
 pub type FetchResult = Result<Vec<(JobKey, Fetched)>, SourceError>;
+
+/// One row of ListJobs/SearchJobs: enough to find jobs to subscribe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSummary {
+    pub key: JobKey,
+    pub name: String,
+    pub task_run_status: Option<crate::domain::TaskRunStatus>,
+    pub lifecycle_status: crate::domain::LifecycleStatus,
+}

@@ -372,3 +372,37 @@ async fn sigterm_exits_zero_and_undelivered_messages_survive() {
     })
     .await;
 }
+
+/// ListJobs and SearchJobs through the real SDK: the simulator's wire format parses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_search_jobs_through_the_sdk() {
+    use deadline_notifier::config::DeadlineConfig;
+    use deadline_notifier::deadline::client::DeadlineClient;
+    let env = Env::new().await;
+    let keys: Vec<_> = (0..130).map(|i| env.add_job(&format!("j{i}"))).collect();
+    env.sim.set_status(&keys[3], "RUNNING");
+    let client = DeadlineClient::local(
+        &format!("http://{}", env.sim_addr),
+        &DeadlineConfig::default(),
+    );
+    let listed = client
+        .list_jobs(&keys[0].farm_id, &keys[0].queue_id)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 130, "all pages");
+    let searched = client
+        .search_jobs(&keys[0].farm_id, std::slice::from_ref(&keys[0].queue_id))
+        .await
+        .unwrap();
+    assert_eq!(searched.len(), 130);
+    let running = searched.iter().find(|s| s.key == keys[3]).unwrap();
+    assert_eq!(
+        running.task_run_status.as_ref().map(|s| s.as_str()),
+        Some("RUNNING")
+    );
+    assert_eq!(running.name, "j3");
+    let fetched = client.fetch(&keys[..2]).await.unwrap();
+    assert!(
+        matches!(&fetched[0].1, deadline_notifier::deadline::Fetched::Found(s) if s.name == "j0")
+    );
+}
