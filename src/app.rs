@@ -69,11 +69,16 @@ impl App {
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (tx, rx) = watch::channel(false);
+        let worker_rx = rx.clone();
         let wakers = Wakers::new(&self.config);
         let addr = self.local_addr();
         let outbox = self.store.outbox_len();
         let subs = self.store.subscriptions()?.len();
-        tracing::info!(%addr, subscriptions = subs, outbox, store = %self.store.path().display(), "deadline-notifier started");
+        // The delivery log only needs to outlive any possible duplicate or replay.
+        let pruned = self
+            .store
+            .prune_delivered(self.clock.now() - chrono::Duration::days(30))?;
+        tracing::info!(%addr, subscriptions = subs, outbox, pruned, store = %self.store.path().display(), "deadline-notifier started");
 
         let watcher = Watcher {
             store: self.store.clone(),
@@ -83,15 +88,32 @@ impl App {
             clock: self.clock.clone(),
             wakers: wakers.clone(),
         };
-        let mut watcher_task = tokio::spawn(watcher.run(rx.clone()));
-        let workers = deliver::spawn_all(
+        // Watcher and delivery workers run until shutdown; any of them ending early
+        // means a store error, which stops the service rather than limping on.
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            watcher
+                .run(rx.clone())
+                .await
+                .map_err(|e| anyhow::Error::new(e).context("watcher stopped"))
+        });
+        for w in deliver::spawn_all(
             &self.store,
             &self.sender,
             &self.config,
             &self.clock,
             &wakers,
-            &rx,
-        );
+            &worker_rx,
+        ) {
+            tasks.spawn(async move {
+                match w.await {
+                    Ok(r) => {
+                        r.map_err(|e| anyhow::Error::new(e).context("delivery worker stopped"))
+                    }
+                    Err(e) => Err(anyhow::anyhow!("delivery worker panicked: {e}")),
+                }
+            });
+        }
 
         let state = AppState {
             store: self.store.clone(),
@@ -99,7 +121,7 @@ impl App {
             clock: self.clock.clone(),
             wakers,
         };
-        let mut api_rx = rx.clone();
+        let mut api_rx = worker_rx.clone();
         let server =
             axum::serve(self.listener, api::router(state)).with_graceful_shutdown(async move {
                 let _ = api_rx.wait_for(|v| *v).await;
@@ -110,11 +132,11 @@ impl App {
         let mut failure: Option<anyhow::Error> = None;
         tokio::select! {
             _ = &mut stop => tracing::info!("shutdown requested; finishing in-flight deliveries"),
-            r = &mut watcher_task => {
+            Some(r) = tasks.join_next() => {
                 failure = Some(match r {
-                    Ok(Ok(())) => anyhow::anyhow!("watcher stopped unexpectedly"),
-                    Ok(Err(e)) => anyhow::Error::new(e).context("watcher stopped"),
-                    Err(e) => anyhow::anyhow!("watcher panicked: {e}"),
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => anyhow::anyhow!("a service task stopped unexpectedly"),
+                    Err(e) => anyhow::anyhow!("a service task panicked: {e}"),
                 });
             }
             r = &mut server_task => {
@@ -124,16 +146,15 @@ impl App {
         let _ = tx.send(true);
         let grace = self.config.server.shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
-            for w in workers {
-                match w.await {
+            while let Some(r) = tasks.join_next().await {
+                match r {
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "delivery worker stopped with a store error")
+                        tracing::error!(error = format!("{e:#}"), "task stopped with an error")
                     }
-                    Err(e) => tracing::error!(error = %e, "delivery worker panicked"),
+                    Err(e) => tracing::error!(error = %e, "task panicked"),
                     Ok(Ok(())) => {}
                 }
             }
-            let _ = watcher_task.await;
             let _ = server_task.await;
         })
         .await;
@@ -142,6 +163,7 @@ impl App {
                 grace_ms = grace.as_millis() as u64,
                 "shutdown grace elapsed; unfinished messages stay in the outbox"
             );
+            tasks.abort_all();
         }
         self.store.flush().await?;
         tracing::info!(outbox = self.store.outbox_len(), "stopped");

@@ -6,9 +6,10 @@ use crate::notify::Sender;
 use crate::notify::retry::{self, Verdict};
 use crate::store::{ChannelState, OutboxEntry, Store, StoreError, channel_key};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 /// Wakes a channel's worker when something is queued for it.
 #[derive(Clone, Default)]
@@ -48,6 +49,40 @@ fn pace(kind: crate::config::ChannelKind, cfg: &crate::config::DeliveryConfig) -
     }
 }
 
+/// Spacing and back-off per destination URL, shared by every channel posting to it,
+/// so two channels with one Slack webhook still make ~1 post/s, and a 429 pauses both.
+#[derive(Clone, Default)]
+pub struct Pacer(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl Pacer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long until `dest` may be posted to.
+    pub fn free_in(&self, dest: &str) -> Duration {
+        self.lock().get(dest).map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// Takes the next slot for `dest`; the following one is `interval` later.
+    pub fn reserve(&self, dest: &str, interval: Duration) -> Instant {
+        let now = Instant::now();
+        let mut g = self.lock();
+        let slot = g.get(dest).map_or(now, |t| (*t).max(now));
+        g.insert(dest.to_string(), slot + interval);
+        slot
+    }
+
+    /// Nothing goes to `dest` before `until` (a 429's Retry-After).
+    pub fn block_until(&self, dest: &str, until: Instant) {
+        let mut g = self.lock();
+        let t = g.entry(dest.to_string()).or_insert(until);
+        *t = (*t).max(until);
+    }
+}
+
 pub struct Worker {
     pub store: Store,
     pub sender: Sender,
@@ -56,6 +91,7 @@ pub struct Worker {
     pub channel: Channel,
     pub clock: SharedClock,
     pub wake: Arc<Notify>,
+    pub pacer: Pacer,
 }
 
 /// Spawns one worker per configured channel.
@@ -68,6 +104,7 @@ pub fn spawn_all(
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<Result<(), StoreError>>> {
     let mut handles = Vec::new();
+    let pacer = Pacer::default();
     for t in &config.teams {
         for c in &t.channels {
             let w = Worker {
@@ -78,6 +115,7 @@ pub fn spawn_all(
                 channel: c.clone(),
                 clock: clock.clone(),
                 wake: wakers.get(&t.name, &c.name),
+                pacer: pacer.clone(),
             };
             handles.push(tokio::spawn(w.run(shutdown.clone())));
         }
@@ -88,7 +126,7 @@ pub fn spawn_all(
 impl Worker {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
         let pace = pace(self.channel.kind, &self.config.delivery);
-        let mut last_post: Option<tokio::time::Instant> = None;
+        let dest = self.channel.url.expose().to_string();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -99,16 +137,15 @@ impl Worker {
             {
                 None => Duration::from_secs(5),
                 Some(entry) => {
-                    let now = self.clock.now();
-                    let due_in = (entry.next_attempt_at - now)
+                    let due_in = (entry.next_attempt_at - self.clock.now())
                         .to_std()
                         .unwrap_or(Duration::ZERO);
-                    let paced = last_post.map_or(Duration::ZERO, |t| {
-                        (t + pace).saturating_duration_since(tokio::time::Instant::now())
-                    });
-                    let wait = due_in.max(paced);
+                    let wait = due_in.max(self.pacer.free_in(&dest));
                     if wait.is_zero() {
-                        last_post = Some(tokio::time::Instant::now());
+                        // Another worker posting to the same URL may have taken the
+                        // slot meanwhile; wait for ours.
+                        let slot = self.pacer.reserve(&dest, pace);
+                        tokio::time::sleep_until(slot).await;
                         // In-flight sends complete even during shutdown; the grace
                         // period in `app` bounds how long that may take.
                         self.attempt(entry).await?;
@@ -143,6 +180,12 @@ impl Worker {
             tracing::error!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl.id, %reason, "message could not be rendered; dead-lettered");
             return Ok(());
         }
+        if self.store.was_delivered(&e.webhook_id)? {
+            // Already sent (e.g. a replayed copy): at-least-once, but not twice on purpose.
+            self.store.delivered(&e, now)?;
+            tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "duplicate suppressed");
+            return Ok(());
+        }
         let body = serde_json::to_vec(&e.payload).unwrap_or_default();
         let verdict = self.sender.send(&self.channel, &e.webhook_id, &body).await;
         let now = self.clock.now();
@@ -155,12 +198,14 @@ impl Worker {
         let (job, team, channel, event) = (&span.0, &span.1, &span.2, span.3);
         match verdict {
             Verdict::Delivered => {
-                self.store.delivered(&e)?;
+                self.store.delivered(&e, now)?;
                 let latency_ms = (now - e.created_at).num_milliseconds();
                 tracing::info!(%job, %team, %channel, %event, webhook_id = %e.webhook_id, attempts = e.attempts + 1, latency_ms, "delivered");
             }
             Verdict::Throttled { wait, reason } => {
                 e.next_attempt_at = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                self.pacer
+                    .block_until(self.channel.url.expose(), Instant::now() + wait);
                 e.last_error = Some(reason.clone());
                 self.store.update_outbox(&e)?;
                 tracing::warn!(%job, %team, %channel, %event, wait_ms = wait.as_millis() as u64, %reason, "destination rate-limited us; waiting");

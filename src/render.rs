@@ -173,6 +173,10 @@ impl Renderer {
     }
 
     fn register(&mut self, name: &str, display: &str, src: &str) -> Result<(), RenderError> {
+        lint(src).map_err(|message| RenderError::Template {
+            file: display.to_string(),
+            message,
+        })?;
         for reg in [&mut self.plain, &mut self.slack] {
             reg.register_template_string(name, src)
                 .map_err(|e| RenderError::Template {
@@ -236,6 +240,29 @@ impl Renderer {
             }),
         }
     }
+}
+
+/// Rejects the forms that bypass the channel's escaping: `{{{ }}}`, `{{& }}` and
+/// `{{{{raw}}}}` blocks. `\{{` is a literal brace and is allowed.
+pub fn lint(src: &str) -> Result<(), String> {
+    for (i, line) in src.lines().enumerate() {
+        let mut rest = line;
+        let mut col = 0;
+        while let Some(pos) = rest.find("{{") {
+            let escaped = pos > 0 && rest.as_bytes()[pos - 1] == b'\\';
+            let after = rest[pos + 2..].trim_start_matches('~');
+            if !escaped && (after.starts_with('{') || after.starts_with('&')) {
+                return Err(format!(
+                    "line {}, column {}: unescaped output (`{{{{{{ }}}}}}`, `{{{{& }}}}` or a raw block) would bypass the channel's escaping; use `{{{{ }}}}`",
+                    i + 1,
+                    col + pos + 1
+                ));
+            }
+            col += pos + 2;
+            rest = &rest[pos + 2..];
+        }
+    }
+    Ok(())
 }
 
 fn split(s: &str) -> (String, String) {
@@ -417,6 +444,16 @@ mod tests {
             escape_slack("<!channel> & \"q\" *b*\u{7}"),
             "&lt;!channel&gt; &amp; \"q\" *b*"
         );
+    }
+
+    #[test]
+    fn lint_rejects_unescaped_output_with_line() {
+        assert!(lint("{{name}}\n{{#if x}}{{y}}{{/if}} \\{{{literal").is_ok());
+        let e = lint("ok\n  {{{name}}}").unwrap_err();
+        assert!(e.starts_with("line 2, column 3"), "{e}");
+        assert!(lint("{{& name}}").is_err());
+        assert!(lint("{{~{name}~}}").is_err());
+        assert!(lint("{{{{raw}}}}x{{{{/raw}}}}").is_err());
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub struct Store {
     outbox: sled::Tree,
     dead: sled::Tree,
     channels: sled::Tree,
+    /// webhook-id → delivered-at: our own log, used to suppress duplicate sends.
+    sent: sled::Tree,
 }
 
 pub fn channel_key(team: &str, channel: &str) -> String {
@@ -180,6 +182,7 @@ impl Store {
             jobs: t("jobs")?,
             outbox: t("outbox")?,
             dead: t("dead_letters")?,
+            sent: t("delivered_log")?,
             channels: t("channels")?,
             db,
             path: path.into(),
@@ -366,11 +369,40 @@ impl Store {
         Ok(())
     }
 
-    pub fn delivered(&self, e: &OutboxEntry) -> Result<(), StoreError> {
-        self.outbox
-            .remove(outbox_key(&e.team, &e.channel, e.seq))
-            .map_err(|e| self.eng(e))?;
+    /// Removes a delivered entry and records its webhook-id in the delivery log, atomically.
+    pub fn delivered(&self, e: &OutboxEntry, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let ok = outbox_key(&e.team, &e.channel, e.seq);
+        let at = now.timestamp_millis().to_be_bytes();
+        (&self.outbox, &self.sent)
+            .transaction(|(outbox, sent)| -> TxResult<()> {
+                outbox.remove(ok.clone())?;
+                sent.insert(e.webhook_id.as_bytes(), &at)?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))?;
         self.sync()
+    }
+
+    /// Whether a notification with this webhook-id was already delivered.
+    pub fn was_delivered(&self, webhook_id: &str) -> Result<bool, StoreError> {
+        self.sent
+            .contains_key(webhook_id.as_bytes())
+            .map_err(|e| self.eng(e))
+    }
+
+    /// Drops delivery-log records older than `before`; returns how many.
+    pub fn prune_delivered(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        let cutoff = before.timestamp_millis();
+        let mut n = 0;
+        for kv in self.sent.iter() {
+            let (k, v) = kv.map_err(|e| self.eng(e))?;
+            let at = v.as_ref().try_into().map(i64::from_be_bytes).unwrap_or(0);
+            if at < cutoff {
+                self.sent.remove(k).map_err(|e| self.eng(e))?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Moves an entry from the outbox to the dead letters, atomically.
@@ -507,7 +539,8 @@ mod tests {
         let s = Store::open(&p).unwrap();
         assert!(s.job_state(&key(1)).unwrap().is_some());
         let head = s.outbox_head("t", "c").unwrap().unwrap();
-        s.delivered(&head).unwrap();
+        s.delivered(&head, Utc::now()).unwrap();
+        assert!(s.was_delivered("msg_x").unwrap());
         let next = s.outbox_head("t", "c").unwrap().unwrap();
         assert!(next.seq > head.seq);
         let dl = s.dead_letter(&next, "HTTP 400", Utc::now()).unwrap();
