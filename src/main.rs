@@ -11,6 +11,7 @@ use deadline_notifier::{
     demo,
     domain::{Event, JobKey, JobSnapshot, Transition},
     render::{self, Renderer},
+    store::{Store, Subscription},
     telemetry::{self, LogFormat},
 };
 use serde_json::json;
@@ -120,6 +121,17 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
         name: String,
+    },
+    /// Check the store (every record readable) and print its subscriptions as JSON.
+    Export {
+        #[arg(long, default_value = "config/notifier.toml")]
+        config: PathBuf,
+    },
+    /// Add the subscriptions from an `export` file (existing ones are kept).
+    Import {
+        #[arg(long, default_value = "config/notifier.toml")]
+        config: PathBuf,
+        file: PathBuf,
     },
     /// Run the Deadline Cloud simulator alone.
     Simulate {
@@ -289,6 +301,58 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 .post(&format!("/v1/channels/{name}/enable"))
                 .await?;
             println!("channel {name} enabled");
+            Ok(())
+        }
+        Command::Export { config } => {
+            let cfg = Config::load(&config)?;
+            let store = Store::open(&cfg.store.path)?;
+            let counts = store.verify()?;
+            eprintln!(
+                "store {}: {}",
+                cfg.store.path.display(),
+                serde_json::to_string(&counts)?
+            );
+            print(&json!({"subscriptions": store.subscriptions()?}));
+            Ok(())
+        }
+        Command::Import { config, file } => {
+            let cfg = Config::load(&config)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            #[derive(serde::Deserialize)]
+            struct Export {
+                subscriptions: Vec<Subscription>,
+            }
+            let data: Export = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not an export file", file.display()))?;
+            let store = Store::open(&cfg.store.path)?;
+            let (mut created, mut kept) = (0, 0);
+            for (i, sub) in data.subscriptions.into_iter().enumerate() {
+                let team = cfg.team(&sub.team).with_context(|| {
+                    format!(
+                        "{}: subscriptions[{i}]: team {:?} is not in {}",
+                        file.display(),
+                        sub.team,
+                        config.display()
+                    )
+                })?;
+                JobKey::parse(&sub.job.farm_id, &sub.job.queue_id, &sub.job.job_id)
+                    .with_context(|| format!("{}: subscriptions[{i}]", file.display()))?;
+                if let Some(c) = sub.channels.iter().find(|c| team.channel(c).is_none()) {
+                    anyhow::bail!(
+                        "{}: subscriptions[{i}]: team {:?} has no channel {c:?}",
+                        file.display(),
+                        team.name
+                    );
+                }
+                if store.insert_subscription(sub)?.1 {
+                    created += 1
+                } else {
+                    kept += 1
+                }
+            }
+            store.flush().await?;
+            println!("imported {created} subscriptions ({kept} already present)");
             Ok(())
         }
         Command::Simulate { listen } => {

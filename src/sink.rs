@@ -18,6 +18,9 @@ pub struct Received {
     pub body: serde_json::Value,
     pub raw: String,
     pub status: u16,
+    /// When it arrived (for pacing and Retry-After checks).
+    #[serde(skip)]
+    pub at: Option<std::time::Instant>,
 }
 
 /// A scripted answer: status, optional `Retry-After`, body.
@@ -32,6 +35,9 @@ pub struct Answer {
 struct Inner {
     received: Vec<Received>,
     scripts: HashMap<String, VecDeque<Answer>>,
+    /// path → (answer with this status until then)
+    outages: HashMap<String, (std::time::Instant, u16)>,
+    delay: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -66,6 +72,18 @@ impl Sink {
             .entry(path.to_string())
             .or_default()
             .extend(answers);
+    }
+
+    /// Answers every request to `path` with `status` until `until`.
+    pub fn outage(&self, path: &str, until: std::time::Instant, status: u16) {
+        self.lock()
+            .outages
+            .insert(path.to_string(), (until, status));
+    }
+
+    /// Holds every answer this long (a slow receiver).
+    pub fn set_delay(&self, d: std::time::Duration) {
+        self.lock().delay = d;
     }
 
     /// Drops any answers still scripted for `path`.
@@ -113,10 +131,26 @@ async fn receive(
     body: String,
 ) -> Response {
     let path = format!("/{path}");
-    let answer = {
+    let (answer, delay) = {
         let mut g = sink.lock();
-        g.scripts.get_mut(&path).and_then(|q| q.pop_front())
+        let down = g
+            .outages
+            .get(&path)
+            .filter(|(until, _)| std::time::Instant::now() < *until)
+            .map(|(_, s)| *s);
+        let scripted = match down {
+            Some(status) => Some(Answer {
+                status,
+                retry_after: None,
+                body: "outage".into(),
+            }),
+            None => g.scripts.get_mut(&path).and_then(|q| q.pop_front()),
+        };
+        (scripted, g.delay)
     };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let answer = answer.unwrap_or_else(|| {
         if path.starts_with("/slack") {
             Answer {
@@ -147,6 +181,7 @@ async fn receive(
         body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
         raw: body,
         status: answer.status,
+        at: Some(std::time::Instant::now()),
     };
     sink.lock().received.push(rec.clone());
     let _ = sink.tx.send(rec);

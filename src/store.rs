@@ -99,6 +99,16 @@ pub struct ChannelState {
     pub disabled_at: Option<DateTime<Utc>>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreCounts {
+    pub subscriptions: usize,
+    pub jobs: usize,
+    pub outbox: usize,
+    pub dead_letters: usize,
+    pub delivered_log: usize,
+}
+
 #[derive(Clone)]
 pub struct Store {
     path: PathBuf,
@@ -463,6 +473,34 @@ impl Store {
             })
             .map_err(|e| self.tx_err(e))
             .and_then(|r| self.sync().map(|_| r))
+    }
+
+    // --- whole-store checks ---
+
+    /// Reads and decodes every record of every tree; an error names the tree.
+    pub fn verify(&self) -> Result<StoreCounts, StoreError> {
+        let subscriptions = self.subscriptions()?.len();
+        let mut jobs = 0;
+        for v in self.jobs.iter().values() {
+            let _: JobState = self.dec("jobs", &v.map_err(|e| self.eng(e))?)?;
+            jobs += 1;
+        }
+        let mut outbox = 0;
+        for v in self.outbox.iter().values() {
+            let _: OutboxEntry = self.dec("outbox", &v.map_err(|e| self.eng(e))?)?;
+            outbox += 1;
+        }
+        let dead_letters = self.dead_letters()?.len();
+        for v in self.channels.iter().values() {
+            let _: ChannelState = self.dec("channels", &v.map_err(|e| self.eng(e))?)?;
+        }
+        Ok(StoreCounts {
+            subscriptions,
+            jobs,
+            outbox,
+            dead_letters,
+            delivered_log: self.sent.len(),
+        })
     }
 
     // --- channel state ---

@@ -115,43 +115,17 @@ url = "http://{sink_addr}/webhook/fx"
     /// the simulator, and waits for /healthz.
     pub async fn start(&mut self) -> Service {
         self.runs += 1;
-        let log = self.dir.path().join(format!("run{}.log", self.runs));
-        let child = Command::new(env!("CARGO_BIN_EXE_deadline-notifier"))
-            .args(["serve", "--config"])
-            .arg(self.config_path())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env(
-                "AWS_ENDPOINT_URL_DEADLINE",
-                format!("http://{}", self.sim_addr),
-            )
-            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
-            .env("AWS_SECRET_ACCESS_KEY", "secret-test")
-            .env("AWS_REGION", "us-west-2")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/nonexistent")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn deadline-notifier");
-        let svc = Service { child, log };
-        let url = format!("{}/healthz", self.api());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("service did not become healthy; log:\n{}", svc.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        self.launcher().start(self.runs).await
+    }
+
+    /// What it takes to start the service, detached from `Env` (for a killer task).
+    pub fn launcher(&self) -> Launcher {
+        Launcher {
+            config: self.config_path(),
+            dir: self.dir.path().to_path_buf(),
+            sim_addr: self.sim_addr,
+            api_port: self.api_port,
         }
-        svc
     }
 
     pub fn add_job(&self, name: &str) -> JobKey {
@@ -195,6 +169,21 @@ url = "http://{sink_addr}/webhook/fx"
         .await;
     }
 
+    /// Like [`Env::observed`] for many jobs at once, counting from now for all of them.
+    pub async fn observed_all(&self, keys: &[JobKey], n: u64) {
+        let start: Vec<u64> = keys.iter().map(|k| self.sim.hits(k)).collect();
+        wait_until(
+            Duration::from_secs(30),
+            "the service to poll every job",
+            || {
+                keys.iter()
+                    .zip(&start)
+                    .all(|(k, s)| self.sim.hits(k) >= s + n)
+            },
+        )
+        .await;
+    }
+
     /// Delivered messages about `key` (2xx answers), in arrival order.
     pub fn delivered_for(&self, key: &JobKey) -> Vec<Received> {
         self.sink
@@ -202,6 +191,63 @@ url = "http://{sink_addr}/webhook/fx"
             .into_iter()
             .filter(|r| r.raw.contains(&key.job_id))
             .collect()
+    }
+}
+
+#[derive(Clone)]
+pub struct Launcher {
+    pub config: PathBuf,
+    pub dir: PathBuf,
+    pub sim_addr: SocketAddr,
+    pub api_port: u16,
+}
+
+impl Launcher {
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_deadline-notifier"));
+        c.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(
+                "AWS_ENDPOINT_URL_DEADLINE",
+                format!("http://{}", self.sim_addr),
+            )
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "secret-test")
+            .env("AWS_REGION", "us-west-2")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("RUST_LOG", "info");
+        c
+    }
+
+    pub async fn start(&self, run: usize) -> Service {
+        let log = self.dir.join(format!("run{run}.log"));
+        let child = self
+            .command(&["serve"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn deadline-notifier");
+        let svc = Service { child, log };
+        let url = format!("http://127.0.0.1:{}/healthz", self.api_port);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("service did not become healthy; log:\n{}", svc.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        svc
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: the real `deadline-notifier` binary against the in-process
 //! Deadline Cloud simulator (through the real AWS SDK) and a local webhook sink.
 mod api;
+mod delivery;
 mod helpers;
 mod pipeline;
 mod startup;

@@ -77,9 +77,16 @@ async fn failed_canceled_create_failed_and_skipped_states() {
         env.subscribe_job(j, json!({"channels": ["pipeline"]}))
             .await;
     }
-    for j in [&failed, &canceled, &jumped, &bad] {
-        env.observed(j, 2).await;
-    }
+    env.observed_all(
+        &[
+            failed.clone(),
+            canceled.clone(),
+            jumped.clone(),
+            bad.clone(),
+        ],
+        2,
+    )
+    .await;
     env.sim.set_status(&failed, "RUNNING");
     env.sim.set_status(&canceled, "RUNNING");
     env.observed(&failed, 2).await;
@@ -205,20 +212,6 @@ async fn sigkill_after_detection_before_delivery_loses_nothing_and_detects_once(
     .await;
     env.observed(&job, 3).await;
     let delivered = env.delivered_for(&job);
-    let seen: Vec<_> = env
-        .sink
-        .received()
-        .iter()
-        .filter(|r| r.raw.contains(&job.job_id))
-        .map(|r| {
-            (
-                r.status,
-                r.headers["webhook-id"].clone(),
-                r.body["type"].clone(),
-            )
-        })
-        .collect();
-    eprintln!("{seen:?}");
     assert_eq!(delivered.len(), 1);
     assert_eq!(
         delivered[0].headers["webhook-id"], first_id,

@@ -1,0 +1,514 @@
+//! Delivery guarantees: crash safety, outages, rate limits, disabled channels, shutdown.
+use crate::helpers::*;
+use deadline_notifier::domain::JobKey;
+use deadline_notifier::sink::{Answer, Received};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+const STEPS: [(&str, &str); 4] = [
+    ("RUNNING", "job.started"),
+    ("SUCCEEDED", "job.succeeded"),
+    ("READY", "job.requeued"),
+    ("FAILED", "job.failed"),
+];
+
+async fn subscribe_both_teams(env: &Env, job: &JobKey) {
+    let events = json!(["job.started", "job.succeeded", "job.requeued", "job.failed"]);
+    env.subscribe_job(job, json!({"channels": ["pipeline"], "events": events}))
+        .await;
+    let body = json!({"farmId": job.farm_id, "queueId": job.queue_id, "jobId": job.job_id, "events": events});
+    assert_eq!(env.subscribe(FX, body).await.0, 201);
+}
+
+/// Per (job, path): the events in arrival order, with each webhook-id counted once.
+fn sequences(got: &[Received]) -> (BTreeMap<(String, String), Vec<String>>, usize) {
+    let mut seen = HashSet::new();
+    let mut dups = 0;
+    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for r in got {
+        let id = r.headers.get("webhook-id").cloned().unwrap_or_default();
+        if !seen.insert(id) {
+            dups += 1;
+            continue;
+        }
+        let job = r.body["data"]["jobId"].as_str().unwrap_or("").to_string();
+        out.entry((job, r.path.clone()))
+            .or_default()
+            .push(r.body["type"].as_str().unwrap_or("").to_string());
+    }
+    (out, dups)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_test_sigkill_20_times_during_200_transitions() {
+    let mut env = Env::new().await;
+    let launcher = env.launcher();
+    let mut svc = env.start().await;
+    let jobs: Vec<JobKey> = (0..50)
+        .map(|i| env.add_job(&format!("crash {i}")))
+        .collect();
+    for j in &jobs {
+        subscribe_both_teams(&env, j).await;
+    }
+    env.observed_all(&jobs, 2).await;
+
+    // The killer: 20 SIGKILLs at random moments; after each, the store must open
+    // and every record must decode before the service is restarted.
+    let killer = tokio::spawn(async move {
+        let mut stats = Vec::new();
+        for run in 2..=21 {
+            tokio::time::sleep(Duration::from_millis(500 + rand::random::<u64>() % 800)).await;
+            svc.kill();
+            let out = launcher.command(&["export"]).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(
+                out.status.success(),
+                "store unreadable after SIGKILL: {err}"
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(
+                v["subscriptions"].as_array().unwrap().len(),
+                100,
+                "no subscription lost"
+            );
+            stats.push(err.trim().to_string());
+            svc = launcher.start(run).await;
+        }
+        (svc, stats)
+    });
+
+    let t0 = Instant::now();
+    // 200 transitions: each job steps through 4 states, in random interleaving; each
+    // change is observed (3 polls) before the job's next one.
+    let mut next_step = vec![0usize; jobs.len()];
+    let mut remaining: Vec<usize> = (0..jobs.len()).flat_map(|i| [i; 4]).collect();
+    while !remaining.is_empty() {
+        let batch: Vec<usize> = {
+            let mut picked = Vec::new();
+            let mut i = 0;
+            while i < remaining.len() && picked.len() < 12 {
+                let j = remaining[(i * 7 + rand::random::<u64>() as usize) % remaining.len()];
+                if !picked.contains(&j) {
+                    picked.push(j);
+                }
+                i += 1;
+            }
+            picked
+        };
+        for &j in &batch {
+            env.sim.set_status(&jobs[j], STEPS[next_step[j]].0);
+            next_step[j] += 1;
+            let pos = remaining.iter().position(|&x| x == j).unwrap();
+            remaining.remove(pos);
+        }
+        let changed: Vec<JobKey> = batch.iter().map(|&j| jobs[j].clone()).collect();
+        env.observed_all(&changed, 3).await;
+        // Spread the changes over the killer's schedule.
+        tokio::time::sleep(Duration::from_millis(400 + rand::random::<u64>() % 800)).await;
+    }
+    let t_changes = t0.elapsed();
+    let (_svc, store_checks) = killer.await.unwrap();
+    let t_kills = t0.elapsed();
+    assert_eq!(store_checks.len(), 20);
+
+    let want = 200 * 2;
+    wait_until(
+        Duration::from_secs(120),
+        "every transition on both channels",
+        || {
+            sequences(
+                &env.sink
+                    .delivered()
+                    .into_iter()
+                    .filter(|r| r.path.starts_with("/webhook"))
+                    .collect::<Vec<_>>(),
+            )
+            .0
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+                >= want
+        },
+    )
+    .await;
+    let delivered: Vec<Received> = env
+        .sink
+        .delivered()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/webhook"))
+        .collect();
+    let (seqs, dups) = sequences(&delivered);
+    let expected: Vec<String> = STEPS.iter().map(|(_, e)| e.to_string()).collect();
+    assert_eq!(seqs.len(), 100, "every (job, channel) heard");
+    for ((job, path), evs) in &seqs {
+        assert_eq!(evs, &expected, "order for {job} on {path}");
+    }
+    // Duplicates carry the same webhook-id by construction of `sequences`; check no
+    // (job, channel, event) was sent under two different ids.
+    let distinct: HashSet<_> = delivered
+        .iter()
+        .map(|r| r.headers["webhook-id"].clone())
+        .collect();
+    assert_eq!(
+        distinct.len(),
+        want,
+        "one webhook-id per transition and channel"
+    );
+    println!(
+        "crash test: 20 SIGKILLs, {want} notifications, {dups} duplicate deliveries (same webhook-id)"
+    );
+    println!("store after each kill: {}", store_checks.last().unwrap());
+    println!(
+        "phases: changes {t_changes:?}, kills done {t_kills:?}, all delivered {:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_then_recovery_delivers_everything_in_order() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let jobs: Vec<JobKey> = (0..5)
+        .map(|i| env.add_job(&format!("outage {i}")))
+        .collect();
+    for j in &jobs {
+        env.subscribe_job(
+            j,
+            json!({"channels": ["pipeline"], "events": ["job.started", "job.succeeded"]}),
+        )
+        .await;
+        env.observed(j, 2).await;
+    }
+    let outage = Duration::from_secs(4);
+    let until = Instant::now() + outage;
+    env.sink.outage("/webhook/lighting", until, 503);
+    for (status, _) in &STEPS[..2] {
+        for j in &jobs {
+            env.sim.set_status(j, status);
+        }
+        env.observed_all(&jobs, 3).await;
+    }
+    wait_until(T, "10 deliveries after the outage", || {
+        env.sink
+            .delivered()
+            .iter()
+            .filter(|r| r.path == "/webhook/lighting")
+            .count()
+            >= 10
+    })
+    .await;
+    let delivered: Vec<_> = env
+        .sink
+        .delivered()
+        .into_iter()
+        .filter(|r| r.path == "/webhook/lighting")
+        .collect();
+    let drain = delivered
+        .last()
+        .unwrap()
+        .at
+        .unwrap()
+        .saturating_duration_since(until);
+    let failed = env
+        .sink
+        .received()
+        .iter()
+        .filter(|r| r.status == 503)
+        .count();
+    assert!(failed > 0, "the outage was hit");
+    let (seqs, _) = sequences(&delivered);
+    for evs in seqs.values() {
+        assert_eq!(evs, &["job.started", "job.succeeded"]);
+    }
+    println!(
+        "outage of {outage:?}: {failed} failed attempts; drained 10 messages {drain:?} after recovery"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_and_other_destinations_are_unaffected() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let job = env.add_job("rate limited");
+    subscribe_both_teams(&env, &job).await;
+    env.observed(&job, 2).await;
+    env.sink.script(
+        "/webhook/lighting",
+        [Answer {
+            status: 429,
+            retry_after: Some("3".into()),
+            body: "slow down".into(),
+        }],
+    );
+    env.sim.set_status(&job, "SUCCEEDED");
+    wait_until(T, "delivery after Retry-After", || {
+        env.sink
+            .delivered()
+            .iter()
+            .any(|r| r.path == "/webhook/lighting")
+    })
+    .await;
+    let got = env.sink.received();
+    let limited = got.iter().find(|r| r.status == 429).unwrap().at.unwrap();
+    let next = got
+        .iter()
+        .find(|r| r.path == "/webhook/lighting" && r.status == 200)
+        .unwrap()
+        .at
+        .unwrap();
+    assert!(
+        next.duration_since(limited) >= Duration::from_secs(3),
+        "waited {:?}",
+        next.duration_since(limited)
+    );
+    let fx = got
+        .iter()
+        .find(|r| r.path == "/webhook/fx")
+        .unwrap()
+        .at
+        .unwrap();
+    assert!(
+        fx.saturating_duration_since(limited) < Duration::from_secs(2),
+        "fx was not held up by lighting's 429"
+    );
+    assert_eq!(
+        got.iter().filter(|r| r.path == "/webhook/lighting").count(),
+        2,
+        "nothing in between"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_channel_is_disabled_then_enable_and_replay_deliver() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let (a, b) = (env.add_job("first"), env.add_job("second"));
+    for j in [&a, &b] {
+        env.subscribe_job(j, json!({"channels": ["pipeline"]}))
+            .await;
+        env.observed(j, 2).await;
+    }
+    env.sink.script(
+        "/webhook/lighting",
+        [Answer {
+            status: 410,
+            retry_after: None,
+            body: "gone".into(),
+        }],
+    );
+    env.sim.set_status(&a, "FAILED");
+    let client = reqwest::Client::new();
+    let api = env.api();
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(path)
+                .bearer_auth(LIGHTING)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let mut dls = Value::Null;
+    for _ in 0..200 {
+        dls = get(format!("{api}/v1/dead-letters")).await;
+        if dls["deadLetters"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        dls["deadLetters"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("410"),
+        "{dls}"
+    );
+    let chans = get(format!("{api}/v1/channels")).await;
+    let pipeline = chans["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "pipeline")
+        .unwrap()
+        .clone();
+    assert_eq!(pipeline["disabled"], true);
+
+    // While disabled, new messages go straight to dead letters without a request.
+    let before = env.sink.received().len();
+    env.sim.set_status(&b, "SUCCEEDED");
+    for _ in 0..200 {
+        dls = get(format!("{api}/v1/dead-letters")).await;
+        if dls["deadLetters"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let list = dls["deadLetters"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 2);
+    assert!(
+        list[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("channel disabled")
+    );
+    assert_eq!(env.sink.received().len(), before);
+    // The other team never sees them.
+    let fx = client
+        .get(format!("{api}/v1/dead-letters"))
+        .bearer_auth(FX)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert!(fx["deadLetters"].as_array().unwrap().is_empty());
+
+    let r = client
+        .post(format!("{api}/v1/channels/pipeline/enable"))
+        .bearer_auth(LIGHTING)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for d in &list {
+        let r = client
+            .post(format!("{api}/v1/dead-letters/{}/replay", d["id"]))
+            .bearer_auth(LIGHTING)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    wait_until(T, "replayed messages delivered", || {
+        env.sink.delivered().len() >= 2
+    })
+    .await;
+    let ids: Vec<_> = env
+        .sink
+        .delivered()
+        .iter()
+        .map(|r| r.headers["webhook-id"].clone())
+        .collect();
+    let want: Vec<_> = list
+        .iter()
+        .map(|d| d["webhookId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids, want,
+        "replay re-sends with the same webhook-id, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_burst_exits_zero_and_the_rest_arrives_after_restart() {
+    let mut env = Env::new().await;
+    let mut svc = env.start().await;
+    let jobs: Vec<JobKey> = (0..20)
+        .map(|i| env.add_job(&format!("burst {i}")))
+        .collect();
+    for j in &jobs {
+        env.subscribe_job(j, json!({"channels": ["pipeline"]}))
+            .await;
+    }
+    env.observed_all(&jobs, 2).await;
+    env.sink.set_delay(Duration::from_millis(300));
+    for j in &jobs {
+        env.sim.set_status(j, "SUCCEEDED");
+    }
+    wait_until(T, "the burst to start arriving", || {
+        env.sink.received().len() >= 3
+    })
+    .await;
+    let t0 = Instant::now();
+    let status = svc.terminate();
+    let took = t0.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        svc.log_text()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "within the 5s grace: {took:?}"
+    );
+    let at_stop = env.sink.received().len();
+    assert!(at_stop < 20, "stopped mid-burst ({at_stop} sent)");
+    env.sink.set_delay(Duration::ZERO);
+    let _svc2 = env.start().await;
+    wait_until(T, "all 20 after restart", || {
+        let ids: HashSet<_> = env
+            .sink
+            .delivered()
+            .iter()
+            .map(|r| r.headers["webhook-id"].clone())
+            .collect();
+        ids.len() == 20
+    })
+    .await;
+    println!("SIGTERM: exit 0 in {took:?} with {at_stop}/20 sent; rest delivered after restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_rebuild_a_store() {
+    let mut env = Env::new().await;
+    let mut svc = env.start().await;
+    let jobs: Vec<JobKey> = (0..3)
+        .map(|i| env.add_job(&format!("export {i}")))
+        .collect();
+    let mut ids = Vec::new();
+    for j in &jobs {
+        ids.push(
+            env.subscribe_job(j, json!({"events": ["job.failed"]}))
+                .await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    svc.kill();
+    let l = env.launcher();
+    let out = l.command(&["export"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = env.dir.path().join("export.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    std::fs::remove_dir_all(env.dir.path().join("store.sled")).unwrap();
+    let out = l.command(&["import"]).arg(&file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 3"));
+    let _svc = env.start().await;
+    let v: Value = reqwest::Client::new()
+        .get(format!("{}/v1/subscriptions", env.api()))
+        .bearer_auth(LIGHTING)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut got: Vec<_> = v["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    assert_eq!(v["subscriptions"][0]["events"], json!(["job.failed"]));
+}
