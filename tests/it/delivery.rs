@@ -512,3 +512,55 @@ async fn export_and_import_rebuild_a_store() {
     assert_eq!(got, ids);
     assert_eq!(v["subscriptions"][0]["events"], json!(["job.failed"]));
 }
+
+/// Power-loss simulation: copy the store directory while the service writes to it,
+/// then open each copy and read every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_copied_mid_write_opens_and_reads() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let jobs: Vec<JobKey> = (0..30)
+        .map(|i| env.add_job(&format!("power {i}")))
+        .collect();
+    for j in &jobs {
+        subscribe_both_teams(&env, j).await;
+    }
+    env.observed_all(&jobs, 2).await;
+    let store = env.dir.path().join("store.sled");
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    let (mut ok, mut bad) = (0, Vec::new());
+    for i in 0..20 {
+        for (n, j) in jobs.iter().enumerate() {
+            env.sim.set_status(j, STEPS[(i + n) % 4].0);
+        }
+        tokio::time::sleep(Duration::from_millis(50 + rand::random::<u64>() % 200)).await;
+        let copy = env.dir.path().join(format!("copy{i}.sled"));
+        let st = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&store)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let copy_cfg = env.dir.path().join(format!("copy{i}.toml"));
+        std::fs::write(
+            &copy_cfg,
+            cfg.replace(&store.display().to_string(), &copy.display().to_string()),
+        )
+        .unwrap();
+        let mut l = env.launcher();
+        l.config = copy_cfg;
+        let out = l.command(&["export"]).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if out.status.success() && v["subscriptions"].as_array().is_some_and(|a| a.len() == 60) {
+            ok += 1;
+        } else {
+            bad.push(String::from_utf8_lossy(&out.stderr).to_string());
+        }
+    }
+    println!(
+        "power-loss copies: {ok} readable with every subscription, {} not",
+        bad.len()
+    );
+    assert!(bad.is_empty(), "copies that failed: {bad:?}");
+}
