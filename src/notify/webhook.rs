@@ -7,6 +7,9 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
+/// Keeps the envelope well under the 20 KB Standard Webhooks recommends.
+pub const SUMMARY_LIMIT: usize = 4000;
+
 pub fn payload(team: &str, r: &Rendered, job: &JobSnapshot, tr: &Transition) -> Value {
     let ts = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -16,6 +19,7 @@ pub fn payload(team: &str, r: &Rendered, job: &JobSnapshot, tr: &Transition) -> 
     } else {
         format!("{}\n{}", r.title, r.body)
     };
+    let summary = super::truncate(&summary, SUMMARY_LIMIT);
     json!({
         "type": tr.event.as_str(),
         "timestamp": ts(Some(tr.detected_at)),

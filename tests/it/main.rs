@@ -2,6 +2,7 @@
 //! Deadline Cloud simulator (through the real AWS SDK) and a local webhook sink.
 mod api;
 mod delivery;
+mod escaping;
 mod helpers;
 mod pipeline;
 mod startup;
