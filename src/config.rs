@@ -154,9 +154,22 @@ impl Default for DeadlineConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
-    /// true allows http:// and loopback/private addresses (on-prem chat, tests).
+    /// true allows http:// and loopback/private addresses (on-prem chat, tests), and
+    /// lifts the host allow-lists.
     #[serde(default)]
     pub allow_private_targets: bool,
+    /// Private ranges that are allowed anyway (on-prem chat servers), e.g. "10.20.0.0/16".
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
+    /// Hosts a Slack channel may post to; `*.` matches subdomains.
+    #[serde(default = "default_slack_hosts")]
+    pub slack_hosts: Vec<String>,
+    /// Hosts a Teams channel may post to.
+    #[serde(default = "default_teams_hosts")]
+    pub teams_hosts: Vec<String>,
+    /// Hosts a webhook channel may post to; empty means any public host.
+    #[serde(default)]
+    pub webhook_hosts: Vec<String>,
     #[serde(default = "default_timeout", deserialize_with = "duration::de")]
     pub timeout: Duration,
     /// Backoff steps between attempts after a retryable failure; the last repeats.
@@ -192,6 +205,18 @@ fn default_webhook_interval() -> Duration {
     Duration::ZERO
 }
 
+fn default_slack_hosts() -> Vec<String> {
+    vec!["hooks.slack.com".into()]
+}
+fn default_teams_hosts() -> Vec<String> {
+    [
+        "*.logic.azure.com",
+        "*.powerplatform.com",
+        "*.powerautomate.com",
+    ]
+    .map(String::from)
+    .to_vec()
+}
 fn default_timeout() -> Duration {
     Duration::from_secs(15)
 }
@@ -212,6 +237,10 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             allow_private_targets: false,
+            allowed_cidrs: Vec::new(),
+            slack_hosts: default_slack_hosts(),
+            teams_hosts: default_teams_hosts(),
+            webhook_hosts: Vec::new(),
             timeout: default_timeout(),
             retry_schedule: default_schedule(),
             give_up_after: default_give_up(),
@@ -410,6 +439,8 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
+    let policy = target::TargetPolicy::from_config(&raw.delivery)
+        .map_err(|m| invalid("delivery.allowed_cidrs".into(), m))?;
     let mut team_names = HashSet::new();
     let mut all_tokens = HashSet::new();
     let mut teams = Vec::new();
@@ -483,7 +514,8 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                 .url
                 .resolve()
                 .map_err(|m| invalid(format!("{ck}.url"), m))?;
-            target::check_url(c.kind, url.expose(), raw.delivery.allow_private_targets)
+            policy
+                .check_url(c.kind, url.expose())
                 .map_err(|m| invalid(format!("{ck}.url"), m))?;
             let secret = match (&c.secret, c.kind) {
                 (None, _) => None,

@@ -53,6 +53,7 @@ pub fn truncate(s: &str, max: usize) -> String {
 pub struct Sender {
     client: reqwest::Client,
     cfg: DeliveryConfig,
+    policy: target::TargetPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,22 +68,24 @@ impl Sender {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .user_agent(concat!("deadline-notifier/", env!("CARGO_PKG_VERSION")));
+        let policy = target::TargetPolicy::from_config(cfg).map_err(SenderError)?;
         if !cfg.allow_private_targets {
             b = b
-                .dns_resolver(std::sync::Arc::new(target::PublicOnlyResolver))
+                .dns_resolver(std::sync::Arc::new(target::CheckedResolver(policy.clone())))
                 .https_only(true);
         }
         let client = b.build().map_err(|e| SenderError(e.to_string()))?;
         Ok(Sender {
             client,
             cfg: cfg.clone(),
+            policy,
         })
     }
 
     /// One attempt. `webhook_id` is stable across attempts and restarts.
     pub async fn send(&self, channel: &Channel, webhook_id: &str, body: &[u8]) -> Verdict {
         let url = channel.url.expose();
-        if let Err(e) = target::check_url(channel.kind, url, self.cfg.allow_private_targets) {
+        if let Err(e) = self.policy.check_url(channel.kind, url) {
             return Verdict::DeadLetter {
                 reason: format!("target refused: URL {e}"),
             };

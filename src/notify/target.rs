@@ -1,39 +1,95 @@
 //! Outbound target policy: which URLs a channel may post to, and which addresses a
 //! hostname may resolve to (checked at connect time, so DNS rebinding can't slip by).
-use crate::config::ChannelKind;
+use crate::config::{ChannelKind, DeliveryConfig};
+use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// Checks a channel URL at config time. Messages never include the URL itself
-/// (it is a secret), only what is wrong with it.
-pub fn check_url(kind: ChannelKind, raw: &str, allow_private: bool) -> Result<(), String> {
-    let url = url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if allow_private => {}
-        "http" => {
+/// Where deliveries may go. With `allow_private_targets = false`: https only, the
+/// per-kind host allow-lists apply, and every address must be public or inside an
+/// explicitly allowed CIDR — checked for literal IPs here and for resolved names at
+/// connect time by [`CheckedResolver`].
+#[derive(Debug, Clone, Default)]
+pub struct TargetPolicy {
+    pub allow_private: bool,
+    pub allowed_cidrs: Vec<IpNet>,
+    pub slack_hosts: Vec<String>,
+    pub teams_hosts: Vec<String>,
+    pub webhook_hosts: Vec<String>,
+}
+
+impl TargetPolicy {
+    pub fn from_config(d: &DeliveryConfig) -> Result<TargetPolicy, String> {
+        let allowed_cidrs = d
+            .allowed_cidrs
+            .iter()
+            .map(|c| {
+                c.parse::<IpNet>()
+                    .map_err(|_| format!("{c:?} is not a CIDR like \"10.20.0.0/16\""))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TargetPolicy {
+            allow_private: d.allow_private_targets,
+            allowed_cidrs,
+            slack_hosts: d.slack_hosts.clone(),
+            teams_hosts: d.teams_hosts.clone(),
+            webhook_hosts: d.webhook_hosts.clone(),
+        })
+    }
+
+    /// Public, or inside an allowed CIDR (v4-mapped forms are judged by their v4 address).
+    pub fn ip_allowed(&self, ip: IpAddr) -> bool {
+        if self.allow_private || is_public(ip) {
+            return true;
+        }
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.allowed_cidrs.iter().any(|n| n.contains(&ip))
+    }
+
+    fn hosts(&self, kind: ChannelKind) -> &[String] {
+        match kind {
+            ChannelKind::Slack => &self.slack_hosts,
+            ChannelKind::Teams => &self.teams_hosts,
+            ChannelKind::Webhook => &self.webhook_hosts,
+        }
+    }
+
+    /// Checks a channel URL. Messages never include the URL itself (it is a secret),
+    /// only what is wrong with it.
+    pub fn check_url(&self, kind: ChannelKind, raw: &str) -> Result<(), String> {
+        let url = url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_private => {}
+            "http" => {
+                return Err(
+                    "must be https (set [delivery] allow_private_targets = true to allow http)"
+                        .into(),
+                );
+            }
+            other => return Err(format!("scheme {other:?} is not allowed; use https")),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not carry user:password credentials".into());
+        }
+        let host = url.host().ok_or("has no host")?;
+        if kind == ChannelKind::Teams
+            && let url::Host::Domain(d) = &host
+            && (d.ends_with(".webhook.office.com") || *d == "outlook.office.com")
+        {
             return Err(
-                "must be https (set [delivery] allow_private_targets = true to allow http)".into(),
+                "is a retired Office 365 connector URL; create a Teams Workflows webhook instead"
+                    .into(),
             );
         }
-        other => return Err(format!("scheme {other:?} is not allowed; use https")),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not carry user:password credentials".into());
-    }
-    let host = url.host().ok_or("has no host")?;
-    if kind == ChannelKind::Teams
-        && let url::Host::Domain(d) = &host
-        && (d.ends_with(".webhook.office.com") || *d == "outlook.office.com")
-    {
-        return Err(
-            "is a retired Office 365 connector URL; create a Teams Workflows webhook instead"
-                .into(),
-        );
-    }
-    if !allow_private {
-        let ip = match host {
-            url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
-            url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        if self.allow_private {
+            return Ok(());
+        }
+        let ip = match &host {
+            url::Host::Ipv4(v4) => Some(IpAddr::V4(*v4)),
+            url::Host::Ipv6(v6) => Some(IpAddr::V6(*v6)),
             url::Host::Domain(d)
                 if d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") =>
             {
@@ -45,14 +101,29 @@ pub fn check_url(kind: ChannelKind, raw: &str, allow_private: bool) -> Result<()
             url::Host::Domain(_) => None,
         };
         if let Some(ip) = ip
-            && !is_public(ip)
+            && !self.ip_allowed(ip)
         {
             return Err(format!(
-                "points at non-public address {ip}; set [delivery] allow_private_targets = true to allow it"
+                "points at non-public address {ip}; add it to [delivery] allowed_cidrs or set allow_private_targets = true"
             ));
         }
+        let allowed = self.hosts(kind);
+        if !allowed.is_empty() {
+            let h = host.to_string().to_ascii_lowercase();
+            let ok = allowed.iter().any(|pat| match pat.strip_prefix("*.") {
+                Some(suffix) => h.ends_with(&format!(".{}", suffix.to_ascii_lowercase())),
+                None => h == pat.to_ascii_lowercase(),
+            });
+            if !ok {
+                return Err(format!(
+                    "host {h} is not in [delivery] {}_hosts ({})",
+                    kind.as_str(),
+                    allowed.join(", ")
+                ));
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// True for globally routable unicast addresses: not loopback, private, link-local,
@@ -100,18 +171,23 @@ fn is_public_v4(v4: Ipv4Addr) -> bool {
         || o[0] >= 240)
 }
 
-/// DNS resolver for outbound deliveries that drops every non-public address.
-#[derive(Debug, Clone, Copy)]
-pub struct PublicOnlyResolver;
+/// DNS resolver for outbound deliveries: drops every address the policy refuses,
+/// so what is checked is what is dialled (no DNS-rebinding window).
+#[derive(Debug, Clone)]
+pub struct CheckedResolver(pub TargetPolicy);
 
-impl reqwest::dns::Resolve for PublicOnlyResolver {
+impl reqwest::dns::Resolve for CheckedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
+        let policy = self.0.clone();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let public: Vec<SocketAddr> = addrs.into_iter().filter(|a| is_public(a.ip())).collect();
-            if public.is_empty() {
+            let allowed: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| policy.ip_allowed(a.ip()))
+                .collect();
+            if allowed.is_empty() {
                 let msg = format!(
                     "{host} resolves only to non-public addresses (allow_private_targets = false)"
                 );
@@ -120,7 +196,7 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
                     msg,
                 )) as _);
             }
-            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
@@ -154,29 +230,102 @@ mod tests {
         }
     }
 
+    fn strict() -> TargetPolicy {
+        TargetPolicy::from_config(&DeliveryConfig::default()).unwrap()
+    }
+
     #[test]
-    fn url_policy() {
-        let k = ChannelKind::Webhook;
-        assert!(check_url(k, "https://hooks.example.com/x", false).is_ok());
-        assert!(check_url(k, "http://hooks.example.com/x", false).is_err());
-        assert!(check_url(k, "https://127.0.0.1/x", false).is_err());
-        assert!(
-            check_url(k, "https://2130706433/x", false).is_err(),
-            "decimal IPv4 spelling"
-        );
-        assert!(
-            check_url(k, "https://0x7f.1/x", false).is_err(),
-            "hex IPv4 spelling"
-        );
-        assert!(check_url(k, "https://[::ffff:169.254.169.254]/x", false).is_err());
-        assert!(check_url(k, "http://127.0.0.1:8080/x", true).is_ok());
-        assert!(
-            check_url(
-                ChannelKind::Teams,
+    fn url_policy_table() {
+        use ChannelKind::*;
+        let p = strict();
+        let refused = [
+            (Webhook, "http://hooks.example.com/x", "https"),
+            (Webhook, "https://127.0.0.1/x", "non-public"),
+            (Webhook, "https://2130706433/x", "non-public"), // decimal IPv4
+            (Webhook, "https://0x7f.1/x", "non-public"),     // hex IPv4
+            (Webhook, "https://0177.0.0.1/x", "non-public"), // octal IPv4
+            (Webhook, "https://[::ffff:169.254.169.254]/x", "non-public"),
+            (Webhook, "https://[fd00:ec2::254]/x", "non-public"),
+            (Webhook, "https://169.254.170.2/x", "non-public"),
+            (Webhook, "https://localhost/x", "localhost"),
+            (
+                Webhook,
+                "https://user:pw@hooks.example.com/x",
+                "credentials",
+            ),
+            (Webhook, "file:///etc/passwd", "scheme"),
+            (Slack, "https://evil.example.com/services/x", "slack_hosts"),
+            (Slack, "https://hooks.slack.com.evil.com/x", "slack_hosts"),
+            (
+                Teams,
                 "https://acme.webhook.office.com/webhookb2/x",
-                false
-            )
-            .is_err()
+                "retired",
+            ),
+            (Teams, "https://logic.azure.com.evil.io/x", "teams_hosts"),
+        ];
+        for (kind, url, why) in refused {
+            let e = p.check_url(kind, url).expect_err(url);
+            assert!(e.contains(why), "{url}: {e}");
+        }
+        for (kind, url) in [
+            (Webhook, "https://hooks.example.com/x"),
+            (Slack, "https://hooks.slack.com/services/T/B/x"),
+            (Teams, "https://prod-01.westus.logic.azure.com/workflows/x"),
+            (Teams, "https://x.environment.api.powerplatform.com/x"),
+        ] {
+            assert!(p.check_url(kind, url).is_ok(), "{url}");
+        }
+        let dev = TargetPolicy {
+            allow_private: true,
+            ..strict()
+        };
+        assert!(dev.check_url(Webhook, "http://127.0.0.1:8080/x").is_ok());
+    }
+
+    #[test]
+    fn allowed_cidrs_admit_on_prem_servers() {
+        let d = DeliveryConfig {
+            allowed_cidrs: vec!["10.20.0.0/16".into()],
+            ..DeliveryConfig::default()
+        };
+        let p = TargetPolicy::from_config(&d).unwrap();
+        assert!(
+            p.check_url(ChannelKind::Webhook, "https://10.20.3.4/hook")
+                .is_ok()
+        );
+        assert!(p.ip_allowed("::ffff:10.20.3.4".parse().unwrap()));
+        assert!(
+            p.check_url(ChannelKind::Webhook, "https://10.21.0.1/hook")
+                .is_err()
+        );
+        assert!(!p.ip_allowed("169.254.169.254".parse().unwrap()));
+        let bad = DeliveryConfig {
+            allowed_cidrs: vec!["ten".into()],
+            ..DeliveryConfig::default()
+        };
+        assert!(TargetPolicy::from_config(&bad).unwrap_err().contains("ten"));
+    }
+
+    #[tokio::test]
+    async fn resolver_refuses_names_that_resolve_to_private_addresses() {
+        use reqwest::dns::Resolve;
+        let r = CheckedResolver(strict());
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let err = r
+            .resolve(name)
+            .await
+            .err()
+            .expect("localhost must be refused")
+            .to_string();
+        assert!(err.contains("non-public"), "{err}");
+        let open = CheckedResolver(TargetPolicy {
+            allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+            ..strict()
+        });
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        assert!(
+            open.resolve(name).await.is_ok(),
+            "an allow-listed CIDR is accepted"
         );
     }
 }
