@@ -1,7 +1,7 @@
 //! The HTTP API (axum). A bearer token decides the team; a team never sees or
 //! touches another team's data (it gets 404, as if the thing did not exist).
 use crate::clock::SharedClock;
-use crate::config::{Config, Team};
+use crate::config::{Config, Team, TokenDigest};
 use crate::deliver::Wakers;
 use crate::domain::{Event, JobKey};
 use crate::store::{ChannelState, Store, StoreError, Subscription};
@@ -11,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use std::sync::Arc;
-use subtle::ConstantTimeEq;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -23,6 +24,53 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub clock: SharedClock,
     pub wakers: Wakers,
+    limiter: Arc<RateLimiter>,
+}
+
+impl AppState {
+    pub fn new(store: Store, config: Arc<Config>, clock: SharedClock, wakers: Wakers) -> AppState {
+        let limiter = Arc::new(RateLimiter::new(config.server.rate_limit));
+        AppState {
+            store,
+            config,
+            clock,
+            wakers,
+            limiter,
+        }
+    }
+}
+
+/// A token bucket per API token: `rate` requests/s, bursts up to `2 × rate`.
+struct RateLimiter {
+    rate: f64,
+    buckets: Mutex<HashMap<[u8; 32], (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    fn new(rate: f64) -> RateLimiter {
+        RateLimiter {
+            rate,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn allow(&self, token: &TokenDigest) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let burst = (self.rate * 2.0).max(1.0);
+        let now = Instant::now();
+        let mut g = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = g.entry(token.0).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +81,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("too many requests for this token; slow down")]
+    RateLimited,
     #[error("internal error")]
     Store(#[from] StoreError),
 }
@@ -43,12 +93,17 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store error while serving the API");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
         let mut r = (status, Json(json!({"error": self.to_string()}))).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -70,26 +125,65 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/channels/{name}/enable", post(enable))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
 
+/// Every error is `{"error": "…"}`, including the ones axum produces itself
+/// (413 body too large, 405 method not allowed, bad path encoding).
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return resp;
+    }
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!("request body is larger than {BODY_LIMIT} bytes"),
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route".to_string(),
+        s => s
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase(),
+    };
+    let mut r = (status, Json(json!({"error": message}))).into_response();
+    for h in [header::ALLOW, header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
+        if let Some(v) = resp.headers().get(&h) {
+            r.headers_mut().insert(h, v.clone());
+        }
+    }
+    r
+}
+
 /// Finds the team whose token matches, comparing every token in constant time.
-fn team_for<'a>(cfg: &'a Config, headers: &HeaderMap) -> Result<&'a Team, ApiError> {
+fn team_for<'a>(st: &'a AppState, headers: &HeaderMap) -> Result<&'a Team, ApiError> {
+    let cfg = &st.config;
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or(ApiError::Unauthorized)?;
+    let digest = TokenDigest::of(presented);
     let mut found = None;
+    // Every digest is compared, so timing does not tell which team (if any) matched.
     for team in &cfg.teams {
         for tok in &team.tokens {
-            if bool::from(tok.expose().as_bytes().ct_eq(presented.as_bytes())) {
+            if tok.matches(&digest) {
                 found = Some(team);
             }
         }
     }
-    found.ok_or(ApiError::Unauthorized)
+    let team = found.ok_or(ApiError::Unauthorized)?;
+    if !st.limiter.allow(&digest) {
+        return Err(ApiError::RateLimited);
+    }
+    Ok(team)
 }
 
 fn field_str<'a>(
@@ -131,7 +225,7 @@ async fn create(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let team = team_for(&st.config, &headers)?;
+    let team = team_for(&st, &headers)?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
     let Value::Object(obj) = v else {
@@ -217,7 +311,7 @@ async fn create(
 }
 
 async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let team = team_for(&st.config, &headers)?;
+    let team = team_for(&st, &headers)?;
     let subs: Vec<_> = st
         .store
         .subscriptions()?
@@ -239,7 +333,7 @@ async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Subscription>, ApiError> {
-    let team = team_for(&st.config, &headers)?;
+    let team = team_for(&st, &headers)?;
     Ok(Json(owned(&st, team, &id)?))
 }
 
@@ -248,7 +342,7 @@ async fn remove(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let team = team_for(&st.config, &headers)?;
+    let team = team_for(&st, &headers)?;
     let sub = owned(&st, team, &id)?;
     st.store.delete_subscription(&sub)?;
     tracing::info!(team = %sub.team, job = %sub.job, subscription = %sub.id, "unsubscribed");
@@ -259,7 +353,7 @@ async fn dead_letters(
     State(st): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let team = team_for(&st.config, &headers)?;
+    let team = team_for(&st, &headers)?;
     let items: Vec<_> = st
         .store
         .dead_letters()?
@@ -274,7 +368,7 @@ async fn replay(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let team = team_for(&st.config, &headers)?;
+    let team = team_for(&st, &headers)?;
     let id: u64 = id.parse().map_err(|_| ApiError::NotFound("dead letter"))?;
     let ok = st
         .store
@@ -297,7 +391,7 @@ async fn replay(
 }
 
 async fn channels(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let team = team_for(&st.config, &headers)?;
+    let team = team_for(&st, &headers)?;
     let mut out = Vec::new();
     for c in &team.channels {
         let s = st.store.channel_state(&team.name, &c.name)?;
@@ -314,7 +408,7 @@ async fn enable(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let team = team_for(&st.config, &headers)?;
+    let team = team_for(&st, &headers)?;
     if team.channel(&name).is_none() {
         return Err(ApiError::NotFound("channel"));
     }

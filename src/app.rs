@@ -115,12 +115,12 @@ impl App {
             });
         }
 
-        let state = AppState {
-            store: self.store.clone(),
-            config: self.config.clone(),
-            clock: self.clock.clone(),
+        let state = AppState::new(
+            self.store.clone(),
+            self.config.clone(),
+            self.clock.clone(),
             wakers,
-        };
+        );
         let mut api_rx = worker_rx.clone();
         let server =
             axum::serve(self.listener, api::router(state)).with_graceful_shutdown(async move {

@@ -73,6 +73,13 @@ pub struct ServerConfig {
     pub listen: String,
     #[serde(default = "default_grace", deserialize_with = "duration::de")]
     pub shutdown_grace: Duration,
+    /// API requests per second allowed per token (bursts up to twice that); 0 disables.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: f64,
+}
+
+fn default_rate_limit() -> f64 {
+    20.0
 }
 
 fn default_listen() -> String {
@@ -87,6 +94,7 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             shutdown_grace: default_grace(),
+            rate_limit: default_rate_limit(),
         }
     }
 }
@@ -277,9 +285,51 @@ impl Default for TemplatesConfig {
 struct RawTeam {
     name: String,
     #[serde(default)]
-    tokens: Vec<SecretSource>,
+    tokens: Vec<TokenSource>,
     #[serde(default)]
     channels: Vec<RawChannel>,
+}
+
+/// A token as configured: a secret (literal/env/file), or only its SHA-256 hex digest.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TokenSource {
+    Sha256 { sha256: String },
+    Secret(SecretSource),
+}
+
+/// SHA-256 of an API token. Presented tokens are hashed and compared in constant time.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenDigest(pub [u8; 32]);
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest([redacted])")
+    }
+}
+
+impl TokenDigest {
+    pub fn of(token: &str) -> TokenDigest {
+        use sha2::Digest;
+        TokenDigest(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+
+    pub fn from_hex(hex: &str) -> Option<TokenDigest> {
+        let hex = hex.trim();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(TokenDigest(out))
+    }
+
+    pub fn matches(&self, other: &TokenDigest) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&other.0).into()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -327,7 +377,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Team {
     pub name: String,
-    pub tokens: Vec<Secret>,
+    /// SHA-256 digests of the team's API tokens; plaintext tokens are not kept.
+    pub tokens: Vec<TokenDigest>,
     pub channels: Vec<Channel>,
 }
 
@@ -432,6 +483,12 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    if !(raw.server.rate_limit.is_finite() && raw.server.rate_limit >= 0.0) {
+        return Err(invalid(
+            "server.rate_limit".into(),
+            "must be a number ≥ 0 (0 disables)".into(),
+        ));
+    }
     if raw.teams.is_empty() {
         return Err(invalid(
             "teams".into(),
@@ -470,20 +527,33 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         let mut tokens = Vec::new();
         for (i, src) in t.tokens.iter().enumerate() {
             let key = format!("{tk}.tokens[{i}]");
-            let tok = src.resolve().map_err(|m| invalid(key.clone(), m))?;
-            if tok.expose().len() < 16 {
-                return Err(invalid(
-                    key,
-                    "a token must be at least 16 characters".into(),
-                ));
-            }
-            if !all_tokens.insert(tok.expose().to_string()) {
+            let digest = match src {
+                TokenSource::Sha256 { sha256 } => {
+                    TokenDigest::from_hex(sha256).ok_or_else(|| {
+                        invalid(
+                            key.clone(),
+                            "sha256 must be 64 hex characters (sha256sum of the token)".into(),
+                        )
+                    })?
+                }
+                TokenSource::Secret(src) => {
+                    let tok = src.resolve().map_err(|m| invalid(key.clone(), m))?;
+                    if tok.expose().len() < 16 {
+                        return Err(invalid(
+                            key,
+                            "a token must be at least 16 characters".into(),
+                        ));
+                    }
+                    TokenDigest::of(tok.expose())
+                }
+            };
+            if !all_tokens.insert(digest.0) {
                 return Err(invalid(
                     key,
                     "this token is already used (by this or another team)".into(),
                 ));
             }
-            tokens.push(tok);
+            tokens.push(digest);
         }
         if t.channels.is_empty() {
             return Err(invalid(
@@ -641,6 +711,28 @@ events = ["job.failed", "job.succeeded"]
             e.contains("teams[0].tokens[0]") && e.contains("DN_UNSET_TOKEN_VAR"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tokens_may_be_given_as_sha256() {
+        let digest = "a0a1f9e0e28b0b0f6d8b6c1d5e5c5d0c0d3b9a3e8e8c6b1b6f0c7c9d2a9e5f10";
+        let c = Config::from_toml(
+            &GOOD.replace(
+                "\"lighting-token-0123456789\"",
+                &format!("{{ sha256 = \"{digest}\" }}"),
+            ),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.teams[0].tokens[0], TokenDigest::from_hex(digest).unwrap());
+        let e = err(&GOOD.replace("\"lighting-token-0123456789\"", "{ sha256 = \"abc\" }"));
+        assert!(
+            e.contains("teams[0].tokens[0]") && e.contains("64 hex"),
+            "{e}"
+        );
+        let plain = Config::from_toml(GOOD, Path::new("x.toml")).unwrap();
+        assert!(plain.teams[0].tokens[0].matches(&TokenDigest::of("lighting-token-0123456789")));
+        assert!(!format!("{:?}", plain.teams[0]).contains("lighting-token"));
     }
 
     #[test]

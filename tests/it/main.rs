@@ -5,4 +5,5 @@ mod delivery;
 mod escaping;
 mod helpers;
 mod pipeline;
+mod security;
 mod startup;

@@ -1,0 +1,528 @@
+//! Access and secrets: no cross-team reach, no panic on any input, no leaked secret.
+use crate::helpers::*;
+use deadline_notifier::api::{self, AppState};
+use deadline_notifier::config::Config;
+use deadline_notifier::deliver::Wakers;
+use deadline_notifier::sink::Answer;
+use deadline_notifier::store::Store;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix_has_no_cross_team_reach() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let api = env.api();
+    let job = env.add_job("shared job");
+    let body = json!({"farmId": job.farm_id, "queueId": job.queue_id, "jobId": job.job_id});
+    // Each team: a subscription, a dead letter (400 from its webhook), its channels.
+    env.sink.script(
+        "/webhook/lighting",
+        [Answer {
+            status: 400,
+            retry_after: None,
+            body: "bad".into(),
+        }],
+    );
+    env.sink.script(
+        "/webhook/fx",
+        [Answer {
+            status: 400,
+            retry_after: None,
+            body: "bad".into(),
+        }],
+    );
+    let mut sub_body = body.clone();
+    sub_body["channels"] = json!(["pipeline"]);
+    let (_, l_sub) = call(
+        "POST",
+        &format!("{api}/v1/subscriptions"),
+        Some(LIGHTING),
+        Some(sub_body),
+    )
+    .await;
+    let (_, f_sub) = call(
+        "POST",
+        &format!("{api}/v1/subscriptions"),
+        Some(FX),
+        Some(body.clone()),
+    )
+    .await;
+    env.observed(&job, 2).await;
+    env.sim.set_status(&job, "FAILED");
+    let mut dls = (Value::Null, Value::Null);
+    wait_until(Duration::from_secs(30), "a dead letter per team", || {
+        let got = env.sink.received();
+        got.iter().any(|r| r.path == "/webhook/lighting")
+            && got.iter().any(|r| r.path == "/webhook/fx")
+    })
+    .await;
+    for _ in 0..100 {
+        dls.0 = call(
+            "GET",
+            &format!("{api}/v1/dead-letters"),
+            Some(LIGHTING),
+            None,
+        )
+        .await
+        .1;
+        dls.1 = call("GET", &format!("{api}/v1/dead-letters"), Some(FX), None)
+            .await
+            .1;
+        if dls.0["deadLetters"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+            && dls.1["deadLetters"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    struct Owned {
+        token: &'static str,
+        sub: String,
+        dead: String,
+        channel: &'static str,
+    }
+    let teams = [
+        Owned {
+            token: LIGHTING,
+            sub: l_sub["id"].as_str().unwrap().into(),
+            dead: dls.0["deadLetters"][0]["id"].to_string(),
+            channel: "pipeline",
+        },
+        Owned {
+            token: FX,
+            sub: f_sub["id"].as_str().unwrap().into(),
+            dead: dls.1["deadLetters"][0]["id"].to_string(),
+            channel: "hook",
+        },
+    ];
+    let mut cross = 0;
+    let mut checked = 0;
+    for (i, owner) in teams.iter().enumerate() {
+        let other = &teams[1 - i];
+        let targeted = [
+            ("GET", format!("{api}/v1/subscriptions/{}", owner.sub)),
+            ("DELETE", format!("{api}/v1/subscriptions/{}", owner.sub)),
+            (
+                "POST",
+                format!("{api}/v1/dead-letters/{}/replay", owner.dead),
+            ),
+            (
+                "POST",
+                format!("{api}/v1/channels/{}/enable", owner.channel),
+            ),
+        ];
+        for (m, url) in &targeted {
+            // No token: 401. The other team: 404, as if it did not exist.
+            let (s, v) = call(m, url, None, None).await;
+            assert_eq!(s, 401, "{m} {url} without token");
+            assert!(v["error"].is_string());
+            let (s, _) = call(m, url, Some(other.token), None).await;
+            if s != 404 {
+                cross += 1;
+            }
+            checked += 2;
+        }
+        // Collections show only the caller's own items.
+        for path in ["subscriptions", "dead-letters", "channels"] {
+            assert_eq!(
+                call("GET", &format!("{api}/v1/{path}"), None, None).await.0,
+                401
+            );
+            let (s, v) = call("GET", &format!("{api}/v1/{path}"), Some(other.token), None).await;
+            assert_eq!(s, 200);
+            let text = v.to_string();
+            if text.contains(&owner.sub)
+                || (path == "dead-letters" && text.contains(&format!("\"id\":{}", owner.dead)))
+            {
+                cross += 1;
+            }
+            checked += 2;
+        }
+        assert_eq!(
+            call(
+                "POST",
+                &format!("{api}/v1/subscriptions"),
+                None,
+                Some(body.clone())
+            )
+            .await
+            .0,
+            401
+        );
+        // The owner still has everything, then may act on it.
+        assert_eq!(
+            call("GET", &targeted[0].1, Some(owner.token), None).await.0,
+            200,
+            "not deleted by the other team"
+        );
+        assert_eq!(
+            call("POST", &targeted[2].1, Some(owner.token), None)
+                .await
+                .0,
+            202
+        );
+        assert_eq!(
+            call("POST", &targeted[3].1, Some(owner.token), None)
+                .await
+                .0,
+            204
+        );
+        assert_eq!(
+            call("DELETE", &targeted[1].1, Some(owner.token), None)
+                .await
+                .0,
+            204
+        );
+    }
+    println!(
+        "authorization matrix: {checked} foreign/anonymous checks, {cross} cross-team reads, writes or deletes"
+    );
+    assert_eq!(cross, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_token_rate_limit_answers_429() {
+    let env = Env::new().await;
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap().replace(
+        "shutdown_grace = \"5s\"",
+        "shutdown_grace = \"5s\"\nrate_limit = 5",
+    );
+    std::fs::write(env.config_path(), cfg).unwrap();
+    let mut env = env;
+    let _svc = env.start().await;
+    let url = format!("{}/v1/subscriptions", env.api());
+    let mut limited = None;
+    for _ in 0..30 {
+        let r = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(LIGHTING)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited = Some((
+                r.headers().get("retry-after").cloned(),
+                r.json::<Value>().await.unwrap(),
+            ));
+            break;
+        }
+    }
+    let (retry_after, body) = limited.expect("a burst over the limit is refused");
+    assert!(retry_after.is_some());
+    assert!(body["error"].as_str().unwrap().contains("too many"));
+    // Another team's token has its own budget.
+    assert_eq!(call("GET", &url, Some(FX), None).await.0, 200);
+}
+
+fn app_state(dir: &std::path::Path) -> AppState {
+    let text = format!(
+        r#"
+[store]
+path = "{}"
+[delivery]
+allow_private_targets = true
+[[teams]]
+name = "lighting"
+tokens = ["{LIGHTING}"]
+[[teams.channels]]
+name = "pipeline"
+kind = "webhook"
+url = "http://127.0.0.1:9/x"
+[[teams]]
+name = "fx"
+tokens = [{{ sha256 = "{}" }}]
+[[teams.channels]]
+name = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:9/y"
+"#,
+        dir.join("s.sled").display(),
+        // sha256sum of the FX token: hashed tokens authenticate like plain ones.
+        deadline_notifier::config::TokenDigest::of(FX)
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let cfg = Config::from_toml(&text, std::path::Path::new("fuzz.toml")).unwrap();
+    let store = Store::open(&cfg.store.path).unwrap();
+    let wakers = Wakers::new(&cfg);
+    AppState::new(
+        store,
+        Arc::new(cfg),
+        deadline_notifier::clock::system(),
+        wakers,
+    )
+}
+
+#[tokio::test]
+async fn router_fuzz_never_panics_and_always_answers_json_errors() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = app_state(dir.path());
+    let router = api::router(state);
+    let f = format!("farm-{}", "a".repeat(32));
+    let q = format!("queue-{}", "b".repeat(32));
+    let j = format!("job-{}", "c".repeat(32));
+    let methods = [
+        "GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS", "FOO",
+    ];
+    let segments = [
+        "v1",
+        "subscriptions",
+        "dead-letters",
+        "channels",
+        "enable",
+        "replay",
+        "healthz",
+        "1",
+        "18446744073709551616",
+        "-1",
+        "%00",
+        "%ff",
+        "..",
+        "%2e%2e",
+        "ü",
+        "%F0%9F%92%A9",
+        "sub-x",
+        "hook",
+        "pipeline",
+        "",
+        "a%2Fb",
+    ];
+    let tokens: [Option<&str>; 5] = [None, Some(LIGHTING), Some(FX), Some("x"), Some("Bearer")];
+    let bodies: Vec<Vec<u8>> = vec![
+        vec![],
+        b"{".to_vec(),
+        b"null".to_vec(),
+        b"[1,2,3]".to_vec(),
+        json!({"farmId": f, "queueId": q, "jobId": j}).to_string().into_bytes(),
+        json!({"farmId": f, "queueId": q, "jobId": j, "channels": [1, null, {}], "events": "job.failed"}).to_string().into_bytes(),
+        json!({"farmId": "farm-".repeat(1000), "queueId": [], "jobId": {"a": 1}}).to_string().into_bytes(),
+        vec![0xff, 0xfe, 0x00, 0x7b],
+        vec![b'a'; 70 * 1024],
+    ];
+    let mut n = 0;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    for _ in 0..3000u64 {
+        let mut r = |_k: u64| rng.random::<u32>() as usize;
+        let depth = 1 + r(1) % 4;
+        let path: String = (0..depth)
+            .map(|d| format!("/{}", segments[r(10 + d as u64) % segments.len()]))
+            .collect();
+        let mut b = Request::builder()
+            .method(methods[r(2) % methods.len()])
+            .uri(&path);
+        if let Some(t) = tokens[r(3) % tokens.len()] {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        if r(4) % 3 == 0 {
+            b = b.header("content-type", "application/json");
+        }
+        if r(5) % 7 == 0 {
+            b = b.header("authorization", &[0xc3u8, 0x28][..]);
+        }
+        let Ok(req) = b.body(Body::from(bodies[r(6) % bodies.len()].clone())) else {
+            continue;
+        };
+        let head = req.method() == "HEAD";
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(status.as_u16() < 500, "{path}: {status}");
+        if status.is_client_error() && !head {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!(
+                    "{path}: non-JSON error {:?}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            });
+            assert!(v["error"].is_string(), "{path}: {v}");
+            assert!(!String::from_utf8_lossy(&bytes).contains("panicked"));
+        }
+        n += 1;
+    }
+    println!("router fuzz: {n} random requests, no panic, every error JSON");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let job = env.add_job("redirected");
+    env.subscribe_job(&job, json!({"channels": ["pipeline"]}))
+        .await;
+    env.observed(&job, 2).await;
+    env.sink.script(
+        "/webhook/lighting",
+        [Answer {
+            status: 302,
+            retry_after: None,
+            body: String::new(),
+        }],
+    );
+    env.sim.set_status(&job, "FAILED");
+    let url = format!("{}/v1/dead-letters", env.api());
+    let mut reason = String::new();
+    for _ in 0..200 {
+        let v = call("GET", &url, Some(LIGHTING), None).await.1;
+        if let Some(r) = v["deadLetters"][0]["reason"].as_str() {
+            reason = r.to_string();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reason.contains("302") && reason.contains("redirects are not followed"),
+        "{reason}"
+    );
+    assert_eq!(
+        env.sink.received().len(),
+        1,
+        "the redirect target was never requested"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_logs_errors_or_api_responses() {
+    let env = Env::new().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secrets = [
+        "SEKRETslackPATH",
+        "SEKRETteamsSIG",
+        "SEKRETunreachable",
+        "C2FVsBQIhrscChlQIMV",
+        LIGHTING,
+        FX,
+    ];
+    let cfg = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace("/slack/lighting\"", "/slack/lighting/SEKRETslackPATH\"")
+        .replace("/teams/lighting\"", "/teams/lighting?sig=SEKRETteamsSIG\"");
+    // fx posts to a closed port, with the secret in the path.
+    let cfg = regex_replace_fx(
+        &cfg,
+        &format!("http://127.0.0.1:{closed}/SEKRETunreachable"),
+    );
+    std::fs::write(env.config_path(), cfg).unwrap();
+    let mut env = env;
+    let svc = env.start().await;
+    let job = env.add_job("leaky?");
+    env.subscribe_job(&job, json!({})).await;
+    let body = json!({"farmId": job.farm_id, "queueId": job.queue_id, "jobId": job.job_id});
+    assert_eq!(env.subscribe(FX, body).await.0, 201);
+    env.observed(&job, 2).await;
+    // Slack: 500s; Teams: 404 (disables the channel); webhook: 400; fx: connection refused.
+    env.sink.script(
+        "/slack/lighting/SEKRETslackPATH",
+        (0..3).map(|_| Answer {
+            status: 500,
+            retry_after: None,
+            body: "rollup_error".into(),
+        }),
+    );
+    env.sink.script(
+        "/teams/lighting",
+        [Answer {
+            status: 404,
+            retry_after: None,
+            body: "not found".into(),
+        }],
+    );
+    env.sink.script(
+        "/webhook/lighting",
+        [Answer {
+            status: 400,
+            retry_after: None,
+            body: "invalid_payload".into(),
+        }],
+    );
+    env.sim.set_status(&job, "FAILED");
+    wait_until(Duration::from_secs(30), "failures to be logged", || {
+        let log = svc.log_text();
+        log.contains("channel disabled")
+            && log.contains("dead-lettered")
+            && log.matches("will retry").count() >= 3
+    })
+    .await;
+    let mut seen = svc.log_text();
+    for path in ["subscriptions", "dead-letters", "channels"] {
+        seen.push_str(
+            &call(
+                "GET",
+                &format!("{}/v1/{path}", env.api()),
+                Some(LIGHTING),
+                None,
+            )
+            .await
+            .1
+            .to_string(),
+        );
+        seen.push_str(
+            &call("GET", &format!("{}/v1/{path}", env.api()), Some(FX), None)
+                .await
+                .1
+                .to_string(),
+        );
+    }
+    let out = env.launcher().command(&["check-config"]).output().unwrap();
+    seen.push_str(&String::from_utf8_lossy(&out.stdout));
+    seen.push_str(&String::from_utf8_lossy(&out.stderr));
+    let leaks: Vec<_> = secrets.iter().filter(|s| seen.contains(*s)).collect();
+    println!(
+        "secret scan: {} bytes of logs, API responses and check-config output; {} secret occurrences",
+        seen.len(),
+        leaks.len()
+    );
+    assert!(leaks.is_empty(), "leaked: {leaks:?}");
+    assert!(
+        seen.contains("transport error"),
+        "the connection failure was logged (without its URL)"
+    );
+}
+
+/// Points the fx team's webhook at `url`.
+fn regex_replace_fx(cfg: &str, url: &str) -> String {
+    let mut out = Vec::new();
+    let mut in_fx = false;
+    for line in cfg.lines() {
+        if line.starts_with("name = \"fx\"") {
+            in_fx = true;
+        }
+        if in_fx && line.starts_with("url = ") {
+            out.push(format!("url = \"{url}\""));
+            continue;
+        }
+        out.push(line.to_string());
+    }
+    out.join("\n")
+}
