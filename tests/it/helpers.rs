@@ -55,6 +55,7 @@ impl Env {
 [server]
 listen = "127.0.0.1:{api_port}"
 shutdown_grace = "5s"
+rate_limit = 0
 [store]
 path = "{store}"
 [deadline]

@@ -203,10 +203,9 @@ async fn authorization_matrix_has_no_cross_team_reach() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_token_rate_limit_answers_429() {
     let env = Env::new().await;
-    let cfg = std::fs::read_to_string(env.config_path()).unwrap().replace(
-        "shutdown_grace = \"5s\"",
-        "shutdown_grace = \"5s\"\nrate_limit = 5",
-    );
+    let cfg = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace("rate_limit = 0", "rate_limit = 5");
     std::fs::write(env.config_path(), cfg).unwrap();
     let mut env = env;
     let _svc = env.start().await;
