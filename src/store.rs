@@ -165,21 +165,29 @@ impl Store {
                 message: format!("cannot create directory: {e}"),
             })?;
         }
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|e| StoreError::Open {
-                path: path.into(),
-                message: match &e {
-                    sled::Error::Io(io)
-                        if io.to_string().contains("lock")
-                            || io.kind() == std::io::ErrorKind::WouldBlock =>
-                    {
-                        format!("{e} (is another deadline-notifier using this store?)")
-                    }
-                    _ => e.to_string(),
-                },
-            })?;
+        // sled 0.34 panics, rather than erroring, on some corrupt files; turn that into
+        // an error naming the store so start-up fails cleanly instead of crash-looping.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sled::Config::new().path(path).open()
+        }))
+        .map_err(|_| StoreError::Open {
+            path: path.into(),
+            message: "the store is corrupt (sled could not recover it); restore a backup, or move it aside \
+                      and rebuild the subscriptions with `deadline-notifier import`"
+                .into(),
+        })?;
+        let db = opened.map_err(|e| StoreError::Open {
+            path: path.into(),
+            message: match &e {
+                sled::Error::Io(io)
+                    if io.to_string().contains("lock")
+                        || io.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    format!("{e} (is another deadline-notifier using this store?)")
+                }
+                _ => e.to_string(),
+            },
+        })?;
         let t = |name: &str| {
             db.open_tree(name).map_err(|source| StoreError::Engine {
                 path: path.into(),

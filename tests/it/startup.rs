@@ -172,3 +172,48 @@ async fn second_process_on_one_store_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("store.sled"), "names the store path: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_store_is_a_clear_error_not_a_panic() {
+    let env = Env::new().await;
+    let subs: Vec<_> = (0..2000)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("sub-{i:032x}"), "team": "lighting",
+                "farmId": format!("farm-{}", "a".repeat(32)), "queueId": format!("queue-{}", "b".repeat(32)),
+                "jobId": format!("job-{i:032x}"), "channels": ["pipeline"], "events": ["job.failed"],
+                "createdAt": "2026-11-30T10:00:00Z"
+            })
+        })
+        .collect();
+    let file = env.dir.path().join("export.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({ "subscriptions": subs }).to_string(),
+    )
+    .unwrap();
+    let l = env.launcher();
+    assert!(
+        l.command(&["import"])
+            .arg(&file)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let db = env.dir.path().join("store.sled/db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[1000..1064].fill(0xab);
+    std::fs::write(&db, bytes).unwrap();
+    let out = l.command(&["serve"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a clean non-zero exit, not a panic: {err}"
+    );
+    assert!(
+        err.contains("store.sled") && err.contains("corrupt"),
+        "{err}"
+    );
+}
