@@ -564,3 +564,31 @@ async fn store_copied_mid_write_opens_and_reads() {
     );
     assert!(bad.is_empty(), "copies that failed: {bad:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_paced_per_destination() {
+    let env = Env::new().await;
+    let cfg = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace("slack_interval = \"50ms\"", "slack_interval = \"250ms\"");
+    std::fs::write(env.config_path(), cfg).unwrap();
+    let mut env = env;
+    let _svc = env.start().await;
+    let jobs: Vec<JobKey> = (0..8).map(|i| env.add_job(&format!("burst {i}"))).collect();
+    for j in &jobs {
+        env.subscribe_job(j, json!({"channels": ["slack"]})).await;
+    }
+    env.observed_all(&jobs, 2).await;
+    for j in &jobs {
+        env.sim.set_status(j, "SUCCEEDED");
+    }
+    wait_until(T, "8 slack messages", || env.sink.delivered().len() == 8).await;
+    let at: Vec<Instant> = env.sink.delivered().iter().map(|r| r.at.unwrap()).collect();
+    let min_gap = at
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .min()
+        .unwrap();
+    println!("slack burst of 8: smallest gap between posts {min_gap:?} (pacing 250ms)");
+    assert!(min_gap >= Duration::from_millis(240), "{min_gap:?}");
+}
