@@ -5,6 +5,7 @@ use crate::config::{Config, Team, TokenDigest};
 use crate::deliver::Wakers;
 use crate::domain::{Event, JobKey};
 use crate::store::{ChannelState, Store, StoreError, Subscription};
+use crate::watcher::{SubChange, WatchHandle};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,17 +25,25 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub clock: SharedClock,
     pub wakers: Wakers,
+    pub watch: WatchHandle,
     limiter: Arc<RateLimiter>,
 }
 
 impl AppState {
-    pub fn new(store: Store, config: Arc<Config>, clock: SharedClock, wakers: Wakers) -> AppState {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        clock: SharedClock,
+        wakers: Wakers,
+        watch: WatchHandle,
+    ) -> AppState {
         let limiter = Arc::new(RateLimiter::new(config.server.rate_limit));
         AppState {
             store,
             config,
             clock,
             wakers,
+            watch,
             limiter,
         }
     }
@@ -301,6 +310,7 @@ async fn create(
     let (sub, created) = st.store.insert_subscription(sub)?;
     if created {
         tracing::info!(team = %sub.team, job = %sub.job, subscription = %sub.id, "subscribed");
+        st.watch.notify(SubChange::Added(sub.clone()));
     }
     let status = if created {
         StatusCode::CREATED
@@ -346,6 +356,7 @@ async fn remove(
     let sub = owned(&st, team, &id)?;
     st.store.delete_subscription(&sub)?;
     tracing::info!(team = %sub.team, job = %sub.job, subscription = %sub.id, "unsubscribed");
+    st.watch.notify(SubChange::Removed(sub.clone()));
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -8,7 +8,7 @@ use crate::deliver::{self, Wakers};
 use crate::notify::Sender;
 use crate::render::Renderer;
 use crate::store::Store;
-use crate::watcher::Watcher;
+use crate::watcher::{WatchHandle, Watcher};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +71,7 @@ impl App {
         let (tx, rx) = watch::channel(false);
         let worker_rx = rx.clone();
         let wakers = Wakers::new(&self.config);
+        let (watch_handle, changes) = WatchHandle::new();
         let addr = self.local_addr();
         let outbox = self.store.outbox_len();
         let subs = self.store.subscriptions()?.len();
@@ -87,6 +88,7 @@ impl App {
             config: self.config.clone(),
             clock: self.clock.clone(),
             wakers: wakers.clone(),
+            changes,
         };
         // Watcher and delivery workers run until shutdown; any of them ending early
         // means a store error, which stops the service rather than limping on.
@@ -120,6 +122,7 @@ impl App {
             self.config.clone(),
             self.clock.clone(),
             wakers,
+            watch_handle,
         );
         let mut api_rx = worker_rx.clone();
         let server =

@@ -134,6 +134,30 @@ pub struct DeadlineConfig {
     pub max_attempts: u32,
     /// Base URL of the Deadline Cloud monitor, for links in messages.
     pub monitor_url: Option<String>,
+    /// Global Deadline API budget (BatchGetJob/GetJob calls per second).
+    #[serde(default = "default_max_rps")]
+    pub max_requests_per_second: f64,
+    /// A job PENDING/READY for longer than this is polled `idle_factor` times less often.
+    #[serde(default = "default_idle_after", deserialize_with = "duration::de")]
+    pub idle_after: Duration,
+    #[serde(default = "default_factor")]
+    pub idle_factor: u32,
+    /// SUSPENDED jobs are polled this many times less often.
+    #[serde(default = "default_factor")]
+    pub suspended_factor: u32,
+    /// Terminal jobs (within `terminal_grace`) are polled this many times less often.
+    #[serde(default = "default_factor")]
+    pub terminal_factor: u32,
+}
+
+fn default_max_rps() -> f64 {
+    5.0
+}
+fn default_idle_after() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_factor() -> u32 {
+    4
 }
 
 fn default_poll() -> Duration {
@@ -155,6 +179,11 @@ impl Default for DeadlineConfig {
             terminal_grace: default_terminal_grace(),
             max_attempts: default_attempts(),
             monitor_url: None,
+            max_requests_per_second: default_max_rps(),
+            idle_after: default_idle_after(),
+            idle_factor: default_factor(),
+            suspended_factor: default_factor(),
+            terminal_factor: default_factor(),
         }
     }
 }
@@ -465,6 +494,26 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             return Err(invalid(
                 "deadline.monitor_url".into(),
                 "must be an http(s) URL".into(),
+            ));
+        }
+    }
+    if !(raw.deadline.max_requests_per_second.is_finite()
+        && raw.deadline.max_requests_per_second >= 0.1)
+    {
+        return Err(invalid(
+            "deadline.max_requests_per_second".into(),
+            "must be at least 0.1".into(),
+        ));
+    }
+    for (k, v) in [
+        ("idle_factor", raw.deadline.idle_factor),
+        ("suspended_factor", raw.deadline.suspended_factor),
+        ("terminal_factor", raw.deadline.terminal_factor),
+    ] {
+        if !(1..=100).contains(&v) {
+            return Err(invalid(
+                format!("deadline.{k}"),
+                "must be between 1 and 100".into(),
             ));
         }
     }

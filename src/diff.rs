@@ -3,11 +3,11 @@
 //! Working from two snapshots rather than from a stream of status changes means a
 //! skipped intermediate state loses nothing: READY seen, then SUCCEEDED seen, is still
 //! `job.succeeded`.
-use crate::domain::{Event, JobSnapshot, LifecycleStatus, TaskRunStatus};
+use crate::domain::{Event, JobStatus, LifecycleStatus, TaskRunStatus};
 
 /// Events implied by moving from `prev` to `cur`, in the order they should be told.
 /// `prev == None` is the first observation: a baseline, which produces nothing.
-pub fn diff(prev: Option<&JobSnapshot>, cur: &JobSnapshot) -> Vec<Event> {
+pub fn diff(prev: Option<&JobStatus>, cur: &JobStatus) -> Vec<Event> {
     let Some(prev) = prev else { return Vec::new() };
     let mut events = Vec::new();
 
@@ -40,7 +40,7 @@ pub fn diff(prev: Option<&JobSnapshot>, cur: &JobSnapshot) -> Vec<Event> {
         }
     }
 
-    let failed_rose = cur.count("FAILED") > prev.count("FAILED");
+    let failed_rose = cur.failed_tasks > prev.failed_tasks;
     if failed_rose && !cur.is_terminal() {
         events.push(Event::TasksFailed);
     }
@@ -56,9 +56,9 @@ pub fn diff(prev: Option<&JobSnapshot>, cur: &JobSnapshot) -> Vec<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::JobKey;
+    use crate::domain::{JobKey, JobSnapshot};
 
-    fn job(status: &str) -> JobSnapshot {
+    fn job(status: &str) -> JobStatus {
         let key = JobKey::parse(
             &format!("farm-{}", "1".repeat(32)),
             &format!("queue-{}", "2".repeat(32)),
@@ -67,7 +67,7 @@ mod tests {
         .unwrap();
         let mut s = JobSnapshot::sample(key, "shot");
         s.task_run_status = Some(TaskRunStatus::from_wire(status));
-        s
+        JobStatus::of(&s)
     }
 
     #[test]
@@ -120,9 +120,9 @@ mod tests {
     #[test]
     fn failed_tasks_rising_while_running() {
         let mut prev = job("RUNNING");
-        prev.task_run_status_counts.insert("FAILED".into(), 1);
+        prev.failed_tasks = 1;
         let mut cur = prev.clone();
-        cur.task_run_status_counts.insert("FAILED".into(), 3);
+        cur.failed_tasks = 3;
         assert_eq!(diff(Some(&prev), &cur), vec![Event::TasksFailed]);
         // Once terminal, the terminal event tells the story.
         cur.task_run_status = Some(TaskRunStatus::Failed);

@@ -249,6 +249,33 @@ impl JobSnapshot {
     }
 }
 
+/// The compact form of a job's state that transitions are computed from: kept in
+/// memory for every watched job and written to the store only when it changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    pub task_run_status: Option<TaskRunStatus>,
+    pub lifecycle_status: LifecycleStatus,
+    pub failed_tasks: i64,
+}
+
+impl JobStatus {
+    pub fn of(s: &JobSnapshot) -> JobStatus {
+        JobStatus {
+            task_run_status: s.task_run_status.clone(),
+            lifecycle_status: s.lifecycle_status.clone(),
+            failed_tasks: s.count("FAILED"),
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.task_run_status
+            .as_ref()
+            .is_some_and(TaskRunStatus::is_terminal)
+            || self.lifecycle_status == LifecycleStatus::Archived
+    }
+}
+
 /// What a transition means to a human. Names are the wire/API names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Event {

@@ -17,6 +17,7 @@ pub mod domain;
 pub mod notify;
 pub mod render;
 pub mod route;
+pub mod schedule;
 pub mod secret;
 pub mod sink;
 pub mod store;

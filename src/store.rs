@@ -5,7 +5,7 @@
 //! produces commit in one transaction; an outbox entry leaves only when delivered or
 //! dead-lettered.
 use crate::config::ChannelKind;
-use crate::domain::{Event, JobKey, JobSnapshot};
+use crate::domain::{Event, JobKey, JobStatus};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::Transactional;
@@ -56,7 +56,10 @@ impl Subscription {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobState {
-    pub snapshot: JobSnapshot,
+    pub job: JobKey,
+    pub status: JobStatus,
+    /// When `status` last changed (drives the adaptive poll interval).
+    pub since: DateTime<Utc>,
     /// When the job was first seen terminal (cleared by a requeue).
     pub terminal_since: Option<DateTime<Utc>>,
 }
@@ -328,6 +331,15 @@ impl Store {
         }
     }
 
+    /// Every stored job state (start-up loads them once).
+    pub fn job_states(&self) -> Result<Vec<JobState>, StoreError> {
+        self.jobs
+            .iter()
+            .values()
+            .map(|v| self.dec("jobs", &v.map_err(|e| self.eng(e))?))
+            .collect()
+    }
+
     /// Stores the job's new state and queues `entries`, atomically. Returns the
     /// queued entries with their sequence numbers.
     pub fn commit_observation(
@@ -335,7 +347,7 @@ impl Store {
         state: &JobState,
         entries: Vec<OutboxEntry>,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
-        let jk = job_key_bytes(&state.snapshot.key);
+        let jk = job_key_bytes(&state.job);
         let value = enc(state);
         (&self.jobs, &self.outbox)
             .transaction(|(jobs, outbox)| -> TxResult<Vec<OutboxEntry>> {
@@ -540,6 +552,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::JobSnapshot;
 
     fn key(n: u8) -> JobKey {
         JobKey {
@@ -573,7 +586,9 @@ mod tests {
         {
             let s = Store::open(&p).unwrap();
             let st = JobState {
-                snapshot: JobSnapshot::sample(key(1), "a"),
+                job: key(1),
+                status: JobStatus::of(&JobSnapshot::sample(key(1), "a")),
+                since: Utc::now(),
                 terminal_since: None,
             };
             let q = s

@@ -1,22 +1,56 @@
-//! The poll loop: read subscribed jobs from Deadline Cloud, diff each against the
-//! stored state, route and render the resulting events, and commit state and
-//! outbox entries together.
+//! The poll loop: read subscribed jobs from Deadline Cloud on a schedule, diff each
+//! against its last state, route and render the resulting events, and commit state
+//! and outbox entries together.
+//!
+//! Every watched job has a next-due time. Due jobs are read in `BatchGetJob` calls of
+//! up to 100, spread evenly over the poll interval, within a global request budget
+//! that backs off on throttling. Job state lives in memory in compact form; the store
+//! is written only when a job's state changes.
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::deadline::client::DeadlineClient;
+use crate::deadline::client::{BATCH_LIMIT, DeadlineClient};
 use crate::deadline::{Fetched, SourceError};
 use crate::deliver::Wakers;
 use crate::diff::diff;
-use crate::domain::{JobKey, JobSnapshot, Transition};
+use crate::domain::{JobKey, JobSnapshot, JobStatus, TaskRunStatus, Transition};
 use crate::render::{self, Renderer};
 use crate::route::{route, webhook_id};
+use crate::schedule::{Budget, Schedule};
 use crate::store::{JobState, OutboxEntry, Store, StoreError, Subscription};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::watch;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
-/// Jobs to poll, with their stored state and active subscriptions.
-type Due = BTreeMap<JobKey, (Option<JobState>, Vec<Subscription>)>;
+/// A subscription change made through the API, for the watcher to pick up.
+#[derive(Debug, Clone)]
+pub enum SubChange {
+    Added(Subscription),
+    Removed(Subscription),
+}
+
+/// The API's side of the change channel.
+#[derive(Clone)]
+pub struct WatchHandle(Option<mpsc::UnboundedSender<SubChange>>);
+
+impl WatchHandle {
+    pub fn new() -> (WatchHandle, mpsc::UnboundedReceiver<SubChange>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (WatchHandle(Some(tx)), rx)
+    }
+
+    /// A handle that goes nowhere (an API without a watcher, as in router tests).
+    pub fn detached() -> WatchHandle {
+        WatchHandle(None)
+    }
+
+    pub fn notify(&self, change: SubChange) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(change);
+        }
+    }
+}
 
 pub struct Watcher {
     pub store: Store,
@@ -25,13 +59,7 @@ pub struct Watcher {
     pub config: Arc<Config>,
     pub clock: SharedClock,
     pub wakers: Wakers,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TickReport {
-    pub polled: usize,
-    pub transitions: usize,
-    pub queued: usize,
+    pub changes: mpsc::UnboundedReceiver<SubChange>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,151 +70,361 @@ pub enum TickError {
     Store(#[from] StoreError),
 }
 
+/// One watched job: its subscriptions and last known state.
+struct Tracked {
+    subs: Vec<Subscription>,
+    state: Option<JobState>,
+    /// Poll-interval multiplier currently applied (adaptive intervals).
+    factor: u32,
+}
+
+/// Figures the loop keeps for logs (and, later, metrics).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Progress {
+    pub calls: u64,
+    pub job_checks: u64,
+    pub transitions: u64,
+    pub throttles: u64,
+}
+
+struct Loop {
+    w: Watcher,
+    tracked: HashMap<JobKey, Tracked>,
+    schedule: Schedule,
+    budget: Budget,
+    origin: Instant,
+    /// Σ 1/factor over scheduled jobs: how many job-checks one interval needs.
+    load: f64,
+    progress: Progress,
+    last_lag_log: Option<Instant>,
+}
+
 impl Watcher {
-    /// Polls every `poll_interval` until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
-        let interval = self.config.deadline.poll_interval;
-        loop {
-            let started = tokio::time::Instant::now();
-            let mut pause = interval;
-            match self.tick().await {
-                Ok(r) if r.transitions > 0 => {
-                    tracing::debug!(
-                        polled = r.polled,
-                        transitions = r.transitions,
-                        queued = r.queued,
-                        "poll done"
+    /// Polls until `shutdown` turns true. Returns an error only for store failures.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
+        let mut l = Loop::load(self)?;
+        l.run(shutdown).await
+    }
+}
+
+impl Loop {
+    fn load(w: Watcher) -> Result<Loop, StoreError> {
+        let origin = Instant::now();
+        let budget = Budget::new(w.config.deadline.max_requests_per_second, 0);
+        let mut states: HashMap<JobKey, JobState> = w
+            .store
+            .job_states()?
+            .into_iter()
+            .map(|s| (s.job.clone(), s))
+            .collect();
+        let mut tracked: HashMap<JobKey, Tracked> = HashMap::new();
+        for s in w.store.subscriptions()? {
+            if s.is_active() {
+                tracked
+                    .entry(s.job.clone())
+                    .or_insert_with(|| Tracked {
+                        subs: Vec::new(),
+                        state: None,
+                        factor: 1,
+                    })
+                    .subs
+                    .push(s);
+            }
+        }
+        for (job, t) in tracked.iter_mut() {
+            t.state = states.remove(job);
+        }
+        let mut l = Loop {
+            w,
+            tracked,
+            schedule: Schedule::default(),
+            budget,
+            origin,
+            load: 0.0,
+            progress: Progress::default(),
+            last_lag_log: None,
+        };
+        // Spread the first round over one interval instead of a burst at start-up.
+        let interval = l.interval_ms();
+        let jobs: Vec<JobKey> = l.tracked.keys().cloned().collect();
+        let n = jobs.len().max(1) as u64;
+        for (i, job) in jobs.iter().enumerate() {
+            if !l.settled(job) {
+                l.reschedule(job, i as u64 * interval / n, false);
+            }
+        }
+        tracing::info!(
+            jobs = l.schedule.len(),
+            subscriptions = l.tracked.values().map(|t| t.subs.len()).sum::<usize>(),
+            "watcher loaded"
+        );
+        Ok(l)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    fn interval_ms(&self) -> u64 {
+        self.w.config.deadline.poll_interval.as_millis().max(1) as u64
+    }
+
+    /// Terminal for longer than the grace period: no longer polled.
+    fn settled(&self, job: &JobKey) -> bool {
+        let grace = chrono::Duration::from_std(self.w.config.deadline.terminal_grace)
+            .unwrap_or(chrono::Duration::MAX);
+        self.tracked
+            .get(job)
+            .and_then(|t| t.state.as_ref())
+            .and_then(|s| s.terminal_since)
+            .is_some_and(|t| self.w.clock.now() - t > grace)
+    }
+
+    /// How many times less often than the base interval to poll this job.
+    fn factor(&self, job: &JobKey) -> u32 {
+        let d = &self.w.config.deadline;
+        let Some(st) = self.tracked.get(job).and_then(|t| t.state.as_ref()) else {
+            return 1;
+        };
+        match &st.status.task_run_status {
+            Some(TaskRunStatus::Suspended) => d.suspended_factor,
+            _ if st.status.is_terminal() => d.terminal_factor,
+            Some(TaskRunStatus::Pending | TaskRunStatus::Ready) => {
+                let idle =
+                    chrono::Duration::from_std(d.idle_after).unwrap_or(chrono::Duration::MAX);
+                if self.w.clock.now() - st.since > idle {
+                    d.idle_factor
+                } else {
+                    1
+                }
+            }
+            _ => 1,
+        }
+    }
+
+    /// Schedules `job` at `at`, or one (adapted) interval from now when `at` is 0 and
+    /// `after_poll` is set.
+    fn reschedule(&mut self, job: &JobKey, at: u64, after_poll: bool) {
+        let factor = self.factor(job);
+        let due = if after_poll {
+            self.now_ms() + self.interval_ms() * u64::from(factor)
+        } else {
+            at
+        };
+        if let Some(t) = self.tracked.get_mut(job) {
+            if self.schedule.contains(job) {
+                self.load -= 1.0 / f64::from(t.factor);
+            }
+            t.factor = factor;
+        }
+        self.load += 1.0 / f64::from(factor);
+        self.schedule.set(job, due);
+    }
+
+    fn unschedule(&mut self, job: &JobKey) {
+        if self.schedule.contains(job) {
+            if let Some(t) = self.tracked.get(job) {
+                self.load -= 1.0 / f64::from(t.factor);
+            }
+            self.schedule.remove(job);
+        }
+    }
+
+    fn apply(&mut self, change: SubChange) -> Result<(), StoreError> {
+        match change {
+            SubChange::Added(sub) => {
+                let job = sub.job.clone();
+                let is_new = !self.tracked.contains_key(&job);
+                if is_new {
+                    let state = self.w.store.job_state(&job)?;
+                    self.tracked.insert(
+                        job.clone(),
+                        Tracked {
+                            subs: Vec::new(),
+                            state,
+                            factor: 1,
+                        },
                     );
                 }
-                Ok(_) => {}
-                Err(TickError::Source(SourceError::Throttled {
-                    retry_after,
-                    message,
-                })) => {
-                    let wait = retry_after.unwrap_or(interval).max(interval);
-                    tracing::warn!(%message, wait_ms = wait.as_millis() as u64, "Deadline Cloud throttled polling; backing off");
-                    pause = wait;
+                if let Some(t) = self.tracked.get_mut(&job) {
+                    t.subs.retain(|s| s.id != sub.id);
+                    t.subs.push(sub);
                 }
-                Err(TickError::Source(e)) => {
-                    tracing::warn!(error = %e, "poll failed; retrying next interval")
+                // A new subscriber wants a fresh look, even at a settled job.
+                let now = self.now_ms();
+                self.reschedule(&job, now, false);
+            }
+            SubChange::Removed(sub) => {
+                let empty = self.tracked.get_mut(&sub.job).is_some_and(|t| {
+                    t.subs.retain(|s| s.id != sub.id);
+                    t.subs.is_empty()
+                });
+                if empty {
+                    self.unschedule(&sub.job);
+                    self.tracked.remove(&sub.job);
                 }
-                // A store error is not something polling can fix: stop the service.
-                Err(TickError::Store(e)) => return Err(e),
             }
-            let next = started + pause;
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = shutdown.changed() => {}
-            }
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
+        loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-        }
-    }
-
-    /// Jobs to poll now: those with an active subscription, unless they have been
-    /// terminal for longer than the grace period.
-    fn due(&self) -> Result<Due, StoreError> {
-        let now = self.clock.now();
-        let grace = chrono::Duration::from_std(self.config.deadline.terminal_grace)
-            .unwrap_or(chrono::Duration::MAX);
-        let mut by_job: BTreeMap<JobKey, (Option<JobState>, Vec<Subscription>)> = BTreeMap::new();
-        for s in self.store.subscriptions()? {
-            if s.is_active() {
-                by_job.entry(s.job.clone()).or_default().1.push(s);
+            while let Ok(c) = self.w.changes.try_recv() {
+                self.apply(c)?;
             }
-        }
-        let mut due = BTreeMap::new();
-        for (key, (_, subs)) in by_job {
-            let state = self.store.job_state(&key)?;
-            let settled = state
-                .as_ref()
-                .and_then(|s| s.terminal_since)
-                .is_some_and(|t| now - t > grace);
-            if !settled {
-                due.insert(key, (state, subs));
-            }
-        }
-        Ok(due)
-    }
-
-    pub async fn tick(&self) -> Result<TickReport, TickError> {
-        let due = self.due()?;
-        let mut report = TickReport {
-            polled: due.len(),
-            ..Default::default()
-        };
-        if due.is_empty() {
-            return Ok(report);
-        }
-        let keys: Vec<JobKey> = due.keys().cloned().collect();
-        let results = self.client.fetch(&keys).await?;
-        for (key, fetched) in results {
-            let Some((prev, subs)) = due.get(&key) else {
-                continue;
+            let now = self.now_ms();
+            let wait = match self.schedule.next_due() {
+                None => Duration::from_secs(3600),
+                Some(next) => {
+                    // Batches go out every interval / (calls one interval needs), each
+                    // taking the jobs due within half a spacing: full batches, evenly spread.
+                    let calls = (self.load / BATCH_LIMIT as f64).ceil().max(1.0);
+                    let spacing = (self.interval_ms() as f64 / calls) as u64;
+                    let window_end = now + spacing / 2;
+                    if next <= window_end {
+                        match self.budget.wait(now) {
+                            0 => {
+                                self.poll_batch(window_end).await?;
+                                continue;
+                            }
+                            ms => Duration::from_millis(ms),
+                        }
+                    } else {
+                        Duration::from_millis(next - window_end)
+                    }
+                }
             };
-            match fetched {
-                Fetched::Found(snap) => {
-                    let (t, q) = self.observe(prev.as_ref(), *snap, subs)?;
-                    report.transitions += t;
-                    report.queued += q;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                Some(c) = self.w.changes.recv() => self.apply(c)?,
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    async fn poll_batch(&mut self, window_end: u64) -> Result<(), StoreError> {
+        let batch = self.schedule.due_by(window_end, BATCH_LIMIT);
+        let now = self.now_ms();
+        self.budget.take(now);
+        self.progress.calls += 1;
+        let lag = batch
+            .iter()
+            .map(|(_, due)| now.saturating_sub(*due))
+            .max()
+            .unwrap_or(0);
+        self.report_lag(lag);
+        let keys: Vec<JobKey> = batch.into_iter().map(|(k, _)| k).collect();
+        match self.w.client.fetch(&keys).await {
+            Ok(results) => {
+                self.budget.on_success();
+                self.progress.job_checks += results.len() as u64;
+                for (key, fetched) in results {
+                    self.handle(&key, fetched)?;
                 }
-                Fetched::Gone(reason) => {
-                    let n = self.store.end_subscriptions(&key, &reason)?;
-                    tracing::warn!(job = %key, subscriptions = n, %reason, "job no longer exists in Deadline Cloud; subscription ended");
-                }
-                Fetched::Failed(reason) => {
-                    tracing::warn!(job = %key, %reason, "could not read job; will retry next poll");
+            }
+            Err(SourceError::Throttled {
+                retry_after,
+                message,
+            }) => {
+                self.progress.throttles += 1;
+                let now = self.now_ms();
+                self.budget
+                    .on_throttle(now, retry_after.map(|d| d.as_millis() as u64));
+                tracing::warn!(%message, rate = self.budget.rate(), retry_after_ms = retry_after.map(|d| d.as_millis() as u64), "Deadline Cloud throttled polling; request budget lowered");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = keys.len(), "poll failed; retrying these jobs next interval");
+                for k in &keys {
+                    self.reschedule(k, 0, true);
                 }
             }
         }
-        Ok(report)
+        Ok(())
     }
 
-    /// Diffs one observation and commits it; returns (transitions, queued messages).
-    fn observe(
-        &self,
-        prev: Option<&JobState>,
-        snap: JobSnapshot,
-        subs: &[Subscription],
-    ) -> Result<(usize, usize), StoreError> {
-        let now = self.clock.now();
-        let terminal_since = if snap.is_terminal() {
+    fn report_lag(&mut self, lag_ms: u64) {
+        let interval = self.interval_ms();
+        if lag_ms <= interval / 2 {
+            return;
+        }
+        if self
+            .last_lag_log
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.last_lag_log = Some(Instant::now());
+        tracing::warn!(
+            configured_interval_ms = interval,
+            effective_interval_ms = interval + lag_ms,
+            jobs = self.schedule.len(),
+            request_rate = self.budget.rate(),
+            "poll interval stretched: the request budget cannot cover every job at the configured interval; \
+             all jobs are slowed evenly (raise [deadline] max_requests_per_second or poll_interval)"
+        );
+    }
+
+    fn handle(&mut self, key: &JobKey, fetched: Fetched) -> Result<(), StoreError> {
+        match fetched {
+            Fetched::Found(snap) => {
+                self.observe(*snap)?;
+                if self.settled(key) {
+                    self.unschedule(key);
+                } else {
+                    self.reschedule(key, 0, true);
+                }
+            }
+            Fetched::Gone(reason) => {
+                let n = self.w.store.end_subscriptions(key, &reason)?;
+                tracing::warn!(job = %key, subscriptions = n, %reason, "job no longer exists in Deadline Cloud; subscription ended");
+                self.unschedule(key);
+                self.tracked.remove(key);
+            }
+            Fetched::Failed(reason) => {
+                tracing::warn!(job = %key, %reason, "could not read job; will retry next interval");
+                self.reschedule(key, 0, true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Diffs one observation and, if the state changed, commits it with its messages.
+    fn observe(&mut self, snap: JobSnapshot) -> Result<(), StoreError> {
+        let Some(t) = self.tracked.get(&snap.key) else {
+            return Ok(());
+        };
+        let cur = JobStatus::of(&snap);
+        let prev = t.state.as_ref();
+        if prev.is_some_and(|p| p.status == cur) {
+            return Ok(());
+        }
+        let now = self.w.clock.now();
+        let events = diff(prev.map(|p| &p.status), &cur);
+        let terminal_since = if cur.is_terminal() {
             prev.and_then(|p| p.terminal_since).or(Some(now))
         } else {
             None
         };
-        if let Some(p) = prev
-            && p.snapshot == snap
-            && p.terminal_since == terminal_since
-        {
-            return Ok((0, 0));
-        }
-        let events = diff(prev.map(|p| &p.snapshot), &snap);
-        let previous = prev.map(|p| &p.snapshot);
         let mut entries = Vec::new();
-        for d in route(&events, subs, &self.config.teams) {
+        let monitor = self.w.renderer.monitor_url();
+        for d in route(&events, &t.subs, &self.w.config.teams) {
             let tr = Transition {
                 event: d.event,
-                previous_task_run_status: previous.and_then(|p| p.task_run_status.clone()),
-                previous_lifecycle_status: previous.map_or(snap.lifecycle_status.clone(), |p| {
-                    p.lifecycle_status.clone()
+                previous_task_run_status: prev.and_then(|p| p.status.task_run_status.clone()),
+                previous_lifecycle_status: prev.map_or(cur.lifecycle_status.clone(), |p| {
+                    p.status.lifecycle_status.clone()
                 }),
                 detected_at: now,
             };
-            let link = self
-                .renderer
-                .monitor_url()
-                .map(|b| render::monitor_link(b, &snap.key));
-            let ctx = render::context(
-                &d.team.name,
-                &d.channel.name,
-                &snap,
-                &tr,
-                self.renderer.monitor_url(),
-            );
+            let link = monitor.map(|b| render::monitor_link(b, &snap.key));
+            let ctx = render::context(&d.team.name, &d.channel.name, &snap, &tr, monitor);
             let (payload, last_error) =
                 match self
+                    .w
                     .renderer
                     .render(&d.team.name, d.channel.kind, d.event, &ctx)
                 {
@@ -219,19 +457,24 @@ impl Watcher {
                 payload,
             });
         }
-        let key = snap.key.clone();
         let state = JobState {
-            snapshot: snap,
+            job: snap.key.clone(),
+            status: cur,
+            since: now,
             terminal_since,
         };
-        let queued = self.store.commit_observation(&state, entries)?;
+        let queued = self.w.store.commit_observation(&state, entries)?;
         for e in &events {
-            tracing::info!(job = %key, event = %e, "transition detected");
+            tracing::info!(job = %snap.key, event = %e, "transition detected");
         }
+        self.progress.transitions += events.len() as u64;
         for e in &queued {
-            tracing::info!(job = %key, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "notification queued");
-            self.wakers.wake(&e.team, &e.channel);
+            tracing::info!(job = %snap.key, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "notification queued");
+            self.w.wakers.wake(&e.team, &e.channel);
         }
-        Ok((events.len(), queued.len()))
+        if let Some(t) = self.tracked.get_mut(&snap.key) {
+            t.state = Some(state);
+        }
+        Ok(())
     }
 }

@@ -60,6 +60,7 @@ rate_limit = 0
 path = "{store}"
 [deadline]
 poll_interval = "200ms"
+max_requests_per_second = 50
 max_attempts = 3
 [delivery]
 allow_private_targets = true

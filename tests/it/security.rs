@@ -271,6 +271,7 @@ url = "http://127.0.0.1:9/y"
         Arc::new(cfg),
         deadline_notifier::clock::system(),
         wakers,
+        deadline_notifier::watcher::WatchHandle::detached(),
     )
 }
 

@@ -1,0 +1,223 @@
+//! Pure poll scheduling: which jobs to read next, and how fast the API may be called.
+//! Time is milliseconds on a monotonic clock supplied by the caller.
+use crate::domain::JobKey;
+use std::collections::{BTreeSet, HashMap};
+
+/// Jobs ordered by when they are next due. Earliest-due first, so when the API
+/// budget cannot keep up every job's interval stretches evenly and none starves.
+#[derive(Default)]
+pub struct Schedule {
+    due: BTreeSet<(u64, u32)>,
+    slots: Vec<Option<(JobKey, u64)>>,
+    index: HashMap<JobKey, u32>,
+    free: Vec<u32>,
+}
+
+impl Schedule {
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn contains(&self, job: &JobKey) -> bool {
+        self.index.contains_key(job)
+    }
+
+    /// Adds or moves `job` to be due at `at`.
+    pub fn set(&mut self, job: &JobKey, at: u64) {
+        if let Some(&i) = self.index.get(job) {
+            if let Some((_, old)) = &mut self.slots[i as usize] {
+                self.due.remove(&(*old, i));
+                *old = at;
+            }
+            self.due.insert((at, i));
+            return;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some((job.clone(), at));
+                i
+            }
+            None => {
+                self.slots.push(Some((job.clone(), at)));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(job.clone(), i);
+        self.due.insert((at, i));
+    }
+
+    pub fn remove(&mut self, job: &JobKey) {
+        if let Some(i) = self.index.remove(job)
+            && let Some((_, at)) = self.slots[i as usize].take()
+        {
+            self.due.remove(&(at, i));
+            self.free.push(i);
+        }
+    }
+
+    /// When the earliest job is due.
+    pub fn next_due(&self) -> Option<u64> {
+        self.due.first().map(|(at, _)| *at)
+    }
+
+    /// Up to `max` jobs due at or before `until`, earliest first, with their due times.
+    /// They stay scheduled until [`Schedule::set`] moves them.
+    pub fn due_by(&self, until: u64, max: usize) -> Vec<(JobKey, u64)> {
+        self.due
+            .iter()
+            .take_while(|(at, _)| *at <= until)
+            .take(max)
+            .filter_map(|(at, i)| {
+                self.slots[*i as usize]
+                    .as_ref()
+                    .map(|(k, _)| (k.clone(), *at))
+            })
+            .collect()
+    }
+}
+
+/// The global API request budget: a token bucket whose rate adapts to throttling
+/// (halved on each ThrottlingException, recovering additively on success, never
+/// above the configured maximum) and which honours `retryAfterSeconds`.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    max_rate: f64,
+    rate: f64,
+    tokens: f64,
+    last: u64,
+    paused_until: u64,
+}
+
+impl Budget {
+    pub fn new(max_rate: f64, now: u64) -> Budget {
+        Budget {
+            max_rate,
+            rate: max_rate,
+            tokens: 1.0,
+            last: now,
+            paused_until: 0,
+        }
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    fn refill(&mut self, now: u64) {
+        let dt = now.saturating_sub(self.last) as f64 / 1000.0;
+        // At most one second's worth of burst, and at least one call.
+        self.tokens = (self.tokens + dt * self.rate).min(self.rate.max(1.0));
+        self.last = now.max(self.last);
+    }
+
+    /// Milliseconds until a call may be made (0: now).
+    pub fn wait(&mut self, now: u64) -> u64 {
+        if now < self.paused_until {
+            return self.paused_until - now;
+        }
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            0
+        } else {
+            (((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64
+        }
+    }
+
+    /// Spends one call; call only when [`Budget::wait`] returned 0.
+    pub fn take(&mut self, now: u64) {
+        self.refill(now);
+        self.tokens -= 1.0;
+    }
+
+    pub fn on_success(&mut self) {
+        // Slow recovery: +5% of the maximum per successful call.
+        self.rate = (self.rate + self.max_rate * 0.05).min(self.max_rate);
+    }
+
+    pub fn on_throttle(&mut self, now: u64, retry_after_ms: Option<u64>) {
+        self.rate = (self.rate / 2.0).max(self.max_rate / 64.0).max(0.05);
+        self.tokens = self.tokens.min(0.0);
+        if let Some(ms) = retry_after_ms {
+            self.paused_until = self.paused_until.max(now + ms);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u32) -> JobKey {
+        JobKey {
+            farm_id: "f".into(),
+            queue_id: "q".into(),
+            job_id: format!("j{n}"),
+        }
+    }
+
+    #[test]
+    fn earliest_due_first_and_moves() {
+        let mut s = Schedule::default();
+        for n in 0..5 {
+            s.set(&key(n), 100 - n as u64 * 10);
+        }
+        let due: Vec<_> = s
+            .due_by(80, 10)
+            .into_iter()
+            .map(|(k, _)| k.job_id)
+            .collect();
+        assert_eq!(due, vec!["j4", "j3", "j2"]);
+        s.set(&key(4), 500);
+        assert_eq!(s.due_by(80, 1)[0].0, key(3));
+        s.remove(&key(3));
+        s.set(&key(9), 1);
+        assert_eq!(s.len(), 5);
+        assert_eq!(s.next_due(), Some(1));
+        assert_eq!(s.due_by(1000, 100).len(), 5);
+    }
+
+    #[test]
+    fn budget_never_exceeds_its_rate() {
+        let mut b = Budget::new(5.0, 0);
+        let mut calls = Vec::new();
+        let mut now = 0;
+        while now < 10_000 {
+            let w = b.wait(now);
+            if w == 0 {
+                b.take(now);
+                b.on_success();
+                calls.push(now);
+            } else {
+                now += w;
+            }
+        }
+        // In any 1 s window: at most rate + the 1-call burst.
+        for (i, t) in calls.iter().enumerate() {
+            let in_window = calls[i..].iter().take_while(|x| **x < t + 1000).count();
+            assert!(in_window <= 6, "{in_window} calls in 1s from {t}");
+        }
+        assert!(calls.len() >= 49 && calls.len() <= 51, "{}", calls.len());
+    }
+
+    #[test]
+    fn budget_backs_off_on_throttling_and_recovers_slowly() {
+        let mut b = Budget::new(8.0, 0);
+        b.on_throttle(0, Some(3000));
+        assert_eq!(b.rate(), 4.0);
+        assert_eq!(b.wait(1000), 2000, "honours retryAfterSeconds");
+        b.on_throttle(1000, None);
+        assert_eq!(b.rate(), 2.0);
+        for _ in 0..5 {
+            b.on_success();
+        }
+        assert!((b.rate() - 4.0).abs() < 1e-9, "{}", b.rate());
+        for _ in 0..100 {
+            b.on_success();
+        }
+        assert_eq!(b.rate(), 8.0);
+    }
+}
