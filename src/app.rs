@@ -74,7 +74,7 @@ impl App {
         let (watch_handle, changes) = WatchHandle::new();
         let addr = self.local_addr();
         let outbox = self.store.outbox_len();
-        let subs = self.store.subscriptions()?.len();
+        let subs = self.store.subscription_count();
         // The delivery log only needs to outlive any possible duplicate or replay.
         let pruned = self
             .store

@@ -21,6 +21,7 @@ pub struct Received {
     /// When it arrived (for pacing and Retry-After checks).
     #[serde(skip)]
     pub at: Option<std::time::Instant>,
+    pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A scripted answer: status, optional `Retry-After`, body.
@@ -182,6 +183,7 @@ async fn receive(
         raw: body,
         status: answer.status,
         at: Some(std::time::Instant::now()),
+        received_at: chrono::Utc::now(),
     };
     sink.lock().received.push(rec.clone());
     let _ = sink.tx.send(rec);

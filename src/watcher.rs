@@ -280,21 +280,21 @@ impl Loop {
             let wait = match self.schedule.next_due() {
                 None => Duration::from_secs(3600),
                 Some(next) => {
-                    // Batches go out every interval / (calls one interval needs), each
-                    // taking the jobs due within half a spacing: full batches, evenly spread.
+                    // Batches go out every interval / (calls one interval needs); when the
+                    // earliest job is due, the batch also takes the jobs due before the
+                    // next one would go out: full batches, evenly spread.
                     let calls = (self.load / BATCH_LIMIT as f64).ceil().max(1.0);
                     let spacing = (self.interval_ms() as f64 / calls) as u64;
-                    let window_end = now + spacing / 2;
-                    if next <= window_end {
+                    if next <= now {
                         match self.budget.wait(now) {
                             0 => {
-                                self.poll_batch(window_end).await?;
+                                self.poll_batch(now + spacing).await?;
                                 continue;
                             }
                             ms => Duration::from_millis(ms),
                         }
                     } else {
-                        Duration::from_millis(next - window_end)
+                        Duration::from_millis(next - now)
                     }
                 }
             };

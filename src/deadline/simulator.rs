@@ -94,6 +94,8 @@ struct SimJob {
 #[derive(Default)]
 struct Inner {
     jobs: BTreeMap<JobKey, SimJob>,
+    /// Populated keys, for cheap random picks by the churn task.
+    populated: Vec<JobKey>,
     faults: Faults,
     stats: Stats,
     next_id: u64,
@@ -233,6 +235,76 @@ impl Simulator {
         )
     }
 
+    /// Key of the `i`-th populated job: spread over `farms` × `queues`, deterministic
+    /// so a benchmark can subscribe without asking.
+    pub fn populated_key(i: usize, farms: usize, queues: usize) -> JobKey {
+        JobKey {
+            farm_id: format!("farm-{:032x}", i % farms.max(1)),
+            queue_id: format!("queue-{:032x}", (i / farms.max(1)) % queues.max(1)),
+            job_id: format!("job-{:032x}", i + 1),
+        }
+    }
+
+    /// Adds `n` READY jobs (see [`Simulator::populated_key`]).
+    pub fn populate(&self, n: usize, farms: usize, queues: usize) {
+        let now = Utc::now();
+        let mut g = self.lock();
+        for i in 0..n {
+            let key = Self::populated_key(i, farms, queues);
+            let mut snap = JobSnapshot::sample(key.clone(), &format!("bench job {i}"));
+            snap.created_at = now;
+            snap.task_run_status_counts = [("READY".to_string(), 100)].into();
+            g.populated.push(key.clone());
+            g.jobs.insert(
+                key,
+                SimJob {
+                    snap,
+                    script: Vec::new(),
+                    created: Instant::now(),
+                    hits: 0,
+                },
+            );
+        }
+    }
+
+    /// Every 100 ms, moves a random `fraction_per_minute` share (per minute) of all jobs
+    /// one step along READY → RUNNING → SUCCEEDED → READY (a requeue).
+    pub fn spawn_churn(&self, fraction_per_minute: f64) -> tokio::task::JoinHandle<()> {
+        let sim = self.clone();
+        tokio::spawn(async move {
+            let mut carry = 0.0;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                let mut g = sim.lock();
+                let n = g.populated.len();
+                if n == 0 {
+                    continue;
+                }
+                carry += n as f64 * fraction_per_minute / 600.0;
+                let k = carry.floor() as usize;
+                carry -= k as f64;
+                for _ in 0..k {
+                    let key = g.populated[rand::random::<u64>() as usize % n].clone();
+                    if let Some(j) = g.jobs.get_mut(&key) {
+                        let next = match j.snap.task_run_status {
+                            Some(TaskRunStatus::Ready) => "RUNNING",
+                            Some(TaskRunStatus::Running) => "SUCCEEDED",
+                            _ => "READY",
+                        };
+                        apply(
+                            &mut j.snap,
+                            &Patch {
+                                task_run_status: Some(next.into()),
+                                ..Default::default()
+                            },
+                        );
+                    }
+                }
+            }
+        })
+    }
+
     pub fn remove(&self, key: &JobKey) -> bool {
         self.lock().jobs.remove(key).is_some()
     }
@@ -271,6 +343,7 @@ impl Simulator {
             )
             .route("/_sim/faults", axum::routing::put(admin_faults))
             .route("/_sim/stats", get(admin_stats))
+            .route("/_sim/populate", post(admin_populate))
             .fallback(unknown_operation)
             .with_state(self.clone())
     }
@@ -656,6 +729,31 @@ async fn admin_get(
 
 async fn admin_faults(State(sim): State<Simulator>, Json(f): Json<Faults>) -> StatusCode {
     sim.set_faults(f);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Populate {
+    jobs: usize,
+    #[serde(default = "ten")]
+    farms: usize,
+    #[serde(default = "ten")]
+    queues: usize,
+    /// Share of all jobs changing state per minute (0.05 = 5 %).
+    #[serde(default)]
+    churn_per_minute: f64,
+}
+
+fn ten() -> usize {
+    10
+}
+
+async fn admin_populate(State(sim): State<Simulator>, Json(p): Json<Populate>) -> StatusCode {
+    sim.populate(p.jobs, p.farms, p.queues);
+    if p.churn_per_minute > 0.0 {
+        sim.spawn_churn(p.churn_per_minute);
+    }
     StatusCode::NO_CONTENT
 }
 
