@@ -354,6 +354,8 @@ pub fn context(
         "duration": duration_secs.map(human_duration),
         "durationSeconds": duration_secs,
         "taskSummary": task_summary,
+        "submitter": job.created_by.rsplit('/').next().unwrap_or(&job.created_by),
+        "isLifecycleEvent": matches!(tr.event, Event::CreateFailed | Event::UploadFailed | Event::UpdateFailed | Event::Archived),
         "taskTotal": total,
         "monitorUrl": link,
         "farmId": job.key.farm_id,
@@ -396,22 +398,20 @@ pub fn monitor_link(base: &str, key: &JobKey) -> String {
     )
 }
 
-/// A context with every optional field present, for start-up checks and previews.
-pub fn sample_context(team: &str, channel: &str, event: Event, monitor_url: Option<&str>) -> Value {
+/// A job with every optional field present, in the state `event` announces, and the
+/// transition to it: for start-up checks, previews and golden files.
+pub fn sample_job(event: Event) -> (JobSnapshot, Transition) {
+    use crate::domain::{LifecycleStatus as L, TaskRunStatus as S};
     let key = JobKey {
         farm_id: format!("farm-{}", "0".repeat(32)),
         queue_id: format!("queue-{}", "0".repeat(32)),
         job_id: format!("job-{}", "0".repeat(32)),
     };
-    let mut job = JobSnapshot::sample(key, "sample job");
-    job.description = Some("sample description".into());
+    let mut job = JobSnapshot::sample(key, "shot_010 comp v3");
+    job.description = Some("Final comp for shot 010".into());
     job.started_at = Some(job.created_at + chrono::Duration::seconds(30));
-    job.ended_at = Some(job.created_at + chrono::Duration::seconds(3600));
-    job.updated_at = job.ended_at;
     job.updated_by = Some("arn:aws:sts::123456789012:assumed-role/Artist/jane".into());
-    job.task_run_status = Some(crate::domain::TaskRunStatus::Succeeded);
     job.target_task_run_status = Some("READY".into());
-    job.task_run_status_counts = [("SUCCEEDED".to_string(), 598), ("FAILED".to_string(), 2)].into();
     job.task_failure_retry_count = Some(0);
     job.max_failed_tasks_count = Some(100);
     job.max_retries_per_task = Some(5);
@@ -419,12 +419,109 @@ pub fn sample_context(team: &str, channel: &str, event: Event, monitor_url: Opti
     job.storage_profile_id = Some(format!("sp-{}", "0".repeat(32)));
     job.source_job_id = Some(format!("job-{}", "1".repeat(32)));
     job.attachments = Some(json!({"manifests": [], "fileSystem": "COPIED"}));
+    job.parameters.insert(
+        "Frames".into(),
+        crate::domain::ParameterValue {
+            kind: "string".into(),
+            value: "1-600".into(),
+        },
+    );
+    let (status, prev, counts, lifecycle): (S, S, &[(&str, i64)], L) = match event {
+        Event::Started => (
+            S::Running,
+            S::Ready,
+            &[("RUNNING", 8), ("READY", 592)],
+            L::CreateComplete,
+        ),
+        Event::Succeeded => (
+            S::Succeeded,
+            S::Running,
+            &[("SUCCEEDED", 600)],
+            L::CreateComplete,
+        ),
+        Event::Failed => (
+            S::Failed,
+            S::Running,
+            &[("SUCCEEDED", 598), ("FAILED", 2)],
+            L::CreateComplete,
+        ),
+        Event::Canceled => (
+            S::Canceled,
+            S::Running,
+            &[("SUCCEEDED", 300), ("CANCELED", 300)],
+            L::CreateComplete,
+        ),
+        Event::Suspended => (
+            S::Suspended,
+            S::Running,
+            &[("SUCCEEDED", 300), ("SUSPENDED", 300)],
+            L::CreateComplete,
+        ),
+        Event::NotCompatible => (
+            S::NotCompatible,
+            S::Ready,
+            &[("NOT_COMPATIBLE", 600)],
+            L::CreateComplete,
+        ),
+        Event::Requeued => (
+            S::Ready,
+            S::Failed,
+            &[("SUCCEEDED", 598), ("READY", 2)],
+            L::CreateComplete,
+        ),
+        Event::TasksFailed => (
+            S::Running,
+            S::Running,
+            &[("SUCCEEDED", 400), ("FAILED", 3), ("RUNNING", 197)],
+            L::CreateComplete,
+        ),
+        Event::CreateFailed => (S::Ready, S::Ready, &[("READY", 600)], L::CreateFailed),
+        Event::UploadFailed => (S::Ready, S::Ready, &[("READY", 600)], L::UploadFailed),
+        Event::UpdateFailed => (
+            S::Running,
+            S::Running,
+            &[("SUCCEEDED", 300), ("RUNNING", 300)],
+            L::UpdateFailed,
+        ),
+        Event::Archived => (
+            S::Succeeded,
+            S::Succeeded,
+            &[("SUCCEEDED", 600)],
+            L::Archived,
+        ),
+    };
+    if matches!(
+        lifecycle,
+        L::CreateFailed | L::UploadFailed | L::UpdateFailed
+    ) {
+        job.started_at = None;
+        job.lifecycle_status_message =
+            "Job attachments upload failed: access denied to s3://bucket/prefix".into();
+    }
+    if status.is_terminal() {
+        job.ended_at = Some(job.created_at + chrono::Duration::seconds(3630));
+    }
+    job.updated_at = Some(job.created_at + chrono::Duration::seconds(3630));
+    job.task_run_status = Some(status);
+    job.lifecycle_status = lifecycle;
+    job.task_run_status_counts = counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     let tr = Transition {
         event,
-        previous_task_run_status: Some(crate::domain::TaskRunStatus::Running),
-        previous_lifecycle_status: crate::domain::LifecycleStatus::CreateComplete,
-        detected_at: job.created_at + chrono::Duration::seconds(3601),
+        previous_task_run_status: Some(prev),
+        previous_lifecycle_status: match event {
+            Event::CreateFailed => L::CreateInProgress,
+            Event::UploadFailed => L::UploadInProgress,
+            Event::UpdateFailed => L::UpdateInProgress,
+            _ => L::CreateComplete,
+        },
+        detected_at: job.created_at + chrono::Duration::seconds(3631),
     };
+    (job, tr)
+}
+
+/// The template context of [`sample_job`].
+pub fn sample_context(team: &str, channel: &str, event: Event, monitor_url: Option<&str>) -> Value {
+    let (job, tr) = sample_job(event);
     context(
         team,
         channel,

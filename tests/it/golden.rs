@@ -1,0 +1,74 @@
+//! Golden files: the exact payload of every default template (event × channel), so a
+//! template change shows its diff in review. `UPDATE_GOLDEN=1 cargo test golden`
+//! rewrites them.
+use deadline_notifier::config::{ChannelKind, Config};
+use deadline_notifier::domain::Event;
+use deadline_notifier::notify;
+use deadline_notifier::render::{self, Renderer};
+use std::path::PathBuf;
+
+#[test]
+fn default_templates_match_golden_files() {
+    let text = r#"
+[templates]
+dir = "templates"
+[deadline]
+monitor_url = "https://monitor.example.com"
+[delivery]
+allow_private_targets = true
+[[teams]]
+name = "lighting"
+tokens = ["lighting-token-0123456789"]
+[[teams.channels]]
+name = "slack"
+kind = "slack"
+url = "http://127.0.0.1:1/s"
+[[teams.channels]]
+name = "teams"
+kind = "teams"
+url = "http://127.0.0.1:1/t"
+[[teams.channels]]
+name = "webhook"
+kind = "webhook"
+url = "http://127.0.0.1:1/w"
+"#;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut cfg = Config::from_toml(text, &root.join("golden.toml")).unwrap();
+    cfg.templates.dir = root.join("templates");
+    let renderer = Renderer::load(&cfg).unwrap();
+    let update = std::env::var("UPDATE_GOLDEN").is_ok();
+    let mut mismatches = Vec::new();
+    let mut n = 0;
+    for kind in ChannelKind::ALL {
+        for event in Event::ALL {
+            let (job, tr) = render::sample_job(event);
+            let ctx = render::context("lighting", kind.as_str(), &job, &tr, renderer.monitor_url());
+            let r = renderer.render("lighting", kind, event, &ctx).unwrap();
+            let link = renderer
+                .monitor_url()
+                .map(|b| render::monitor_link(b, &job.key));
+            let payload = notify::payload(kind, "lighting", &r, &job, &tr, link.as_deref());
+            let got = serde_json::to_string_pretty(&payload).unwrap() + "\n";
+            let file = root
+                .join("tests/golden")
+                .join(kind.as_str())
+                .join(format!("{}.json", event.as_str()));
+            n += 1;
+            if update {
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(&file, &got).unwrap();
+                continue;
+            }
+            let want = std::fs::read_to_string(&file).unwrap_or_default();
+            if want != got {
+                mismatches.push(format!("{}:\n{got}", file.display()));
+            }
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "golden files differ (UPDATE_GOLDEN=1 to accept):\n{}",
+        mismatches.join("\n")
+    );
+    println!("{n} golden payloads checked");
+}
