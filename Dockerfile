@@ -16,6 +16,8 @@ COPY templates templates
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM ${RUNTIME_IMAGE}
+# Debian's ca-certificates tracks the distribution; pinning its version would only break rebuilds.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
@@ -30,5 +32,7 @@ USER 10001
 # sled data: mount a volume here and set [store] path = "/data/notifier.sled".
 VOLUME /data
 EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["deadline-notifier", "healthcheck", "--url", "http://127.0.0.1:8080/healthz"]
 ENTRYPOINT ["deadline-notifier"]
 CMD ["serve", "--config", "/app/config/notifier.toml"]

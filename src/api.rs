@@ -5,7 +5,7 @@ use crate::config::{Config, Team, TokenDigest};
 use crate::deliver::Wakers;
 use crate::domain::{Event, JobKey};
 use crate::store::{ChannelState, Store, StoreError, Subscription};
-use crate::watcher::{SubChange, WatchHandle};
+use crate::watcher::{Health, SubChange, WatchHandle};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +26,7 @@ pub struct AppState {
     pub clock: SharedClock,
     pub wakers: Wakers,
     pub watch: WatchHandle,
+    pub health: Arc<Health>,
     limiter: Arc<RateLimiter>,
 }
 
@@ -44,8 +45,14 @@ impl AppState {
             clock,
             wakers,
             watch,
+            health: Arc::new(Health::default()),
             limiter,
         }
+    }
+
+    pub fn with_health(mut self, health: Arc<Health>) -> AppState {
+        self.health = health;
+        self
     }
 }
 
@@ -126,6 +133,7 @@ impl IntoResponse for ApiError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
         .route("/v1/subscriptions", post(create).get(list))
         .route("/v1/subscriptions/{id}", get(show).delete(remove))
         .route("/v1/dead-letters", get(dead_letters))
@@ -136,6 +144,30 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Ready when the store answers and, if any job is watched, a Deadline Cloud call
+/// succeeded within three poll intervals (at least a minute).
+async fn readyz(State(st): State<AppState>) -> Response {
+    use std::sync::atomic::Ordering;
+    let store_ok = st.store.verify_open();
+    let watched = st.health.watched_jobs.load(Ordering::Relaxed);
+    let last = st.health.last_deadline_ok_ms.load(Ordering::Relaxed);
+    let window = (st.config.deadline.poll_interval * 3).max(std::time::Duration::from_secs(60));
+    let age_ms = st.clock.now().timestamp_millis() - last;
+    let deadline_ok = watched == 0 || (last > 0 && age_ms <= window.as_millis() as i64);
+    let body = json!({
+        "store": if store_ok { "ok" } else { "failing" },
+        "deadline": if deadline_ok { "ok" } else { "no successful call recently" },
+        "watchedJobs": watched,
+        "lastDeadlineSuccessMsAgo": (last > 0).then_some(age_ms),
+    });
+    let status = if store_ok && deadline_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 /// Every error is `{"error": "…"}`, including the ones axum produces itself

@@ -8,7 +8,7 @@ use crate::deliver::{self, Wakers};
 use crate::notify::Sender;
 use crate::render::Renderer;
 use crate::store::Store;
-use crate::watcher::{WatchHandle, Watcher};
+use crate::watcher::{Health, WatchHandle, Watcher};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,6 +72,7 @@ impl App {
         let worker_rx = rx.clone();
         let wakers = Wakers::new(&self.config);
         let (watch_handle, changes) = WatchHandle::new();
+        let health = Arc::new(Health::default());
         let addr = self.local_addr();
         let outbox = self.store.outbox_len();
         let subs = self.store.subscription_count();
@@ -89,6 +90,7 @@ impl App {
             clock: self.clock.clone(),
             wakers: wakers.clone(),
             changes,
+            health: health.clone(),
         };
         // Watcher and delivery workers run until shutdown; any of them ending early
         // means a store error, which stops the service rather than limping on.
@@ -123,7 +125,8 @@ impl App {
             self.clock.clone(),
             wakers,
             watch_handle,
-        );
+        )
+        .with_health(health);
         let mut api_rx = worker_rx.clone();
         let server =
             axum::serve(self.listener, api::router(state)).with_graceful_shutdown(async move {

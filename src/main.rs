@@ -133,6 +133,11 @@ enum Command {
         config: PathBuf,
         file: PathBuf,
     },
+    /// Exit 0 if the service answers /healthz (for container HEALTHCHECKs).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
     /// Run the Deadline Cloud simulator alone.
     Simulate {
         #[arg(long, default_value = "127.0.0.1:4566")]
@@ -353,6 +358,23 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             }
             store.flush().await?;
             println!("imported {created} subscriptions ({kept} already present)");
+            Ok(())
+        }
+        Command::Healthcheck { url } => {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(3))
+                .build()?;
+            let r = client
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {url}"))?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "{url} answered HTTP {}",
+                r.status()
+            );
+            println!("ok");
             Ok(())
         }
         Command::Simulate { listen } => {

@@ -290,6 +290,11 @@ impl Store {
         self.sync()
     }
 
+    /// A cheap liveness probe of the engine.
+    pub fn verify_open(&self) -> bool {
+        self.channels.get(b"\0probe").is_ok()
+    }
+
     pub fn subscription_count(&self) -> usize {
         self.subs.len()
     }

@@ -30,6 +30,13 @@ pub enum SubChange {
     Removed(Subscription),
 }
 
+/// What readiness looks at: when the last Deadline call succeeded, how many jobs are watched.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub last_deadline_ok_ms: std::sync::atomic::AtomicI64,
+    pub watched_jobs: std::sync::atomic::AtomicUsize,
+}
+
 /// The API's side of the change channel.
 #[derive(Clone)]
 pub struct WatchHandle(Option<mpsc::UnboundedSender<SubChange>>);
@@ -60,6 +67,7 @@ pub struct Watcher {
     pub clock: SharedClock,
     pub wakers: Wakers,
     pub changes: mpsc::UnboundedReceiver<SubChange>,
+    pub health: Arc<Health>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +284,10 @@ impl Loop {
             while let Ok(c) = self.w.changes.try_recv() {
                 self.apply(c)?;
             }
+            self.w
+                .health
+                .watched_jobs
+                .store(self.schedule.len(), std::sync::atomic::Ordering::Relaxed);
             let now = self.now_ms();
             let wait = match self.schedule.next_due() {
                 None => Duration::from_secs(3600),
@@ -321,6 +333,10 @@ impl Loop {
         match self.w.client.fetch(&keys).await {
             Ok(results) => {
                 self.budget.on_success();
+                self.w.health.last_deadline_ok_ms.store(
+                    self.w.clock.now().timestamp_millis(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 self.progress.job_checks += results.len() as u64;
                 for (key, fetched) in results {
                     self.handle(&key, fetched)?;

@@ -269,3 +269,27 @@ async fn corrupt_store_is_a_clear_error_not_a_panic() {
         "db corruption at 4 offsets: {clean_errors} detected with a clean error, the rest opened (sled may drop a damaged log tail)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_and_healthcheck() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let job = env.add_job("ready?");
+    env.subscribe_job(&job, serde_json::json!({})).await;
+    env.observed(&job, 2).await;
+    let r = reqwest::get(format!("{}/readyz", env.api())).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["deadline"], "ok");
+    assert_eq!(v["watchedJobs"], 1);
+    let out = bin()
+        .args(["healthcheck", "--url", &format!("{}/healthz", env.api())])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = bin()
+        .args(["healthcheck", "--url", "http://127.0.0.1:9/healthz"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
