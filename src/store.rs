@@ -112,6 +112,10 @@ pub struct StoreCounts {
     pub delivered_log: usize,
 }
 
+/// sled's page cache (its default is 1 GiB, which would make memory grow with the
+/// number of watched jobs); hot state lives in the watcher's memory anyway.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 #[derive(Clone)]
 pub struct Store {
     path: PathBuf,
@@ -171,7 +175,7 @@ impl Store {
         // sled 0.34 panics, rather than erroring, on some corrupt files; turn that into
         // an error naming the store so start-up fails cleanly instead of crash-looping.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sled::Config::new().path(path).open()
+            sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open()
         }))
         .map_err(|_| StoreError::Open {
             path: path.into(),
@@ -364,7 +368,8 @@ impl Store {
     }
 
     /// Stores the job's new state and queues `entries`, atomically. Returns the
-    /// queued entries with their sequence numbers.
+    /// queued entries with their sequence numbers. Not synced: call [`Store::sync`]
+    /// before acting on the result.
     pub fn commit_observation(
         &self,
         state: &JobState,
@@ -385,12 +390,12 @@ impl Store {
                 Ok(out)
             })
             .map_err(|e| self.tx_err(e))
-            .and_then(|out| self.sync().map(|_| out))
     }
 
     /// sled commits to memory and flushes on a timer; a SIGKILL in between would lose a
     /// committed transition, so every change the outbox contract depends on is synced.
-    fn sync(&self) -> Result<(), StoreError> {
+    /// Observations are synced by the caller, once per batch, before anything is sent.
+    pub fn sync(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(|e| self.eng(e))?;
         Ok(())
     }

@@ -338,8 +338,19 @@ impl Loop {
                     std::sync::atomic::Ordering::Relaxed,
                 );
                 self.progress.job_checks += results.len() as u64;
+                let mut queued = Vec::new();
+                let mut wrote = false;
                 for (key, fetched) in results {
-                    self.handle(&key, fetched)?;
+                    wrote |= self.handle(&key, fetched, &mut queued)?;
+                }
+                // One sync per batch, and before any message can be sent, so a crash
+                // can neither lose a detected transition nor let one be sent twice
+                // under different ids.
+                if wrote {
+                    self.w.store.sync()?;
+                }
+                for (team, channel) in queued {
+                    self.w.wakers.wake(&team, &channel);
                 }
             }
             Err(SourceError::Throttled {
@@ -384,10 +395,17 @@ impl Loop {
         );
     }
 
-    fn handle(&mut self, key: &JobKey, fetched: Fetched) -> Result<(), StoreError> {
+    /// Returns whether the store was written.
+    fn handle(
+        &mut self,
+        key: &JobKey,
+        fetched: Fetched,
+        queued: &mut Vec<(String, String)>,
+    ) -> Result<bool, StoreError> {
+        let mut wrote = false;
         match fetched {
             Fetched::Found(snap) => {
-                self.observe(*snap)?;
+                wrote = self.observe(*snap, queued)?;
                 if self.settled(key) {
                     self.unschedule(key);
                 } else {
@@ -405,18 +423,23 @@ impl Loop {
                 self.reschedule(key, 0, true);
             }
         }
-        Ok(())
+        Ok(wrote)
     }
 
-    /// Diffs one observation and, if the state changed, commits it with its messages.
-    fn observe(&mut self, snap: JobSnapshot) -> Result<(), StoreError> {
+    /// Diffs one observation and, if the state changed, commits it with its messages
+    /// (channels to wake go to `queued_for`). Returns whether the store was written.
+    fn observe(
+        &mut self,
+        snap: JobSnapshot,
+        queued_for: &mut Vec<(String, String)>,
+    ) -> Result<bool, StoreError> {
         let Some(t) = self.tracked.get(&snap.key) else {
-            return Ok(());
+            return Ok(false);
         };
         let cur = JobStatus::of(&snap);
         let prev = t.state.as_ref();
         if prev.is_some_and(|p| p.status == cur) {
-            return Ok(());
+            return Ok(false);
         }
         let now = self.w.clock.now();
         let events = diff(prev.map(|p| &p.status), &cur);
@@ -486,11 +509,11 @@ impl Loop {
         self.progress.transitions += events.len() as u64;
         for e in &queued {
             tracing::info!(job = %snap.key, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "notification queued");
-            self.w.wakers.wake(&e.team, &e.channel);
+            queued_for.push((e.team.clone(), e.channel.clone()));
         }
         if let Some(t) = self.tracked.get_mut(&snap.key) {
             t.state = Some(state);
         }
-        Ok(())
+        Ok(true)
     }
 }
