@@ -134,6 +134,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .route("/v1/subscriptions", post(create).get(list))
         .route("/v1/subscriptions/{id}", get(show).delete(remove))
         .route("/v1/dead-letters", get(dead_letters))
@@ -168,6 +169,36 @@ async fn readyz(State(st): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// Prometheus text. Counters come from the delivery, watch and client code; store-wide
+/// gauges are computed here, at scrape time.
+async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let (depth, oldest) = st.store.outbox_stats()?;
+    let now = st.clock.now();
+    metrics::gauge!("deadline_notifier_outbox_depth").set(depth as f64);
+    metrics::gauge!("deadline_notifier_outbox_oldest_age_seconds")
+        .set(oldest.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0));
+    metrics::gauge!("deadline_notifier_dead_letters").set(st.store.dead_letter_count() as f64);
+    metrics::gauge!("deadline_notifier_subscriptions").set(st.store.subscription_count() as f64);
+    for team in &st.config.teams {
+        for c in &team.channels {
+            let disabled = st
+                .store
+                .channel_state(&team.name, &c.name)?
+                .disabled_reason
+                .is_some();
+            metrics::gauge!("deadline_notifier_channel_disabled", "team" => team.name.clone(), "channel" => c.name.clone())
+                .set(if disabled { 1.0 } else { 0.0 });
+        }
+    }
+    let handle = crate::telemetry::metrics();
+    handle.run_upkeep();
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response())
 }
 
 /// Every error is `{"error": "…"}`, including the ones axum produces itself

@@ -32,6 +32,7 @@ impl App {
         client: Option<DeadlineClient>,
         clock: SharedClock,
     ) -> anyhow::Result<App> {
+        crate::telemetry::metrics();
         let renderer = Renderer::load(&config).context("loading templates")?;
         let store = Store::open(&config.store.path)?;
         let sender = Sender::new(&config.delivery)?;

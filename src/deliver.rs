@@ -124,6 +124,19 @@ pub fn spawn_all(
 }
 
 impl Worker {
+    fn count(&self, e: &OutboxEntry, outcome: &'static str, reason: String) {
+        metrics::counter!(
+            "deadline_notifier_deliveries_total",
+            "team" => e.team.clone(),
+            "channel" => e.channel.clone(),
+            "kind" => self.channel.kind.as_str(),
+            "event" => e.event.as_str(),
+            "outcome" => outcome,
+            "reason" => reason,
+        )
+        .increment(1);
+    }
+
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
         let pace = pace(self.channel.kind, &self.config.delivery);
         let dest = self.channel.url.expose().to_string();
@@ -172,18 +185,21 @@ impl Worker {
                 .store
                 .dead_letter(&e, &format!("channel disabled: {reason}"), now)?;
             tracing::warn!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl.id, "channel is disabled; message dead-lettered");
+            self.count(&e, "dead_letter", "channel_disabled".into());
             return Ok(());
         }
         if e.payload.is_null() {
             let reason = e.last_error.clone().unwrap_or_else(|| "no payload".into());
             let dl = self.store.dead_letter(&e, &reason, now)?;
             tracing::error!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl.id, %reason, "message could not be rendered; dead-lettered");
+            self.count(&e, "dead_letter", "render_error".into());
             return Ok(());
         }
         if self.store.was_delivered(&e.webhook_id)? {
             // Already sent (e.g. a replayed copy): at-least-once, but not twice on purpose.
             self.store.delivered(&e, now)?;
             tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "duplicate suppressed");
+            self.count(&e, "duplicate", "already_delivered".into());
             return Ok(());
         }
         let body = serde_json::to_vec(&e.payload).unwrap_or_default();
@@ -201,6 +217,9 @@ impl Worker {
                 self.store.delivered(&e, now)?;
                 let latency_ms = (now - e.created_at).num_milliseconds();
                 tracing::info!(%job, %team, %channel, %event, webhook_id = %e.webhook_id, attempts = e.attempts + 1, latency_ms, "delivered");
+                self.count(&e, "delivered", "ok".into());
+                metrics::histogram!("deadline_notifier_delivery_latency_seconds", "kind" => self.channel.kind.as_str())
+                    .record(latency_ms.max(0) as f64 / 1000.0);
             }
             Verdict::Throttled { wait, reason } => {
                 e.next_attempt_at = now + chrono::Duration::from_std(wait).unwrap_or_default();
@@ -209,6 +228,7 @@ impl Worker {
                 e.last_error = Some(reason.clone());
                 self.store.update_outbox(&e)?;
                 tracing::warn!(%job, %team, %channel, %event, wait_ms = wait.as_millis() as u64, %reason, "destination rate-limited us; waiting");
+                self.count(&e, "throttled", "http_429".into());
             }
             Verdict::Retry { reason } => {
                 e.attempts += 1;
@@ -221,6 +241,7 @@ impl Worker {
                         now,
                     )?;
                     tracing::error!(%job, %team, %channel, %event, attempts = e.attempts, dead_letter = dl.id, %reason, "delivery gave up; dead-lettered");
+                    self.count(&e, "dead_letter", "gave_up".into());
                 } else {
                     let delay = retry::backoff(
                         &self.config.delivery.retry_schedule,
@@ -230,12 +251,14 @@ impl Worker {
                     e.next_attempt_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                     self.store.update_outbox(&e)?;
                     tracing::warn!(%job, %team, %channel, %event, attempts = e.attempts, retry_in_ms = delay.as_millis() as u64, %reason, "delivery failed; will retry");
+                    self.count(&e, "retry", crate::telemetry::reason_label(&reason));
                 }
             }
             Verdict::DeadLetter { reason } => {
                 e.attempts += 1;
                 let dl = self.store.dead_letter(&e, &reason, now)?;
                 tracing::error!(%job, %team, %channel, %event, dead_letter = dl.id, %reason, "delivery refused; dead-lettered");
+                self.count(&e, "dead_letter", crate::telemetry::reason_label(&reason));
             }
             Verdict::Disable { reason } => {
                 e.attempts += 1;
@@ -249,6 +272,7 @@ impl Worker {
                 )?;
                 let dl = self.store.dead_letter(&e, &reason, now)?;
                 tracing::error!(%job, %team, %channel, %event, dead_letter = dl.id, %reason, "destination is gone or revoked; channel disabled");
+                self.count(&e, "disabled", crate::telemetry::reason_label(&reason));
             }
         }
         Ok(())

@@ -416,6 +416,22 @@ impl Store {
         }
     }
 
+    /// Outbox depth and the creation time of its oldest entry.
+    pub fn outbox_stats(&self) -> Result<(usize, Option<DateTime<Utc>>), StoreError> {
+        let mut n = 0;
+        let mut oldest: Option<DateTime<Utc>> = None;
+        for v in self.outbox.iter().values() {
+            let e: OutboxEntry = self.dec("outbox", &v.map_err(|e| self.eng(e))?)?;
+            n += 1;
+            oldest = Some(oldest.map_or(e.created_at, |o| o.min(e.created_at)));
+        }
+        Ok((n, oldest))
+    }
+
+    pub fn dead_letter_count(&self) -> usize {
+        self.dead.len()
+    }
+
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
     }

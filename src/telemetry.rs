@@ -23,3 +23,45 @@ pub fn init(format: LogFormat) {
             .try_init(),
     };
 }
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                3600.0,
+            ])
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| {
+                metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()
+            });
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed; metrics then go there.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// A short, bounded label for why a delivery ended as it did.
+pub fn reason_label(reason: &str) -> String {
+    if let Some(rest) = reason.strip_prefix("HTTP ") {
+        let code: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        return format!("http_{code}");
+    }
+    if reason.starts_with("transport error") {
+        return "transport".into();
+    }
+    if reason.starts_with("target refused") {
+        return "target_refused".into();
+    }
+    if reason.starts_with("channel disabled") {
+        return "channel_disabled".into();
+    }
+    if reason.starts_with("gave up") {
+        return "gave_up".into();
+    }
+    "other".into()
+}

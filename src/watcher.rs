@@ -288,6 +288,7 @@ impl Loop {
                 .health
                 .watched_jobs
                 .store(self.schedule.len(), std::sync::atomic::Ordering::Relaxed);
+            metrics::gauge!("deadline_notifier_watched_jobs").set(self.schedule.len() as f64);
             let now = self.now_ms();
             let wait = match self.schedule.next_due() {
                 None => Duration::from_secs(3600),
@@ -358,6 +359,7 @@ impl Loop {
                 message,
             }) => {
                 self.progress.throttles += 1;
+                metrics::counter!("deadline_notifier_deadline_throttles_total").increment(1);
                 let now = self.now_ms();
                 self.budget
                     .on_throttle(now, retry_after.map(|d| d.as_millis() as u64));
@@ -375,6 +377,10 @@ impl Loop {
 
     fn report_lag(&mut self, lag_ms: u64) {
         let interval = self.interval_ms();
+        metrics::gauge!("deadline_notifier_poll_lag_seconds").set(lag_ms as f64 / 1000.0);
+        metrics::gauge!("deadline_notifier_poll_interval_effective_seconds")
+            .set((interval + lag_ms) as f64 / 1000.0);
+        metrics::gauge!("deadline_notifier_deadline_request_budget").set(self.budget.rate());
         if lag_ms <= interval / 2 {
             return;
         }

@@ -287,8 +287,22 @@ impl DeadlineClient {
             req = req.identifiers(id);
         }
         let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => return Err(classify_batch(e)),
+            Ok(r) => {
+                api_call("BatchGetJob", "ok");
+                r
+            }
+            Err(e) => {
+                let e = classify_batch(e);
+                api_call(
+                    "BatchGetJob",
+                    match &e {
+                        BatchErr::Refused(_) => "refused",
+                        BatchErr::Source(SourceError::Throttled { .. }) => "throttled",
+                        BatchErr::Source(_) => "error",
+                    },
+                );
+                return Err(e);
+            }
         };
         let mut found: BTreeMap<JobKey, Fetched> = BTreeMap::new();
         for item in resp.jobs() {
@@ -333,6 +347,25 @@ impl DeadlineClient {
             .job_id(&key.job_id)
             .send()
             .await;
+        api_call(
+            "GetJob",
+            match &resp {
+                Ok(_) => "ok",
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|se| se.is_throttling_exception()) =>
+                {
+                    "throttled"
+                }
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|se| se.is_resource_not_found_exception()) =>
+                {
+                    "not_found"
+                }
+                Err(_) => "error",
+            },
+        );
         match resp {
             Ok(out) => Ok(Fetched::Found(Box::new(snapshot!(out, key.clone())))),
             Err(SdkError::ServiceError(se)) => {
@@ -367,6 +400,10 @@ impl DeadlineClient {
             Err(e) => Err(SourceError::Other(format!("GetJob: {}", describe(&e)))),
         }
     }
+}
+
+fn api_call(operation: &'static str, outcome: &'static str) {
+    metrics::counter!("deadline_notifier_deadline_api_calls_total", "operation" => operation, "outcome" => outcome).increment(1);
 }
 
 enum BatchErr {

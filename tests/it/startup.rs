@@ -293,3 +293,74 @@ async fn readyz_and_healthcheck() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_what_the_sink_received() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let jobs: Vec<_> = (0..3)
+        .map(|i| env.add_job(&format!("metered {i}")))
+        .collect();
+    for j in &jobs {
+        env.subscribe_job(j, serde_json::json!({})).await;
+    }
+    env.observed_all(&jobs, 2).await;
+    env.sink.script(
+        "/webhook/lighting",
+        [deadline_notifier::sink::Answer {
+            status: 500,
+            retry_after: None,
+            body: String::new(),
+        }],
+    );
+    for j in &jobs {
+        env.sim.set_status(j, "SUCCEEDED");
+    }
+    wait_until(std::time::Duration::from_secs(30), "9 deliveries", || {
+        env.sink.delivered().len() == 9
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let text = reqwest::get(format!("{}/metrics", env.api()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sum = |name: &str, needle: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && needle.iter().all(|n| l.contains(n)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let delivered = sum(
+        "deadline_notifier_deliveries_total{",
+        &["outcome=\"delivered\""],
+    );
+    assert_eq!(delivered as usize, env.sink.delivered().len(), "{text}");
+    for ch in ["slack", "teams", "pipeline"] {
+        assert_eq!(
+            sum(
+                "deadline_notifier_deliveries_total{",
+                &["outcome=\"delivered\"", &format!("channel=\"{ch}\"")]
+            ),
+            3.0
+        );
+    }
+    assert_eq!(
+        sum(
+            "deadline_notifier_deliveries_total{",
+            &["outcome=\"retry\"", "reason=\"http_500\""]
+        ),
+        1.0
+    );
+    assert!(
+        sum(
+            "deadline_notifier_deadline_api_calls_total{",
+            &["operation=\"BatchGetJob\"", "outcome=\"ok\""]
+        ) >= 2.0
+    );
+    assert_eq!(sum("deadline_notifier_outbox_depth", &[]), 0.0);
+    assert!(text.contains("deadline_notifier_delivery_latency_seconds_bucket"));
+    assert!(text.contains("deadline_notifier_channel_disabled{"));
+}
