@@ -1,6 +1,18 @@
 use crate::helpers::*;
 use std::process::Command;
 
+/// Copies a sled directory's files (it has no subdirectories that matter here).
+fn copy_store(from: &std::path::Path, to: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap();
+        if f.file_type().unwrap().is_file() {
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+    }
+    to.to_path_buf()
+}
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_deadline-notifier"))
 }
@@ -207,14 +219,7 @@ async fn corrupt_store_is_a_clear_error_not_a_panic() {
     let store = env.dir.path().join("store.sled");
     let mut clean_errors = 0;
     for (n, off) in [0usize, 1000, 4096, 100_000].into_iter().enumerate() {
-        let copy = env.dir.path().join(format!("corrupt{n}.sled"));
-        std::fs::create_dir_all(&copy).unwrap();
-        for f in std::fs::read_dir(&store).unwrap() {
-            let f = f.unwrap();
-            if f.file_type().unwrap().is_file() {
-                std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
-            }
-        }
+        let copy = copy_store(&store, &env.dir.path().join(format!("corrupt{n}.sled")));
         let mut bytes = std::fs::read(copy.join("db")).unwrap();
         let end = (off + 64).min(bytes.len());
         bytes[off..end].fill(0xab);
@@ -243,14 +248,7 @@ async fn corrupt_store_is_a_clear_error_not_a_panic() {
         }
     }
     // The config file is checksummed: damage there is always detected.
-    let copy = env.dir.path().join("corrupt-conf.sled");
-    std::fs::create_dir_all(&copy).unwrap();
-    for f in std::fs::read_dir(&store).unwrap() {
-        let f = f.unwrap();
-        if f.file_type().unwrap().is_file() {
-            std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
-        }
-    }
+    let copy = copy_store(&store, &env.dir.path().join("corrupt-conf.sled"));
     std::fs::write(copy.join("conf"), [0xabu8; 62]).unwrap();
     let cfg = env.dir.path().join("corrupt-conf.toml");
     let text = std::fs::read_to_string(env.config_path()).unwrap();
