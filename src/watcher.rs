@@ -86,15 +86,6 @@ struct Tracked {
     factor: u32,
 }
 
-/// Figures the loop keeps for logs (and, later, metrics).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Progress {
-    pub calls: u64,
-    pub job_checks: u64,
-    pub transitions: u64,
-    pub throttles: u64,
-}
-
 struct Loop {
     w: Watcher,
     tracked: HashMap<JobKey, Tracked>,
@@ -103,7 +94,6 @@ struct Loop {
     origin: Instant,
     /// Σ 1/factor over scheduled jobs: how many job-checks one interval needs.
     load: f64,
-    progress: Progress,
     last_lag_log: Option<Instant>,
 }
 
@@ -149,7 +139,6 @@ impl Loop {
             budget,
             origin,
             load: 0.0,
-            progress: Progress::default(),
             last_lag_log: None,
         };
         // Spread the first round over one interval instead of a burst at start-up.
@@ -323,7 +312,6 @@ impl Loop {
         let batch = self.schedule.due_by(window_end, BATCH_LIMIT);
         let now = self.now_ms();
         self.budget.take(now);
-        self.progress.calls += 1;
         let lag = batch
             .iter()
             .map(|(_, due)| now.saturating_sub(*due))
@@ -338,7 +326,6 @@ impl Loop {
                     self.w.clock.now().timestamp_millis(),
                     std::sync::atomic::Ordering::Relaxed,
                 );
-                self.progress.job_checks += results.len() as u64;
                 let mut queued = Vec::new();
                 let mut wrote = false;
                 for (key, fetched) in results {
@@ -358,7 +345,6 @@ impl Loop {
                 retry_after,
                 message,
             }) => {
-                self.progress.throttles += 1;
                 metrics::counter!("deadline_notifier_deadline_throttles_total").increment(1);
                 let now = self.now_ms();
                 self.budget
@@ -512,7 +498,6 @@ impl Loop {
         for e in &events {
             tracing::info!(job = %snap.key, event = %e, "transition detected");
         }
-        self.progress.transitions += events.len() as u64;
         for e in &queued {
             tracing::info!(job = %snap.key, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "notification queued");
             queued_for.push((e.team.clone(), e.channel.clone()));
