@@ -292,6 +292,17 @@ fn spawn_self(args: &[&str]) -> Child {
         .unwrap()
 }
 
+/// Starts the simulator-and-sink child; returns it with its simulator, sink and stats URLs.
+fn spawn_world() -> (Child, String, String, String) {
+    let mut world = spawn_self(&["--world"]);
+    let line = first_line(&mut world);
+    let urls: Vec<String> = line
+        .split_whitespace()
+        .map(|a| format!("http://{a}"))
+        .collect();
+    (world, urls[0].clone(), urls[1].clone(), urls[2].clone())
+}
+
 fn first_line(child: &mut Child) -> String {
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap())
@@ -339,19 +350,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     let mut base_rss = None;
     for n in std::iter::once(0).chain(sizes) {
-        let mut world = spawn_self(&["--world"]);
-        let line = first_line(&mut world);
-        let mut parts = line.split_whitespace();
-        let (sim, sink, stats) = (
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-        );
-        let (sim, sink, stats) = (
-            format!("http://{sim}"),
-            format!("http://{sink}"),
-            format!("http://{stats}"),
-        );
+        let (mut world, sim, sink, stats) = spawn_world();
         rt.block_on(async {
             reqwest::Client::new()
                 .post(format!("{sim}/_sim/populate"))
@@ -403,21 +402,8 @@ fn main() {
             v["startup_ms"].as_f64().unwrap(),
         );
     }
-    let mut world = spawn_self(&["--world"]);
-    let line = first_line(&mut world);
-    let mut parts = line.split_whitespace();
-    let (sim, sink, stats) = (
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-    );
-    let mut t = spawn_self(&[
-        "--throughput",
-        "20000",
-        &format!("http://{sim}"),
-        &format!("http://{sink}"),
-        &format!("http://{stats}"),
-    ]);
+    let (mut world, sim, sink, stats) = spawn_world();
+    let mut t = spawn_self(&["--throughput", "20000", &sim, &sink, &stats]);
     let v: Value = serde_json::from_str(&first_line(&mut t)).unwrap();
     let _ = t.kill();
     let _ = world.kill();

@@ -444,12 +444,11 @@ async fn replay(
 ) -> Result<Response, ApiError> {
     let team = team_for(&st, &headers)?;
     let id: u64 = id.parse().map_err(|_| ApiError::NotFound("dead letter"))?;
-    let ok = st
+    let owned = st
         .store
-        .dead_letters()?
-        .iter()
-        .any(|d| d.id == id && d.entry.team == team.name);
-    if !ok {
+        .dead_letter_by_id(id)?
+        .is_some_and(|d| d.entry.team == team.name);
+    if !owned {
         return Err(ApiError::NotFound("dead letter"));
     }
     let e = st

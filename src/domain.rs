@@ -205,13 +205,6 @@ pub struct JobSnapshot {
 }
 
 impl JobSnapshot {
-    pub fn is_terminal(&self) -> bool {
-        self.task_run_status
-            .as_ref()
-            .is_some_and(TaskRunStatus::is_terminal)
-            || self.lifecycle_status == LifecycleStatus::Archived
-    }
-
     pub fn count(&self, status: &str) -> i64 {
         self.task_run_status_counts
             .get(status)

@@ -87,9 +87,11 @@ impl Sink {
         self.lock().delay = d;
     }
 
-    /// Drops any answers still scripted for `path`.
+    /// Drops any answers still scripted for `path`, and ends its outage.
     pub fn clear_script(&self, path: &str) {
-        self.lock().scripts.remove(path);
+        let mut g = self.lock();
+        g.scripts.remove(path);
+        g.outages.remove(path);
     }
 
     /// Every request so far, accepted or not.

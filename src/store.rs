@@ -507,6 +507,13 @@ impl Store {
             .and_then(|dl| self.sync().map(|_| dl))
     }
 
+    pub fn dead_letter_by_id(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        match self.dead.get(id.to_be_bytes()).map_err(|e| self.eng(e))? {
+            Some(v) => Ok(Some(self.dec("dead_letters", &v)?)),
+            None => Ok(None),
+        }
+    }
+
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         self.dead
             .iter()

@@ -70,14 +70,6 @@ pub struct Watcher {
     pub health: Arc<Health>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TickError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// One watched job: its subscriptions and last known state.
 struct Tracked {
     subs: Vec<Subscription>,

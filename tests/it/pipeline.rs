@@ -1,6 +1,5 @@
 use crate::helpers::*;
 use deadline_notifier::deadline::simulator::{Faults, JobSpec, Patch};
-use deadline_notifier::sink::Answer;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -178,14 +177,8 @@ async fn sigkill_after_detection_before_delivery_loses_nothing_and_detects_once(
         .await;
     env.observed(&job, 2).await;
     // The receiver is down: the message is detected and queued but cannot be delivered.
-    env.sink.script(
-        "/webhook/lighting",
-        (0..10_000).map(|_| Answer {
-            status: 503,
-            retry_after: None,
-            body: "down".into(),
-        }),
-    );
+    let until_cleared = std::time::Instant::now() + Duration::from_secs(3600);
+    env.sink.outage("/webhook/lighting", until_cleared, 503);
     env.sim.set_status(&job, "SUCCEEDED");
     wait_until(T, "a failed delivery attempt", || {
         env.sink
@@ -336,14 +329,8 @@ async fn sigterm_exits_zero_and_undelivered_messages_survive() {
     env.subscribe_job(&job, json!({"channels": ["pipeline"]}))
         .await;
     env.observed(&job, 2).await;
-    env.sink.script(
-        "/webhook/lighting",
-        (0..10_000).map(|_| Answer {
-            status: 500,
-            retry_after: None,
-            body: String::new(),
-        }),
-    );
+    let until_cleared = std::time::Instant::now() + Duration::from_secs(3600);
+    env.sink.outage("/webhook/lighting", until_cleared, 500);
     env.sim.set_status(&job, "CANCELED");
     wait_until(T, "an attempt", || {
         env.sink
