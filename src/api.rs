@@ -1,9 +1,10 @@
 //! The HTTP API (axum). A bearer token decides the team; a team never sees or
 //! touches another team's data (it gets 404, as if the thing did not exist).
 use crate::clock::SharedClock;
-use crate::config::{Config, Team, TokenDigest};
+use crate::config::{Team, TokenDigest};
 use crate::deliver::Wakers;
 use crate::domain::{Event, JobKey};
+use crate::reload::Live;
 use crate::store::{ChannelState, Store, StoreError, Subscription};
 use crate::watcher::{Health, SubChange, WatchHandle};
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -22,7 +23,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    pub config: Arc<Config>,
+    pub live: Live,
     pub clock: SharedClock,
     pub wakers: Wakers,
     pub watch: WatchHandle,
@@ -33,15 +34,15 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         store: Store,
-        config: Arc<Config>,
+        live: Live,
         clock: SharedClock,
         wakers: Wakers,
         watch: WatchHandle,
     ) -> AppState {
-        let limiter = Arc::new(RateLimiter::new(config.server.rate_limit));
+        let limiter = Arc::new(RateLimiter::new(live.current().config.server.rate_limit));
         AppState {
             store,
-            config,
+            live,
             clock,
             wakers,
             watch,
@@ -135,6 +136,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/-/reload", post(reload))
         .route("/v1/subscriptions", post(create).get(list))
         .route("/v1/subscriptions/{id}", get(show).delete(remove))
         .route("/v1/dead-letters", get(dead_letters))
@@ -154,7 +156,8 @@ async fn readyz(State(st): State<AppState>) -> Response {
     let store_ok = st.store.verify_open();
     let watched = st.health.watched_jobs.load(Ordering::Relaxed);
     let last = st.health.last_deadline_ok_ms.load(Ordering::Relaxed);
-    let window = (st.config.deadline.poll_interval * 3).max(std::time::Duration::from_secs(60));
+    let window = (st.live.current().config.deadline.poll_interval * 3)
+        .max(std::time::Duration::from_secs(60));
     let age_ms = st.clock.now().timestamp_millis() - last;
     let deadline_ok = watched == 0 || (last > 0 && age_ms <= window.as_millis() as i64);
     let body = json!({
@@ -181,7 +184,8 @@ async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> 
         .set(oldest.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0));
     metrics::gauge!("deadline_notifier_dead_letters").set(st.store.dead_letter_count() as f64);
     metrics::gauge!("deadline_notifier_subscriptions").set(st.store.subscription_count() as f64);
-    for team in &st.config.teams {
+    let active = st.live.current();
+    for team in &active.config.teams {
         for c in &team.channels {
             let disabled = st
                 .store
@@ -232,16 +236,67 @@ async fn json_errors(resp: Response) -> Response {
     r
 }
 
-/// Finds the team whose token matches, comparing every token in constant time.
-fn team_for<'a>(st: &'a AppState, headers: &HeaderMap) -> Result<&'a Team, ApiError> {
-    let cfg = &st.config;
-    let presented = headers
+/// `POST /-/reload` (admin token): re-reads config and templates, as SIGHUP does.
+async fn reload(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let active = st.live.current();
+    if active.config.server.admin_tokens.is_empty() {
+        return Ok((
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": "reload over HTTP is disabled: no [server] admin_tokens are configured (SIGHUP still reloads)"})),
+        )
+            .into_response());
+    }
+    let digest = bearer(&headers)?;
+    let mut ok = false;
+    for tok in &active.config.server.admin_tokens {
+        ok |= tok.matches(&digest);
+    }
+    if !ok {
+        return Err(ApiError::Unauthorized);
+    }
+    if !st.limiter.allow(&digest) {
+        return Err(ApiError::RateLimited);
+    }
+    drop(active);
+    let live = st.live.clone();
+    let result = tokio::task::spawn_blocking(move || live.reload("POST /-/reload"))
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("reload did not finish: {e}")))?;
+    Ok(match result {
+        Ok(report) => (
+            StatusCode::OK,
+            Json(json!({"status": "reloaded", "report": report})),
+        )
+            .into_response(),
+        // The server's files are at fault, not the request: 500, as Alertmanager and
+        // Prometheus answer a failed reload, with the reason.
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({
+                "status": "failed",
+                "error": e.to_string(),
+                "generation": st.live.current().generation,
+            })),
+        )
+            .into_response(),
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Result<TokenDigest, ApiError> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or(ApiError::Unauthorized)?;
-    let digest = TokenDigest::of(presented);
+        .map(TokenDigest::of)
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// Finds the team whose token matches, comparing every token in constant time.
+fn team_for(st: &AppState, headers: &HeaderMap) -> Result<Team, ApiError> {
+    let active = st.live.current();
+    let cfg = &active.config;
+    let digest = bearer(headers)?;
     let mut found = None;
     // Every digest is compared, so timing does not tell which team (if any) matched.
     for team in &cfg.teams {
@@ -251,7 +306,7 @@ fn team_for<'a>(st: &'a AppState, headers: &HeaderMap) -> Result<&'a Team, ApiEr
             }
         }
     }
-    let team = found.ok_or(ApiError::Unauthorized)?;
+    let team = found.ok_or(ApiError::Unauthorized)?.clone();
     if !st.limiter.allow(&digest) {
         return Err(ApiError::RateLimited);
     }
@@ -407,7 +462,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Subscription>, ApiError> {
     let team = team_for(&st, &headers)?;
-    Ok(Json(owned(&st, team, &id)?))
+    Ok(Json(owned(&st, &team, &id)?))
 }
 
 async fn remove(
@@ -416,7 +471,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let team = team_for(&st, &headers)?;
-    let sub = owned(&st, team, &id)?;
+    let sub = owned(&st, &team, &id)?;
     st.store.delete_subscription(&sub)?;
     tracing::info!(team = %sub.team, job = %sub.job, subscription = %sub.id, "unsubscribed");
     st.watch.notify(SubChange::Removed(sub.clone()));

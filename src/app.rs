@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::deadline::client::DeadlineClient;
 use crate::deliver::{self, Wakers};
 use crate::notify::Sender;
+use crate::reload::Live;
 use crate::render::Renderer;
 use crate::store::Store;
 use crate::watcher::{Health, WatchHandle, Watcher};
@@ -15,11 +16,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 pub struct App {
-    pub config: Arc<Config>,
+    pub live: Live,
     pub store: Store,
-    renderer: Arc<Renderer>,
     client: Arc<DeadlineClient>,
-    sender: Sender,
     listener: tokio::net::TcpListener,
     clock: SharedClock,
 }
@@ -46,11 +45,9 @@ impl App {
                 format!("cannot listen on {} (server.listen)", config.server.listen)
             })?;
         Ok(App {
-            config: Arc::new(config),
+            live: Live::new(config, renderer, sender),
             store,
-            renderer: Arc::new(renderer),
             client: Arc::new(client),
-            sender,
             listener,
             clock,
         })
@@ -71,7 +68,8 @@ impl App {
     ) -> anyhow::Result<()> {
         let (tx, rx) = watch::channel(false);
         let worker_rx = rx.clone();
-        let wakers = Wakers::new(&self.config);
+        let config = self.live.current().config.clone();
+        let wakers = Wakers::new(&config);
         let (watch_handle, changes) = WatchHandle::new();
         let health = Arc::new(Health::default());
         let addr = self.local_addr();
@@ -86,8 +84,7 @@ impl App {
         let watcher = Watcher {
             store: self.store.clone(),
             client: self.client.clone(),
-            renderer: self.renderer.clone(),
-            config: self.config.clone(),
+            live: self.live.clone(),
             clock: self.clock.clone(),
             wakers: wakers.clone(),
             changes,
@@ -102,27 +99,23 @@ impl App {
                 .await
                 .map_err(|e| anyhow::Error::new(e).context("watcher stopped"))
         });
-        for w in deliver::spawn_all(
-            &self.store,
-            &self.sender,
-            &self.config,
-            &self.clock,
-            &wakers,
-            &worker_rx,
-        ) {
-            tasks.spawn(async move {
-                match w.await {
-                    Ok(r) => {
-                        r.map_err(|e| anyhow::Error::new(e).context("delivery worker stopped"))
-                    }
-                    Err(e) => Err(anyhow::anyhow!("delivery worker panicked: {e}")),
-                }
-            });
-        }
+        let delivery = deliver::supervise(
+            self.store.clone(),
+            self.live.clone(),
+            self.clock.clone(),
+            wakers.clone(),
+            worker_rx.clone(),
+        );
+        tasks.spawn(async move {
+            delivery
+                .await
+                .map_err(|e| anyhow::Error::new(e).context("delivery stopped"))
+        });
+        let hup = tokio::spawn(crate::reload::on_sighup(self.live.clone()));
 
         let state = AppState::new(
             self.store.clone(),
-            self.config.clone(),
+            self.live.clone(),
             self.clock.clone(),
             wakers,
             watch_handle,
@@ -151,7 +144,8 @@ impl App {
             }
         }
         let _ = tx.send(true);
-        let grace = self.config.server.shutdown_grace;
+        hup.abort();
+        let grace = self.live.current().config.server.shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
             while let Some(r) = tasks.join_next().await {
                 match r {

@@ -53,7 +53,7 @@ mod duration {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    server: ServerConfig,
+    server: RawServer,
     #[serde(default)]
     store: StoreConfig,
     #[serde(default)]
@@ -66,16 +66,27 @@ struct RawConfig {
     teams: Vec<RawTeam>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerConfig {
+struct RawServer {
     #[serde(default = "default_listen")]
-    pub listen: String,
+    listen: String,
     #[serde(default = "default_grace", deserialize_with = "duration::de")]
+    shutdown_grace: Duration,
+    #[serde(default = "default_rate_limit")]
+    rate_limit: f64,
+    #[serde(default)]
+    admin_tokens: Vec<TokenSource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: String,
     pub shutdown_grace: Duration,
     /// API requests per second allowed per token (bursts up to twice that); 0 disables.
-    #[serde(default = "default_rate_limit")]
     pub rate_limit: f64,
+    /// Digests of the tokens allowed to call operator endpoints (`POST /-/reload`).
+    pub admin_tokens: Vec<TokenDigest>,
 }
 
 fn default_rate_limit() -> f64 {
@@ -89,12 +100,13 @@ fn default_grace() -> Duration {
     Duration::from_secs(20)
 }
 
-impl Default for ServerConfig {
+impl Default for RawServer {
     fn default() -> Self {
         Self {
             listen: default_listen(),
             shutdown_grace: default_grace(),
             rate_limit: default_rate_limit(),
+            admin_tokens: Vec::new(),
         }
     }
 }
@@ -327,6 +339,22 @@ enum TokenSource {
     Secret(SecretSource),
 }
 
+impl TokenSource {
+    fn digest(&self) -> Result<TokenDigest, String> {
+        match self {
+            TokenSource::Sha256 { sha256 } => TokenDigest::from_hex(sha256)
+                .ok_or_else(|| "sha256 must be 64 hex characters (sha256sum of the token)".into()),
+            TokenSource::Secret(src) => {
+                let tok = src.resolve()?;
+                if tok.expose().len() < 16 {
+                    return Err("a token must be at least 16 characters".into());
+                }
+                Ok(TokenDigest::of(tok.expose()))
+            }
+        }
+    }
+}
+
 /// SHA-256 of an API token. Presented tokens are hashed and compared in constant time.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenDigest(pub [u8; 32]);
@@ -549,6 +577,16 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         .map_err(|m| invalid("delivery.allowed_cidrs".into(), m))?;
     let mut team_names = HashSet::new();
     let mut all_tokens = HashSet::new();
+    let mut admin_tokens = Vec::new();
+    for (i, src) in raw.server.admin_tokens.iter().enumerate() {
+        let key = format!("server.admin_tokens[{i}]");
+        let digest = src.digest().map_err(|m| invalid(key.clone(), m))?;
+        // A team token that is also an admin token would blur who may reload.
+        if !all_tokens.insert(digest.0) {
+            return Err(invalid(key, "this token is listed twice".into()));
+        }
+        admin_tokens.push(digest);
+    }
     let mut teams = Vec::new();
     for (ti, t) in raw.teams.into_iter().enumerate() {
         let tk = format!("teams[{ti}]");
@@ -576,30 +614,12 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         let mut tokens = Vec::new();
         for (i, src) in t.tokens.iter().enumerate() {
             let key = format!("{tk}.tokens[{i}]");
-            let digest = match src {
-                TokenSource::Sha256 { sha256 } => {
-                    TokenDigest::from_hex(sha256).ok_or_else(|| {
-                        invalid(
-                            key.clone(),
-                            "sha256 must be 64 hex characters (sha256sum of the token)".into(),
-                        )
-                    })?
-                }
-                TokenSource::Secret(src) => {
-                    let tok = src.resolve().map_err(|m| invalid(key.clone(), m))?;
-                    if tok.expose().len() < 16 {
-                        return Err(invalid(
-                            key,
-                            "a token must be at least 16 characters".into(),
-                        ));
-                    }
-                    TokenDigest::of(tok.expose())
-                }
-            };
+            let digest = src.digest().map_err(|m| invalid(key.clone(), m))?;
             if !all_tokens.insert(digest.0) {
                 return Err(invalid(
                     key,
-                    "this token is already used (by this or another team)".into(),
+                    "this token is already used (by this or another team, or as an admin token)"
+                        .into(),
                 ));
             }
             tokens.push(digest);
@@ -685,7 +705,12 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
 
     Ok(Config {
         path: path.into(),
-        server: raw.server,
+        server: ServerConfig {
+            listen: raw.server.listen,
+            shutdown_grace: raw.server.shutdown_grace,
+            rate_limit: raw.server.rate_limit,
+            admin_tokens,
+        },
         store: raw.store,
         deadline: raw.deadline,
         delivery: raw.delivery,

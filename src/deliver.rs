@@ -1,51 +1,53 @@
 //! Delivery workers: one per channel, each sending its oldest outbox entry first,
 //! so messages leave in transition order and one slow channel never holds up another.
 use crate::clock::SharedClock;
-use crate::config::{Channel, Config, Team};
-use crate::notify::Sender;
+use crate::config::{Channel, ChannelKind, Config};
 use crate::notify::retry::{self, Verdict};
+use crate::reload::{Active, Live};
 use crate::store::{ChannelState, OutboxEntry, Store, StoreError, channel_key};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// Wakes a channel's worker when something is queued for it.
+/// Wakes a channel's worker when something is queued for it. Channels can appear on
+/// reload, so a waker is created on first use by either side.
 #[derive(Clone, Default)]
-pub struct Wakers(Arc<HashMap<String, Arc<Notify>>>);
+pub struct Wakers(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
 
 impl Wakers {
     pub fn new(cfg: &Config) -> Wakers {
-        let mut m = HashMap::new();
+        let w = Wakers::default();
         for t in &cfg.teams {
             for c in &t.channels {
-                m.insert(channel_key(&t.name, &c.name), Arc::new(Notify::new()));
+                w.get(&t.name, &c.name);
             }
         }
-        Wakers(Arc::new(m))
+        w
     }
 
     pub fn wake(&self, team: &str, channel: &str) {
-        if let Some(n) = self.0.get(&channel_key(team, channel)) {
-            n.notify_one();
-        }
+        self.get(team, channel).notify_one();
     }
 
     fn get(&self, team: &str, channel: &str) -> Arc<Notify> {
         self.0
-            .get(&channel_key(team, channel))
-            .cloned()
-            .unwrap_or_default()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(channel_key(team, channel))
+            .or_default()
+            .clone()
     }
 }
 
 /// Minimum spacing between posts to one destination, per the platforms' limits.
-fn pace(kind: crate::config::ChannelKind, cfg: &crate::config::DeliveryConfig) -> Duration {
+fn pace(kind: ChannelKind, cfg: &crate::config::DeliveryConfig) -> Duration {
     match kind {
-        crate::config::ChannelKind::Slack => cfg.slack_interval,
-        crate::config::ChannelKind::Teams => cfg.teams_interval,
-        crate::config::ChannelKind::Webhook => cfg.webhook_interval,
+        ChannelKind::Slack => cfg.slack_interval,
+        ChannelKind::Teams => cfg.teams_interval,
+        ChannelKind::Webhook => cfg.webhook_interval,
     }
 }
 
@@ -85,51 +87,127 @@ impl Pacer {
 
 pub struct Worker {
     pub store: Store,
-    pub sender: Sender,
-    pub config: Arc<Config>,
-    pub team: Team,
-    pub channel: Channel,
+    pub live: Live,
+    pub team: String,
+    pub channel: String,
     pub clock: SharedClock,
     pub wake: Arc<Notify>,
     pub pacer: Pacer,
 }
 
-/// Spawns one worker per configured channel.
-pub fn spawn_all(
-    store: &Store,
-    sender: &Sender,
-    config: &Arc<Config>,
-    clock: &SharedClock,
-    wakers: &Wakers,
-    shutdown: &watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<Result<(), StoreError>>> {
-    let mut handles = Vec::new();
-    let pacer = Pacer::default();
-    for t in &config.teams {
-        for c in &t.channels {
-            let w = Worker {
-                store: store.clone(),
-                sender: sender.clone(),
-                config: config.clone(),
-                team: t.clone(),
-                channel: c.clone(),
-                clock: clock.clone(),
-                wake: wakers.get(&t.name, &c.name),
-                pacer: pacer.clone(),
-            };
-            handles.push(tokio::spawn(w.run(shutdown.clone())));
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("delivery worker for {channel} panicked: {message}")]
+    Panicked { channel: String, message: String },
+}
+
+/// Runs one worker per configured channel until shutdown, starting workers for
+/// channels a reload adds; a worker whose channel a reload removed ends by itself
+/// (its queued messages stay in the outbox until the channel returns).
+pub async fn supervise(
+    store: Store,
+    live: Live,
+    clock: SharedClock,
+    wakers: Wakers,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DeliveryError> {
+    let mut sv = Supervisor {
+        store,
+        live: live.clone(),
+        clock,
+        wakers,
+        pacer: Pacer::default(),
+        worker_shutdown: shutdown.clone(),
+        tasks: JoinSet::new(),
+        running: HashMap::new(),
+        names: HashMap::new(),
+    };
+    let mut updates = live.subscribe();
+    sv.spawn_missing();
+    loop {
+        tokio::select! {
+            changed = updates.changed() => {
+                if changed.is_ok() {
+                    sv.spawn_missing();
+                    // Workers of removed channels may be asleep; wake them to notice.
+                    for key in sv.running.keys() {
+                        if let Some((team, channel)) = key.split_once('/') {
+                            sv.wakers.wake(team, channel);
+                        }
+                    }
+                }
+            }
+            Some(joined) = sv.tasks.join_next_with_id() => match joined {
+                Ok((id, Ok(key))) => {
+                    sv.names.remove(&id);
+                    sv.running.remove(&key);
+                    // Removed and re-added between two looks: start it again.
+                    sv.spawn_missing();
+                }
+                Ok((_, Err(e))) => return Err(e.into()),
+                Err(e) => {
+                    let channel = sv.names.get(&e.id()).cloned().unwrap_or_default();
+                    return Err(DeliveryError::Panicked { channel, message: e.to_string() });
+                }
+            },
+            _ = shutdown.changed(), if !*shutdown.borrow() => {}
+        }
+        if *shutdown.borrow() && sv.tasks.is_empty() {
+            return Ok(());
         }
     }
-    handles
+}
+
+struct Supervisor {
+    store: Store,
+    live: Live,
+    clock: SharedClock,
+    wakers: Wakers,
+    pacer: Pacer,
+    worker_shutdown: watch::Receiver<bool>,
+    tasks: JoinSet<Result<String, StoreError>>,
+    running: HashMap<String, tokio::task::Id>,
+    names: HashMap<tokio::task::Id, String>,
+}
+
+impl Supervisor {
+    fn spawn_missing(&mut self) {
+        if *self.worker_shutdown.borrow() {
+            return;
+        }
+        let active = self.live.current();
+        for t in &active.config.teams {
+            for c in &t.channels {
+                let key = channel_key(&t.name, &c.name);
+                if self.running.contains_key(&key) {
+                    continue;
+                }
+                let w = Worker {
+                    store: self.store.clone(),
+                    live: self.live.clone(),
+                    team: t.name.clone(),
+                    channel: c.name.clone(),
+                    clock: self.clock.clone(),
+                    wake: self.wakers.get(&t.name, &c.name),
+                    pacer: self.pacer.clone(),
+                };
+                let id = self.tasks.spawn(w.run(self.worker_shutdown.clone())).id();
+                self.running.insert(key.clone(), id);
+                self.names.insert(id, key);
+            }
+        }
+    }
 }
 
 impl Worker {
-    fn count(&self, e: &OutboxEntry, outcome: &'static str, reason: String) {
+    fn count(&self, e: &OutboxEntry, kind: ChannelKind, outcome: &'static str, reason: String) {
         metrics::counter!(
             "deadline_notifier_deliveries_total",
             "team" => e.team.clone(),
             "channel" => e.channel.clone(),
-            "kind" => self.channel.kind.as_str(),
+            "kind" => kind.as_str(),
             "event" => e.event.as_str(),
             "outcome" => outcome,
             "reason" => reason,
@@ -137,17 +215,32 @@ impl Worker {
         .increment(1);
     }
 
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
-        let pace = pace(self.channel.kind, &self.config.delivery);
-        let dest = self.channel.url.expose().to_string();
+    /// Returns the channel's key when shutting down or when a reload removed the channel.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<String, StoreError> {
+        let key = channel_key(&self.team, &self.channel);
         loop {
             if *shutdown.borrow() {
-                return Ok(());
+                return Ok(key);
             }
-            let wait = match self
-                .store
-                .outbox_head(&self.team.name, &self.channel.name)?
-            {
+            // One config set per attempt: a reload applies from the next message on.
+            let active = self.live.current();
+            let Some(channel) = active
+                .config
+                .team(&self.team)
+                .and_then(|t| t.channel(&self.channel))
+                .cloned()
+            else {
+                let queued = self.store.outbox_len_for(&self.team, &self.channel)?;
+                if queued > 0 {
+                    tracing::warn!(team = %self.team, channel = %self.channel, queued, "channel removed from the configuration; its queued messages stay in the outbox until it is configured again");
+                } else {
+                    tracing::info!(team = %self.team, channel = %self.channel, "channel removed from the configuration");
+                }
+                return Ok(key);
+            };
+            let pace = pace(channel.kind, &active.config.delivery);
+            let dest = channel.url.expose().to_string();
+            let wait = match self.store.outbox_head(&self.team, &self.channel)? {
                 None => Duration::from_secs(5),
                 Some(entry) => {
                     let due_in = (entry.next_attempt_at - self.clock.now())
@@ -161,7 +254,7 @@ impl Worker {
                         tokio::time::sleep_until(slot).await;
                         // In-flight sends complete even during shutdown; the grace
                         // period in `app` bounds how long that may take.
-                        self.attempt(entry).await?;
+                        self.attempt(&active, &channel, entry).await?;
                         continue;
                     }
                     wait
@@ -175,35 +268,39 @@ impl Worker {
         }
     }
 
-    async fn attempt(&self, mut e: OutboxEntry) -> Result<(), StoreError> {
+    async fn attempt(
+        &self,
+        active: &Active,
+        target: &Channel,
+        mut e: OutboxEntry,
+    ) -> Result<(), StoreError> {
+        let kind = target.kind;
         let now = self.clock.now();
-        let st = self
-            .store
-            .channel_state(&self.team.name, &self.channel.name)?;
+        let st = self.store.channel_state(&self.team, &self.channel)?;
         if let Some(reason) = st.disabled_reason {
             let dl = self
                 .store
                 .dead_letter(&e, &format!("channel disabled: {reason}"), now)?;
             tracing::warn!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl.id, "channel is disabled; message dead-lettered");
-            self.count(&e, "dead_letter", "channel_disabled".into());
+            self.count(&e, kind, "dead_letter", "channel_disabled".into());
             return Ok(());
         }
         if e.payload.is_null() {
             let reason = e.last_error.clone().unwrap_or_else(|| "no payload".into());
             let dl = self.store.dead_letter(&e, &reason, now)?;
             tracing::error!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl.id, %reason, "message could not be rendered; dead-lettered");
-            self.count(&e, "dead_letter", "render_error".into());
+            self.count(&e, kind, "dead_letter", "render_error".into());
             return Ok(());
         }
         if self.store.was_delivered(&e.webhook_id)? {
             // Already sent (e.g. a replayed copy): at-least-once, but not twice on purpose.
             self.store.delivered(&e, now)?;
             tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "duplicate suppressed");
-            self.count(&e, "duplicate", "already_delivered".into());
+            self.count(&e, kind, "duplicate", "already_delivered".into());
             return Ok(());
         }
         let body = serde_json::to_vec(&e.payload).unwrap_or_default();
-        let verdict = self.sender.send(&self.channel, &e.webhook_id, &body).await;
+        let verdict = active.sender.send(target, &e.webhook_id, &body).await;
         let now = self.clock.now();
         let span = (
             e.job.to_string(),
@@ -217,54 +314,59 @@ impl Worker {
                 self.store.delivered(&e, now)?;
                 let latency_ms = (now - e.created_at).num_milliseconds();
                 tracing::info!(%job, %team, %channel, %event, webhook_id = %e.webhook_id, attempts = e.attempts + 1, latency_ms, "delivered");
-                self.count(&e, "delivered", "ok".into());
-                metrics::histogram!("deadline_notifier_delivery_latency_seconds", "kind" => self.channel.kind.as_str())
+                self.count(&e, kind, "delivered", "ok".into());
+                metrics::histogram!("deadline_notifier_delivery_latency_seconds", "kind" => kind.as_str())
                     .record(latency_ms.max(0) as f64 / 1000.0);
             }
             Verdict::Throttled { wait, reason } => {
                 e.next_attempt_at = now + chrono::Duration::from_std(wait).unwrap_or_default();
                 self.pacer
-                    .block_until(self.channel.url.expose(), Instant::now() + wait);
+                    .block_until(target.url.expose(), Instant::now() + wait);
                 e.last_error = Some(reason.clone());
                 self.store.update_outbox(&e)?;
                 tracing::warn!(%job, %team, %channel, %event, wait_ms = wait.as_millis() as u64, %reason, "destination rate-limited us; waiting");
-                self.count(&e, "throttled", "http_429".into());
+                self.count(&e, kind, "throttled", "http_429".into());
             }
             Verdict::Retry { reason } => {
                 e.attempts += 1;
                 e.last_error = Some(reason.clone());
                 let age = (now - e.created_at).to_std().unwrap_or_default();
-                if age >= self.config.delivery.give_up_after {
+                if age >= active.config.delivery.give_up_after {
                     let dl = self.store.dead_letter(
                         &e,
                         &format!("gave up after {} attempts: {reason}", e.attempts),
                         now,
                     )?;
                     tracing::error!(%job, %team, %channel, %event, attempts = e.attempts, dead_letter = dl.id, %reason, "delivery gave up; dead-lettered");
-                    self.count(&e, "dead_letter", "gave_up".into());
+                    self.count(&e, kind, "dead_letter", "gave_up".into());
                 } else {
                     let delay = retry::backoff(
-                        &self.config.delivery.retry_schedule,
+                        &active.config.delivery.retry_schedule,
                         e.attempts,
                         rand::random::<f64>(),
                     );
                     e.next_attempt_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                     self.store.update_outbox(&e)?;
                     tracing::warn!(%job, %team, %channel, %event, attempts = e.attempts, retry_in_ms = delay.as_millis() as u64, %reason, "delivery failed; will retry");
-                    self.count(&e, "retry", crate::telemetry::reason_label(&reason));
+                    self.count(&e, kind, "retry", crate::telemetry::reason_label(&reason));
                 }
             }
             Verdict::DeadLetter { reason } => {
                 e.attempts += 1;
                 let dl = self.store.dead_letter(&e, &reason, now)?;
                 tracing::error!(%job, %team, %channel, %event, dead_letter = dl.id, %reason, "delivery refused; dead-lettered");
-                self.count(&e, "dead_letter", crate::telemetry::reason_label(&reason));
+                self.count(
+                    &e,
+                    kind,
+                    "dead_letter",
+                    crate::telemetry::reason_label(&reason),
+                );
             }
             Verdict::Disable { reason } => {
                 e.attempts += 1;
                 self.store.set_channel_state(
-                    &self.team.name,
-                    &self.channel.name,
+                    &self.team,
+                    &self.channel,
                     &ChannelState {
                         disabled_reason: Some(reason.clone()),
                         disabled_at: Some(now),
@@ -272,7 +374,12 @@ impl Worker {
                 )?;
                 let dl = self.store.dead_letter(&e, &reason, now)?;
                 tracing::error!(%job, %team, %channel, %event, dead_letter = dl.id, %reason, "destination is gone or revoked; channel disabled");
-                self.count(&e, "disabled", crate::telemetry::reason_label(&reason));
+                self.count(
+                    &e,
+                    kind,
+                    "disabled",
+                    crate::telemetry::reason_label(&reason),
+                );
             }
         }
         Ok(())

@@ -103,6 +103,12 @@ impl Budget {
         }
     }
 
+    /// A new maximum (config reload); a throttled rate stays at or below it.
+    pub fn set_max(&mut self, max_rate: f64) {
+        self.max_rate = max_rate;
+        self.rate = self.rate.min(max_rate);
+    }
+
     pub fn rate(&self) -> f64 {
         self.rate
     }

@@ -436,6 +436,16 @@ impl Store {
         self.outbox.len()
     }
 
+    /// Messages queued for one channel.
+    pub fn outbox_len_for(&self, team: &str, channel: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.outbox.scan_prefix(outbox_prefix(team, channel)) {
+            kv.map_err(|e| self.eng(e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub fn update_outbox(&self, e: &OutboxEntry) -> Result<(), StoreError> {
         self.outbox
             .insert(outbox_key(&e.team, &e.channel, e.seq), enc(e))

@@ -7,13 +7,13 @@
 //! that backs off on throttling. Job state lives in memory in compact form; the store
 //! is written only when a job's state changes.
 use crate::clock::SharedClock;
-use crate::config::Config;
 use crate::deadline::client::{BATCH_LIMIT, DeadlineClient};
 use crate::deadline::{Fetched, SourceError};
 use crate::deliver::Wakers;
 use crate::diff::diff;
 use crate::domain::{JobKey, JobSnapshot, JobStatus, TaskRunStatus, Transition};
-use crate::render::{self, Renderer};
+use crate::reload::{Active, Live};
+use crate::render;
 use crate::route::{route, webhook_id};
 use crate::schedule::{Budget, Schedule};
 use crate::store::{JobState, OutboxEntry, Store, StoreError, Subscription};
@@ -62,8 +62,8 @@ impl WatchHandle {
 pub struct Watcher {
     pub store: Store,
     pub client: Arc<DeadlineClient>,
-    pub renderer: Arc<Renderer>,
-    pub config: Arc<Config>,
+    /// Config and templates; re-read at every batch so a reload applies from the next poll.
+    pub live: Live,
     pub clock: SharedClock,
     pub wakers: Wakers,
     pub changes: mpsc::UnboundedReceiver<SubChange>,
@@ -80,6 +80,7 @@ struct Tracked {
 
 struct Loop {
     w: Watcher,
+    active: Arc<Active>,
     tracked: HashMap<JobKey, Tracked>,
     schedule: Schedule,
     budget: Budget,
@@ -100,7 +101,8 @@ impl Watcher {
 impl Loop {
     fn load(w: Watcher) -> Result<Loop, StoreError> {
         let origin = Instant::now();
-        let budget = Budget::new(w.config.deadline.max_requests_per_second, 0);
+        let active = w.live.current();
+        let budget = Budget::new(active.config.deadline.max_requests_per_second, 0);
         let mut states: HashMap<JobKey, JobState> = w
             .store
             .job_states()?
@@ -126,6 +128,7 @@ impl Loop {
         }
         let mut l = Loop {
             w,
+            active,
             tracked,
             schedule: Schedule::default(),
             budget,
@@ -155,12 +158,12 @@ impl Loop {
     }
 
     fn interval_ms(&self) -> u64 {
-        self.w.config.deadline.poll_interval.as_millis().max(1) as u64
+        self.active.config.deadline.poll_interval.as_millis().max(1) as u64
     }
 
     /// Terminal for longer than the grace period: no longer polled.
     fn settled(&self, job: &JobKey) -> bool {
-        let grace = chrono::Duration::from_std(self.w.config.deadline.terminal_grace)
+        let grace = chrono::Duration::from_std(self.active.config.deadline.terminal_grace)
             .unwrap_or(chrono::Duration::MAX);
         self.tracked
             .get(job)
@@ -171,7 +174,7 @@ impl Loop {
 
     /// How many times less often than the base interval to poll this job.
     fn factor(&self, job: &JobKey) -> u32 {
-        let d = &self.w.config.deadline;
+        let d = &self.active.config.deadline;
         let Some(st) = self.tracked.get(job).and_then(|t| t.state.as_ref()) else {
             return 1;
         };
@@ -257,10 +260,25 @@ impl Loop {
         Ok(())
     }
 
+    /// Takes up a reloaded config: the new budget now, the new intervals as jobs are
+    /// next rescheduled.
+    fn refresh(&mut self, active: Arc<Active>) {
+        let rps = active.config.deadline.max_requests_per_second;
+        if rps != self.active.config.deadline.max_requests_per_second {
+            self.budget.set_max(rps);
+        }
+        self.active = active;
+    }
+
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
+        let mut reloads = self.w.live.subscribe();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
+            }
+            let active = self.w.live.current();
+            if active.generation != self.active.generation {
+                self.refresh(active);
             }
             while let Ok(c) = self.w.changes.try_recv() {
                 self.apply(c)?;
@@ -295,6 +313,7 @@ impl Loop {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 Some(c) = self.w.changes.recv() => self.apply(c)?,
+                _ = reloads.changed() => {}
                 _ = shutdown.changed() => {}
             }
         }
@@ -433,8 +452,8 @@ impl Loop {
             None
         };
         let mut entries = Vec::new();
-        let monitor = self.w.renderer.monitor_url();
-        for d in route(&events, &t.subs, &self.w.config.teams) {
+        let monitor = self.active.renderer.monitor_url();
+        for d in route(&events, &t.subs, &self.active.config.teams) {
             let tr = Transition {
                 event: d.event,
                 previous_task_run_status: prev.and_then(|p| p.status.task_run_status.clone()),
@@ -447,7 +466,7 @@ impl Loop {
             let ctx = render::context(&d.team.name, &d.channel.name, &snap, &tr, monitor);
             let (payload, last_error) =
                 match self
-                    .w
+                    .active
                     .renderer
                     .render(&d.team.name, d.channel.kind, d.event, &ctx)
                 {

@@ -25,6 +25,7 @@ pub struct Env {
     pub sim: Simulator,
     pub sim_addr: SocketAddr,
     pub sink: Sink,
+    pub sink_addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub api_port: u16,
     pub runs: usize,
@@ -99,6 +100,7 @@ url = "http://{sink_addr}/webhook/fx"
             sim,
             sim_addr,
             sink,
+            sink_addr,
             dir,
             api_port,
             runs: 0,
@@ -266,6 +268,15 @@ impl Service {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, …).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} failed");
     }
 
     /// SIGTERM, then the exit status.

@@ -6,5 +6,6 @@ mod escaping;
 mod golden;
 mod helpers;
 mod pipeline;
+mod reload;
 mod security;
 mod startup;

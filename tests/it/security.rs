@@ -6,7 +6,6 @@ use deadline_notifier::deliver::Wakers;
 use deadline_notifier::sink::Answer;
 use deadline_notifier::store::Store;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::time::Duration;
 
 async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
@@ -266,9 +265,11 @@ url = "http://127.0.0.1:9/y"
     let cfg = Config::from_toml(&text, std::path::Path::new("fuzz.toml")).unwrap();
     let store = Store::open(&cfg.store.path).unwrap();
     let wakers = Wakers::new(&cfg);
+    let renderer = deadline_notifier::render::Renderer::load(&cfg).unwrap();
+    let sender = deadline_notifier::notify::Sender::new(&cfg.delivery).unwrap();
     AppState::new(
         store,
-        Arc::new(cfg),
+        deadline_notifier::reload::Live::new(cfg, renderer, sender),
         deadline_notifier::clock::system(),
         wakers,
         deadline_notifier::watcher::WatchHandle::detached(),

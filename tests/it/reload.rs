@@ -1,0 +1,229 @@
+//! Config and template reload: SIGHUP and `POST /-/reload` swap in a new set only when
+//! all of it is valid; otherwise the running set stays and the error is reported.
+use crate::helpers::*;
+use deadline_notifier::domain::JobKey;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+const ADMIN: &str = "admin-token-0123456789abcdef";
+
+/// Gives the service an admin token and its own template directory; returns the
+/// path of the lighting team's webhook template.
+fn enable_reload(env: &Env) -> PathBuf {
+    let dir = env.dir.path().join("templates");
+    let tpl = dir.join("lighting/webhook/default.hbs");
+    std::fs::create_dir_all(tpl.parent().unwrap()).unwrap();
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let text = text
+        .replacen(
+            "[server]\n",
+            &format!("[server]\nadmin_tokens = [\"{ADMIN}\"]\n"),
+            1,
+        )
+        .replacen(
+            "[store]\n",
+            &format!("[templates]\ndir = \"{}\"\n[store]\n", dir.display()),
+            1,
+        );
+    std::fs::write(env.config_path(), text).unwrap();
+    tpl
+}
+
+async fn post_reload(env: &Env, token: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(format!("{}/-/reload", env.api()));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn metric(env: &Env, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{}/metrics", env.api()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Drives a fresh job to SUCCEEDED and returns the `summary` its webhook message carried.
+async fn succeed_one(env: &Env, name: &str) -> String {
+    let job = env.add_job(name);
+    env.subscribe_job(&job, json!({"channels": ["pipeline"]}))
+        .await;
+    env.observed(&job, 2).await;
+    env.sim.set_status(&job, "SUCCEEDED");
+    wait_until(T, "the webhook message", || {
+        !env.delivered_for(&job).is_empty()
+    })
+    .await;
+    summary_of(env, &job)
+}
+
+fn summary_of(env: &Env, job: &JobKey) -> String {
+    let got = env.delivered_for(job);
+    assert_eq!(got.len(), 1, "one message: {got:?}");
+    got[0].body["data"]["summary"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_templates_and_a_broken_template_keeps_the_old_set() {
+    let mut env = Env::new().await;
+    let tpl = enable_reload(&env);
+    std::fs::write(&tpl, "v1 {{name}} {{verb}}").unwrap();
+    let svc = env.start().await;
+    assert_eq!(
+        metric(&env, "deadline_notifier_config_generation").await,
+        Some(1.0)
+    );
+    assert_eq!(succeed_one(&env, "shot_a").await, "v1 shot_a succeeded");
+
+    // A good change, by SIGHUP: the next message uses it.
+    std::fs::write(&tpl, "v2 {{name}} {{verb}}").unwrap();
+    svc.signal("HUP");
+    wait_until(T, "the reload to be logged", || {
+        svc.log_text().contains("configuration reloaded")
+    })
+    .await;
+    assert_eq!(succeed_one(&env, "shot_b").await, "v2 shot_b succeeded");
+    assert_eq!(
+        metric(&env, "deadline_notifier_config_generation").await,
+        Some(2.0)
+    );
+
+    // A broken template: refused, reported in the log and the metrics, old set kept.
+    std::fs::write(&tpl, "v3 {{#if name}} unclosed").unwrap();
+    svc.signal("HUP");
+    wait_until(T, "the failed reload to be logged", || {
+        svc.log_text().contains("configuration reload failed")
+    })
+    .await;
+    let log = svc.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("configuration reload failed"))
+        .unwrap();
+    assert!(
+        line.contains("lighting/webhook/default.hbs"),
+        "the error names the file: {line}"
+    );
+    assert_eq!(
+        metric(&env, "deadline_notifier_config_last_reload_successful").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&env, "deadline_notifier_config_generation").await,
+        Some(2.0)
+    );
+    assert_eq!(succeed_one(&env, "shot_c").await, "v2 shot_c succeeded");
+
+    // The same through the API: the response carries the error.
+    let (status, body) = post_reload(&env, Some(ADMIN)).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["generation"], 2);
+    let err = body["error"].as_str().unwrap();
+    assert!(err.contains("lighting/webhook/default.hbs"), "{err}");
+
+    // Fixed: reloads, and the metric recovers.
+    std::fs::write(&tpl, "v4 {{name}} {{verb}}").unwrap();
+    let (status, body) = post_reload(&env, Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["report"]["generation"], 3);
+    assert_eq!(
+        metric(&env, "deadline_notifier_config_last_reload_successful").await,
+        Some(1.0)
+    );
+    assert_eq!(succeed_one(&env, "shot_d").await, "v4 shot_d succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_endpoint_needs_the_admin_token() {
+    let mut env = Env::new().await;
+    let _tpl = enable_reload(&env);
+    let _svc = env.start().await;
+    assert_eq!(post_reload(&env, None).await.0, 401);
+    assert_eq!(
+        post_reload(&env, Some(LIGHTING)).await.0,
+        401,
+        "a team token is not an admin token"
+    );
+    assert_eq!(
+        post_reload(&env, Some("admin-token-0123456789abcdeX"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(post_reload(&env, Some(ADMIN)).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_without_admin_tokens_is_refused_over_http() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let (status, body) = post_reload(&env, Some(LIGHTING)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("admin_tokens"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_a_channel_and_refuses_restart_only_keys() {
+    let mut env = Env::new().await;
+    let _tpl = enable_reload(&env);
+    let _svc = env.start().await;
+    let sink = env.sink_addr;
+    let base = std::fs::read_to_string(env.config_path()).unwrap();
+
+    // A new channel for the last team (fx): usable right after the reload.
+    let added = format!(
+        "{base}\n[[teams.channels]]\nname = \"extra\"\nkind = \"webhook\"\nurl = \"http://{sink}/webhook/extra\"\n"
+    );
+    std::fs::write(env.config_path(), &added).unwrap();
+    let (status, body) = post_reload(&env, Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["report"]["channelsAdded"], json!(["fx/extra"]));
+    let job = env.add_job("fx shot");
+    let (status, v) = env
+        .subscribe(
+            FX,
+            json!({"farmId": job.farm_id, "queueId": job.queue_id, "jobId": job.job_id, "channels": ["extra"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    env.observed(&job, 2).await;
+    env.sim.set_status(&job, "FAILED");
+    wait_until(T, "delivery to the new channel", || {
+        env.sink
+            .delivered()
+            .iter()
+            .any(|r| r.path == "/webhook/extra" && r.raw.contains(&job.job_id))
+    })
+    .await;
+
+    // The listen address is read once; changing it is refused, not silently ignored.
+    let port = env.api_port;
+    let moved = added.replacen(&format!("127.0.0.1:{port}"), "127.0.0.1:1", 1);
+    std::fs::write(env.config_path(), moved).unwrap();
+    let (status, body) = post_reload(&env, Some(ADMIN)).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("server.listen"),
+        "{body}"
+    );
+    // Still serving, on the old generation.
+    assert_eq!(body["generation"], 2);
+    let r = reqwest::get(format!("{}/healthz", env.api()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
