@@ -143,6 +143,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:4566")]
         listen: std::net::SocketAddr,
     },
+    /// Run a local webhook receiver that answers 200 and prints each request as a
+    /// JSON line (for trying templates and for the container smoke test).
+    Sink {
+        #[arg(long, default_value = "127.0.0.1:4567")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -375,6 +381,28 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 r.status()
             );
             println!("ok");
+            Ok(())
+        }
+        Command::Sink { listen } => {
+            let sink = deadline_notifier::sink::Sink::new();
+            let mut received = sink.subscribe();
+            let (addr, handle) = sink.serve(listen).await?;
+            eprintln!("webhook sink on http://{addr} (POST any path)");
+            let print = async move {
+                use std::io::Write;
+                while let Ok(r) = received.recv().await {
+                    let line =
+                        serde_json::json!({"path": r.path, "status": r.status, "body": r.body});
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            };
+            tokio::select! {
+                _ = app::shutdown_signal() => {}
+                _ = handle => {}
+                _ = print => {}
+            }
             Ok(())
         }
         Command::Simulate { listen } => {
