@@ -332,6 +332,10 @@ pub fn context(
     if failed > 0 {
         task_summary.push_str(&format!(", {failed} failed"));
     }
+    let running = job.count("RUNNING");
+    if running > 0 {
+        task_summary.push_str(&format!(", {running} running"));
+    }
     let duration_secs = job
         .started_at
         .map(|s| (job.ended_at.unwrap_or(tr.detected_at) - s).num_seconds());
@@ -514,8 +518,13 @@ pub fn sample_job(event: Event) -> (JobSnapshot, Transition) {
             Event::UpdateFailed => L::UpdateInProgress,
             _ => L::CreateComplete,
         },
-        detected_at: job.created_at + chrono::Duration::seconds(3631),
+        // A job that just started has run for seconds, not an hour.
+        detected_at: job.created_at
+            + chrono::Duration::seconds(if event == Event::Started { 32 } else { 3631 }),
     };
+    if event == Event::Started {
+        job.updated_at = Some(tr.detected_at);
+    }
     (job, tr)
 }
 
