@@ -131,24 +131,18 @@ async fn run_watch(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &sim, &sink, interval, rps, 1);
+    // The store is written by another process, as in production (the service starts on
+    // a store it did not just fill), so this process's RSS is the service's alone.
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--populate",
+            &n.to_string(),
+            &cfg.store.path.display().to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "populating the store failed");
     let rss_base = rss_bytes();
-    {
-        let store = Store::open(&cfg.store.path).unwrap();
-        let now = chrono::Utc::now();
-        let subs: Vec<Subscription> = (0..n)
-            .map(|i| Subscription {
-                id: format!("sub-{i:032x}"),
-                team: "bench".into(),
-                job: Simulator::populated_key(i, FARMS, QUEUES),
-                channels: vec!["hook0".into()],
-                events: vec![Event::Started, Event::Succeeded, Event::Requeued],
-                created_at: now,
-                state: "active".into(),
-                ended_reason: None,
-            })
-            .collect();
-        store.insert_subscriptions_bulk(&subs).unwrap();
-    }
     let calls =
         |s: &Value| s["batchGetJob"].as_u64().unwrap_or(0) + s["getJob"].as_u64().unwrap_or(0);
     let before = get(&format!("{sim}/_sim/stats")).await;
@@ -208,6 +202,25 @@ async fn run_watch(
         "p50_ms": lat["p50"], "p99_ms": lat["p99"], "delivered": lat["received"],
     });
     println!("{out}");
+}
+
+/// Child of a watch child: writes `n` subscriptions into the store at `path`.
+fn run_populate(n: usize, path: &str) {
+    let store = Store::open(std::path::Path::new(path)).unwrap();
+    let now = chrono::Utc::now();
+    let subs: Vec<Subscription> = (0..n)
+        .map(|i| Subscription {
+            id: format!("sub-{i:032x}"),
+            team: "bench".into(),
+            job: Simulator::populated_key(i, FARMS, QUEUES),
+            channels: vec!["hook0".into()],
+            events: vec![Event::Started, Event::Succeeded, Event::Requeued],
+            created_at: now,
+            state: "active".into(),
+            ended_reason: None,
+        })
+        .collect();
+    store.insert_subscriptions_bulk(&subs).unwrap();
 }
 
 /// Child 3: delivery throughput: `m` queued messages over 8 webhook channels.
@@ -316,6 +329,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     match args.get(1).map(String::as_str) {
         Some("--world") => return rt.block_on(run_world()),
+        Some("--populate") => return run_populate(args[2].parse().unwrap(), &args[3]),
         Some("--watch") => {
             let n = args[2].parse().unwrap();
             let rps: f64 = args[7].parse().unwrap();

@@ -48,12 +48,17 @@ if [[ -z "${RUST_IMAGE:-}" ]]; then
         step "making a stand-in Rust builder ($STANDIN) from $BASE and this machine's toolchain"
         sysroot=$(rustc --print sysroot)
         ctx=$(mktemp -d)
-        mkdir -p "$ctx/rust"
+        mkdir -p "$ctx/rust" "$ctx/ca"
         cp -a "$sysroot/bin" "$sysroot/lib" "$ctx/rust/"
+        # This machine's extra CAs (e.g. a TLS-inspecting egress proxy), so cargo in the
+        # builder can reach crates.io the way the host does.
+        cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
         cat >"$ctx/Containerfile" <<CONTAINERFILE
 FROM $BASE
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev ca-certificates \
     && rm -rf /var/lib/apt/lists/*
+COPY ca /usr/local/share/ca-certificates
+RUN update-ca-certificates
 COPY rust /usr/local/rust
 ENV PATH=/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     CARGO_HOME=/usr/local/cargo

@@ -33,7 +33,13 @@ impl App {
     ) -> anyhow::Result<App> {
         crate::telemetry::metrics();
         let renderer = Renderer::load(&config).context("loading templates")?;
+        let opened = std::time::Instant::now();
         let store = Store::open(&config.store.path)?;
+        tracing::info!(
+            store = %config.store.path.display(),
+            open_ms = opened.elapsed().as_millis() as u64,
+            "store opened"
+        );
         let sender = Sender::new(&config.delivery)?;
         let client = match client {
             Some(c) => c,

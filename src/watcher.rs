@@ -148,6 +148,7 @@ impl Loop {
         tracing::info!(
             jobs = l.schedule.len(),
             subscriptions = l.tracked.values().map(|t| t.subs.len()).sum::<usize>(),
+            load_ms = origin.elapsed().as_millis() as u64,
             "watcher loaded"
         );
         Ok(l)
