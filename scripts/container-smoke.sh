@@ -21,7 +21,7 @@ STANDIN=localhost/rust-standin:1.95
 # vfs storage and chroot isolation work without overlayfs or user namespaces;
 # runc + cgroupfs where crun cannot set rlimits.
 PODMAN=(podman --storage-driver vfs)
-RUN=("${PODMAN[@]}" --runtime runc --cgroup-manager=cgroupfs run --rm -d --network host
+RUN=("${PODMAN[@]}" --runtime runc --cgroup-manager=cgroupfs run --network host
      --ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 SIM_PORT=${SIM_PORT:-14566}
 SINK_PORT=${SINK_PORT:-14567}
@@ -83,8 +83,9 @@ cleanup() {
 trap cleanup EXIT
 
 step "starting the simulator and the sink (from the image)"
-containers+=("$("${RUN[@]}" --name dn-smoke-sim "$IMAGE" simulate --listen "127.0.0.1:$SIM_PORT")")
-containers+=("$("${RUN[@]}" --name dn-smoke-sink "$IMAGE" sink --listen "127.0.0.1:$SINK_PORT")")
+for c in dn-smoke-sim dn-smoke-sink dn-smoke-svc; do "${PODMAN[@]}" rm -f "$c" >/dev/null 2>&1 || true; done
+containers+=("$("${RUN[@]}" -d --name dn-smoke-sim "$IMAGE" simulate --listen "127.0.0.1:$SIM_PORT")")
+containers+=("$("${RUN[@]}" -d --name dn-smoke-sink "$IMAGE" sink --listen "127.0.0.1:$SINK_PORT")")
 
 cat >"$work/notifier.toml" <<TOML
 [server]
@@ -108,7 +109,7 @@ TOML
 chmod 644 "$work/notifier.toml"
 
 step "starting the service (non-root, config mounted, secrets from env, /data a volume)"
-containers+=("$("${RUN[@]}" --name dn-smoke-svc \
+containers+=("$("${RUN[@]}" -d --name dn-smoke-svc \
     -v "$work/notifier.toml:/app/config/notifier.toml:ro" -v dn-smoke-data:/data \
     -e SMOKE_TOKEN=$TOKEN -e AWS_ACCESS_KEY_ID=AKIDSMOKE -e AWS_SECRET_ACCESS_KEY=smoke \
     -e AWS_REGION=us-west-2 -e AWS_EC2_METADATA_DISABLED=true "$IMAGE")")
@@ -142,11 +143,19 @@ curl -fsS "http://127.0.0.1:$API_PORT/metrics" | grep -E '^deadline_notifier_del
 
 step "SIGTERM stops it cleanly"
 "${PODMAN[@]}" stop -t 20 dn-smoke-svc >/dev/null
-code=$("${PODMAN[@]}" inspect --format '{{.State.ExitCode}}' dn-smoke-svc 2>/dev/null || echo gone)
+code=$("${PODMAN[@]}" inspect --format '{{.State.ExitCode}}' dn-smoke-svc)
 echo "exit code: $code"
+[[ "$code" == 0 ]] || fail "the service exited $code on SIGTERM"
+"${PODMAN[@]}" logs dn-smoke-svc 2>&1 | grep -q '"stopped"\|stopped' || fail "no 'stopped' log line"
 
 step "image size"
 size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE")
-bin=$("${PODMAN[@]}" run --rm --runtime runc --cgroup-manager=cgroupfs --entrypoint /usr/local/bin/deadline-notifier "$IMAGE" --version)
-printf '%s: %s bytes (%.1f MB) — %s\n' "$IMAGE" "$size" "$(echo "$size/1000000" | bc -l)" "$bin"
+version=$("${RUN[@]}" --rm "$IMAGE" --version)
+mnt=$("${PODMAN[@]}" image mount "$IMAGE" 2>/dev/null || true)
+if [[ -n "$mnt" ]]; then
+    bin=$(stat -c %s "$mnt/usr/local/bin/deadline-notifier")
+    "${PODMAN[@]}" image unmount "$IMAGE" >/dev/null
+    printf 'binary: %s bytes (%.1f MB)\n' "$bin" "$(echo "$bin/1000000" | bc -l)"
+fi
+printf '%s (%s): %s bytes (%.1f MB), FROM scratch\n' "$IMAGE" "$version" "$size" "$(echo "$size/1000000" | bc -l)"
 echo "PASS"

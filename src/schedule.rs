@@ -1,7 +1,9 @@
 //! Pure poll scheduling: which jobs to read next, and how fast the API may be called.
 //! Time is milliseconds on a monotonic clock supplied by the caller.
 use crate::domain::JobKey;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+// Seeded per process, so crafted job ids cannot force collisions; much faster than SipHash.
+use foldhash::HashMap;
 
 /// Jobs ordered by when they are next due. Earliest-due first, so when the API
 /// budget cannot keep up every job's interval stretches evenly and none starves.

@@ -17,7 +17,7 @@ use crate::render;
 use crate::route::{route, webhook_id};
 use crate::schedule::{Budget, Schedule};
 use crate::store::{JobState, OutboxEntry, Store, StoreError, Subscription};
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -109,7 +109,7 @@ impl Loop {
             .into_iter()
             .map(|s| (s.job.clone(), s))
             .collect();
-        let mut tracked: HashMap<JobKey, Tracked> = HashMap::new();
+        let mut tracked: HashMap<JobKey, Tracked> = HashMap::default();
         for s in w.store.subscriptions()? {
             if s.is_active() {
                 tracked
