@@ -26,6 +26,6 @@ pub mod telemetry;
 pub mod watcher;
 
 /// glibc's allocator spent about a third of the watcher's CPU (per `perf`) and
-/// fragments across tokio's threads; mimalloc is faster and returns memory.
+/// fragments across tokio's threads; jemalloc is faster and keeps RSS flat.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
