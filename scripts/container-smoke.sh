@@ -55,7 +55,7 @@ if [[ -z "${RUST_IMAGE:-}" ]]; then
         cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
         cat >"$ctx/Containerfile" <<CONTAINERFILE
 FROM $BASE
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev make ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY ca /usr/local/share/ca-certificates
 RUN update-ca-certificates

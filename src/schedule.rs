@@ -2,6 +2,7 @@
 //! Time is milliseconds on a monotonic clock supplied by the caller.
 use crate::domain::JobKey;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 // Seeded per process, so crafted job ids cannot force collisions; much faster than SipHash.
 use foldhash::HashMap;
 
@@ -10,8 +11,9 @@ use foldhash::HashMap;
 #[derive(Default)]
 pub struct Schedule {
     due: BTreeSet<(u64, u32)>,
-    slots: Vec<Option<(JobKey, u64)>>,
-    index: HashMap<JobKey, u32>,
+    /// One shared key per job for the slot and the index (a JobKey is ~200 bytes).
+    slots: Vec<Option<(Arc<JobKey>, u64)>>,
+    index: HashMap<Arc<JobKey>, u32>,
     free: Vec<u32>,
 }
 
@@ -38,17 +40,18 @@ impl Schedule {
             self.due.insert((at, i));
             return;
         }
+        let key = Arc::new(job.clone());
         let i = match self.free.pop() {
             Some(i) => {
-                self.slots[i as usize] = Some((job.clone(), at));
+                self.slots[i as usize] = Some((key.clone(), at));
                 i
             }
             None => {
-                self.slots.push(Some((job.clone(), at)));
+                self.slots.push(Some((key.clone(), at)));
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(job.clone(), i);
+        self.index.insert(key, i);
         self.due.insert((at, i));
     }
 
@@ -76,7 +79,7 @@ impl Schedule {
             .filter_map(|(at, i)| {
                 self.slots[*i as usize]
                     .as_ref()
-                    .map(|(k, _)| (k.clone(), *at))
+                    .map(|(k, _)| (JobKey::clone(k), *at))
             })
             .collect()
     }
