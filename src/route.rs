@@ -4,6 +4,41 @@ use crate::domain::{Event, JobKey, Transition};
 use crate::store::Subscription;
 use sha2::{Digest, Sha256};
 
+/// What routing needs of a subscription, in the compact form the watcher keeps in
+/// memory for every watched job (a full `Subscription` is several times larger).
+#[derive(Debug, Clone)]
+pub struct Interest {
+    pub id: Box<str>,
+    pub team: Box<str>,
+    pub channels: Box<[Box<str>]>,
+    /// Bit `i` set: wants `Event::ALL[i]`.
+    events: u16,
+}
+
+impl Interest {
+    pub fn wants(&self, event: Event) -> bool {
+        self.events & event_bit(event) != 0
+    }
+}
+
+fn event_bit(event: Event) -> u16 {
+    Event::ALL
+        .iter()
+        .position(|e| *e == event)
+        .map_or(0, |i| 1 << i)
+}
+
+impl From<&Subscription> for Interest {
+    fn from(s: &Subscription) -> Interest {
+        Interest {
+            id: s.id.as_str().into(),
+            team: s.team.as_str().into(),
+            channels: s.channels.iter().map(|c| c.as_str().into()).collect(),
+            events: s.events.iter().fold(0, |m, e| m | event_bit(*e)),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Dispatch<'a> {
     pub team: &'a Team,
@@ -13,18 +48,15 @@ pub struct Dispatch<'a> {
 
 /// For each event, in order: each active subscription of the job that asked for the
 /// event, and each of its channels whose own `events` list (if any) includes it.
-pub fn route<'a>(events: &[Event], subs: &[Subscription], teams: &'a [Team]) -> Vec<Dispatch<'a>> {
+pub fn route<'a>(events: &[Event], subs: &[Interest], teams: &'a [Team]) -> Vec<Dispatch<'a>> {
     let mut out = Vec::new();
     for &event in events {
-        for sub in subs
-            .iter()
-            .filter(|s| s.is_active() && s.events.contains(&event))
-        {
-            let Some(team) = teams.iter().find(|t| t.name == sub.team) else {
+        for sub in subs.iter().filter(|s| s.wants(event)) {
+            let Some(team) = teams.iter().find(|t| *t.name == *sub.team) else {
                 continue;
             };
             for channel in &team.channels {
-                if sub.channels.iter().any(|c| c == &channel.name) && channel.wants(event) {
+                if sub.channels.iter().any(|c| **c == *channel.name) && channel.wants(event) {
                     out.push(Dispatch {
                         team,
                         channel,
@@ -97,10 +129,13 @@ mod tests {
     #[test]
     fn routes_by_subscription_and_channel_filters() {
         let teams = vec![team("a"), team("b")];
-        let subs = vec![
+        let subs: Vec<Interest> = [
             sub("a", &["all", "failures"], &Event::DEFAULTS),
             sub("b", &["failures"], &[Event::Succeeded, Event::Failed]),
-        ];
+        ]
+        .iter()
+        .map(Interest::from)
+        .collect();
         let names = |evs: &[Event]| -> Vec<String> {
             route(evs, &subs, &teams)
                 .iter()

@@ -30,9 +30,10 @@ impl Schedule {
         self.index.contains_key(job)
     }
 
-    /// Adds or moves `job` to be due at `at`.
-    pub fn set(&mut self, job: &JobKey, at: u64) {
-        if let Some(&i) = self.index.get(job) {
+    /// Adds or moves `job` to be due at `at`. Takes the caller's shared key, so a
+    /// watched job's key exists once in memory.
+    pub fn set(&mut self, job: &Arc<JobKey>, at: u64) {
+        if let Some(&i) = self.index.get(&**job) {
             if let Some((_, old)) = &mut self.slots[i as usize] {
                 self.due.remove(&(*old, i));
                 *old = at;
@@ -40,18 +41,17 @@ impl Schedule {
             self.due.insert((at, i));
             return;
         }
-        let key = Arc::new(job.clone());
         let i = match self.free.pop() {
             Some(i) => {
-                self.slots[i as usize] = Some((key.clone(), at));
+                self.slots[i as usize] = Some((job.clone(), at));
                 i
             }
             None => {
-                self.slots.push(Some((key.clone(), at)));
+                self.slots.push(Some((job.clone(), at)));
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(key, i);
+        self.index.insert(job.clone(), i);
         self.due.insert((at, i));
     }
 
@@ -174,7 +174,7 @@ mod tests {
     fn earliest_due_first_and_moves() {
         let mut s = Schedule::default();
         for n in 0..5 {
-            s.set(&key(n), 100 - n as u64 * 10);
+            s.set(&Arc::new(key(n)), 100 - n as u64 * 10);
         }
         let due: Vec<_> = s
             .due_by(80, 10)
@@ -182,10 +182,10 @@ mod tests {
             .map(|(k, _)| k.job_id)
             .collect();
         assert_eq!(due, vec!["j4", "j3", "j2"]);
-        s.set(&key(4), 500);
+        s.set(&Arc::new(key(4)), 500);
         assert_eq!(s.due_by(80, 1)[0].0, key(3));
         s.remove(&key(3));
-        s.set(&key(9), 1);
+        s.set(&Arc::new(key(9)), 1);
         assert_eq!(s.len(), 5);
         assert_eq!(s.next_due(), Some(1));
         assert_eq!(s.due_by(1000, 100).len(), 5);

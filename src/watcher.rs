@@ -14,7 +14,7 @@ use crate::diff::diff;
 use crate::domain::{JobKey, JobSnapshot, JobStatus, TaskRunStatus, Transition};
 use crate::reload::{Active, Live};
 use crate::render;
-use crate::route::{route, webhook_id};
+use crate::route::{Interest, route, webhook_id};
 use crate::schedule::{Budget, Schedule};
 use crate::store::{JobState, OutboxEntry, Store, StoreError, Subscription};
 use foldhash::HashMap;
@@ -70,18 +70,37 @@ pub struct Watcher {
     pub health: Arc<Health>,
 }
 
-/// One watched job: its subscriptions and last known state.
+/// One watched job: its subscriptions and last known state, compact: 100k of these
+/// live in memory.
 struct Tracked {
-    subs: Vec<Subscription>,
-    state: Option<JobState>,
+    subs: Vec<Interest>,
+    state: Option<Known>,
     /// Poll-interval multiplier currently applied (adaptive intervals).
     factor: u32,
+}
+
+/// A job's last committed state, without its key (the map holds that).
+struct Known {
+    status: JobStatus,
+    since: chrono::DateTime<chrono::Utc>,
+    terminal_since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<JobState> for Known {
+    fn from(s: JobState) -> Known {
+        Known {
+            status: s.status,
+            since: s.since,
+            terminal_since: s.terminal_since,
+        }
+    }
 }
 
 struct Loop {
     w: Watcher,
     active: Arc<Active>,
-    tracked: HashMap<JobKey, Tracked>,
+    /// Keys shared with the schedule (`Arc`): one copy per watched job.
+    tracked: HashMap<Arc<JobKey>, Tracked>,
     schedule: Schedule,
     budget: Budget,
     origin: Instant,
@@ -109,22 +128,22 @@ impl Loop {
             .into_iter()
             .map(|s| (s.job.clone(), s))
             .collect();
-        let mut tracked: HashMap<JobKey, Tracked> = HashMap::default();
+        let mut tracked: HashMap<Arc<JobKey>, Tracked> = HashMap::default();
         for s in w.store.subscriptions()? {
             if s.is_active() {
                 tracked
-                    .entry(s.job.clone())
+                    .entry(Arc::new(s.job.clone()))
                     .or_insert_with(|| Tracked {
                         subs: Vec::new(),
                         state: None,
                         factor: 1,
                     })
                     .subs
-                    .push(s);
+                    .push(Interest::from(&s));
             }
         }
         for (job, t) in tracked.iter_mut() {
-            t.state = states.remove(job);
+            t.state = states.remove(job).map(Known::from);
         }
         let mut l = Loop {
             w,
@@ -138,7 +157,7 @@ impl Loop {
         };
         // Spread the first round over one interval instead of a burst at start-up.
         let interval = l.interval_ms();
-        let jobs: Vec<JobKey> = l.tracked.keys().cloned().collect();
+        let jobs: Vec<Arc<JobKey>> = l.tracked.keys().cloned().collect();
         let n = jobs.len().max(1) as u64;
         for (i, job) in jobs.iter().enumerate() {
             if !l.settled(job) {
@@ -204,14 +223,19 @@ impl Loop {
         } else {
             at
         };
+        // A job no longer tracked (unsubscribed mid-poll) is not scheduled again.
+        let Some(key) = self.tracked.get_key_value(job).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        let was_scheduled = self.schedule.contains(job);
         if let Some(t) = self.tracked.get_mut(job) {
-            if self.schedule.contains(job) {
+            if was_scheduled {
                 self.load -= 1.0 / f64::from(t.factor);
             }
             t.factor = factor;
         }
         self.load += 1.0 / f64::from(factor);
-        self.schedule.set(job, due);
+        self.schedule.set(&key, due);
     }
 
     fn unschedule(&mut self, job: &JobKey) {
@@ -225,13 +249,14 @@ impl Loop {
 
     fn apply(&mut self, change: SubChange) -> Result<(), StoreError> {
         match change {
+            SubChange::Added(sub) if !sub.is_active() => {}
             SubChange::Added(sub) => {
                 let job = sub.job.clone();
                 let is_new = !self.tracked.contains_key(&job);
                 if is_new {
-                    let state = self.w.store.job_state(&job)?;
+                    let state = self.w.store.job_state(&job)?.map(Known::from);
                     self.tracked.insert(
-                        job.clone(),
+                        Arc::new(job.clone()),
                         Tracked {
                             subs: Vec::new(),
                             state,
@@ -240,8 +265,8 @@ impl Loop {
                     );
                 }
                 if let Some(t) = self.tracked.get_mut(&job) {
-                    t.subs.retain(|s| s.id != sub.id);
-                    t.subs.push(sub);
+                    t.subs.retain(|s| *s.id != *sub.id);
+                    t.subs.push(Interest::from(&sub));
                 }
                 // A new subscriber wants a fresh look, even at a settled job.
                 let now = self.now_ms();
@@ -249,7 +274,7 @@ impl Loop {
             }
             SubChange::Removed(sub) => {
                 let empty = self.tracked.get_mut(&sub.job).is_some_and(|t| {
-                    t.subs.retain(|s| s.id != sub.id);
+                    t.subs.retain(|s| *s.id != *sub.id);
                     t.subs.is_empty()
                 });
                 if empty {
@@ -515,7 +540,7 @@ impl Loop {
             queued_for.push((e.team.clone(), e.channel.clone()));
         }
         if let Some(t) = self.tracked.get_mut(&snap.key) {
-            t.state = Some(state);
+            t.state = Some(Known::from(state));
         }
         Ok(true)
     }
