@@ -221,7 +221,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                     let key = JobKey::parse_path(&id)?;
                     let client = DeadlineClient::from_config(&cfg.deadline).await;
                     match client.fetch(std::slice::from_ref(&key)).await?.pop() {
-                        Some((_, Fetched::Found(s))) => *s,
+                        Some((k, Fetched::Found(s))) => s.snapshot(k),
                         Some((_, Fetched::Gone(why) | Fetched::Failed(why))) => {
                             anyhow::bail!("cannot read {key}: {why}")
                         }

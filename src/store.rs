@@ -114,7 +114,7 @@ pub struct StoreCounts {
 
 /// sled's page cache (its default is 1 GiB, which would make memory grow with the
 /// number of watched jobs); hot state lives in the watcher's memory anyway.
-const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Store {

@@ -8,10 +8,10 @@
 //! is written only when a job's state changes.
 use crate::clock::SharedClock;
 use crate::deadline::client::{BATCH_LIMIT, DeadlineClient};
-use crate::deadline::{Fetched, SourceError};
+use crate::deadline::{Fetched, Observed, SourceError};
 use crate::deliver::Wakers;
 use crate::diff::diff;
-use crate::domain::{JobKey, JobSnapshot, JobStatus, TaskRunStatus, Transition};
+use crate::domain::{JobKey, JobStatus, TaskRunStatus, Transition};
 use crate::reload::{Active, Live};
 use crate::render;
 use crate::route::{Interest, route, webhook_id};
@@ -434,7 +434,7 @@ impl Loop {
         let mut wrote = false;
         match fetched {
             Fetched::Found(snap) => {
-                wrote = self.observe(*snap, queued)?;
+                wrote = self.observe(key, *snap, queued)?;
                 if self.settled(key) {
                     self.unschedule(key);
                 } else {
@@ -459,17 +459,20 @@ impl Loop {
     /// (channels to wake go to `queued_for`). Returns whether the store was written.
     fn observe(
         &mut self,
-        snap: JobSnapshot,
+        key: &JobKey,
+        observed: Observed,
         queued_for: &mut Vec<(String, String)>,
     ) -> Result<bool, StoreError> {
-        let Some(t) = self.tracked.get(&snap.key) else {
+        let Some(t) = self.tracked.get(key) else {
             return Ok(false);
         };
-        let cur = JobStatus::of(&snap);
         let prev = t.state.as_ref();
-        if prev.is_some_and(|p| p.status == cur) {
+        if prev.is_some_and(|p| p.status == observed.status) {
             return Ok(false);
         }
+        // Changed (or first seen): only now is the full snapshot built.
+        let cur = observed.status.clone();
+        let snap = observed.snapshot(key.clone());
         let now = self.w.clock.now();
         let events = diff(prev.map(|p| &p.status), &cur);
         let terminal_since = if cur.is_terminal() {

@@ -2,13 +2,15 @@
 //! credential, region and endpoint chain. SDK types stop here.
 use super::{FetchResult, Fetched, JobSummary, SourceError};
 use crate::config::DeadlineConfig;
-use crate::domain::{JobKey, JobSnapshot, LifecycleStatus, ParameterValue, TaskRunStatus};
+use crate::domain::{
+    JobKey, JobSnapshot, JobStatus, LifecycleStatus, ParameterValue, TaskRunStatus,
+};
 use aws_sdk_deadline as dl;
 use aws_sdk_deadline::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_deadline::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_deadline::error::{BoxError, ProvideErrorMetadata, SdkError};
 use chrono::{DateTime, Utc};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -98,6 +100,58 @@ macro_rules! snapshot {
             source_job_id: o.source_job_id().map(str::to_string),
         }
     }};
+}
+
+/// The compact status of an SDK job (GetJob output or BatchGetJob item).
+macro_rules! status {
+    ($o:expr) => {{
+        let o = &$o;
+        JobStatus {
+            task_run_status: o
+                .task_run_status()
+                .map(|s| TaskRunStatus::from_wire(s.as_str())),
+            lifecycle_status: LifecycleStatus::from_wire(o.lifecycle_status().as_str()),
+            failed_tasks: o
+                .task_run_status_counts()
+                .and_then(|m| m.get(&dl::types::TaskRunStatus::Failed))
+                .map_or(0, |n| i64::from(*n)),
+        }
+    }};
+}
+
+/// One job as read: its compact status now, the full [`JobSnapshot`] only on demand.
+/// Most polls find nothing changed, and converting every field of every job (some
+/// twenty allocations) was a large part of the cost of a check.
+#[derive(Debug)]
+pub struct Observed {
+    pub status: JobStatus,
+    raw: Raw,
+}
+
+/// The SDK value, kept private: SDK types stop in this module.
+#[derive(Debug)]
+enum Raw {
+    Item(Box<dl::types::BatchGetJobItem>),
+    Output(Box<dl::operation::get_job::GetJobOutput>),
+    Snapshot(Box<JobSnapshot>),
+}
+
+impl Observed {
+    /// From a snapshot (other sources, tests).
+    pub fn from_snapshot(s: JobSnapshot) -> Observed {
+        Observed {
+            status: JobStatus::of(&s),
+            raw: Raw::Snapshot(Box::new(s)),
+        }
+    }
+
+    pub fn snapshot(self, key: JobKey) -> JobSnapshot {
+        match self.raw {
+            Raw::Item(o) => snapshot!(o, key),
+            Raw::Output(o) => snapshot!(o, key),
+            Raw::Snapshot(s) => *s,
+        }
+    }
 }
 
 /// Polls jobs with BatchGetJob, falling back to GetJob when BatchGetJob is refused.
@@ -304,16 +358,29 @@ impl DeadlineClient {
                 return Err(e);
             }
         };
-        let mut found: BTreeMap<JobKey, Fetched> = BTreeMap::new();
-        for item in resp.jobs() {
+        // Answers are matched to the request by key; each slot is filled once.
+        let index: HashMap<&JobKey, usize> = keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
+        let mut slots: Vec<Option<(JobKey, Fetched)>> = (0..keys.len()).map(|_| None).collect();
+        let mut place = |key: JobKey, f: Fetched| {
+            if let Some(&i) = index.get(&key) {
+                slots[i] = Some((key, f));
+            }
+        };
+        let dl::operation::batch_get_job::BatchGetJobOutput { jobs, errors, .. } = resp;
+        for item in jobs {
             let key = JobKey {
                 farm_id: item.farm_id().into(),
                 queue_id: item.queue_id().into(),
                 job_id: item.job_id().into(),
             };
-            found.insert(key.clone(), Fetched::Found(Box::new(snapshot!(item, key))));
+            let status = status!(item);
+            let observed = Observed {
+                status,
+                raw: Raw::Item(Box::new(item)),
+            };
+            place(key, Fetched::Found(Box::new(observed)));
         }
-        for err in resp.errors() {
+        for err in errors {
             let key = JobKey {
                 farm_id: err.farm_id().into(),
                 queue_id: err.queue_id().into(),
@@ -325,15 +392,18 @@ impl DeadlineClient {
             } else {
                 Fetched::Failed(msg)
             };
-            found.insert(key, f);
+            place(key, f);
         }
-        Ok(keys
-            .iter()
-            .map(|k| {
-                let f = found
-                    .remove(k)
-                    .unwrap_or_else(|| Fetched::Failed("missing from BatchGetJob response".into()));
-                (k.clone(), f)
+        Ok(slots
+            .into_iter()
+            .zip(keys)
+            .map(|(slot, k)| {
+                slot.unwrap_or_else(|| {
+                    (
+                        k.clone(),
+                        Fetched::Failed("missing from BatchGetJob response".into()),
+                    )
+                })
             })
             .collect())
     }
@@ -367,7 +437,10 @@ impl DeadlineClient {
             },
         );
         match resp {
-            Ok(out) => Ok(Fetched::Found(Box::new(snapshot!(out, key.clone())))),
+            Ok(out) => Ok(Fetched::Found(Box::new(Observed {
+                status: status!(out),
+                raw: Raw::Output(Box::new(out)),
+            }))),
             Err(SdkError::ServiceError(se)) => {
                 let e = se.err();
                 match e {

@@ -3,13 +3,14 @@
 pub mod client;
 pub mod simulator;
 
-use crate::domain::{JobKey, JobSnapshot};
+use crate::domain::JobKey;
+pub use client::Observed;
 use std::time::Duration;
 
 /// What one poll learned about one job.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Fetched {
-    Found(Box<JobSnapshot>),
+    Found(Box<Observed>),
     /// The job no longer exists (Deadline deletes jobs 120 days after submission).
     Gone(String),
     /// This job could not be read this time; try again next poll.

@@ -359,7 +359,19 @@ async fn list_and_search_jobs_through_the_sdk() {
     use deadline_notifier::config::DeadlineConfig;
     use deadline_notifier::deadline::client::DeadlineClient;
     let env = Env::new().await;
-    let keys: Vec<_> = (0..130).map(|i| env.add_job(&format!("j{i}"))).collect();
+    let mut keys: Vec<_> = (1..130).map(|i| env.add_job(&format!("j{i}"))).collect();
+    // j0 has failed tasks, so the compact status's failure count is checked too.
+    keys.insert(
+        0,
+        env.sim.add_job(JobSpec {
+            name: "j0".into(),
+            task_run_status: Some("RUNNING".into()),
+            task_run_status_counts: Some(
+                [("FAILED".to_string(), 3), ("RUNNING".to_string(), 7)].into(),
+            ),
+            ..Default::default()
+        }),
+    );
     env.sim.set_status(&keys[3], "RUNNING");
     let client = DeadlineClient::local(
         &format!("http://{}", env.sim_addr),
@@ -381,8 +393,20 @@ async fn list_and_search_jobs_through_the_sdk() {
         Some("RUNNING")
     );
     assert_eq!(running.name, "j3");
-    let fetched = client.fetch(&keys[..2]).await.unwrap();
-    assert!(
-        matches!(&fetched[0].1, deadline_notifier::deadline::Fetched::Found(s) if s.name == "j0")
+    let mut fetched = client.fetch(&keys[..2]).await.unwrap();
+    let (key, f) = fetched.remove(0);
+    let deadline_notifier::deadline::Fetched::Found(observed) = f else {
+        panic!("job 0 not found: {f:?}");
+    };
+    // The compact status read straight off the SDK value agrees with the one the
+    // full snapshot gives.
+    let status = observed.status.clone();
+    let snap = observed.snapshot(key);
+    assert_eq!(snap.name, "j0");
+    assert_eq!(status.failed_tasks, 3);
+    assert_eq!(
+        status,
+        deadline_notifier::domain::JobStatus::of(&snap),
+        "{snap:?}"
     );
 }
