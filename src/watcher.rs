@@ -107,7 +107,15 @@ struct Loop {
     /// Σ 1/factor over scheduled jobs: how many job-checks one interval needs.
     load: f64,
     last_lag_log: Option<Instant>,
+    /// Group commit: when the store was first written since its last sync, and the
+    /// channels whose messages wait for that sync before their workers are woken.
+    dirty_since: Option<u64>,
+    unsynced: Vec<(String, String)>,
 }
+
+/// How long written state may wait for its fsync. One sync per batch cost ~100
+/// fsyncs/s at 100k jobs; nothing is sent before the sync, so this only delays.
+const GROUP_COMMIT_MS: u64 = 50;
 
 impl Watcher {
     /// Polls until `shutdown` turns true. Returns an error only for store failures.
@@ -154,6 +162,8 @@ impl Loop {
             origin,
             load: 0.0,
             last_lag_log: None,
+            dirty_since: None,
+            unsynced: Vec::new(),
         };
         // Spread the first round over one interval instead of a burst at start-up.
         let interval = l.interval_ms();
@@ -296,11 +306,34 @@ impl Loop {
         self.active = active;
     }
 
+    /// Syncs the store, then wakes the workers of every message queued since the
+    /// last sync: a crash can neither lose a sent transition nor let one be sent
+    /// twice under different ids.
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if self.dirty_since.take().is_none() {
+            return Ok(());
+        }
+        self.w.store.sync()?;
+        let mut woken = std::collections::HashSet::new();
+        for (team, channel) in self.unsynced.drain(..) {
+            if woken.insert((team.clone(), channel.clone())) {
+                self.w.wakers.wake(&team, &channel);
+            }
+        }
+        Ok(())
+    }
+
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
         let mut reloads = self.w.live.subscribe();
         loop {
             if *shutdown.borrow() {
-                return Ok(());
+                return self.commit();
+            }
+            if self
+                .dirty_since
+                .is_some_and(|t| self.now_ms() >= t + GROUP_COMMIT_MS)
+            {
+                self.commit()?;
             }
             let active = self.w.live.current();
             if active.generation != self.active.generation {
@@ -336,6 +369,12 @@ impl Loop {
                     }
                 }
             };
+            let wait = match self.dirty_since {
+                Some(t) => wait.min(Duration::from_millis(
+                    (t + GROUP_COMMIT_MS).saturating_sub(now),
+                )),
+                None => wait,
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 Some(c) = self.w.changes.recv() => self.apply(c)?,
@@ -368,14 +407,9 @@ impl Loop {
                 for (key, fetched) in results {
                     wrote |= self.handle(&key, fetched, &mut queued)?;
                 }
-                // One sync per batch, and before any message can be sent, so a crash
-                // can neither lose a detected transition nor let one be sent twice
-                // under different ids.
                 if wrote {
-                    self.w.store.sync()?;
-                }
-                for (team, channel) in queued {
-                    self.w.wakers.wake(&team, &channel);
+                    self.dirty_since.get_or_insert(now);
+                    self.unsynced.append(&mut queued);
                 }
             }
             Err(SourceError::Throttled {
