@@ -300,7 +300,11 @@ fn spawn_self(args: &[&str]) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(if std::env::var_os("RUST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .unwrap()
 }
@@ -331,6 +335,10 @@ fn main() {
         Some("--world") => return rt.block_on(run_world()),
         Some("--populate") => return run_populate(args[2].parse().unwrap(), &args[3]),
         Some("--watch") => {
+            // RUST_LOG=info shows the service's start-up timings (store open, watcher load).
+            if std::env::var_os("RUST_LOG").is_some() {
+                deadline_notifier::telemetry::init(deadline_notifier::telemetry::LogFormat::Text);
+            }
             let n = args[2].parse().unwrap();
             let rps: f64 = args[7].parse().unwrap();
             return rt.block_on(run_watch(
