@@ -104,7 +104,7 @@ def main() -> None:
             src = pathlib.Path(tmp) / f"{kind}.html"
             src.write_text(page(kind, body), encoding="utf-8")
             png = OUT / f"{kind}.png"
-            height = {"slack": 1250, "teams": 1250, "webhook": 760}[kind]
+            height = {"slack": 1400, "teams": 1440, "webhook": 760}[kind]
             subprocess.run(
                 ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
