@@ -227,3 +227,72 @@ async fn reload_adds_a_channel_and_refuses_restart_only_keys() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_channel_keeps_its_queue_until_it_returns() {
+    let mut env = Env::new().await;
+    let _tpl = enable_reload(&env);
+    let sink = env.sink_addr;
+    // fx gets a second channel, so `hook` can be removed (a team needs one).
+    let with_hook = std::fs::read_to_string(env.config_path()).unwrap()
+        + &format!(
+            "\n[[teams.channels]]\nname = \"extra\"\nkind = \"webhook\"\nurl = \"http://{sink}/webhook/extra\"\n"
+        );
+    std::fs::write(env.config_path(), &with_hook).unwrap();
+    let svc = env.start().await;
+
+    // A message for fx/hook is queued while its receiver is down.
+    env.sink.outage(
+        "/webhook/fx",
+        std::time::Instant::now() + Duration::from_secs(3600),
+        503,
+    );
+    let job = env.add_job("fx queued");
+    let body = json!({"farmId": job.farm_id, "queueId": job.queue_id, "jobId": job.job_id, "channels": ["hook"]});
+    assert_eq!(env.subscribe(FX, body).await.0, 201);
+    env.observed(&job, 2).await;
+    env.sim.set_status(&job, "FAILED");
+    wait_until(T, "a failed attempt at fx/hook", || {
+        env.sink
+            .received()
+            .iter()
+            .any(|r| r.path == "/webhook/fx" && r.raw.contains(&job.job_id))
+    })
+    .await;
+
+    // Remove the channel: its worker stops and says the message is kept.
+    let hook_block = format!(
+        "[[teams.channels]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://{sink}/webhook/fx\"\n"
+    );
+    assert!(with_hook.contains(&hook_block));
+    std::fs::write(env.config_path(), with_hook.replace(&hook_block, "")).unwrap();
+    let (status, body) = post_reload(&env, Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["report"]["channelsRemoved"], json!(["fx/hook"]));
+    wait_until(T, "the worker to report the kept message", || {
+        svc.log_text()
+            .lines()
+            .any(|l| l.contains("channel removed from the configuration") && l.contains("queued=1"))
+    })
+    .await;
+
+    // The receiver recovers and the channel comes back: the message goes out once.
+    env.sink.clear_script("/webhook/fx");
+    std::fs::write(env.config_path(), &with_hook).unwrap();
+    let (status, body) = post_reload(&env, Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["report"]["channelsAdded"], json!(["fx/hook"]));
+    wait_until(T, "the kept message to be delivered", || {
+        env.delivered_for(&job)
+            .iter()
+            .any(|r| r.path == "/webhook/fx")
+    })
+    .await;
+    let sent: Vec<_> = env
+        .delivered_for(&job)
+        .into_iter()
+        .filter(|r| r.path == "/webhook/fx")
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].body["type"], "job.failed");
+}
