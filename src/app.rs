@@ -74,8 +74,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let (tx, rx) = watch::channel(false);
         let worker_rx = rx.clone();
-        let config = self.live.current().config.clone();
-        let wakers = Wakers::new(&config);
+        let wakers = Wakers::default();
         let (watch_handle, changes) = WatchHandle::new();
         let health = Arc::new(Health::default());
         let addr = self.local_addr();

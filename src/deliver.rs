@@ -1,11 +1,11 @@
 //! Delivery workers: one per channel, each sending its oldest outbox entry first,
 //! so messages leave in transition order and one slow channel never holds up another.
 use crate::clock::SharedClock;
-use crate::config::{Channel, ChannelKind, Config};
+use crate::config::{Channel, ChannelKind};
 use crate::notify::retry::{self, Verdict};
 use crate::reload::{Active, Live};
 use crate::store::{ChannelState, OutboxEntry, Store, StoreError, channel_key};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -18,16 +18,6 @@ use tokio::time::Instant;
 pub struct Wakers(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
 
 impl Wakers {
-    pub fn new(cfg: &Config) -> Wakers {
-        let w = Wakers::default();
-        for t in &cfg.teams {
-            for c in &t.channels {
-                w.get(&t.name, &c.name);
-            }
-        }
-        w
-    }
-
     pub fn wake(&self, team: &str, channel: &str) {
         self.get(team, channel).notify_one();
     }
@@ -121,7 +111,7 @@ pub async fn supervise(
         pacer: Pacer::default(),
         worker_shutdown: shutdown.clone(),
         tasks: JoinSet::new(),
-        running: HashMap::new(),
+        running: HashSet::new(),
         names: HashMap::new(),
     };
     let mut updates = live.subscribe();
@@ -132,7 +122,7 @@ pub async fn supervise(
                 if changed.is_ok() {
                     sv.spawn_missing();
                     // Workers of removed channels may be asleep; wake them to notice.
-                    for key in sv.running.keys() {
+                    for key in &sv.running {
                         if let Some((team, channel)) = key.split_once('/') {
                             sv.wakers.wake(team, channel);
                         }
@@ -168,7 +158,9 @@ struct Supervisor {
     pacer: Pacer,
     worker_shutdown: watch::Receiver<bool>,
     tasks: JoinSet<Result<String, StoreError>>,
-    running: HashMap<String, tokio::task::Id>,
+    /// Channel keys with a live worker.
+    running: HashSet<String>,
+    /// Which channel each task serves, to name it if it panics.
     names: HashMap<tokio::task::Id, String>,
 }
 
@@ -181,7 +173,7 @@ impl Supervisor {
         for t in &active.config.teams {
             for c in &t.channels {
                 let key = channel_key(&t.name, &c.name);
-                if self.running.contains_key(&key) {
+                if self.running.contains(&key) {
                     continue;
                 }
                 let w = Worker {
@@ -194,7 +186,7 @@ impl Supervisor {
                     pacer: self.pacer.clone(),
                 };
                 let id = self.tasks.spawn(w.run(self.worker_shutdown.clone())).id();
-                self.running.insert(key.clone(), id);
+                self.running.insert(key.clone());
                 self.names.insert(id, key);
             }
         }

@@ -264,7 +264,7 @@ url = "http://127.0.0.1:9/y"
     );
     let cfg = Config::from_toml(&text, std::path::Path::new("fuzz.toml")).unwrap();
     let store = Store::open(&cfg.store.path).unwrap();
-    let wakers = Wakers::new(&cfg);
+    let wakers = Wakers::default();
     let renderer = deadline_notifier::render::Renderer::load(&cfg).unwrap();
     let sender = deadline_notifier::notify::Sender::new(&cfg.delivery).unwrap();
     AppState::new(
