@@ -5,12 +5,13 @@
 //! count, and prints one table. Not run in CI.
 use deadline_notifier::app::App;
 use deadline_notifier::clock;
-use deadline_notifier::config::{ChannelKind, Config};
+use deadline_notifier::config::Config;
 use deadline_notifier::deadline::client::DeadlineClient;
 use deadline_notifier::deadline::simulator::Simulator;
 use deadline_notifier::domain::{Event, JobKey};
+use deadline_notifier::domain::{JobState, OutboxEntry, Subscription};
 use deadline_notifier::sink::Sink;
-use deadline_notifier::store::{JobState, OutboxEntry, Store, Subscription};
+use deadline_notifier::store::Store;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -238,7 +239,7 @@ async fn run_throughput(m: usize, sim: String, sink: String, stats: String) {
                 webhook_id: format!("msg_{i:032x}"),
                 team: "bench".into(),
                 channel: format!("hook{}", i % channels),
-                kind: ChannelKind::Webhook,
+                kind: "webhook".into(),
                 job: JobKey { farm_id: "f".into(), queue_id: "q".into(), job_id: format!("j{i}") },
                 event: Event::Succeeded,
                 created_at: now,

@@ -1,8 +1,9 @@
 //! How much memory the store engine itself takes per watched job:
 //! `cargo run --release --example store_memory`. Writes 100k job states the way the
 //! watcher does (one state + outbox transaction each) and prints RSS as it goes.
+use deadline_notifier::domain::JobState;
 use deadline_notifier::domain::{JobKey, JobSnapshot, JobStatus};
-use deadline_notifier::store::{JobState, Store};
+use deadline_notifier::store::Store;
 
 fn rss_mib() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();

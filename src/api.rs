@@ -3,9 +3,10 @@
 use crate::clock::SharedClock;
 use crate::config::{Team, TokenDigest};
 use crate::deliver::Wakers;
+use crate::domain::{ChannelState, Subscription};
 use crate::domain::{Event, JobKey};
 use crate::reload::Live;
-use crate::store::{ChannelState, Store, StoreError, Subscription};
+use crate::store::{Store, StoreError};
 use crate::watcher::{Health, SubChange, WatchHandle};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -28,6 +29,7 @@ pub struct AppState {
     pub wakers: Wakers,
     pub watch: WatchHandle,
     pub health: Arc<Health>,
+    pub backlogs: crate::deliver::Backlogs,
     limiter: Arc<RateLimiter>,
 }
 
@@ -47,12 +49,18 @@ impl AppState {
             wakers,
             watch,
             health: Arc::new(Health::default()),
+            backlogs: Default::default(),
             limiter,
         }
     }
 
     pub fn with_health(mut self, health: Arc<Health>) -> AppState {
         self.health = health;
+        self
+    }
+
+    pub fn with_backlogs(mut self, backlogs: crate::deliver::Backlogs) -> AppState {
+        self.backlogs = backlogs;
         self
     }
 }
@@ -153,7 +161,7 @@ pub fn router(state: AppState) -> Router {
 /// succeeded within three poll intervals (at least a minute).
 async fn readyz(State(st): State<AppState>) -> Response {
     use std::sync::atomic::Ordering;
-    let store_ok = st.store.verify_open();
+    let store_ok = st.store.run(|s| Ok(s.verify_open())).await.unwrap_or(false);
     let watched = st.health.watched_jobs.load(Ordering::Relaxed);
     let last = st.health.last_deadline_ok_ms.load(Ordering::Relaxed);
     let window = (st.live.current().config.deadline.poll_interval * 3)
@@ -177,24 +185,45 @@ async fn readyz(State(st): State<AppState>) -> Response {
 /// Prometheus text. Counters come from the delivery, watch and client code; store-wide
 /// gauges are computed here, at scrape time.
 async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let (depth, oldest) = st.store.outbox_stats()?;
+    // O(1) in the size of the store: counts kept by the store, backlogs published by
+    // the delivery workers.
     let now = st.clock.now();
-    metrics::gauge!("deadline_notifier_outbox_depth").set(depth as f64);
-    metrics::gauge!("deadline_notifier_outbox_oldest_age_seconds")
-        .set(oldest.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0));
+    let age = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+    };
+    let backlogs = st.backlogs.snapshot();
+    let oldest = backlogs.iter().filter_map(|b| b.3).min();
+    metrics::gauge!("deadline_notifier_outbox_depth").set(st.store.outbox_len() as f64);
+    metrics::gauge!("deadline_notifier_outbox_oldest_age_seconds").set(age(oldest));
     metrics::gauge!("deadline_notifier_dead_letters").set(st.store.dead_letter_count() as f64);
     metrics::gauge!("deadline_notifier_subscriptions").set(st.store.subscription_count() as f64);
+    for (team, channel, queued, oldest) in backlogs {
+        metrics::gauge!("deadline_notifier_channel_queued", "team" => team.clone(), "channel" => channel.clone())
+            .set(queued as f64);
+        metrics::gauge!("deadline_notifier_channel_oldest_pending_age_seconds", "team" => team, "channel" => channel)
+            .set(age(oldest));
+    }
     let active = st.live.current();
-    for team in &active.config.teams {
-        for c in &team.channels {
-            let disabled = st
-                .store
-                .channel_state(&team.name, &c.name)?
-                .disabled_reason
-                .is_some();
-            metrics::gauge!("deadline_notifier_channel_disabled", "team" => team.name.clone(), "channel" => c.name.clone())
-                .set(if disabled { 1.0 } else { 0.0 });
-        }
+    let keys: Vec<(String, String)> = active
+        .config
+        .teams
+        .iter()
+        .flat_map(|t| t.channels.iter().map(|c| (t.name.clone(), c.name.clone())))
+        .collect();
+    let states = st
+        .store
+        .run(move |s| {
+            keys.into_iter()
+                .map(|(t, c)| {
+                    let disabled = s.channel_state(&t, &c)?.disabled_reason.is_some();
+                    Ok((t, c, disabled))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await?;
+    for (team, channel, disabled) in states {
+        metrics::gauge!("deadline_notifier_channel_disabled", "team" => team, "channel" => channel)
+            .set(if disabled { 1.0 } else { 0.0 });
     }
     let handle = crate::telemetry::metrics();
     handle.run_upkeep();
@@ -425,7 +454,7 @@ async fn create(
         state: "active".into(),
         ended_reason: None,
     };
-    let (sub, created) = st.store.insert_subscription(sub)?;
+    let (sub, created) = st.store.run(move |s| s.insert_subscription(sub)).await?;
     if created {
         tracing::info!(team = %sub.team, job = %sub.job, subscription = %sub.id, "subscribed");
         st.watch.notify(SubChange::Added(sub.clone()));
@@ -442,15 +471,17 @@ async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Val
     let team = team_for(&st, &headers)?;
     let subs: Vec<_> = st
         .store
-        .subscriptions()?
+        .run(|s| s.subscriptions())
+        .await?
         .into_iter()
         .filter(|s| s.team == team.name)
         .collect();
     Ok(Json(json!({"subscriptions": subs})))
 }
 
-fn owned(st: &AppState, team: &Team, id: &str) -> Result<Subscription, ApiError> {
-    match st.store.subscription(id)? {
+async fn owned(st: &AppState, team: &Team, id: &str) -> Result<Subscription, ApiError> {
+    let id = id.to_string();
+    match st.store.run(move |s| s.subscription(&id)).await? {
         Some(s) if s.team == team.name => Ok(s),
         _ => Err(ApiError::NotFound("subscription")),
     }
@@ -462,7 +493,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Subscription>, ApiError> {
     let team = team_for(&st, &headers)?;
-    Ok(Json(owned(&st, &team, &id)?))
+    Ok(Json(owned(&st, &team, &id).await?))
 }
 
 async fn remove(
@@ -471,8 +502,9 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let team = team_for(&st, &headers)?;
-    let sub = owned(&st, &team, &id)?;
-    st.store.delete_subscription(&sub)?;
+    let sub = owned(&st, &team, &id).await?;
+    let gone = sub.clone();
+    st.store.run(move |s| s.delete_subscription(&gone)).await?;
     tracing::info!(team = %sub.team, job = %sub.job, subscription = %sub.id, "unsubscribed");
     st.watch.notify(SubChange::Removed(sub.clone()));
     Ok(StatusCode::NO_CONTENT)
@@ -485,7 +517,8 @@ async fn dead_letters(
     let team = team_for(&st, &headers)?;
     let items: Vec<_> = st
         .store
-        .dead_letters()?
+        .run(|s| s.dead_letters())
+        .await?
         .into_iter()
         .filter(|d| d.entry.team == team.name)
         .collect();
@@ -501,14 +534,19 @@ async fn replay(
     let id: u64 = id.parse().map_err(|_| ApiError::NotFound("dead letter"))?;
     let owned = st
         .store
-        .dead_letter_by_id(id)?
+        .run(move |s| s.dead_letter_by_id(id))
+        .await?
         .is_some_and(|d| d.entry.team == team.name);
     if !owned {
         return Err(ApiError::NotFound("dead letter"));
     }
     let e = st
         .store
-        .replay_dead_letter(id, st.clock.now())?
+        .run({
+            let now = st.clock.now();
+            move |s| s.replay_dead_letter(id, now)
+        })
+        .await?
         .ok_or(ApiError::NotFound("dead letter"))?;
     st.wakers.wake(&e.team, &e.channel);
     Ok((
@@ -521,8 +559,20 @@ async fn replay(
 async fn channels(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let team = team_for(&st, &headers)?;
     let mut out = Vec::new();
-    for c in &team.channels {
-        let s = st.store.channel_state(&team.name, &c.name)?;
+    let (tname, names): (String, Vec<String>) = (
+        team.name.clone(),
+        team.channels.iter().map(|c| c.name.clone()).collect(),
+    );
+    let states = st
+        .store
+        .run(move |s| {
+            names
+                .iter()
+                .map(|n| s.channel_state(&tname, n))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    for (c, s) in team.channels.iter().zip(states) {
         out.push(json!({
             "name": c.name, "kind": c.kind, "events": c.events,
             "disabled": s.disabled_reason.is_some(), "disabledReason": s.disabled_reason, "disabledAt": s.disabled_at,
@@ -540,8 +590,10 @@ async fn enable(
     if team.channel(&name).is_none() {
         return Err(ApiError::NotFound("channel"));
     }
+    let (t, n) = (team.name.clone(), name.clone());
     st.store
-        .set_channel_state(&team.name, &name, &ChannelState::default())?;
+        .run(move |s| s.set_channel_state(&t, &n, &ChannelState::default()))
+        .await?;
     st.wakers.wake(&team.name, &name);
     tracing::info!(team = %team.name, channel = %name, "channel enabled");
     Ok(StatusCode::NO_CONTENT)

@@ -75,14 +75,14 @@ impl App {
         let (tx, rx) = watch::channel(false);
         let worker_rx = rx.clone();
         let wakers = Wakers::default();
+        let backlogs = deliver::Backlogs::default();
         let (watch_handle, changes) = WatchHandle::new();
         let health = Arc::new(Health::default());
         let addr = self.local_addr();
         let outbox = self.store.outbox_len();
         // The delivery log only needs to outlive any possible duplicate or replay.
-        let pruned = self
-            .store
-            .prune_delivered(self.clock.now() - chrono::Duration::days(30))?;
+        let before = self.clock.now() - chrono::Duration::days(30);
+        let pruned = self.store.run(move |s| s.prune_delivered(before)).await?;
         // Subscriptions are counted in the watcher's "loaded" line; sled counts by
         // walking the tree, which took ~0.2 s at 100k.
         tracing::info!(%addr, outbox, pruned, store = %self.store.path().display(), "deadline-notifier started");
@@ -92,7 +92,6 @@ impl App {
             client: self.client.clone(),
             live: self.live.clone(),
             clock: self.clock.clone(),
-            wakers: wakers.clone(),
             changes,
             health: health.clone(),
         };
@@ -110,6 +109,7 @@ impl App {
             self.live.clone(),
             self.clock.clone(),
             wakers.clone(),
+            backlogs.clone(),
             worker_rx.clone(),
         );
         tasks.spawn(async move {
@@ -126,7 +126,8 @@ impl App {
             wakers,
             watch_handle,
         )
-        .with_health(health);
+        .with_health(health)
+        .with_backlogs(backlogs);
         let mut api_rx = worker_rx.clone();
         let server =
             axum::serve(self.listener, api::router(state)).with_graceful_shutdown(async move {

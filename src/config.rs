@@ -2,7 +2,8 @@
 //! into [`Config`]. Every error names the file and the key.
 use crate::domain::Event;
 use crate::notify::target;
-use crate::secret::{Secret, SecretSource};
+pub use crate::notify::{Channel, ChannelKind, DeliveryConfig};
+use crate::secret::SecretSource;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -37,16 +38,6 @@ mod duration {
             ))
         })
     }
-
-    pub fn de_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-        let v = Vec::<String>::deserialize(d)?;
-        v.iter()
-            .map(|s| {
-                humantime::parse_duration(s)
-                    .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e})")))
-            })
-            .collect()
-    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -58,8 +49,9 @@ struct RawConfig {
     store: StoreConfig,
     #[serde(default)]
     deadline: DeadlineConfig,
+    /// Read by [`DeliveryConfig::from_table`]: each channel kind adds its own keys.
     #[serde(default)]
-    delivery: DeliveryConfig,
+    delivery: toml::Table,
     #[serde(default)]
     templates: TemplatesConfig,
     #[serde(default)]
@@ -202,107 +194,6 @@ impl Default for DeadlineConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeliveryConfig {
-    /// true allows http:// and loopback/private addresses (on-prem chat, tests), and
-    /// lifts the host allow-lists.
-    #[serde(default)]
-    pub allow_private_targets: bool,
-    /// Private ranges that are allowed anyway (on-prem chat servers), e.g. "10.20.0.0/16".
-    #[serde(default)]
-    pub allowed_cidrs: Vec<String>,
-    /// Hosts a Slack channel may post to; `*.` matches subdomains.
-    #[serde(default = "default_slack_hosts")]
-    pub slack_hosts: Vec<String>,
-    /// Hosts a Teams channel may post to.
-    #[serde(default = "default_teams_hosts")]
-    pub teams_hosts: Vec<String>,
-    /// Hosts a webhook channel may post to; empty means any public host.
-    #[serde(default)]
-    pub webhook_hosts: Vec<String>,
-    #[serde(default = "default_timeout", deserialize_with = "duration::de")]
-    pub timeout: Duration,
-    /// Backoff steps between attempts after a retryable failure; the last repeats.
-    #[serde(default = "default_schedule", deserialize_with = "duration::de_vec")]
-    pub retry_schedule: Vec<Duration>,
-    /// A message still failing this long after it was queued goes to the dead letters.
-    #[serde(default = "default_give_up", deserialize_with = "duration::de")]
-    pub give_up_after: Duration,
-    /// Longest `Retry-After` honoured; longer asks are capped to this.
-    #[serde(default = "default_max_retry_after", deserialize_with = "duration::de")]
-    pub max_retry_after: Duration,
-    /// Minimum spacing between posts to one Slack webhook (Slack allows ~1/s).
-    #[serde(default = "default_slack_interval", deserialize_with = "duration::de")]
-    pub slack_interval: Duration,
-    /// Minimum spacing between posts to one Teams webhook (Teams allows 4/s).
-    #[serde(default = "default_teams_interval", deserialize_with = "duration::de")]
-    pub teams_interval: Duration,
-    /// Minimum spacing between posts to one generic webhook.
-    #[serde(
-        default = "default_webhook_interval",
-        deserialize_with = "duration::de"
-    )]
-    pub webhook_interval: Duration,
-}
-
-fn default_slack_interval() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_teams_interval() -> Duration {
-    Duration::from_millis(250)
-}
-fn default_webhook_interval() -> Duration {
-    Duration::ZERO
-}
-
-fn default_slack_hosts() -> Vec<String> {
-    vec!["hooks.slack.com".into()]
-}
-fn default_teams_hosts() -> Vec<String> {
-    [
-        "*.logic.azure.com",
-        "*.powerplatform.com",
-        "*.powerautomate.com",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(15)
-}
-fn default_schedule() -> Vec<Duration> {
-    [5, 300, 1800, 7200, 18000, 36000]
-        .into_iter()
-        .map(Duration::from_secs)
-        .collect()
-}
-fn default_give_up() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
-fn default_max_retry_after() -> Duration {
-    Duration::from_secs(600)
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        Self {
-            allow_private_targets: false,
-            allowed_cidrs: Vec::new(),
-            slack_hosts: default_slack_hosts(),
-            teams_hosts: default_teams_hosts(),
-            webhook_hosts: Vec::new(),
-            timeout: default_timeout(),
-            retry_schedule: default_schedule(),
-            give_up_after: default_give_up(),
-            max_retry_after: default_max_retry_after(),
-            slack_interval: default_slack_interval(),
-            teams_interval: default_teams_interval(),
-            webhook_interval: default_webhook_interval(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TemplatesConfig {
     /// Directory holding `<team>/<kind>/<event>.hbs` and `default/<kind>/…`.
     #[serde(default = "default_templates")]
@@ -393,30 +284,10 @@ impl TokenDigest {
 #[serde(deny_unknown_fields)]
 struct RawChannel {
     name: String,
-    kind: ChannelKind,
+    kind: String,
     url: SecretSource,
     secret: Option<SecretSource>,
     events: Option<Vec<Event>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChannelKind {
-    Slack,
-    Teams,
-    Webhook,
-}
-
-impl ChannelKind {
-    pub const ALL: [ChannelKind; 3] =
-        [ChannelKind::Slack, ChannelKind::Teams, ChannelKind::Webhook];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelKind::Slack => "slack",
-            ChannelKind::Teams => "teams",
-            ChannelKind::Webhook => "webhook",
-        }
-    }
 }
 
 /// Validated configuration.
@@ -437,22 +308,6 @@ pub struct Team {
     /// SHA-256 digests of the team's API tokens; plaintext tokens are not kept.
     pub tokens: Vec<TokenDigest>,
     pub channels: Vec<Channel>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Channel {
-    pub name: String,
-    pub kind: ChannelKind,
-    pub url: Secret,
-    /// Standard Webhooks signing key (decoded bytes of `whsec_…`).
-    pub secret: Option<Secret>,
-    pub events: Option<Vec<Event>>,
-}
-
-impl Channel {
-    pub fn wants(&self, event: Event) -> bool {
-        self.events.as_ref().is_none_or(|e| e.contains(&event))
-    }
 }
 
 impl Config {
@@ -545,7 +400,9 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             ));
         }
     }
-    if raw.delivery.retry_schedule.is_empty() {
+    let delivery = DeliveryConfig::from_table(&raw.delivery)
+        .map_err(|e| invalid(format!("delivery.{}", e.key), e.message))?;
+    if delivery.retry_schedule.is_empty() {
         return Err(invalid(
             "delivery.retry_schedule".into(),
             "needs at least one step".into(),
@@ -573,7 +430,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
-    let policy = target::TargetPolicy::from_config(&raw.delivery)
+    let policy = target::TargetPolicy::from_config(&delivery)
         .map_err(|m| invalid("delivery.allowed_cidrs".into(), m))?;
     let mut team_names = HashSet::new();
     let mut all_tokens = HashSet::new();
@@ -649,26 +506,30 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                     ),
                 ));
             }
+            let kind = ChannelKind::named(&c.kind).ok_or_else(|| {
+                invalid(
+                    format!("{ck}.kind"),
+                    format!(
+                        "unknown kind {:?}; expected one of {}",
+                        c.kind,
+                        ChannelKind::names()
+                    ),
+                )
+            })?;
             let url = c
                 .url
                 .resolve()
                 .map_err(|m| invalid(format!("{ck}.url"), m))?;
             policy
-                .check_url(c.kind, url.expose())
+                .check_url(kind, url.expose())
                 .map_err(|m| invalid(format!("{ck}.url"), m))?;
-            let secret = match (&c.secret, c.kind) {
-                (None, _) => None,
-                (Some(_), k) if k != ChannelKind::Webhook => {
-                    return Err(invalid(
-                        format!("{ck}.secret"),
-                        "only kind = \"webhook\" channels are signed".into(),
-                    ));
-                }
-                (Some(src), _) => {
+            let secret = match &c.secret {
+                None => None,
+                Some(src) => {
                     let s = src
                         .resolve()
                         .map_err(|m| invalid(format!("{ck}.secret"), m))?;
-                    crate::notify::webhook::decode_secret(s.expose())
+                    kind.check_secret(s.expose())
                         .map_err(|m| invalid(format!("{ck}.secret"), m))?;
                     Some(s)
                 }
@@ -683,7 +544,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             }
             channels.push(Channel {
                 name: c.name,
-                kind: c.kind,
+                kind,
                 url,
                 secret,
                 events: c.events,
@@ -713,7 +574,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         },
         store: raw.store,
         deadline: raw.deadline,
-        delivery: raw.delivery,
+        delivery,
         templates,
         teams,
     })

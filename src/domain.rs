@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+mod records;
+pub use records::{ChannelState, DeadLetter, JobState, OutboxEntry, Subscription};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{field} must match {pattern} (got {got:?})")]
 pub struct IdError {

@@ -9,9 +9,10 @@ use deadline_notifier::{
     config::Config,
     deadline::{Fetched, client::DeadlineClient, simulator::Simulator},
     demo,
+    domain::Subscription,
     domain::{Event, JobKey, JobSnapshot, Transition},
-    render::{self, Renderer},
-    store::{Store, Subscription},
+    render::Renderer,
+    store::Store,
     telemetry::{self, LogFormat},
 };
 use serde_json::json;
@@ -236,19 +237,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 previous_lifecycle_status: snap.lifecycle_status.clone(),
                 detected_at: chrono::Utc::now(),
             };
-            let ctx = render::context(&t.name, &ch.name, &snap, &tr, renderer.monitor_url());
-            let r = renderer.render(&t.name, ch.kind, ev, &ctx)?;
-            let link = renderer
-                .monitor_url()
-                .map(|b| render::monitor_link(b, &snap.key));
-            print(&deadline_notifier::notify::payload(
-                ch.kind,
-                &t.name,
-                &r,
-                &snap,
-                &tr,
-                link.as_deref(),
-            ));
+            print(&renderer.payload(&t.name, ch, &snap, &tr)?);
             Ok(())
         }
         Command::Subscribe {
@@ -425,41 +414,5 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
 /// Reads a GetJob/BatchGetJob-shaped JSON document into a snapshot.
 fn job_from_json(text: &str) -> anyhow::Result<JobSnapshot> {
     let v: serde_json::Value = serde_json::from_str(text)?;
-    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-    let key = JobKey {
-        farm_id: s("farmId").unwrap_or_else(|| format!("farm-{}", "0".repeat(32))),
-        queue_id: s("queueId").unwrap_or_else(|| format!("queue-{}", "0".repeat(32))),
-        job_id: s("jobId").context("field `jobId` is required")?,
-    };
-    let mut snap = JobSnapshot::sample(key, &s("name").context("field `name` is required")?);
-    let t = |k: &str| {
-        s(k).and_then(|x| chrono::DateTime::parse_from_rfc3339(&x).ok())
-            .map(|d| d.with_timezone(&chrono::Utc))
-    };
-    snap.description = s("description");
-    if let Some(x) = s("lifecycleStatus") {
-        snap.lifecycle_status = deadline_notifier::domain::LifecycleStatus::from_wire(&x);
-    }
-    snap.lifecycle_status_message = s("lifecycleStatusMessage").unwrap_or_default();
-    snap.priority = v.get("priority").and_then(|x| x.as_i64()).unwrap_or(50) as i32;
-    if let Some(x) = t("createdAt") {
-        snap.created_at = x;
-    }
-    if let Some(x) = s("createdBy") {
-        snap.created_by = x;
-    }
-    snap.updated_at = t("updatedAt");
-    snap.updated_by = s("updatedBy");
-    snap.started_at = t("startedAt");
-    snap.ended_at = t("endedAt");
-    snap.task_run_status =
-        s("taskRunStatus").map(|x| deadline_notifier::domain::TaskRunStatus::from_wire(&x));
-    snap.target_task_run_status = s("targetTaskRunStatus");
-    if let Some(c) = v.get("taskRunStatusCounts").and_then(|c| c.as_object()) {
-        snap.task_run_status_counts = c
-            .iter()
-            .filter_map(|(k, v)| v.as_i64().map(|n| (k.clone(), n)))
-            .collect();
-    }
-    Ok(snap)
+    Ok(deadline_notifier::deadline::wire::from_wire(&v)?)
 }

@@ -7,8 +7,9 @@
 //! same `default/` files embedded in the binary.
 //!
 //! The first line of the output is the title, the rest the body.
-use crate::config::{ChannelKind, Config};
+use crate::config::Config;
 use crate::domain::{Event, JobKey, JobSnapshot, Transition};
+use crate::notify::{ChannelKind, Message, Rendered};
 use chrono::{DateTime, Utc};
 use handlebars::Handlebars;
 use serde_json::{Value, json};
@@ -28,21 +29,12 @@ pub enum RenderError {
     Render { file: String, message: String },
 }
 
-/// Templates shipped in the binary, so the service runs without a templates directory.
-pub const EMBEDDED: &[(&str, &str)] = &[
-    (
-        "default/slack/default.hbs",
-        include_str!("../templates/default/slack/default.hbs"),
-    ),
-    (
-        "default/teams/default.hbs",
-        include_str!("../templates/default/teams/default.hbs"),
-    ),
-    (
-        "default/webhook/default.hbs",
-        include_str!("../templates/default/webhook/default.hbs"),
-    ),
-];
+/// The built-in `default/<kind>/default.hbs`, shipped in the binary (each kind
+/// owns its own), so the service runs without a templates directory.
+pub fn embedded(rel: &str) -> Option<&'static str> {
+    let kind = rel.strip_prefix("default/")?.strip_suffix("/default.hbs")?;
+    ChannelKind::named(kind).map(|k| k.default_template())
+}
 
 /// Strips control characters that mean nothing in a chat message (keeps `\n` and `\t`).
 pub fn sanitize(s: &str) -> String {
@@ -51,45 +43,18 @@ pub fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// Slack mrkdwn: `&`, `<`, `>` are its control characters; `&` first.
-pub fn escape_slack(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            c if c == '\n' || c == '\t' || !c.is_control() => out.push(c),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// The text a template produced, escaped for the channel's markup.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Rendered {
-    /// Plain text, shown where the channel renders no markup (Slack header, Teams TextRun).
-    pub title: String,
-    /// Channel markup: Slack mrkdwn with job data escaped; plain text elsewhere.
-    pub body: String,
-    /// Slack fallback `text` (mrkdwn-escaped title); empty for other kinds.
-    pub fallback: String,
-    /// The template file that produced it.
-    pub template: String,
-}
-
 /// All compiled templates. Built once at start-up; every template is compiled in
 /// strict mode and test-rendered, so a broken one fails start-up with its file name.
 pub struct Renderer {
     plain: Handlebars<'static>,
-    slack: Handlebars<'static>,
+    /// One registry per kind, escaping with the kind's [`crate::notify::Kind::escape`].
+    by_kind: HashMap<&'static str, Handlebars<'static>>,
     /// (team, kind, event) → template name.
     resolved: HashMap<(String, ChannelKind, Event), String>,
     monitor_url: Option<String>,
 }
 
-fn registry(escape: fn(&str) -> String) -> Handlebars<'static> {
+fn registry(escape: impl Fn(&str) -> String + Send + Sync + 'static) -> Handlebars<'static> {
     let mut h = Handlebars::new();
     h.set_strict_mode(true);
     h.register_escape_fn(escape);
@@ -100,10 +65,9 @@ fn source_for(dir: &Path, rel: &str) -> Result<Option<(String, String)>, RenderE
     let path: PathBuf = dir.join(rel);
     match std::fs::read_to_string(&path) {
         Ok(s) => Ok(Some((path.display().to_string(), s))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(EMBEDDED
-            .iter()
-            .find(|(n, _)| *n == rel)
-            .map(|(n, s)| (format!("(embedded) templates/{n}"), s.to_string()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(embedded(rel).map(|s| (format!("(embedded) templates/{rel}"), s.to_string())))
+        }
         Err(source) => Err(RenderError::Read {
             file: path.display().to_string(),
             source,
@@ -116,19 +80,26 @@ impl Renderer {
         let dir = &cfg.templates.dir;
         let mut r = Renderer {
             plain: registry(sanitize),
-            slack: registry(escape_slack),
+            by_kind: HashMap::new(),
             resolved: HashMap::new(),
             monitor_url: cfg.deadline.monitor_url.clone(),
         };
         let mut loaded: HashMap<String, String> = HashMap::new(); // rel → display name
         for team in &cfg.teams {
-            let kinds: std::collections::BTreeSet<_> =
-                team.channels.iter().map(|c| c.kind.as_str()).collect();
-            for kind_s in kinds {
-                let kind = ChannelKind::ALL
-                    .into_iter()
-                    .find(|k| k.as_str() == kind_s)
-                    .unwrap_or(ChannelKind::Webhook);
+            let kinds: std::collections::BTreeMap<_, _> = team
+                .channels
+                .iter()
+                .map(|c| (c.kind.as_str(), c.kind))
+                .collect();
+            for (kind_s, kind) in kinds {
+                r.by_kind.entry(kind_s).or_insert_with(|| {
+                    let mut h = registry(move |s| kind.escape(s));
+                    // Templates registered before this kind was seen.
+                    for (name, t) in r.plain.get_templates() {
+                        h.register_template(name, t.clone());
+                    }
+                    h
+                });
                 for event in Event::ALL {
                     let candidates = [
                         format!("{}/{kind_s}/{}.hbs", team.name, event.as_str()),
@@ -177,7 +148,7 @@ impl Renderer {
             file: display.to_string(),
             message,
         })?;
-        for reg in [&mut self.plain, &mut self.slack] {
+        for reg in std::iter::once(&mut self.plain).chain(self.by_kind.values_mut()) {
             reg.register_template_string(name, src)
                 .map_err(|e| RenderError::Template {
                     file: display.to_string(),
@@ -220,25 +191,45 @@ impl Renderer {
             message: e.to_string(),
         };
         let plain = self.plain.render(rel, ctx).map_err(err)?;
-        let (title, plain_body) = split(&plain);
-        match kind {
-            ChannelKind::Slack => {
-                let marked = self.slack.render(rel, ctx).map_err(err)?;
-                let (fallback, body) = split(&marked);
-                Ok(Rendered {
-                    title,
-                    body,
-                    fallback,
-                    template: rel.to_string(),
-                })
+        let (title, _) = split(&plain);
+        let marked = match self.by_kind.get(kind.as_str()) {
+            Some(h) => h.render(rel, ctx).map_err(err)?,
+            None => {
+                return Err(RenderError::Template {
+                    file: rel.to_string(),
+                    message: format!("no templates loaded for kind {kind}"),
+                });
             }
-            _ => Ok(Rendered {
-                title,
-                body: plain_body,
-                fallback: String::new(),
-                template: rel.to_string(),
-            }),
-        }
+        };
+        let (fallback, body) = split(&marked);
+        Ok(Rendered {
+            title,
+            body,
+            fallback,
+            template: rel.to_string(),
+        })
+    }
+
+    /// The one way from a transition to a channel's payload: context → template →
+    /// the kind's escaping → the kind's payload. Used by the watcher, the `render`
+    /// command, and the golden and escaping tests.
+    pub fn payload(
+        &self,
+        team: &str,
+        channel: &crate::notify::Channel,
+        job: &JobSnapshot,
+        tr: &Transition,
+    ) -> Result<Value, RenderError> {
+        let ctx = context(team, &channel.name, job, tr, self.monitor_url());
+        let rendered = self.render(team, channel.kind, tr.event, &ctx)?;
+        let link = self.monitor_url().map(|b| monitor_link(b, &job.key));
+        Ok(channel.kind.payload(&Message {
+            team,
+            rendered: &rendered,
+            job,
+            transition: tr,
+            link: link.as_deref(),
+        }))
     }
 }
 
@@ -543,14 +534,6 @@ pub fn sample_context(team: &str, channel: &str, event: Event, monitor_url: Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slack_escape_only_touches_control_chars() {
-        assert_eq!(
-            escape_slack("<!channel> & \"q\" *b*\u{7}"),
-            "&lt;!channel&gt; &amp; \"q\" *b*"
-        );
-    }
 
     #[test]
     fn lint_rejects_unescaped_output_with_line() {

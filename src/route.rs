@@ -1,7 +1,7 @@
 //! Pure routing: which channels hear about which events. No I/O.
 use crate::config::{Channel, Team};
+use crate::domain::Subscription;
 use crate::domain::{Event, JobKey, Transition};
-use crate::store::Subscription;
 use sha2::{Digest, Sha256};
 
 /// What routing needs of a subscription, in the compact form the watcher keeps in
@@ -97,7 +97,7 @@ mod tests {
     fn team(name: &str) -> Team {
         let ch = |n: &str, events: Option<Vec<Event>>| Channel {
             name: n.into(),
-            kind: ChannelKind::Webhook,
+            kind: ChannelKind::named("webhook").unwrap(),
             url: Secret::new("https://x"),
             secret: None,
             events,

@@ -9,14 +9,13 @@
 use crate::clock::SharedClock;
 use crate::deadline::client::{BATCH_LIMIT, DeadlineClient};
 use crate::deadline::{Fetched, Observed, SourceError};
-use crate::deliver::Wakers;
 use crate::diff::diff;
 use crate::domain::{JobKey, JobStatus, TaskRunStatus, Transition};
+use crate::domain::{JobState, OutboxEntry, Subscription};
 use crate::reload::{Active, Live};
-use crate::render;
 use crate::route::{Interest, route, webhook_id};
 use crate::schedule::{Budget, Schedule};
-use crate::store::{JobState, OutboxEntry, Store, StoreError, Subscription};
+use crate::store::{Store, StoreError};
 use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +64,6 @@ pub struct Watcher {
     /// Config and templates; re-read at every batch so a reload applies from the next poll.
     pub live: Live,
     pub clock: SharedClock,
-    pub wakers: Wakers,
     pub changes: mpsc::UnboundedReceiver<SubChange>,
     pub health: Arc<Health>,
 }
@@ -107,15 +105,16 @@ struct Loop {
     /// Σ 1/factor over scheduled jobs: how many job-checks one interval needs.
     load: f64,
     last_lag_log: Option<Instant>,
-    /// Group commit: when the store was first written since its last sync, and the
-    /// channels whose messages wait for that sync before their workers are woken.
-    dirty_since: Option<u64>,
-    unsynced: Vec<(String, String)>,
 }
 
-/// How long written state may wait for its fsync. One sync per batch cost ~100
-/// fsyncs/s at 100k jobs; nothing is sent before the sync, so this only delays.
-const GROUP_COMMIT_MS: u64 = 50;
+/// Runs blocking store work from the poll loop without stalling the runtime's other
+/// tasks (the API, the workers): the worker thread is handed over while it runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
 
 impl Watcher {
     /// Polls until `shutdown` turns true. Returns an error only for store failures.
@@ -132,13 +131,15 @@ impl Loop {
         let budget = Budget::new(active.config.deadline.max_requests_per_second, 0);
         // Reading and decoding the two trees is most of start-up at 100k jobs; do
         // them side by side.
-        let (states, subs) = std::thread::scope(|scope| {
-            let states = scope.spawn(|| w.store.job_states());
-            let subs = w.store.subscriptions();
-            let states = states
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (states, subs)
+        let (states, subs) = blocking(|| {
+            std::thread::scope(|scope| {
+                let states = scope.spawn(|| w.store.job_states());
+                let subs = w.store.subscriptions();
+                let states = states
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (states, subs)
+            })
         });
         let mut states: HashMap<JobKey, JobState> =
             states?.into_iter().map(|s| (s.job.clone(), s)).collect();
@@ -168,8 +169,6 @@ impl Loop {
             origin,
             load: 0.0,
             last_lag_log: None,
-            dirty_since: None,
-            unsynced: Vec::new(),
         };
         // Spread the first round over one interval instead of a burst at start-up.
         let interval = l.interval_ms();
@@ -270,7 +269,7 @@ impl Loop {
                 let job = sub.job.clone();
                 let is_new = !self.tracked.contains_key(&job);
                 if is_new {
-                    let state = self.w.store.job_state(&job)?.map(Known::from);
+                    let state = blocking(|| self.w.store.job_state(&job))?.map(Known::from);
                     self.tracked.insert(
                         Arc::new(job.clone()),
                         Tracked {
@@ -312,34 +311,11 @@ impl Loop {
         self.active = active;
     }
 
-    /// Syncs the store, then wakes the workers of every message queued since the
-    /// last sync: a crash can neither lose a sent transition nor let one be sent
-    /// twice under different ids.
-    fn commit(&mut self) -> Result<(), StoreError> {
-        if self.dirty_since.take().is_none() {
-            return Ok(());
-        }
-        self.w.store.sync()?;
-        let mut woken = std::collections::HashSet::new();
-        for (team, channel) in self.unsynced.drain(..) {
-            if woken.insert((team.clone(), channel.clone())) {
-                self.w.wakers.wake(&team, &channel);
-            }
-        }
-        Ok(())
-    }
-
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
         let mut reloads = self.w.live.subscribe();
         loop {
             if *shutdown.borrow() {
-                return self.commit();
-            }
-            if self
-                .dirty_since
-                .is_some_and(|t| self.now_ms() >= t + GROUP_COMMIT_MS)
-            {
-                self.commit()?;
+                return Ok(());
             }
             let active = self.w.live.current();
             if active.generation != self.active.generation {
@@ -375,12 +351,6 @@ impl Loop {
                     }
                 }
             };
-            let wait = match self.dirty_since {
-                Some(t) => wait.min(Duration::from_millis(
-                    (t + GROUP_COMMIT_MS).saturating_sub(now),
-                )),
-                None => wait,
-            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 Some(c) = self.w.changes.recv() => self.apply(c)?,
@@ -408,15 +378,14 @@ impl Loop {
                     self.w.clock.now().timestamp_millis(),
                     std::sync::atomic::Ordering::Relaxed,
                 );
-                let mut queued = Vec::new();
-                let mut wrote = false;
-                for (key, fetched) in results {
-                    wrote |= self.handle(&key, fetched, &mut queued)?;
-                }
-                if wrote {
-                    self.dirty_since.get_or_insert(now);
-                    self.unsynced.append(&mut queued);
-                }
+                // The store's group commit makes these durable; workers pick the
+                // messages up only then.
+                blocking(|| -> Result<(), StoreError> {
+                    for (key, fetched) in results {
+                        self.handle(&key, fetched)?;
+                    }
+                    Ok(())
+                })?;
             }
             Err(SourceError::Throttled {
                 retry_after,
@@ -464,17 +433,10 @@ impl Loop {
         );
     }
 
-    /// Returns whether the store was written.
-    fn handle(
-        &mut self,
-        key: &JobKey,
-        fetched: Fetched,
-        queued: &mut Vec<(String, String)>,
-    ) -> Result<bool, StoreError> {
-        let mut wrote = false;
+    fn handle(&mut self, key: &JobKey, fetched: Fetched) -> Result<(), StoreError> {
         match fetched {
             Fetched::Found(snap) => {
-                wrote = self.observe(key, *snap, queued)?;
+                self.observe(key, *snap)?;
                 if self.settled(key) {
                     self.unschedule(key);
                 } else {
@@ -492,23 +454,17 @@ impl Loop {
                 self.reschedule(key, 0, true);
             }
         }
-        Ok(wrote)
+        Ok(())
     }
 
-    /// Diffs one observation and, if the state changed, commits it with its messages
-    /// (channels to wake go to `queued_for`). Returns whether the store was written.
-    fn observe(
-        &mut self,
-        key: &JobKey,
-        observed: Observed,
-        queued_for: &mut Vec<(String, String)>,
-    ) -> Result<bool, StoreError> {
+    /// Diffs one observation and, if the state changed, commits it with its messages.
+    fn observe(&mut self, key: &JobKey, observed: Observed) -> Result<(), StoreError> {
         let Some(t) = self.tracked.get(key) else {
-            return Ok(false);
+            return Ok(());
         };
         let prev = t.state.as_ref();
         if prev.is_some_and(|p| p.status == observed.status) {
-            return Ok(false);
+            return Ok(());
         }
         // Changed (or first seen): only now is the full snapshot built.
         let cur = observed.status.clone();
@@ -521,7 +477,6 @@ impl Loop {
             None
         };
         let mut entries = Vec::new();
-        let monitor = self.active.renderer.monitor_url();
         for d in route(&events, &t.subs, &self.active.config.teams) {
             let tr = Transition {
                 event: d.event,
@@ -531,25 +486,13 @@ impl Loop {
                 }),
                 detected_at: now,
             };
-            let link = monitor.map(|b| render::monitor_link(b, &snap.key));
-            let ctx = render::context(&d.team.name, &d.channel.name, &snap, &tr, monitor);
             let (payload, last_error) =
                 match self
                     .active
                     .renderer
-                    .render(&d.team.name, d.channel.kind, d.event, &ctx)
+                    .payload(&d.team.name, d.channel, &snap, &tr)
                 {
-                    Ok(r) => (
-                        crate::notify::payload(
-                            d.channel.kind,
-                            &d.team.name,
-                            &r,
-                            &snap,
-                            &tr,
-                            link.as_deref(),
-                        ),
-                        None,
-                    ),
+                    Ok(v) => (v, None),
                     // Kept, and dead-lettered by delivery with the reason: never dropped.
                     Err(e) => (serde_json::Value::Null, Some(e.to_string())),
                 };
@@ -558,7 +501,7 @@ impl Loop {
                 webhook_id: webhook_id(&snap.key, &tr, &d.team.name, &d.channel.name),
                 team: d.team.name.clone(),
                 channel: d.channel.name.clone(),
-                kind: d.channel.kind,
+                kind: d.channel.kind.as_str().to_string(),
                 job: snap.key.clone(),
                 event: d.event,
                 created_at: now,
@@ -580,11 +523,10 @@ impl Loop {
         }
         for e in &queued {
             tracing::info!(job = %snap.key, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "notification queued");
-            queued_for.push((e.team.clone(), e.channel.clone()));
         }
         if let Some(t) = self.tracked.get_mut(&snap.key) {
             t.state = Some(Known::from(state));
         }
-        Ok(true)
+        Ok(())
     }
 }

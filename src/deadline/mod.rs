@@ -2,6 +2,7 @@
 //! simulator that speaks the same wire format.
 pub mod client;
 pub mod simulator;
+pub mod wire;
 
 use crate::domain::JobKey;
 pub use client::Observed;

@@ -429,64 +429,6 @@ fn not_found(key: &JobKey) -> Response {
     )
 }
 
-fn rfc3339(t: chrono::DateTime<Utc>) -> Value {
-    Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-}
-
-/// The GetJob wire shape (BatchGetJob items add farmId and queueId).
-pub fn wire_job(s: &JobSnapshot, with_location: bool) -> Value {
-    let mut m = serde_json::Map::new();
-    let mut put = |k: &str, v: Value| {
-        if !v.is_null() {
-            m.insert(k.to_string(), v);
-        }
-    };
-    if with_location {
-        put("farmId", json!(s.key.farm_id));
-        put("queueId", json!(s.key.queue_id));
-    }
-    put("jobId", json!(s.key.job_id));
-    put("name", json!(s.name));
-    put("description", json!(s.description));
-    put("lifecycleStatus", json!(s.lifecycle_status.as_str()));
-    put("lifecycleStatusMessage", json!(s.lifecycle_status_message));
-    put("priority", json!(s.priority));
-    put("createdAt", rfc3339(s.created_at));
-    put("createdBy", json!(s.created_by));
-    put(
-        "updatedAt",
-        s.updated_at.map(rfc3339).unwrap_or(Value::Null),
-    );
-    put("updatedBy", json!(s.updated_by));
-    put(
-        "startedAt",
-        s.started_at.map(rfc3339).unwrap_or(Value::Null),
-    );
-    put("endedAt", s.ended_at.map(rfc3339).unwrap_or(Value::Null));
-    put(
-        "taskRunStatus",
-        json!(s.task_run_status.as_ref().map(|x| x.as_str())),
-    );
-    put("targetTaskRunStatus", json!(s.target_task_run_status));
-    put("taskRunStatusCounts", json!(s.task_run_status_counts));
-    put("taskFailureRetryCount", json!(s.task_failure_retry_count));
-    put("maxFailedTasksCount", json!(s.max_failed_tasks_count));
-    put("maxRetriesPerTask", json!(s.max_retries_per_task));
-    put("maxWorkerCount", json!(s.max_worker_count));
-    put("storageProfileId", json!(s.storage_profile_id));
-    put("sourceJobId", json!(s.source_job_id));
-    if !s.parameters.is_empty() {
-        let p: serde_json::Map<String, Value> = s
-            .parameters
-            .iter()
-            .map(|(k, v)| (k.clone(), json!({ v.kind.clone(): v.value })))
-            .collect();
-        put("parameters", Value::Object(p));
-    }
-    put("attachments", s.attachments.clone().unwrap_or(Value::Null));
-    Value::Object(m)
-}
-
 async fn get_job(
     State(sim): State<Simulator>,
     Path((farm, queue, job)): Path<(String, String, String)>,
@@ -506,7 +448,7 @@ async fn get_job(
         Some(j) => {
             j.advance();
             j.hits += 1;
-            Json(wire_job(&j.snap, false)).into_response()
+            Json(super::wire::to_wire(&j.snap, false)).into_response()
         }
         None => not_found(&key),
     }
@@ -558,7 +500,7 @@ async fn batch_get_job(State(sim): State<Simulator>, body: axum::body::Bytes) ->
             Some(j) => {
                 j.advance();
                 j.hits += 1;
-                jobs.push(wire_job(&j.snap, true));
+                jobs.push(super::wire::to_wire(&j.snap, true));
             }
             None => errors.push(json!({
                 "farmId": key.farm_id, "queueId": key.queue_id, "jobId": key.job_id,
@@ -612,7 +554,7 @@ async fn search_jobs(
     for (k, j) in g.jobs.iter_mut() {
         if k.farm_id == farm && req.queue_ids.contains(&k.queue_id) {
             j.advance();
-            all.push(wire_job(&j.snap, true));
+            all.push(super::wire::to_wire(&j.snap, true));
         }
     }
     let total = all.len();
@@ -644,7 +586,7 @@ async fn list_jobs(
     for (k, j) in g.jobs.iter_mut() {
         if k.farm_id == farm && k.queue_id == queue {
             j.advance();
-            let mut v = wire_job(&j.snap, false);
+            let mut v = super::wire::to_wire(&j.snap, false);
             if let Some(m) = v.as_object_mut() {
                 m.remove("description");
                 m.remove("parameters");
@@ -722,7 +664,8 @@ async fn admin_get(
     };
     let g = sim.lock();
     match g.jobs.get(&key) {
-        Some(j) => Json(json!({"hits": j.hits, "job": wire_job(&j.snap, true)})).into_response(),
+        Some(j) => Json(json!({"hits": j.hits, "job": super::wire::to_wire(&j.snap, true)}))
+            .into_response(),
         None => not_found(&key),
     }
 }

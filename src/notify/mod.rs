@@ -1,31 +1,194 @@
-//! Outbound delivery: one small module per channel kind builds its payload; the
-//! [`Sender`] posts it and [`retry::classify`] decides what the answer means.
+//! Outbound delivery. Each channel kind is one file implementing [`Kind`] (its
+//! config keys, allowed hosts, escaping, payload, signing, pacing, response
+//! classification and default template) and one line in [`KINDS`]. The [`Sender`]
+//! posts a payload; [`retry`] holds the one retry policy.
+//!
+//! This module depends on no configuration code: `config` reads its settings into
+//! the types defined here ([`Channel`], [`DeliveryConfig`]).
 pub mod retry;
+pub mod settings;
 pub mod slack;
 pub mod target;
 pub mod teams;
 pub mod webhook;
 
-use crate::config::{Channel, ChannelKind, DeliveryConfig};
-use crate::domain::{JobSnapshot, Transition};
-use crate::render::Rendered;
-use crate::secret::scrub;
+use crate::domain::{Event, JobSnapshot, Transition};
+use crate::secret::{Secret, scrub};
 use retry::Verdict;
 use serde_json::Value;
+use std::time::Duration;
 
-/// Builds the JSON body for a channel.
-pub fn payload(
-    kind: ChannelKind,
-    team: &str,
-    r: &Rendered,
-    job: &JobSnapshot,
-    tr: &Transition,
-    link: Option<&str>,
-) -> Value {
-    match kind {
-        ChannelKind::Slack => slack::payload(r, link),
-        ChannelKind::Teams => teams::payload(r, link),
-        ChannelKind::Webhook => webhook::payload(team, r, job, tr),
+pub use settings::DeliveryConfig;
+
+/// Every channel kind the service knows, by registration. Adding a kind: one file
+/// under `src/notify/`, one line here, its default template and golden files.
+pub static KINDS: &[&dyn Kind] = &[&slack::Slack, &teams::Teams, &webhook::Webhook];
+
+/// What a payload builder gets: the rendered text and the facts behind it.
+pub struct Message<'a> {
+    pub team: &'a str,
+    pub rendered: &'a Rendered,
+    pub job: &'a JobSnapshot,
+    pub transition: &'a Transition,
+    /// Link to the job in the Deadline Cloud monitor, if configured.
+    pub link: Option<&'a str>,
+}
+
+/// The text a template produced, escaped for the channel's markup.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rendered {
+    /// Plain text, shown where the channel renders no markup (Slack header, Teams TextRun).
+    pub title: String,
+    /// The body, with job data escaped by the kind's [`Kind::escape`].
+    pub body: String,
+    /// The title with job data escaped by the kind's [`Kind::escape`] (Slack's
+    /// fallback `text`).
+    pub fallback: String,
+    /// The template file that produced it.
+    pub template: String,
+}
+
+/// What came back from the destination.
+#[derive(Debug)]
+pub struct Answer<'a> {
+    pub status: u16,
+    pub retry_after: Option<&'a str>,
+    /// The first part of the response body (for reasons).
+    pub body: &'a str,
+    /// When it arrived (an HTTP-date `Retry-After` is relative to it).
+    pub at: std::time::SystemTime,
+}
+
+/// One channel kind. Defaults suit a plain JSON webhook.
+pub trait Kind: Sync + Send + 'static {
+    /// `kind = "<name>"` in config; also names `[delivery] <name>_hosts`,
+    /// `<name>_interval` and the template directory `templates/*/<name>/`.
+    fn name(&self) -> &'static str;
+    /// Default `[delivery] <name>_hosts` (`*.` matches subdomains); empty allows any
+    /// public host.
+    fn default_hosts(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Default `[delivery] <name>_interval`: minimum spacing between two posts to
+    /// one destination URL, per the platform's limits.
+    fn default_interval(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// The built-in `templates/default/<name>/default.hbs`.
+    fn default_template(&self) -> &'static str;
+    /// Escapes a job value for the kind's markup (applied by templates to every
+    /// `{{field}}`). The default strips control characters (keeps `\n`, `\t`).
+    fn escape(&self, s: &str) -> String {
+        crate::render::sanitize(s)
+    }
+    /// Refuses URLs that can never work for this kind (checked at config load and
+    /// before every send), with the reason.
+    fn refuse_url(&self, _url: &url::Url) -> Option<String> {
+        None
+    }
+    /// Whether `secret` may be set, and whether this one is usable.
+    fn check_secret(&self, _secret: &str) -> Result<(), String> {
+        Err(format!(
+            "only kind = \"webhook\" channels are signed; kind = \"{}\" takes no secret",
+            self.name()
+        ))
+    }
+    /// The JSON body for one message.
+    fn payload(&self, m: &Message) -> Value;
+    /// Extra request headers (ids, signatures).
+    fn headers(
+        &self,
+        _webhook_id: &str,
+        _timestamp: i64,
+        _secret: Option<&Secret>,
+        _body: &[u8],
+    ) -> Result<Vec<(&'static str, String)>, String> {
+        Ok(Vec::new())
+    }
+    /// What an answer means for this kind.
+    fn classify(&self, a: &Answer, max_retry_after: Duration) -> Verdict {
+        retry::classify(a, false, max_retry_after)
+    }
+}
+
+/// A registered kind, by name: cheap to copy, compared and hashed by name.
+#[derive(Clone, Copy)]
+pub struct ChannelKind(&'static dyn Kind);
+
+impl ChannelKind {
+    pub fn named(name: &str) -> Option<ChannelKind> {
+        KINDS
+            .iter()
+            .find(|k| k.name() == name)
+            .map(|k| ChannelKind(*k))
+    }
+
+    pub fn all() -> impl Iterator<Item = ChannelKind> {
+        KINDS.iter().map(|k| ChannelKind(*k))
+    }
+
+    /// `"slack", "teams", "webhook"` for error messages.
+    pub fn names() -> String {
+        KINDS
+            .iter()
+            .map(|k| format!("{:?}", k.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0.name()
+    }
+}
+
+impl std::ops::Deref for ChannelKind {
+    type Target = dyn Kind;
+    fn deref(&self) -> &(dyn Kind + 'static) {
+        self.0
+    }
+}
+
+impl PartialEq for ChannelKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for ChannelKind {}
+impl std::hash::Hash for ChannelKind {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+impl std::fmt::Debug for ChannelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl std::fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl serde::Serialize for ChannelKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A configured destination.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub name: String,
+    pub kind: ChannelKind,
+    pub url: Secret,
+    /// Standard Webhooks signing key (`whsec_…`), for kinds that sign.
+    pub secret: Option<Secret>,
+    pub events: Option<Vec<Event>>,
+}
+
+impl Channel {
+    pub fn wants(&self, event: Event) -> bool {
+        self.events.as_ref().is_none_or(|e| e.contains(&event))
     }
 }
 
@@ -94,20 +257,20 @@ impl Sender {
             .client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json");
-        if channel.kind == ChannelKind::Webhook {
-            let ts = chrono::Utc::now().timestamp();
-            req = req
-                .header("webhook-id", webhook_id)
-                .header("webhook-timestamp", ts.to_string());
-            if let Some(secret) = &channel.secret {
-                match webhook::sign(secret.expose(), webhook_id, ts, body) {
-                    Ok(sig) => req = req.header("webhook-signature", sig),
-                    Err(e) => {
-                        return Verdict::DeadLetter {
-                            reason: format!("signing secret: {e}"),
-                        };
-                    }
+        let ts = chrono::Utc::now().timestamp();
+        match channel
+            .kind
+            .headers(webhook_id, ts, channel.secret.as_ref(), body)
+        {
+            Ok(headers) => {
+                for (k, v) in headers {
+                    req = req.header(k, v);
                 }
+            }
+            Err(e) => {
+                return Verdict::DeadLetter {
+                    reason: format!("signing secret: {e}"),
+                };
             }
         }
         let resp = match req.body(body.to_vec()).send().await {
@@ -145,12 +308,13 @@ impl Sender {
         // Bodies are only read for the reason text; cap what we keep.
         let body = resp.text().await.unwrap_or_default();
         let body: String = body.chars().take(1000).collect();
-        let is_chat = channel.kind != ChannelKind::Webhook;
-        retry::classify(
-            status,
-            retry_after.as_deref(),
-            &body,
-            is_chat,
+        channel.kind.classify(
+            &Answer {
+                status,
+                retry_after: retry_after.as_deref(),
+                body: &body,
+                at: std::time::SystemTime::now(),
+            },
             self.cfg.max_retry_after,
         )
     }
@@ -158,7 +322,7 @@ impl Sender {
 
 #[cfg(test)]
 mod tests {
-    use super::truncate;
+    use super::*;
 
     #[test]
     fn truncate_on_char_boundary_and_not_inside_entities() {
@@ -166,5 +330,17 @@ mod tests {
         assert_eq!(truncate("héllo wörld", 5), "héll…");
         assert_eq!(truncate("ab &amp; cd", 6), "ab …");
         assert_eq!(truncate("ab &amp; cd", 9), "ab &amp;…");
+    }
+
+    #[test]
+    fn kinds_are_registered_once_by_name() {
+        let names: Vec<_> = ChannelKind::all().map(|k| k.as_str()).collect();
+        let unique: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(names.len(), unique.len(), "{names:?}");
+        for n in &names {
+            assert_eq!(ChannelKind::named(n).map(|k| k.as_str()), Some(*n));
+            assert!(!ChannelKind::named(n).unwrap().default_template().is_empty());
+        }
+        assert!(ChannelKind::named("carrier-pigeon").is_none());
     }
 }

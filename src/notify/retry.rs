@@ -24,36 +24,31 @@ pub enum Verdict {
     },
 }
 
+/// `HTTP <status>: <start of the body>`, control characters removed.
+pub fn reason(a: &super::Answer) -> String {
+    let snippet: String = a
+        .body
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    if snippet.is_empty() {
+        format!("HTTP {}", a.status)
+    } else {
+        format!("HTTP {}: {snippet}", a.status)
+    }
+}
+
 /// Classifies an HTTP response. `is_chat` selects chat-webhook semantics, where
 /// 401/403/404 mean a revoked URL or an archived channel.
-pub fn classify(
-    status: u16,
-    retry_after: Option<&str>,
-    body: &str,
-    is_chat: bool,
-    cap: Duration,
-) -> Verdict {
-    let why = || {
-        let snippet: String = body.chars().filter(|c| !c.is_control()).take(200).collect();
-        if snippet.is_empty() {
-            format!("HTTP {status}")
-        } else {
-            format!("HTTP {status}: {snippet}")
-        }
-    };
-    match status {
-        200..=299 => {
-            // Slack's Web API answers 200 with {"ok":false,...}; incoming webhooks answer "ok".
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(body)
-                && v.get("ok") == Some(&serde_json::Value::Bool(false))
-            {
-                return Verdict::DeadLetter { reason: why() };
-            }
-            Verdict::Delivered
-        }
+pub fn classify(a: &super::Answer, is_chat: bool, cap: Duration) -> Verdict {
+    let why = || reason(a);
+    match a.status {
+        200..=299 => Verdict::Delivered,
         429 => {
-            let wait = retry_after
-                .and_then(parse_retry_after)
+            let wait = a
+                .retry_after
+                .and_then(|v| parse_retry_after(v, a.at))
                 .unwrap_or(Duration::from_secs(5))
                 .min(cap);
             Verdict::Throttled {
@@ -71,8 +66,8 @@ pub fn classify(
     }
 }
 
-/// `Retry-After` as delta-seconds or an HTTP date (RFC 9110).
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
+/// `Retry-After` as delta-seconds or an HTTP date (RFC 9110), relative to `now`.
+pub fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
@@ -84,10 +79,7 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         return Some(Duration::from_secs_f64(f.min(1e9)));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// Delay before attempt `attempt + 1` (attempt counts from 1): the schedule's step for
@@ -102,13 +94,26 @@ pub fn backoff(schedule: &[Duration], attempt: u32, unit: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::Kind;
 
     const CAP: Duration = Duration::from_secs(600);
 
     #[test]
     fn table() {
         use Verdict::*;
-        let d = |s, ra: Option<&str>, body, chat| classify(s, ra, body, chat, CAP);
+        let d = |status, retry_after: Option<&str>, body, chat| {
+            let a = crate::notify::Answer {
+                status,
+                retry_after,
+                body,
+                at: std::time::SystemTime::now(),
+            };
+            if chat {
+                crate::notify::slack::Slack.classify(&a, CAP)
+            } else {
+                crate::notify::webhook::Webhook.classify(&a, CAP)
+            }
+        };
         assert_eq!(d(200, None, "ok", true), Delivered);
         assert_eq!(d(202, None, "", true), Delivered);
         assert!(matches!(
@@ -143,16 +148,15 @@ mod tests {
 
     #[test]
     fn retry_after_forms() {
-        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("1.5"), Some(Duration::from_millis(1500)));
-        let soon = std::time::SystemTime::now() + Duration::from_secs(120);
-        let d = parse_retry_after(&httpdate::fmt_http_date(soon)).unwrap();
-        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let p = |v| parse_retry_after(v, now);
+        assert_eq!(p("3"), Some(Duration::from_secs(3)));
+        assert_eq!(p("1.5"), Some(Duration::from_millis(1500)));
+        let soon = now + Duration::from_secs(120);
+        let date = httpdate::fmt_http_date(soon);
+        assert_eq!(p(&date), Some(Duration::from_secs(120)));
+        assert_eq!(p("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(p("soon"), None);
     }
 
     #[test]

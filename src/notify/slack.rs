@@ -1,8 +1,62 @@
 //! Slack incoming webhook: Block Kit with an escaped text fallback. Untrusted text
 //! sits in `plain_text` (header) or in `mrkdwn` with `&<>` escaped and `verbatim`.
-use super::truncate;
-use crate::render::Rendered;
+use super::retry::{self, Verdict};
+use super::{Answer, Kind, Message, Rendered, truncate};
 use serde_json::{Value, json};
+use std::time::Duration;
+
+pub struct Slack;
+
+impl Kind for Slack {
+    fn name(&self) -> &'static str {
+        "slack"
+    }
+    fn default_hosts(&self) -> &'static [&'static str] {
+        &["hooks.slack.com"]
+    }
+    /// Slack allows about one post per second per incoming webhook.
+    fn default_interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_template(&self) -> &'static str {
+        include_str!("../../templates/default/slack/default.hbs")
+    }
+    fn escape(&self, s: &str) -> String {
+        escape(s)
+    }
+    fn payload(&self, m: &Message) -> Value {
+        payload(m.rendered, m.link)
+    }
+    fn classify(&self, a: &Answer, max_retry_after: Duration) -> Verdict {
+        // Slack's Web API answers 200 with {"ok":false,...}; incoming webhooks answer "ok".
+        if (200..300).contains(&a.status)
+            && let Ok(v) = serde_json::from_str::<Value>(a.body)
+            && v.get("ok") == Some(&Value::Bool(false))
+        {
+            return Verdict::DeadLetter {
+                reason: retry::reason(a),
+            };
+        }
+        // 401/403/404 from a chat webhook mean a revoked URL or an archived channel.
+        retry::classify(a, true, max_retry_after)
+    }
+}
+
+/// Slack mrkdwn: `&`, `<`, `>` are its control characters; `&` first. Other control
+/// characters are dropped (keeps `\n` and `\t`).
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c if c == '\n' || c == '\t' || !c.is_control() => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
 
 /// Slack's per-text-object limit.
 pub const TEXT_LIMIT: usize = 3000;
@@ -44,4 +98,15 @@ pub fn payload(r: &Rendered, link: Option<&str>) -> Value {
         "unfurl_links": false,
         "unfurl_media": false
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escape_only_touches_control_chars() {
+        assert_eq!(
+            super::escape("<!channel> & \"q\" *b*\u{7}"),
+            "&lt;!channel&gt; &amp; \"q\" *b*"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! Outbound target policy: which URLs a channel may post to, and which addresses a
 //! hostname may resolve to (checked at connect time, so DNS rebinding can't slip by).
-use crate::config::{ChannelKind, DeliveryConfig};
+use super::{ChannelKind, DeliveryConfig};
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -12,9 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub struct TargetPolicy {
     pub allow_private: bool,
     pub allowed_cidrs: Vec<IpNet>,
-    pub slack_hosts: Vec<String>,
-    pub teams_hosts: Vec<String>,
-    pub webhook_hosts: Vec<String>,
+    /// Per kind name: the hosts it may post to (empty: any public host).
+    pub hosts: std::collections::BTreeMap<&'static str, Vec<String>>,
 }
 
 impl TargetPolicy {
@@ -30,9 +29,9 @@ impl TargetPolicy {
         Ok(TargetPolicy {
             allow_private: d.allow_private_targets,
             allowed_cidrs,
-            slack_hosts: d.slack_hosts.clone(),
-            teams_hosts: d.teams_hosts.clone(),
-            webhook_hosts: d.webhook_hosts.clone(),
+            hosts: ChannelKind::all()
+                .map(|k| (k.as_str(), d.hosts(k).to_vec()))
+                .collect(),
         })
     }
 
@@ -49,11 +48,7 @@ impl TargetPolicy {
     }
 
     fn hosts(&self, kind: ChannelKind) -> &[String] {
-        match kind {
-            ChannelKind::Slack => &self.slack_hosts,
-            ChannelKind::Teams => &self.teams_hosts,
-            ChannelKind::Webhook => &self.webhook_hosts,
-        }
+        self.hosts.get(kind.as_str()).map_or(&[], Vec::as_slice)
     }
 
     /// Checks a channel URL. Messages never include the URL itself (it is a secret),
@@ -75,14 +70,8 @@ impl TargetPolicy {
             return Err("must not carry user:password credentials".into());
         }
         let host = url.host().ok_or("has no host")?;
-        if kind == ChannelKind::Teams
-            && let url::Host::Domain(d) = &host
-            && (d.ends_with(".webhook.office.com") || *d == "outlook.office.com")
-        {
-            return Err(
-                "is a retired Office 365 connector URL; create a Teams Workflows webhook instead"
-                    .into(),
-            );
+        if let Some(why) = kind.refuse_url(&url) {
+            return Err(why);
         }
         if self.allow_private {
             return Ok(());
@@ -235,8 +224,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(non_snake_case)]
     fn url_policy_table() {
-        use ChannelKind::*;
+        let k = |n| ChannelKind::named(n).unwrap();
+        let (Webhook, Slack, Teams) = (k("webhook"), k("slack"), k("teams"));
         let p = strict();
         let refused = [
             (Webhook, "http://hooks.example.com/x", "https"),
@@ -290,13 +281,19 @@ mod tests {
         };
         let p = TargetPolicy::from_config(&d).unwrap();
         assert!(
-            p.check_url(ChannelKind::Webhook, "https://10.20.3.4/hook")
-                .is_ok()
+            p.check_url(
+                ChannelKind::named("webhook").unwrap(),
+                "https://10.20.3.4/hook"
+            )
+            .is_ok()
         );
         assert!(p.ip_allowed("::ffff:10.20.3.4".parse().unwrap()));
         assert!(
-            p.check_url(ChannelKind::Webhook, "https://10.21.0.1/hook")
-                .is_err()
+            p.check_url(
+                ChannelKind::named("webhook").unwrap(),
+                "https://10.21.0.1/hook"
+            )
+            .is_err()
         );
         assert!(!p.ip_allowed("169.254.169.254".parse().unwrap()));
         let bad = DeliveryConfig {

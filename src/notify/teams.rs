@@ -1,9 +1,52 @@
 //! Microsoft Teams Workflows webhook: an Adaptive Card (1.5) in a `message`
 //! envelope. Untrusted text goes only into `RichTextBlock`/`TextRun`, which renders
 //! no Markdown, so nothing in it can format, link or mention.
-use super::truncate;
-use crate::render::Rendered;
+use super::retry::{self, Verdict};
+use super::{Answer, Kind, Message, Rendered, truncate};
 use serde_json::{Value, json};
+use std::time::Duration;
+
+pub struct Teams;
+
+impl Kind for Teams {
+    fn name(&self) -> &'static str {
+        "teams"
+    }
+    fn default_hosts(&self) -> &'static [&'static str] {
+        &[
+            "*.logic.azure.com",
+            "*.powerplatform.com",
+            "*.powerautomate.com",
+        ]
+    }
+    /// Teams allows 4 posts per second per webhook.
+    fn default_interval(&self) -> Duration {
+        Duration::from_millis(250)
+    }
+    fn default_template(&self) -> &'static str {
+        include_str!("../../templates/default/teams/default.hbs")
+    }
+    fn refuse_url(&self, url: &url::Url) -> Option<String> {
+        match url.host() {
+            Some(url::Host::Domain(d))
+                if d.ends_with(".webhook.office.com") || d == "outlook.office.com" =>
+            {
+                Some(
+                    "is a retired Office 365 connector URL; create a Teams Workflows webhook instead"
+                        .into(),
+                )
+            }
+            _ => None,
+        }
+    }
+    fn payload(&self, m: &Message) -> Value {
+        payload(m.rendered, m.link)
+    }
+    /// Workflows answer 202; 401/403/404 mean the flow was deleted or its URL revoked.
+    fn classify(&self, a: &Answer, max_retry_after: Duration) -> Verdict {
+        retry::classify(a, true, max_retry_after)
+    }
+}
 
 /// Budget for the whole serialized envelope (Teams documents 28 KB; field reports fail earlier).
 pub const ENVELOPE_LIMIT: usize = 20_000;

@@ -1,11 +1,48 @@
 //! Generic webhook: Standard Webhooks v1 JSON (`type`, `timestamp`, `data`), signed
 //! with `webhook-id`/`webhook-timestamp`/`webhook-signature` when a `whsec_` secret is set.
+use super::{Kind, Message, Rendered};
 use crate::domain::{JobSnapshot, Transition};
-use crate::render::Rendered;
+use crate::secret::Secret;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
+
+pub struct Webhook;
+
+impl Kind for Webhook {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+    fn default_template(&self) -> &'static str {
+        include_str!("../../templates/default/webhook/default.hbs")
+    }
+    fn check_secret(&self, secret: &str) -> Result<(), String> {
+        decode_secret(secret).map(|_| ())
+    }
+    fn payload(&self, m: &Message) -> Value {
+        payload(m.team, m.rendered, m.job, m.transition)
+    }
+    fn headers(
+        &self,
+        webhook_id: &str,
+        timestamp: i64,
+        secret: Option<&Secret>,
+        body: &[u8],
+    ) -> Result<Vec<(&'static str, String)>, String> {
+        let mut h = vec![
+            ("webhook-id", webhook_id.to_string()),
+            ("webhook-timestamp", timestamp.to_string()),
+        ];
+        if let Some(secret) = secret {
+            h.push((
+                "webhook-signature",
+                sign(secret.expose(), webhook_id, timestamp, body)?,
+            ));
+        }
+        Ok(h)
+    }
+}
 
 /// Keeps the envelope well under the 20 KB Standard Webhooks recommends.
 pub const SUMMARY_LIMIT: usize = 4000;

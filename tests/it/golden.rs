@@ -3,7 +3,6 @@
 //! rewrites them.
 use deadline_notifier::config::{ChannelKind, Config};
 use deadline_notifier::domain::Event;
-use deadline_notifier::notify;
 use deadline_notifier::render::{self, Renderer};
 use std::path::PathBuf;
 
@@ -39,15 +38,11 @@ url = "http://127.0.0.1:1/w"
     let update = std::env::var("UPDATE_GOLDEN").is_ok();
     let mut mismatches = Vec::new();
     let mut n = 0;
-    for kind in ChannelKind::ALL {
+    for kind in ChannelKind::all() {
+        let channel = cfg.teams[0].channel(kind.as_str()).unwrap();
         for event in Event::ALL {
             let (job, tr) = render::sample_job(event);
-            let ctx = render::context("lighting", kind.as_str(), &job, &tr, renderer.monitor_url());
-            let r = renderer.render("lighting", kind, event, &ctx).unwrap();
-            let link = renderer
-                .monitor_url()
-                .map(|b| render::monitor_link(b, &job.key));
-            let payload = notify::payload(kind, "lighting", &r, &job, &tr, link.as_deref());
+            let payload = renderer.payload("lighting", channel, &job, &tr).unwrap();
             let got = serde_json::to_string_pretty(&payload).unwrap() + "\n";
             let file = root
                 .join("tests/golden")

@@ -1,0 +1,500 @@
+//! The delivery worker's decisions, apart from its effects: which queued message goes
+//! next, what an answer means for it, when a destination may be posted to again.
+//! Everything here is pure and takes "now" as an argument, so tests drive it in
+//! manual time.
+use crate::domain::{JobKey, OutboxEntry};
+use crate::notify::DeliveryConfig;
+use crate::notify::retry::{self, Verdict};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// No message is attempted twice within this, whatever the receiver or the
+/// configured schedule says (`Retry-After: 0` must not become a flood).
+pub const MIN_RETRY: Duration = Duration::from_secs(1);
+
+/// What to do with a message after one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Delivered,
+    /// Try again at `at` (attempts and the error are recorded on the entry).
+    RetryAt {
+        at: DateTime<Utc>,
+        attempts: u32,
+        error: String,
+        throttled: bool,
+    },
+    /// Never deliverable, or `give_up_after` passed: move to the dead letters.
+    DeadLetter {
+        reason: String,
+        attempts: u32,
+        gave_up: bool,
+    },
+    /// The destination is gone or revoked: disable the channel, dead-letter this.
+    Disable {
+        reason: String,
+        attempts: u32,
+    },
+}
+
+/// Decides what `verdict` means for `e` at `now`. `unit` ∈ [0, 1] is the jitter draw.
+pub fn after_attempt(
+    verdict: Verdict,
+    e: &OutboxEntry,
+    now: DateTime<Utc>,
+    cfg: &DeliveryConfig,
+    unit: f64,
+) -> Decision {
+    let give_up_at = e.created_at
+        + chrono::Duration::from_std(cfg.give_up_after).unwrap_or(chrono::Duration::MAX);
+    let schedule = |delay: Duration, attempts: u32, error: String, throttled: bool| {
+        if now >= give_up_at {
+            return Decision::DeadLetter {
+                reason: format!("gave up after {attempts} attempts: {error}"),
+                attempts,
+                gave_up: true,
+            };
+        }
+        let at =
+            now + chrono::Duration::from_std(delay.max(MIN_RETRY)).unwrap_or(chrono::Duration::MAX);
+        // One last attempt at the deadline rather than none, and none after it.
+        let at =
+            at.min(give_up_at.max(now + chrono::Duration::from_std(MIN_RETRY).unwrap_or_default()));
+        Decision::RetryAt {
+            at,
+            attempts,
+            error,
+            throttled,
+        }
+    };
+    match verdict {
+        Verdict::Delivered => Decision::Delivered,
+        // Not a failure of the message: attempts are not counted.
+        Verdict::Throttled { wait, reason } => schedule(wait, e.attempts, reason, true),
+        Verdict::Retry { reason } => {
+            let attempts = e.attempts + 1;
+            let delay = retry::backoff(&cfg.retry_schedule, attempts, unit);
+            schedule(delay, attempts, reason, false)
+        }
+        Verdict::DeadLetter { reason } => Decision::DeadLetter {
+            reason,
+            attempts: e.attempts + 1,
+            gave_up: false,
+        },
+        Verdict::Disable { reason } => Decision::Disable {
+            reason,
+            attempts: e.attempts + 1,
+        },
+    }
+}
+
+/// A worker's view of its channel's queue: what it needs to choose, not the payloads.
+#[derive(Debug, Default)]
+pub struct Queue {
+    entries: BTreeMap<u64, Pending>,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    job: JobKey,
+    due: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Send(u64),
+    WaitUntil(DateTime<Utc>),
+    Idle,
+}
+
+impl Queue {
+    pub fn insert(&mut self, e: &OutboxEntry) {
+        self.entries.insert(
+            e.seq,
+            Pending {
+                job: e.job.clone(),
+                due: e.next_attempt_at,
+                created_at: e.created_at,
+            },
+        );
+    }
+
+    pub fn remove(&mut self, seq: u64) {
+        self.entries.remove(&seq);
+    }
+
+    pub fn set_due(&mut self, seq: u64, due: DateTime<Utc>) {
+        if let Some(p) = self.entries.get_mut(&seq) {
+            p.due = due;
+        }
+    }
+
+    /// After the destination recovered: everything waiting on a back-off may go now
+    /// (order per job still holds; pacing still applies).
+    pub fn pull_in(&mut self, now: DateTime<Utc>) {
+        for p in self.entries.values_mut() {
+            p.due = p.due.min(now);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The oldest queued message (always its job's first).
+    pub fn first(&self) -> Option<u64> {
+        self.entries.keys().next().copied()
+    }
+
+    pub fn oldest(&self) -> Option<DateTime<Utc>> {
+        self.entries.values().map(|p| p.created_at).min()
+    }
+
+    /// Order is kept per job: only a job's oldest queued message may go, so its
+    /// "started" never arrives after its "failed"; different jobs never wait for
+    /// each other. Among sendable messages the oldest goes first.
+    pub fn next(&self, now: DateTime<Utc>) -> Next {
+        let mut seen: HashSet<&JobKey> = HashSet::new();
+        let mut soonest: Option<DateTime<Utc>> = None;
+        for (seq, p) in &self.entries {
+            if !seen.insert(&p.job) {
+                continue;
+            }
+            if p.due <= now {
+                return Next::Send(*seq);
+            }
+            soonest = Some(soonest.map_or(p.due, |s| s.min(p.due)));
+        }
+        soonest.map_or(Next::Idle, Next::WaitUntil)
+    }
+}
+
+/// A destination that keeps failing across messages is paused as a whole, for
+/// longer each time (from 1 s, doubling, up to `max`); any success closes it. One
+/// failing message alone never pauses it.
+#[derive(Debug, Clone, Default)]
+pub struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// Consecutive failures (across messages) before the breaker opens.
+pub const BREAKER_THRESHOLD: u32 = 3;
+
+impl Breaker {
+    pub fn on_failure(&mut self, now: Instant, max: Duration) {
+        self.failures += 1;
+        if self.failures >= BREAKER_THRESHOLD {
+            let n = (self.failures - BREAKER_THRESHOLD).min(16);
+            let pause = Duration::from_secs(1u64 << n).min(max.max(MIN_RETRY));
+            self.open_until = Some(now + pause);
+        }
+    }
+
+    /// Returns whether the destination had been failing (its queue may be pulled in).
+    pub fn on_success(&mut self) -> bool {
+        let was = self.failures > 0;
+        self.failures = 0;
+        self.open_until = None;
+        was
+    }
+
+    pub fn open_until(&self) -> Option<Instant> {
+        self.open_until
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// Per destination URL, shared by every channel posting to it: pacing slots,
+/// `Retry-After` blocks and the breaker. So two channels with one Slack webhook
+/// still make ~1 post/s, and a 429 pauses both.
+#[derive(Debug, Default)]
+pub struct Destinations {
+    by_url: HashMap<String, Dest>,
+}
+
+#[derive(Debug, Default)]
+struct Dest {
+    next_slot: Option<Instant>,
+    blocked_until: Option<Instant>,
+    breaker: Breaker,
+}
+
+impl Destinations {
+    /// How long until `url` may be posted to.
+    pub fn free_in(&self, url: &str, now: Instant) -> Duration {
+        let Some(d) = self.by_url.get(url) else {
+            return Duration::ZERO;
+        };
+        [d.next_slot, d.blocked_until, d.breaker.open_until()]
+            .into_iter()
+            .flatten()
+            .map(|t| t.saturating_duration_since(now))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Takes the slot at `now` (call only when [`Destinations::free_in`] is zero);
+    /// the next one is `interval` later.
+    pub fn take(&mut self, url: &str, interval: Duration, now: Instant) {
+        self.by_url.entry(url.to_string()).or_default().next_slot = Some(now + interval);
+    }
+
+    /// Nothing goes to `url` before `until` (a 429's Retry-After).
+    pub fn block_until(&mut self, url: &str, until: Instant) {
+        let d = self.by_url.entry(url.to_string()).or_default();
+        d.blocked_until = Some(d.blocked_until.map_or(until, |t| t.max(until)));
+    }
+
+    pub fn failed(&mut self, url: &str, now: Instant, max: Duration) {
+        self.by_url
+            .entry(url.to_string())
+            .or_default()
+            .breaker
+            .on_failure(now, max);
+    }
+
+    /// Failing across messages: only probes go to it, on the breaker's schedule.
+    pub fn tripped(&self, url: &str) -> bool {
+        self.by_url
+            .get(url)
+            .is_some_and(|d| d.breaker.failures() >= BREAKER_THRESHOLD)
+    }
+
+    /// Returns whether it had been failing.
+    pub fn succeeded(&mut self, url: &str) -> bool {
+        self.by_url
+            .get_mut(url)
+            .is_some_and(|d| d.breaker.on_success())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Event;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    fn job(n: u8) -> JobKey {
+        JobKey {
+            farm_id: "f".into(),
+            queue_id: "q".into(),
+            job_id: format!("j{n}"),
+        }
+    }
+
+    fn entry(seq: u64, j: u8, due_s: i64) -> OutboxEntry {
+        OutboxEntry {
+            seq,
+            webhook_id: format!("msg_{seq}"),
+            team: "t".into(),
+            channel: "c".into(),
+            kind: "webhook".into(),
+            job: job(j),
+            event: Event::Succeeded,
+            created_at: t0(),
+            attempts: 0,
+            next_attempt_at: t0() + chrono::Duration::seconds(due_s),
+            last_error: None,
+            payload: serde_json::json!({}),
+        }
+    }
+
+    fn secs(s: i64) -> chrono::Duration {
+        chrono::Duration::seconds(s)
+    }
+
+    #[test]
+    fn order_is_per_job_and_other_jobs_do_not_wait() {
+        let mut q = Queue::default();
+        q.insert(&entry(1, 1, 60)); // job 1's first message is backing off
+        q.insert(&entry(2, 1, 0)); // job 1's second must wait for it
+        q.insert(&entry(3, 2, 0)); // job 2 is free
+        assert_eq!(q.next(t0()), Next::Send(3));
+        q.remove(3);
+        assert_eq!(q.next(t0()), Next::WaitUntil(t0() + secs(60)));
+        assert_eq!(q.next(t0() + secs(60)), Next::Send(1));
+        q.remove(1);
+        assert_eq!(q.next(t0() + secs(60)), Next::Send(2));
+        q.remove(2);
+        assert_eq!(q.next(t0()), Next::Idle);
+    }
+
+    #[test]
+    fn pull_in_makes_backed_off_messages_due() {
+        let mut q = Queue::default();
+        q.insert(&entry(1, 1, 300));
+        q.pull_in(t0());
+        assert_eq!(q.next(t0()), Next::Send(1));
+    }
+
+    #[test]
+    fn early_retries_are_short_and_grow_while_failures_persist() {
+        let cfg = DeliveryConfig::default();
+        let mut e = entry(1, 1, 0);
+        let mut delays = Vec::new();
+        let mut now = t0();
+        for _ in 0..8 {
+            match after_attempt(
+                Verdict::Retry {
+                    reason: "HTTP 503".into(),
+                },
+                &e,
+                now,
+                &cfg,
+                1.0,
+            ) {
+                Decision::RetryAt { at, attempts, .. } => {
+                    delays.push((at - now).num_seconds());
+                    e.attempts = attempts;
+                    now = at;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(delays, [1, 2, 5, 15, 30, 60, 120, 300]);
+    }
+
+    #[test]
+    fn zero_delays_are_floored_to_one_second() {
+        let mut cfg = DeliveryConfig::default();
+        cfg.retry_schedule = vec![Duration::ZERO];
+        let e = entry(1, 1, 0);
+        for v in [
+            Verdict::Retry {
+                reason: "HTTP 503".into(),
+            },
+            Verdict::Throttled {
+                wait: Duration::ZERO,
+                reason: "HTTP 429".into(),
+            },
+        ] {
+            match after_attempt(v, &e, t0(), &cfg, 0.0) {
+                Decision::RetryAt { at, .. } => assert_eq!(at - t0(), secs(1)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn give_up_after_holds_whatever_the_receiver_says() {
+        let mut cfg = DeliveryConfig::default();
+        cfg.give_up_after = Duration::from_secs(5);
+        let e = entry(1, 1, 0);
+        // A long Retry-After is cut to the deadline...
+        match after_attempt(
+            Verdict::Throttled {
+                wait: Duration::from_secs(600),
+                reason: "HTTP 429".into(),
+            },
+            &e,
+            t0() + secs(1),
+            &cfg,
+            1.0,
+        ) {
+            Decision::RetryAt {
+                at,
+                throttled: true,
+                ..
+            } => assert_eq!(at, t0() + secs(5)),
+            other => panic!("{other:?}"),
+        }
+        // ...and at the deadline the message is dead-lettered.
+        for v in [
+            Verdict::Throttled {
+                wait: Duration::ZERO,
+                reason: "HTTP 429".into(),
+            },
+            Verdict::Retry {
+                reason: "HTTP 503".into(),
+            },
+        ] {
+            assert!(matches!(
+                after_attempt(v, &e, t0() + secs(5), &cfg, 1.0),
+                Decision::DeadLetter { gave_up: true, .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn refusals_and_revocations_are_final() {
+        let cfg = DeliveryConfig::default();
+        let e = entry(1, 1, 0);
+        assert!(matches!(
+            after_attempt(
+                Verdict::DeadLetter {
+                    reason: "HTTP 400".into()
+                },
+                &e,
+                t0(),
+                &cfg,
+                0.5
+            ),
+            Decision::DeadLetter {
+                gave_up: false,
+                attempts: 1,
+                ..
+            }
+        ));
+        assert!(matches!(
+            after_attempt(
+                Verdict::Disable {
+                    reason: "HTTP 410".into()
+                },
+                &e,
+                t0(),
+                &cfg,
+                0.5
+            ),
+            Decision::Disable { attempts: 1, .. }
+        ));
+        assert_eq!(
+            after_attempt(Verdict::Delivered, &e, t0(), &cfg, 0.5),
+            Decision::Delivered
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pacing_retry_after_and_the_breaker_in_paused_time() {
+        let url = "https://hooks.example.com/x";
+        let max = Duration::from_secs(30);
+        let mut d = Destinations::default();
+        let now = Instant::now();
+        assert_eq!(d.free_in(url, now), Duration::ZERO);
+        d.take(url, Duration::from_millis(250), now);
+        assert_eq!(d.free_in(url, now), Duration::from_millis(250));
+        assert_eq!(d.free_in("https://other.example.com/", now), Duration::ZERO);
+        tokio::time::advance(Duration::from_millis(250)).await;
+        let now = Instant::now();
+        assert_eq!(d.free_in(url, now), Duration::ZERO);
+        d.block_until(url, now + Duration::from_secs(3));
+        assert_eq!(d.free_in(url, now), Duration::from_secs(3));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let now = Instant::now();
+        // Two failures: no pause; from the third, 1 s, 2 s, 4 s … up to `max`.
+        d.failed(url, now, max);
+        d.failed(url, now, max);
+        assert_eq!(d.free_in(url, now), Duration::ZERO);
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            d.failed(url, now, max);
+            pauses.push(d.free_in(url, now).as_secs());
+        }
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert!(d.succeeded(url));
+        assert_eq!(d.free_in(url, now), Duration::ZERO);
+        assert!(!d.succeeded(url));
+    }
+}

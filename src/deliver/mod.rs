@@ -1,0 +1,456 @@
+//! Delivery workers: one per channel. A worker sends only what the store has made
+//! durable, keeps order per (channel, job), and leaves every decision to
+//! [`decide`]; this file holds the effects (store, HTTP, metrics, logs).
+pub mod decide;
+
+use crate::clock::SharedClock;
+use crate::domain::{ChannelState, OutboxEntry};
+use crate::notify::Channel;
+use crate::notify::retry::Verdict;
+use crate::reload::{Active, Live};
+use crate::store::{Store, StoreError, channel_key};
+use chrono::{DateTime, Utc};
+use decide::{Decision, Destinations, Next, Queue};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Wakes a channel's worker when something is queued for it. Channels can appear on
+/// reload, so a waker is created on first use by either side.
+#[derive(Clone, Default)]
+pub struct Wakers(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
+
+impl Wakers {
+    pub fn wake(&self, team: &str, channel: &str) {
+        self.get(team, channel).notify_one();
+    }
+
+    fn get(&self, team: &str, channel: &str) -> Arc<Notify> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(channel_key(team, channel))
+            .or_default()
+            .clone()
+    }
+}
+
+/// What each worker has queued (count, oldest creation time), for `/metrics`
+/// without reading the store.
+#[derive(Clone, Default)]
+pub struct Backlogs(Arc<Mutex<HashMap<(String, String), (usize, Option<DateTime<Utc>>)>>>);
+
+impl Backlogs {
+    fn set(&self, team: &str, channel: &str, n: usize, oldest: Option<DateTime<Utc>>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((team.to_string(), channel.to_string()), (n, oldest));
+    }
+
+    fn remove(&self, team: &str, channel: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(team.to_string(), channel.to_string()));
+    }
+
+    /// (team, channel, queued, oldest) per running worker.
+    pub fn snapshot(&self) -> Vec<(String, String, usize, Option<DateTime<Utc>>)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((t, c), (n, o))| (t.clone(), c.clone(), *n, *o))
+            .collect()
+    }
+}
+
+/// Destinations shared by all workers.
+pub type SharedDestinations = Arc<Mutex<Destinations>>;
+
+pub struct Worker {
+    pub store: Store,
+    pub live: Live,
+    pub team: String,
+    pub channel: String,
+    pub clock: SharedClock,
+    pub wake: Arc<Notify>,
+    pub dests: SharedDestinations,
+    pub backlogs: Backlogs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("delivery worker for {channel} panicked: {message}")]
+    Panicked { channel: String, message: String },
+}
+
+/// Runs one worker per configured channel until shutdown, starting workers for
+/// channels a reload adds; a worker whose channel a reload removed ends by itself
+/// (its queued messages stay in the outbox until the channel returns).
+pub async fn supervise(
+    store: Store,
+    live: Live,
+    clock: SharedClock,
+    wakers: Wakers,
+    backlogs: Backlogs,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DeliveryError> {
+    let mut sv = Supervisor {
+        store,
+        live: live.clone(),
+        clock,
+        wakers,
+        backlogs,
+        dests: SharedDestinations::default(),
+        worker_shutdown: shutdown.clone(),
+        tasks: JoinSet::new(),
+        running: HashSet::new(),
+        names: HashMap::new(),
+    };
+    let mut updates = live.subscribe();
+    sv.spawn_missing();
+    loop {
+        tokio::select! {
+            changed = updates.changed() => {
+                if changed.is_ok() {
+                    sv.spawn_missing();
+                    // Workers of removed channels may be asleep; wake them to notice.
+                    for key in &sv.running {
+                        if let Some((team, channel)) = key.split_once('/') {
+                            sv.wakers.wake(team, channel);
+                        }
+                    }
+                }
+            }
+            Some(joined) = sv.tasks.join_next_with_id() => match joined {
+                Ok((id, Ok(key))) => {
+                    sv.names.remove(&id);
+                    sv.running.remove(&key);
+                    // Removed and re-added between two looks: start it again.
+                    sv.spawn_missing();
+                }
+                Ok((_, Err(e))) => return Err(e.into()),
+                Err(e) => {
+                    let channel = sv.names.get(&e.id()).cloned().unwrap_or_default();
+                    return Err(DeliveryError::Panicked { channel, message: e.to_string() });
+                }
+            },
+            _ = shutdown.changed(), if !*shutdown.borrow() => {}
+        }
+        if *shutdown.borrow() && sv.tasks.is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+struct Supervisor {
+    store: Store,
+    live: Live,
+    clock: SharedClock,
+    wakers: Wakers,
+    backlogs: Backlogs,
+    dests: SharedDestinations,
+    worker_shutdown: watch::Receiver<bool>,
+    tasks: JoinSet<Result<String, StoreError>>,
+    /// Channel keys with a live worker.
+    running: HashSet<String>,
+    /// Which channel each task serves, to name it if it panics.
+    names: HashMap<tokio::task::Id, String>,
+}
+
+impl Supervisor {
+    fn spawn_missing(&mut self) {
+        if *self.worker_shutdown.borrow() {
+            return;
+        }
+        let active = self.live.current();
+        for t in &active.config.teams {
+            for c in &t.channels {
+                let key = channel_key(&t.name, &c.name);
+                if self.running.contains(&key) {
+                    continue;
+                }
+                let w = Worker {
+                    store: self.store.clone(),
+                    live: self.live.clone(),
+                    team: t.name.clone(),
+                    channel: c.name.clone(),
+                    clock: self.clock.clone(),
+                    wake: self.wakers.get(&t.name, &c.name),
+                    dests: self.dests.clone(),
+                    backlogs: self.backlogs.clone(),
+                };
+                let id = self.tasks.spawn(w.run(self.worker_shutdown.clone())).id();
+                self.running.insert(key.clone());
+                self.names.insert(id, key);
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn count(&self, e: &OutboxEntry, outcome: &'static str, reason: String) {
+        metrics::counter!(
+            "deadline_notifier_deliveries_total",
+            "team" => e.team.clone(),
+            "channel" => e.channel.clone(),
+            "kind" => e.kind.clone(),
+            "event" => e.event.as_str(),
+            "outcome" => outcome,
+            "reason" => reason,
+        )
+        .increment(1);
+    }
+
+    fn dests(&self) -> std::sync::MutexGuard<'_, Destinations> {
+        self.dests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns the channel's key when shutting down or when a reload removed the channel.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<String, StoreError> {
+        let key = channel_key(&self.team, &self.channel);
+        let mut durable = self.store.durable();
+        let mut queue = Queue::default();
+        // Entries up to `loaded` (inclusive) are in `queue`; the next load starts after it.
+        let mut next_from: u64 = 0;
+        loop {
+            if *shutdown.borrow() {
+                self.backlogs.remove(&self.team, &self.channel);
+                return Ok(key);
+            }
+            // One config set per attempt: a reload applies from the next message on.
+            let active = self.live.current();
+            let Some(channel) = active
+                .config
+                .team(&self.team)
+                .and_then(|t| t.channel(&self.channel))
+                .cloned()
+            else {
+                self.backlogs.remove(&self.team, &self.channel);
+                let (t, c) = (self.team.clone(), self.channel.clone());
+                let queued = self.store.run(move |s| s.outbox_len_for(&t, &c)).await?;
+                if queued > 0 {
+                    tracing::warn!(team = %self.team, channel = %self.channel, queued, "channel removed from the configuration; its queued messages stay in the outbox until it is configured again");
+                } else {
+                    tracing::info!(team = %self.team, channel = %self.channel, "channel removed from the configuration");
+                }
+                return Ok(key);
+            };
+            // Only what is on disk may leave: a crash can then never re-detect a
+            // transition whose message was already sent.
+            let upto = *durable.borrow_and_update();
+            if upto >= next_from {
+                let (t, c, from) = (self.team.clone(), self.channel.clone(), next_from);
+                let fresh = self
+                    .store
+                    .run(move |s| s.outbox_range(&t, &c, from, upto))
+                    .await?;
+                for e in &fresh {
+                    queue.insert(e);
+                }
+                next_from = upto + 1;
+            }
+            self.backlogs
+                .set(&self.team, &self.channel, queue.len(), queue.oldest());
+            let now = self.clock.now();
+            let url = channel.url.expose();
+            let choice = if self.dests().tripped(url) {
+                // The endpoint keeps failing: one probe at a time, on the breaker's
+                // schedule, whatever the messages' own back-off says.
+                queue.first().map_or(Next::Idle, Next::Send)
+            } else {
+                queue.next(now)
+            };
+            let wait = match choice {
+                Next::Send(seq) => {
+                    let free_in = self.dests().free_in(url, Instant::now());
+                    if free_in.is_zero() {
+                        let interval = active.config.delivery.interval(channel.kind);
+                        self.dests().take(url, interval, Instant::now());
+                        // In-flight sends complete even during shutdown; the grace
+                        // period in `app` bounds how long that may take.
+                        self.attempt(&active, &channel, seq, &mut queue).await?;
+                        continue;
+                    }
+                    free_in
+                }
+                Next::WaitUntil(t) => (t - now).to_std().unwrap_or(Duration::ZERO),
+                Next::Idle => Duration::from_secs(60),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = durable.changed() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        active: &Active,
+        target: &Channel,
+        seq: u64,
+        queue: &mut Queue,
+    ) -> Result<(), StoreError> {
+        let (t, c) = (self.team.clone(), self.channel.clone());
+        let found = self
+            .store
+            .run(move |s| {
+                let st = s.channel_state(&t, &c)?;
+                let e = s.outbox_entry(&t, &c, seq)?;
+                let dup = match &e {
+                    Some(e) => s.was_delivered(&e.webhook_id)?,
+                    None => false,
+                };
+                Ok((st, e, dup))
+            })
+            .await?;
+        let (st, Some(mut e), already) = found else {
+            queue.remove(seq);
+            return Ok(());
+        };
+        let now = self.clock.now();
+        if let Some(reason) = st.disabled_reason {
+            let dl = self
+                .dead_letter(&e, format!("channel disabled: {reason}"), now)
+                .await?;
+            queue.remove(seq);
+            tracing::warn!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl, "channel is disabled; message dead-lettered");
+            self.count(&e, "dead_letter", "channel_disabled".into());
+            return Ok(());
+        }
+        if e.payload.is_null() {
+            let reason = e.last_error.clone().unwrap_or_else(|| "no payload".into());
+            let dl = self.dead_letter(&e, reason.clone(), now).await?;
+            queue.remove(seq);
+            tracing::error!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl, %reason, "message could not be rendered; dead-lettered");
+            self.count(&e, "dead_letter", "render_error".into());
+            return Ok(());
+        }
+        if already {
+            // Already sent (e.g. a replayed copy): at-least-once, but not twice on purpose.
+            let done = e.clone();
+            self.store.run(move |s| s.delivered(&done, now)).await?;
+            queue.remove(seq);
+            tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "duplicate suppressed");
+            self.count(&e, "duplicate", "already_delivered".into());
+            return Ok(());
+        }
+        let body = serde_json::to_vec(&e.payload).unwrap_or_default();
+        let verdict = active.sender.send(target, &e.webhook_id, &body).await;
+        let now = self.clock.now();
+        let url = target.url.expose();
+        let reason_label = match &verdict {
+            Verdict::Retry { reason }
+            | Verdict::DeadLetter { reason }
+            | Verdict::Disable { reason } => crate::telemetry::reason_label(reason),
+            Verdict::Throttled { .. } => "http_429".into(),
+            Verdict::Delivered => "ok".into(),
+        };
+        let decision =
+            decide::after_attempt(verdict, &e, now, &active.config.delivery, rand::random());
+        let (job, team, channel, event) = (
+            e.job.to_string(),
+            e.team.clone(),
+            e.channel.clone(),
+            e.event,
+        );
+        match decision {
+            Decision::Delivered => {
+                let done = e.clone();
+                self.store.run(move |s| s.delivered(&done, now)).await?;
+                queue.remove(seq);
+                if self.dests().succeeded(url) {
+                    // The destination is back: what waited on a back-off may go now.
+                    queue.pull_in(now);
+                }
+                let latency_ms = (now - e.created_at).num_milliseconds();
+                tracing::info!(%job, %team, %channel, %event, webhook_id = %e.webhook_id, attempts = e.attempts + 1, latency_ms, "delivered");
+                self.count(&e, "delivered", reason_label);
+                metrics::histogram!("deadline_notifier_delivery_latency_seconds", "kind" => e.kind.clone())
+                    .record(latency_ms.max(0) as f64 / 1000.0);
+            }
+            Decision::RetryAt {
+                at,
+                attempts,
+                error,
+                throttled,
+            } => {
+                e.attempts = attempts;
+                e.next_attempt_at = at;
+                e.last_error = Some(error.clone());
+                let saved = e.clone();
+                self.store.run(move |s| s.update_outbox(&saved)).await?;
+                queue.set_due(seq, at);
+                let wait = (at - now).to_std().unwrap_or_default();
+                if throttled {
+                    self.dests().block_until(url, Instant::now() + wait);
+                    tracing::warn!(%job, %team, %channel, %event, wait_ms = wait.as_millis() as u64, reason = %error, "destination rate-limited us; waiting");
+                    self.count(&e, "throttled", reason_label);
+                } else {
+                    let max = active.config.delivery.breaker_max;
+                    self.dests().failed(url, Instant::now(), max);
+                    tracing::warn!(%job, %team, %channel, %event, attempts, retry_in_ms = wait.as_millis() as u64, reason = %error, "delivery failed; will retry");
+                    self.count(&e, "retry", reason_label);
+                }
+            }
+            Decision::DeadLetter {
+                reason,
+                attempts,
+                gave_up,
+            } => {
+                e.attempts = attempts;
+                let dl = self.dead_letter(&e, reason.clone(), now).await?;
+                queue.remove(seq);
+                if gave_up {
+                    tracing::error!(%job, %team, %channel, %event, attempts, dead_letter = dl, %reason, "delivery gave up; dead-lettered");
+                    self.count(&e, "dead_letter", "gave_up".into());
+                } else {
+                    tracing::error!(%job, %team, %channel, %event, dead_letter = dl, %reason, "delivery refused; dead-lettered");
+                    self.count(&e, "dead_letter", reason_label);
+                }
+            }
+            Decision::Disable { reason, attempts } => {
+                e.attempts = attempts;
+                let (t, c, r) = (self.team.clone(), self.channel.clone(), reason.clone());
+                self.store
+                    .run(move |s| {
+                        s.set_channel_state(
+                            &t,
+                            &c,
+                            &ChannelState {
+                                disabled_reason: Some(r),
+                                disabled_at: Some(now),
+                            },
+                        )
+                    })
+                    .await?;
+                let dl = self.dead_letter(&e, reason.clone(), now).await?;
+                queue.remove(seq);
+                tracing::error!(%job, %team, %channel, %event, dead_letter = dl, %reason, "destination is gone or revoked; channel disabled");
+                self.count(&e, "disabled", reason_label);
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        e: &OutboxEntry,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let e = e.clone();
+        self.store
+            .run(move |s| s.dead_letter(&e, &reason, now).map(|d| d.id))
+            .await
+    }
+}
