@@ -454,3 +454,131 @@ impl Worker {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::domain::{Event, JobKey, JobSnapshot, JobState, JobStatus};
+    use crate::notify::Sender;
+    use crate::render::Renderer;
+    use crate::sink::Sink;
+
+    fn key(n: u8) -> JobKey {
+        JobKey {
+            farm_id: format!("farm-{}", "a".repeat(32)),
+            queue_id: format!("queue-{}", "b".repeat(32)),
+            job_id: format!("job-{n:032x}"),
+        }
+    }
+
+    fn entry(n: u8) -> OutboxEntry {
+        OutboxEntry {
+            seq: 0,
+            webhook_id: format!("msg_{n}"),
+            team: "lighting".into(),
+            channel: "pipeline".into(),
+            kind: "webhook".into(),
+            job: key(n),
+            event: Event::Succeeded,
+            created_at: Utc::now(),
+            attempts: 0,
+            next_attempt_at: Utc::now(),
+            last_error: None,
+            payload: serde_json::json!({"n": n}),
+        }
+    }
+
+    fn state(n: u8) -> JobState {
+        JobState {
+            job: key(n),
+            status: JobStatus::of(&JobSnapshot::sample(key(n), "x")),
+            since: Utc::now(),
+            terminal_since: None,
+        }
+    }
+
+    /// Finding 1: a worker that is already running must not send an entry whose
+    /// commit has not been synced, however it is woken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_leaves_before_its_commit_is_durable() {
+        let sink = Sink::new();
+        let (addr, _h) = sink.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+[store]
+path = "{store}"
+[delivery]
+allow_private_targets = true
+[[teams]]
+name = "lighting"
+tokens = ["lighting-token-0123456789"]
+[[teams.channels]]
+name = "pipeline"
+kind = "webhook"
+url = "http://{addr}/hook"
+"#,
+            store = dir.path().join("s").display()
+        );
+        let config = Config::from_toml(&text, &dir.path().join("n.toml")).unwrap();
+        let store = Store::open(&config.store.path).unwrap();
+        let renderer = Renderer::load(&config).unwrap();
+        let sender = Sender::new(&config.delivery).unwrap();
+        let live = Live::new(config, renderer, sender);
+        let wakers = Wakers::default();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sup = tokio::spawn(supervise(
+            store.clone(),
+            live,
+            crate::clock::system(),
+            wakers.clone(),
+            Backlogs::default(),
+            stop_rx,
+        ));
+        let wait_for = |n: usize| {
+            let sink = sink.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while sink.delivered().len() < n {
+                    assert!(Instant::now() < deadline, "never delivered {n}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        // The first message goes through normally: the worker is running and warm.
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.commit_observation(&state(1), vec![entry(1)]))
+            .await
+            .unwrap()
+            .unwrap();
+        wait_for(1).await;
+
+        let hold = store.hold_syncs();
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.commit_observation(&state(2), vec![entry(2)]))
+            .await
+            .unwrap()
+            .unwrap();
+        // Every way a worker can be woken, while the sync is held back.
+        for _ in 0..20 {
+            wakers.wake("lighting", "pipeline");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            sink.received().len(),
+            1,
+            "a message left before its commit was synced"
+        );
+        drop(hold);
+        wait_for(2).await;
+        let ids: Vec<_> = sink
+            .delivered()
+            .iter()
+            .map(|r| r.headers["webhook-id"].clone())
+            .collect();
+        assert_eq!(ids, ["msg_1", "msg_2"]);
+        stop_tx.send(true).unwrap();
+        sup.await.unwrap().unwrap();
+    }
+}
