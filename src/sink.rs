@@ -38,6 +38,8 @@ struct Inner {
     scripts: HashMap<String, VecDeque<Answer>>,
     /// path → (answer with this status until then)
     outages: HashMap<String, (std::time::Instant, u16)>,
+    /// path → (fraction of requests answered 503, xorshift state): a flaky receiver.
+    flaky: HashMap<String, (f64, u64)>,
     delay: std::time::Duration,
 }
 
@@ -82,6 +84,14 @@ impl Sink {
             .insert(path.to_string(), (until, status));
     }
 
+    /// Answers a `rate` fraction of the requests to `path` with 503, chosen by a
+    /// seeded generator (repeatable, and independent of timing).
+    pub fn flaky(&self, path: &str, rate: f64, seed: u64) {
+        self.lock()
+            .flaky
+            .insert(path.to_string(), (rate, seed.max(1)));
+    }
+
     /// Holds every answer this long (a slow receiver).
     pub fn set_delay(&self, d: std::time::Duration) {
         self.lock().delay = d;
@@ -92,6 +102,7 @@ impl Sink {
         let mut g = self.lock();
         g.scripts.remove(path);
         g.outages.remove(path);
+        g.flaky.remove(path);
     }
 
     /// Every request so far, accepted or not.
@@ -141,7 +152,13 @@ async fn receive(
             .get(&path)
             .filter(|(until, _)| std::time::Instant::now() < *until)
             .map(|(_, s)| *s);
-        let scripted = match down {
+        let flaky = g.flaky.get_mut(&path).and_then(|(rate, x)| {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            ((*x % 10_000) as f64 / 10_000.0 < *rate).then_some(503)
+        });
+        let scripted = match down.or(flaky) {
             Some(status) => Some(Answer {
                 status,
                 retry_after: None,
