@@ -80,11 +80,15 @@ impl RateLimiter {
     }
 
     fn allow(&self, token: &TokenDigest) -> bool {
+        self.allow_at(token, tokio::time::Instant::now().into_std())
+    }
+
+    /// The decision at `now` (tests drive it in manual time).
+    fn allow_at(&self, token: &TokenDigest, now: Instant) -> bool {
         if self.rate <= 0.0 {
             return true;
         }
         let burst = (self.rate * 2.0).max(1.0);
-        let now = Instant::now();
         let mut g = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let (tokens, last) = g.entry(token.0).or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(burst);
@@ -597,4 +601,26 @@ async fn enable(
     st.wakers.wake(&team.name, &name);
     tracing::info!(team = %team.name, channel = %name, "channel enabled");
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod limiter_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_allows_bursts_of_twice_the_rate_and_refills() {
+        let l = RateLimiter::new(2.0);
+        let t = TokenDigest::of("some-token-0123456789");
+        let now = Instant::now();
+        let allowed = (0..10).filter(|_| l.allow_at(&t, now)).count();
+        assert_eq!(allowed, 4, "burst of 2 × rate");
+        assert!(!l.allow_at(&t, now + Duration::from_millis(100)));
+        assert!(
+            l.allow_at(&t, now + Duration::from_millis(500)),
+            "refilled one"
+        );
+        let other = TokenDigest::of("other-token-0123456789");
+        assert!(l.allow_at(&other, now), "buckets are per token");
+    }
 }

@@ -1,8 +1,8 @@
 //! `deadline-notifier demo`: the simulator, a local sink and the service on embedded
 //! defaults; subscribes a few scripted jobs through the real API and prints every
 //! notification as it arrives.
+use crate::api_client::ApiClient;
 use crate::app::App;
-use crate::client::ApiClient;
 use crate::config::Config;
 use crate::deadline::client::DeadlineClient;
 use crate::deadline::simulator::{JobSpec, Patch, Simulator};

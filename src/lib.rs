@@ -5,8 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_client;
 pub mod app;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod deadline;

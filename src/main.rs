@@ -3,8 +3,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use deadline_notifier::{
+    api_client::ApiClient,
     app::{self, App},
-    client::ApiClient,
     clock,
     config::Config,
     deadline::{Fetched, client::DeadlineClient, simulator::Simulator},

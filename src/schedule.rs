@@ -158,6 +158,43 @@ impl Budget {
     }
 }
 
+/// How many times less often than the base interval a job is polled, from its last
+/// known status: suspended, terminal and long-idle jobs change rarely.
+pub fn poll_factor(
+    status: Option<&crate::domain::JobStatus>,
+    since: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+    cfg: &crate::config::DeadlineConfig,
+) -> u32 {
+    use crate::domain::TaskRunStatus;
+    let Some(st) = status else {
+        return 1;
+    };
+    match &st.task_run_status {
+        Some(TaskRunStatus::Suspended) => cfg.suspended_factor,
+        _ if st.is_terminal() => cfg.terminal_factor,
+        Some(TaskRunStatus::Pending | TaskRunStatus::Ready) => {
+            let idle = chrono::Duration::from_std(cfg.idle_after).unwrap_or(chrono::Duration::MAX);
+            if now - since > idle {
+                cfg.idle_factor
+            } else {
+                1
+            }
+        }
+        _ => 1,
+    }
+}
+
+/// A job terminal for longer than `terminal_grace` is no longer polled.
+pub fn settled(
+    terminal_since: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    cfg: &crate::config::DeadlineConfig,
+) -> bool {
+    let grace = chrono::Duration::from_std(cfg.terminal_grace).unwrap_or(chrono::Duration::MAX);
+    terminal_since.is_some_and(|t| now - t > grace)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +267,49 @@ mod tests {
             b.on_success();
         }
         assert_eq!(b.rate(), 8.0);
+    }
+
+    #[test]
+    fn poll_factor_and_settling_in_manual_time() {
+        use crate::domain::{JobKey, JobSnapshot, JobStatus, TaskRunStatus};
+        let cfg = crate::config::DeadlineConfig::default();
+        let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let key = JobKey {
+            farm_id: "f".into(),
+            queue_id: "q".into(),
+            job_id: "j".into(),
+        };
+        let status = |s: TaskRunStatus| {
+            let mut j = JobSnapshot::sample(key.clone(), "x");
+            j.task_run_status = Some(s);
+            JobStatus::of(&j)
+        };
+        let idle = chrono::Duration::from_std(cfg.idle_after).unwrap();
+        let ready = status(TaskRunStatus::Ready);
+        assert_eq!(poll_factor(None, t0, t0, &cfg), 1);
+        assert_eq!(poll_factor(Some(&ready), t0, t0 + idle, &cfg), 1);
+        assert_eq!(
+            poll_factor(
+                Some(&ready),
+                t0,
+                t0 + idle + chrono::Duration::seconds(1),
+                &cfg
+            ),
+            cfg.idle_factor
+        );
+        let running = status(TaskRunStatus::Running);
+        assert_eq!(poll_factor(Some(&running), t0, t0 + idle * 10, &cfg), 1);
+        let done = status(TaskRunStatus::Succeeded);
+        assert_eq!(poll_factor(Some(&done), t0, t0, &cfg), cfg.terminal_factor);
+        let susp = status(TaskRunStatus::Suspended);
+        assert_eq!(poll_factor(Some(&susp), t0, t0, &cfg), cfg.suspended_factor);
+        let grace = chrono::Duration::from_std(cfg.terminal_grace).unwrap();
+        assert!(!settled(None, t0 + grace * 2, &cfg));
+        assert!(!settled(Some(t0), t0 + grace, &cfg));
+        assert!(settled(
+            Some(t0),
+            t0 + grace + chrono::Duration::seconds(1),
+            &cfg
+        ));
     }
 }

@@ -10,7 +10,7 @@ use crate::clock::SharedClock;
 use crate::deadline::client::{BATCH_LIMIT, DeadlineClient};
 use crate::deadline::{Fetched, Observed, SourceError};
 use crate::diff::diff;
-use crate::domain::{JobKey, JobStatus, TaskRunStatus, Transition};
+use crate::domain::{JobKey, JobStatus, Transition};
 use crate::domain::{JobState, OutboxEntry, Subscription};
 use crate::reload::{Active, Live};
 use crate::route::{Interest, route, webhook_id};
@@ -198,35 +198,23 @@ impl Loop {
 
     /// Terminal for longer than the grace period: no longer polled.
     fn settled(&self, job: &JobKey) -> bool {
-        let grace = chrono::Duration::from_std(self.active.config.deadline.terminal_grace)
-            .unwrap_or(chrono::Duration::MAX);
-        self.tracked
+        let since = self
+            .tracked
             .get(job)
             .and_then(|t| t.state.as_ref())
-            .and_then(|s| s.terminal_since)
-            .is_some_and(|t| self.w.clock.now() - t > grace)
+            .and_then(|s| s.terminal_since);
+        crate::schedule::settled(since, self.w.clock.now(), &self.active.config.deadline)
     }
 
     /// How many times less often than the base interval to poll this job.
     fn factor(&self, job: &JobKey) -> u32 {
-        let d = &self.active.config.deadline;
-        let Some(st) = self.tracked.get(job).and_then(|t| t.state.as_ref()) else {
-            return 1;
-        };
-        match &st.status.task_run_status {
-            Some(TaskRunStatus::Suspended) => d.suspended_factor,
-            _ if st.status.is_terminal() => d.terminal_factor,
-            Some(TaskRunStatus::Pending | TaskRunStatus::Ready) => {
-                let idle =
-                    chrono::Duration::from_std(d.idle_after).unwrap_or(chrono::Duration::MAX);
-                if self.w.clock.now() - st.since > idle {
-                    d.idle_factor
-                } else {
-                    1
-                }
-            }
-            _ => 1,
-        }
+        let st = self.tracked.get(job).and_then(|t| t.state.as_ref());
+        crate::schedule::poll_factor(
+            st.map(|s| &s.status),
+            st.map_or(self.w.clock.now(), |s| s.since),
+            self.w.clock.now(),
+            &self.active.config.deadline,
+        )
     }
 
     /// Schedules `job` at `at`, or one (adapted) interval from now when `at` is 0 and

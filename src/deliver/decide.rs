@@ -369,8 +369,10 @@ mod tests {
 
     #[test]
     fn zero_delays_are_floored_to_one_second() {
-        let mut cfg = DeliveryConfig::default();
-        cfg.retry_schedule = vec![Duration::ZERO];
+        let cfg = DeliveryConfig {
+            retry_schedule: vec![Duration::ZERO],
+            ..DeliveryConfig::default()
+        };
         let e = entry(1, 1, 0);
         for v in [
             Verdict::Retry {
@@ -390,8 +392,10 @@ mod tests {
 
     #[test]
     fn give_up_after_holds_whatever_the_receiver_says() {
-        let mut cfg = DeliveryConfig::default();
-        cfg.give_up_after = Duration::from_secs(5);
+        let cfg = DeliveryConfig {
+            give_up_after: Duration::from_secs(5),
+            ..DeliveryConfig::default()
+        };
         let e = entry(1, 1, 0);
         // A long Retry-After is cut to the deadline...
         match after_attempt(

@@ -41,7 +41,10 @@ impl Wakers {
 /// What each worker has queued (count, oldest creation time), for `/metrics`
 /// without reading the store.
 #[derive(Clone, Default)]
-pub struct Backlogs(Arc<Mutex<HashMap<(String, String), (usize, Option<DateTime<Utc>>)>>>);
+pub struct Backlogs(Arc<Mutex<HashMap<(String, String), Backlog>>>);
+
+/// Queued messages and the creation time of the oldest.
+type Backlog = (usize, Option<DateTime<Utc>>);
 
 impl Backlogs {
     fn set(&self, team: &str, channel: &str, n: usize, oldest: Option<DateTime<Utc>>) {
