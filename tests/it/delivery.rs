@@ -639,3 +639,96 @@ async fn a_flaky_receiver_delays_messages_but_keeps_order_per_job() {
         "flaky receiver: {want} messages, {failed} answered 503, {dups} duplicates, drained {drained:?} after the last transition"
     );
 }
+
+/// Measurement, not a check (finding 2): SIGKILL the service 50 ms, 200 ms and 1 s
+/// after a message arrived, restart, and count re-sends of that message. Run with
+/// `cargo test --test it -- --ignored kill_after_delivery --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; prints figures for the README"]
+async fn kill_after_delivery_resends() {
+    let mut env = Env::new().await;
+    let launcher = env.launcher();
+    let mut svc = env.start().await;
+    let mut run = 2;
+    for delay_ms in [50u64, 200, 1000] {
+        let mut resent = 0;
+        let tries = 5;
+        for t in 0..tries {
+            let job = env.add_job(&format!("kill {delay_ms} {t}"));
+            env.subscribe_job(&job, json!({"channels": ["pipeline"]}))
+                .await;
+            env.observed(&job, 2).await;
+            let mut rx = env.sink.subscribe();
+            env.sim.set_status(&job, "SUCCEEDED");
+            let first = loop {
+                let r = rx.recv().await.unwrap();
+                if r.status == 200 && r.body["data"]["jobId"] == json!(job.job_id) {
+                    break r;
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            svc.kill();
+            svc = launcher.start(run).await;
+            run += 1;
+            // Give a re-send every chance to happen: several poll intervals.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let id = &first.headers["webhook-id"];
+            let copies = env
+                .sink
+                .received()
+                .iter()
+                .filter(|r| &r.headers["webhook-id"] == id)
+                .count();
+            resent += copies - 1;
+        }
+        println!("SIGKILL {delay_ms} ms after delivery: {resent} re-sends in {tries} kills");
+    }
+}
+
+/// Measurement, not a check (finding 7): a receiver down for 10 minutes
+/// (`OUTAGE_SECS` to change it) with 20 messages queued. Prints how many attempts
+/// reached it during the outage and how long after its return everything drained.
+/// `cargo test --test it -- --ignored long_outage --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; takes the length of the outage"]
+async fn long_outage_follows_the_breaker() {
+    let secs: u64 = std::env::var("OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let mut env = Env::with_delivery(
+        "retry_schedule = [\"1s\", \"2s\", \"5s\", \"15s\", \"30s\", \"1m\", \"2m\", \"5m\"]",
+    )
+    .await;
+    let _svc = env.start().await;
+    let jobs: Vec<JobKey> = (0..20)
+        .map(|i| env.add_job(&format!("outage {i}")))
+        .collect();
+    for j in &jobs {
+        env.subscribe_job(j, json!({"channels": ["pipeline"]}))
+            .await;
+    }
+    env.observed_all(&jobs, 2).await;
+    let until = Instant::now() + Duration::from_secs(secs);
+    env.sink.outage("/webhook/lighting", until, 503);
+    for j in &jobs {
+        env.sim.set_status(j, "SUCCEEDED");
+    }
+    wait_until(
+        Duration::from_secs(secs + 300),
+        "all 20 after the outage",
+        || env.sink.delivered().len() >= 20,
+    )
+    .await;
+    let got = env.sink.received();
+    let attempts = got.iter().filter(|r| r.status == 503).count();
+    let drained = got
+        .iter()
+        .filter_map(|r| r.at)
+        .max()
+        .unwrap()
+        .saturating_duration_since(until);
+    println!(
+        "outage of {secs}s: {attempts} attempts reached the receiver while down; all 20 delivered {drained:?} after it returned"
+    );
+}
