@@ -696,10 +696,12 @@ async fn long_outage_follows_the_breaker() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    let mut env = Env::with_delivery(
-        "retry_schedule = [\"1s\", \"2s\", \"5s\", \"15s\", \"30s\", \"1m\", \"2m\", \"5m\"]",
-    )
-    .await;
+    let mut env = Env::new().await;
+    // The default schedule, not the test suite's short one.
+    let cfg = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace("retry_schedule = [\"200ms\", \"400ms\"]\n", "");
+    std::fs::write(env.config_path(), cfg).unwrap();
     let _svc = env.start().await;
     let jobs: Vec<JobKey> = (0..20)
         .map(|i| env.add_job(&format!("outage {i}")))
