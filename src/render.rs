@@ -233,27 +233,52 @@ impl Renderer {
     }
 }
 
-/// Rejects the forms that bypass the channel's escaping: `{{{ }}}`, `{{& }}` and
-/// `{{{{raw}}}}` blocks. `\{{` is a literal brace and is allowed.
+/// Rejects, on handlebars' own parse tree, every form that would bypass the
+/// channel's escaping: unescaped output (`{{{ }}}`, `{{& }}` in any spelling),
+/// raw blocks and partials. Reading the parse tree, not the text, means no
+/// spelling of these (whitespace, line breaks, `~`, escaped backslashes) slips by.
 pub fn lint(src: &str) -> Result<(), String> {
-    for (i, line) in src.lines().enumerate() {
-        let mut rest = line;
-        let mut col = 0;
-        while let Some(pos) = rest.find("{{") {
-            let escaped = pos > 0 && rest.as_bytes()[pos - 1] == b'\\';
-            let after = rest[pos + 2..].trim_start_matches('~');
-            if !escaped && (after.starts_with('{') || after.starts_with('&')) {
+    use handlebars::template::{Template, TemplateElement as E};
+    // A syntax error is reported by registration, with its own position.
+    let Ok(t) = Template::compile(src) else {
+        return Ok(());
+    };
+    let lines: Vec<&str> = src.split('\n').collect();
+    let starts_raw_block = |line: usize, col: usize| {
+        lines
+            .get(line.saturating_sub(1))
+            .and_then(|l| l.get(col.saturating_sub(1)..))
+            .is_some_and(|rest| rest.starts_with("{{{{"))
+    };
+    fn walk(
+        t: &Template,
+        check: &dyn Fn(&E, usize, usize) -> Option<&'static str>,
+    ) -> Result<(), String> {
+        for (i, el) in t.elements.iter().enumerate() {
+            let (line, col) = t.mapping.get(i).map_or((0, 0), |m| (m.0, m.1));
+            if let Some(what) = check(el, line, col) {
                 return Err(format!(
-                    "line {}, column {}: unescaped output (`{{{{{{ }}}}}}`, `{{{{& }}}}` or a raw block) would bypass the channel's escaping; use `{{{{ }}}}`",
-                    i + 1,
-                    col + pos + 1
+                    "line {line}, column {col}: {what} would bypass the channel's escaping; use `{{{{field}}}}`"
                 ));
             }
-            col += pos + 2;
-            rest = &rest[pos + 2..];
+            let nested: Vec<&Template> = match el {
+                E::HelperBlock(h) => h.template.iter().chain(h.inverse.iter()).collect(),
+                E::DecoratorBlock(d) | E::PartialBlock(d) => d.template.iter().collect(),
+                _ => Vec::new(),
+            };
+            for n in nested {
+                walk(n, check)?;
+            }
         }
+        Ok(())
     }
-    Ok(())
+    let check = |el: &E, line: usize, col: usize| match el {
+        E::HtmlExpression(_) => Some("unescaped output (`{{{ }}}` or `{{& }}`)"),
+        E::PartialExpression(_) | E::PartialBlock(_) => Some("a partial"),
+        E::HelperBlock(_) if starts_raw_block(line, col) => Some("a raw block (`{{{{ }}}}`)"),
+        _ => None,
+    };
+    walk(&t, &check)
 }
 
 fn split(s: &str) -> (String, String) {
@@ -543,6 +568,18 @@ mod tests {
         assert!(lint("{{& name}}").is_err());
         assert!(lint("{{~{name}~}}").is_err());
         assert!(lint("{{{{raw}}}}x{{{{/raw}}}}").is_err());
+        assert!(lint("{{> other}}").is_err());
+        for bypass in [
+            "{{ {name}}}",
+            "{{\t{name}}}",
+            "{{\n{name}}}",
+            "{{ &name}}",
+            "\\\\{{{name}}}",
+            "{{#if x}}\n  {{{name}}}\n{{/if}}",
+            "{{#if x}}{{else}}{{&name}}{{/if}}",
+        ] {
+            assert!(lint(bypass).is_err(), "{bypass:?} passed the lint");
+        }
     }
 
     #[test]
@@ -550,5 +587,29 @@ mod tests {
         assert_eq!(human_duration(59), "59s");
         assert_eq!(human_duration(61), "1m 1s");
         assert_eq!(human_duration(3723), "1h 2m 3s");
+    }
+
+    proptest::proptest! {
+        /// Every unescaped form, in random whitespace and layout, is refused.
+        #[test]
+        fn no_spelling_of_unescaped_output_passes(
+            ws1 in "[ \t\n~]{0,3}",
+            ws2 in "[ \t\n]{0,3}",
+            ws3 in "[ \t\n~]{0,3}",
+            before in "[a-z \n]{0,8}",
+            form in 0usize..4,
+            field in proptest::sample::select(vec!["name", "description", "createdBy", "parameters.Frames"]),
+        ) {
+            let t = match form {
+                0 => format!("{before}{{{{{{{ws1}{field}{ws2}}}}}}}"),
+                1 => format!("{before}{{{{{ws1}&{ws2}{field}{ws3}}}}}"),
+                2 => format!("{before}{{{{#if x}}}}{ws1}{{{{{{{ws2}{field}}}}}}}{{{{/if}}}}"),
+                _ => format!("{before}\\\\{{{{{{{ws2}{field}}}}}}}"),
+            };
+            // Only templates handlebars accepts matter: the others fail registration.
+            if handlebars::template::Template::compile(&t).is_ok() {
+                proptest::prop_assert!(lint(&t).is_err(), "{:?} passed", t);
+            }
+        }
     }
 }
