@@ -237,7 +237,7 @@ impl TokenSource {
                 .ok_or_else(|| "sha256 must be 64 hex characters (sha256sum of the token)".into()),
             TokenSource::Secret(src) => {
                 let tok = src.resolve()?;
-                if tok.expose().len() < 16 {
+                if tok.expose().chars().count() < 16 {
                     return Err("a token must be at least 16 characters".into());
                 }
                 Ok(TokenDigest::of(tok.expose()))
@@ -417,10 +417,11 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    if !(raw.server.rate_limit.is_finite() && raw.server.rate_limit >= 0.0) {
+    let rl = raw.server.rate_limit;
+    if !(rl.is_finite() && (rl == 0.0 || (0.1..=100_000.0).contains(&rl))) {
         return Err(invalid(
             "server.rate_limit".into(),
-            "must be a number ≥ 0 (0 disables)".into(),
+            "must be 0 (off) or between 0.1 and 100000 requests per second".into(),
         ));
     }
     if raw.teams.is_empty() {
@@ -677,5 +678,19 @@ events = ["job.failed", "job.succeeded"]
             "ftp://hooks.example.com/T000/SECRETPART",
         ));
         assert!(!e.contains("SECRETPART"), "{e}");
+    }
+
+    #[test]
+    fn absurd_server_values_and_short_tokens_are_refused() {
+        let e = err(&GOOD.replace("[server]", "[server]\nrate_limit = 1e-9"));
+        assert!(e.contains("server.rate_limit"), "{e}");
+        // 15 characters, 30 bytes: too short.
+        let e = err(&GOOD.replace("lighting-token-0123456789", "ééééééééééééééé"));
+        assert!(
+            e.contains("teams[0].tokens[0]") && e.contains("16 characters"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("[delivery]", "[delivery]\ntimeout = \"0s\""));
+        assert!(e.contains("delivery.timeout"), "{e}");
     }
 }

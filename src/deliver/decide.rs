@@ -278,6 +278,32 @@ impl Destinations {
     }
 }
 
+/// Collapses repeated identical warnings: a warning is logged when it differs from
+/// the last one, or a minute after the last line, with how many were held back.
+#[derive(Debug, Default)]
+pub struct WarnGate {
+    last: Option<(String, Instant)>,
+    held: u64,
+}
+
+pub const WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl WarnGate {
+    /// `Some(held back since the last line)` when this one should be logged.
+    pub fn admit(&mut self, what: &str, now: Instant) -> Option<u64> {
+        match &self.last {
+            Some((w, at)) if w == what && now.duration_since(*at) < WARN_EVERY => {
+                self.held += 1;
+                None
+            }
+            _ => {
+                self.last = Some((what.to_string(), now));
+                Some(std::mem::take(&mut self.held))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,5 +526,28 @@ mod tests {
         assert!(d.succeeded(url));
         assert_eq!(d.free_in(url, now), Duration::ZERO);
         assert!(!d.succeeded(url));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identical_warnings_collapse_to_one_line_a_minute() {
+        let mut g = WarnGate::default();
+        let mut lines = Vec::new();
+        for i in 0..600 {
+            // 495 a second for a while, as a `Retry-After: 0` flood once caused.
+            if let Some(held) = g.admit("HTTP 429", Instant::now()) {
+                lines.push(held);
+            }
+            if i == 300 {
+                assert_eq!(
+                    g.admit("HTTP 503", Instant::now()),
+                    Some(0),
+                    "a new error shows at once"
+                );
+            }
+            tokio::time::advance(Duration::from_millis(200)).await;
+        }
+        // 120 s of warnings: the first line, the 503, the 429 again right after it, then one a minute.
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[2] == 0 && lines.iter().sum::<u64>() < 600);
     }
 }

@@ -84,6 +84,8 @@ pub struct Worker {
     pub wake: Arc<Notify>,
     pub dests: SharedDestinations,
     pub backlogs: Backlogs,
+    /// Repeated identical warnings collapse to one line a minute.
+    pub warns: Mutex<decide::WarnGate>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +191,7 @@ impl Supervisor {
                     wake: self.wakers.get(&t.name, &c.name),
                     dests: self.dests.clone(),
                     backlogs: self.backlogs.clone(),
+                    warns: Mutex::default(),
                 };
                 let id = self.tasks.spawn(w.run(self.worker_shutdown.clone())).id();
                 self.running.insert(key.clone());
@@ -394,14 +397,23 @@ impl Worker {
                 self.store.run(move |s| s.update_outbox(&saved)).await?;
                 queue.set_due(seq, at);
                 let wait = (at - now).to_std().unwrap_or_default();
+                let admitted = self
+                    .warns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .admit(&error, Instant::now());
                 if throttled {
                     self.dests().block_until(url, Instant::now() + wait);
-                    tracing::warn!(%job, %team, %channel, %event, wait_ms = wait.as_millis() as u64, reason = %error, "destination rate-limited us; waiting");
+                    if let Some(repeated) = admitted {
+                        tracing::warn!(%job, %team, %channel, %event, wait_ms = wait.as_millis() as u64, reason = %error, repeated, "destination rate-limited us; waiting");
+                    }
                     self.count(&e, "throttled", reason_label);
                 } else {
                     let max = active.config.delivery.breaker_max;
                     self.dests().failed(url, Instant::now(), max);
-                    tracing::warn!(%job, %team, %channel, %event, attempts, retry_in_ms = wait.as_millis() as u64, reason = %error, "delivery failed; will retry");
+                    if let Some(repeated) = admitted {
+                        tracing::warn!(%job, %team, %channel, %event, attempts, retry_in_ms = wait.as_millis() as u64, reason = %error, repeated, "delivery failed; will retry");
+                    }
                     self.count(&e, "retry", reason_label);
                 }
             }

@@ -156,7 +156,62 @@ impl DeliveryConfig {
                 }
             }
         }
+        d.validate()?;
         Ok(d)
+    }
+
+    /// Refuses zero and absurd values, naming the key.
+    fn validate(&self) -> Result<(), SettingError> {
+        let range = |key: &str, v: Duration, min: Duration, max: Duration| {
+            if v < min || v > max {
+                Err(err(
+                    key,
+                    format!(
+                        "{} is out of range; use {} to {}",
+                        humantime::format_duration(v),
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let s = Duration::from_secs;
+        range("timeout", self.timeout, Duration::from_millis(100), s(300))?;
+        range("give_up_after", self.give_up_after, s(1), s(30 * 86_400))?;
+        range("max_retry_after", self.max_retry_after, s(1), s(86_400))?;
+        range("breaker_max", self.breaker_max, s(1), s(3600))?;
+        if self.retry_schedule.is_empty() {
+            return Err(err("retry_schedule", "needs at least one step"));
+        }
+        for step in &self.retry_schedule {
+            range(
+                "retry_schedule",
+                *step,
+                Duration::from_millis(100),
+                s(86_400),
+            )?;
+        }
+        for kind in ChannelKind::all() {
+            let name = kind.as_str();
+            range(
+                &format!("{name}_interval"),
+                self.interval(kind),
+                Duration::ZERO,
+                s(60),
+            )?;
+            if self.hosts(kind).is_empty() && !kind.default_hosts().is_empty() {
+                return Err(err(
+                    &format!("{name}_hosts"),
+                    format!(
+                        "an empty list would let {name} channels post anywhere; list the allowed hosts (default: {})",
+                        kind.default_hosts().join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Hosts a channel of `kind` may post to; empty means any public host.
@@ -215,5 +270,23 @@ mod tests {
         assert_eq!(e.key, "pigeon_hosts");
         let e = DeliveryConfig::from_table(&table("timeout = \"soon\"")).unwrap_err();
         assert!(e.key == "timeout" && e.message.contains("soon"), "{e:?}");
+    }
+
+    #[test]
+    fn zero_and_absurd_values_are_refused_naming_the_key() {
+        for (text, key) in [
+            ("timeout = \"0s\"", "timeout"),
+            ("give_up_after = \"0s\"", "give_up_after"),
+            ("retry_schedule = [\"0s\"]", "retry_schedule"),
+            ("retry_schedule = []", "retry_schedule"),
+            ("slack_hosts = []", "slack_hosts"),
+            ("teams_hosts = []", "teams_hosts"),
+            ("slack_interval = \"1h\"", "slack_interval"),
+        ] {
+            let e = DeliveryConfig::from_table(&table(text)).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e:?}");
+        }
+        // An empty webhook_hosts keeps its meaning: any public host.
+        assert!(DeliveryConfig::from_table(&table("webhook_hosts = []")).is_ok());
     }
 }
