@@ -301,10 +301,10 @@ async fn reload(State(st): State<AppState>, headers: HeaderMap) -> Result<Respon
             Json(json!({"status": "reloaded", "report": report})),
         )
             .into_response(),
-        // The server's files are at fault, not the request: 500, as Alertmanager and
-        // Prometheus answer a failed reload, with the reason.
+        // The new files are refused (the old set stays): a 400 naming file, line,
+        // column and key, never their contents.
         Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::BAD_REQUEST,
             Json(json!({
                 "status": "failed",
                 "error": e.to_string(),

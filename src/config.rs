@@ -323,7 +323,7 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.into(),
-            message: e.to_string(),
+            message: parse_message(&e, text),
         })?;
         validate(raw, path)
     }
@@ -337,6 +337,63 @@ impl Team {
     pub fn channel(&self, name: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.name == name)
     }
+}
+
+/// Keys whose values are secrets: their values never appear in an error.
+const SECRET_KEYS: &[&str] = &["tokens", "admin_tokens", "url", "secret", "sha256"];
+
+/// A TOML error as `line L, column C, key `K`: message`, without the source line
+/// the parser quotes, and with quoted values removed unless the key is known to
+/// hold nothing secret.
+fn parse_message(e: &toml::de::Error, text: &str) -> String {
+    let Some(span) = e.span() else {
+        return redact_quoted(e.message());
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or("");
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.\"".contains(c))
+        });
+    let secret = key
+        .as_deref()
+        .is_none_or(|k| SECRET_KEYS.iter().any(|s| k.rsplit('.').next() == Some(*s)))
+        || SECRET_KEYS.iter().any(|s| line_text.contains(s));
+    let message = if secret {
+        redact_quoted(e.message())
+    } else {
+        e.message().trim().to_string()
+    };
+    match key {
+        Some(k) => format!("line {line}, column {col}, key `{k}`: {message}"),
+        None => format!("line {line}, column {col}: {message}"),
+    }
+}
+
+/// Replaces every `"…"` and `'…'` in a parser message (serde quotes the value it
+/// could not take) with `"<redacted>"`.
+fn redact_quoted(m: &str) -> String {
+    let mut out = String::with_capacity(m.len());
+    let mut chars = m.trim().chars();
+    while let Some(c) = chars.next() {
+        if c == '"' || c == '\'' {
+            for d in chars.by_ref() {
+                if d == c {
+                    break;
+                }
+            }
+            out.push_str("\"<redacted>\"");
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn valid_name(s: &str) -> bool {
@@ -692,5 +749,37 @@ events = ["job.failed", "job.succeeded"]
         );
         let e = err(&GOOD.replace("[delivery]", "[delivery]\ntimeout = \"0s\""));
         assert!(e.contains("delivery.timeout"), "{e}");
+    }
+
+    #[test]
+    fn parse_errors_never_echo_secrets() {
+        let secret = "tok-SECRET-0123456789abcdef";
+        for text in [
+            GOOD.replace(
+                "tokens = [\"lighting-token-0123456789\"]",
+                &format!("tokens = \"{secret}\""),
+            ),
+            GOOD.replace(
+                "url = \"http://127.0.0.1:9/slack\"",
+                &format!("url = \"https://hooks.slack.com/{secret}"),
+            ),
+            GOOD.replace(
+                "url = \"http://127.0.0.1:9/slack\"",
+                &format!("url = 12 \"{secret}\""),
+            ),
+            GOOD.replace(
+                "[server]",
+                &format!("[server]\nadmin_tokens = {{ x = \"{secret}\" }}"),
+            ),
+        ] {
+            let e = err(&text);
+            assert!(!e.contains("SECRET"), "{e}");
+            assert!(e.contains("notifier.toml") && e.contains("line "), "{e}");
+        }
+        let e = err(&GOOD.replace("\"job.failed\"", "\"job.exploded\""));
+        assert!(
+            e.contains("job.exploded") && e.contains("key `events`"),
+            "{e}"
+        );
     }
 }

@@ -129,7 +129,7 @@ async fn sighup_swaps_templates_and_a_broken_template_keeps_the_old_set() {
 
     // The same through the API: the response carries the error.
     let (status, body) = post_reload(&env, Some(ADMIN)).await;
-    assert_eq!(status, 500, "{body}");
+    assert_eq!(status, 400, "{body}");
     assert_eq!(body["status"], "failed");
     assert_eq!(body["generation"], 2);
     let err = body["error"].as_str().unwrap();
@@ -215,7 +215,7 @@ async fn reload_adds_a_channel_and_refuses_restart_only_keys() {
     let moved = added.replacen(&format!("127.0.0.1:{port}"), "127.0.0.1:1", 1);
     std::fs::write(env.config_path(), moved).unwrap();
     let (status, body) = post_reload(&env, Some(ADMIN)).await;
-    assert_eq!(status, 500, "{body}");
+    assert_eq!(status, 400, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("server.listen"),
         "{body}"
