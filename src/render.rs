@@ -36,11 +36,32 @@ pub fn embedded(rel: &str) -> Option<&'static str> {
     ChannelKind::named(kind).map(|k| k.default_template())
 }
 
-/// Strips control characters that mean nothing in a chat message (keeps `\n` and `\t`).
+/// A job value as it may stand in a message: on one line (line breaks and tabs
+/// become one space, so a value can never move text into another line, header or
+/// block), without control characters, and without the direction overrides and
+/// invisible characters that could disguise it (U+202A–U+202E, U+2066–U+2069,
+/// U+200E, U+200F, U+200B, U+FEFF). ZWNJ and ZWJ stay: Persian, Indic scripts and
+/// emoji sequences need them. Webhook data fields keep the exact value (serde).
 pub fn sanitize(s: &str) -> String {
-    s.chars()
-        .filter(|&c| c == '\n' || c == '\t' || !c.is_control())
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\r' | '\t' | '\u{0b}' | '\u{0c}' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
+                if !out.ends_with(' ') {
+                    out.push(' ');
+                }
+            }
+            '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{200b}'
+            | '\u{feff}' => {}
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// All compiled templates. Built once at start-up; every template is compiled in
@@ -580,6 +601,28 @@ mod tests {
         ] {
             assert!(lint(bypass).is_err(), "{bypass:?} passed the lint");
         }
+    }
+
+    #[test]
+    fn job_values_stay_on_one_line_and_cannot_disguise_themselves() {
+        assert_eq!(
+            sanitize("shot_010\n*Status:* SUCCEEDED"),
+            "shot_010 *Status:* SUCCEEDED"
+        );
+        assert_eq!(sanitize("a\r\n\tb\u{2028}c"), "a b c");
+        assert_eq!(
+            sanitize("ev\u{202e}lif\u{2066}.exe\u{200b}\u{feff}\u{200f}"),
+            "evlif.exe"
+        );
+        // ZWNJ (Persian) and ZWJ (emoji sequences) are kept.
+        assert_eq!(
+            sanitize("می\u{200c}خواهم 👩\u{200d}💻"),
+            "می\u{200c}خواهم 👩\u{200d}💻"
+        );
+        assert_eq!(
+            crate::notify::slack::escape("<!here>\n*x*"),
+            "&lt;!here&gt; *x*"
+        );
     }
 
     #[test]

@@ -42,17 +42,17 @@ impl Kind for Slack {
     }
 }
 
-/// Slack mrkdwn: `&`, `<`, `>` are its control characters; `&` first. Other control
-/// characters are dropped (keeps `\n` and `\t`).
+/// Slack mrkdwn: `&`, `<`, `>` are its control characters; `&` first. The value is
+/// first folded to one line and cleaned by [`crate::render::sanitize`].
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
+    let clean = crate::render::sanitize(s);
+    let mut out = String::with_capacity(clean.len());
+    for c in clean.chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            c if c == '\n' || c == '\t' || !c.is_control() => out.push(c),
-            _ => {}
+            c => out.push(c),
         }
     }
     out

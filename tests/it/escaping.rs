@@ -266,3 +266,58 @@ fn hostile_text_never_breaks_a_payload() {
     );
     assert!(n >= CASES as usize);
 }
+
+/// A line break in a job name must not move text into the body (a fake, bold
+/// "Status" line in Slack, extra blocks in Teams); webhook data keeps the exact name.
+#[test]
+fn a_job_value_cannot_rearrange_the_message() {
+    let (defaults, _custom, _dir) = renderers();
+    let fake = "shot_010\n*Status:* SUCCEEDED\u{202e}gnp.exe";
+    let tr = Transition {
+        event: Event::Failed,
+        previous_task_run_status: Some(TaskRunStatus::Running),
+        previous_lifecycle_status: LifecycleStatus::CreateComplete,
+        detected_at: chrono::Utc::now(),
+    };
+    let payload = |kind: &str, name: &str| {
+        let channel = Channel {
+            name: "c".into(),
+            kind: ChannelKind::named(kind).unwrap(),
+            url: Secret::new("https://x"),
+            secret: None,
+            events: None,
+        };
+        defaults
+            .payload(
+                "lighting",
+                &channel,
+                &job(name, "d", "arn:x/jane", "p"),
+                &tr,
+            )
+            .unwrap()
+    };
+    let slack = payload("slack", fake);
+    let text = slack.to_string();
+    assert!(!text.contains("\\n*Status:* SUCCEEDED"), "{text}");
+    assert!(!text.contains('\u{202e}'), "{text}");
+    let header = slack["blocks"][0]["text"]["text"].as_str().unwrap();
+    assert!(header.contains("shot_010 *Status:* SUCCEEDED"), "{header}");
+    assert!(text.contains("failed"), "the verb stays: {text}");
+    let blocks = |v: &Value| {
+        v["attachments"][0]["content"]["body"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(
+        blocks(&payload("teams", fake)),
+        blocks(&payload("teams", "shot_010")),
+        "no extra Teams blocks"
+    );
+    let hook = payload("webhook", fake);
+    assert_eq!(
+        hook["data"]["name"],
+        Value::String(fake.into()),
+        "exact in data"
+    );
+}
