@@ -80,7 +80,11 @@ impl TargetPolicy {
             url::Host::Ipv4(v4) => Some(IpAddr::V4(*v4)),
             url::Host::Ipv6(v6) => Some(IpAddr::V6(*v6)),
             url::Host::Domain(d)
-                if d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") =>
+                if {
+                    // `localhost.` is the same name, fully qualified.
+                    let d = d.trim_end_matches('.').to_ascii_lowercase();
+                    d == "localhost" || d.ends_with(".localhost")
+                } =>
             {
                 return Err(
                     "points at localhost; set [delivery] allow_private_targets = true to allow it"
@@ -115,31 +119,44 @@ impl TargetPolicy {
     }
 }
 
-/// True for globally routable unicast addresses: not loopback, private, link-local,
-/// CGNAT, ULA, multicast, documentation, or a v4-mapped/NAT64 form of those.
+/// True for globally reachable unicast addresses, by the IANA IPv4 and IPv6
+/// Special-Purpose Address Registries; forms that embed an IPv4 address
+/// (v4-mapped, NAT64, 6to4) are judged by that address, and Teredo, which tunnels
+/// to an address we cannot see, is refused.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                Ipv4Addr::new(a, b, c, d)
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public_v4(v4);
             }
-            let seg = v6.segments();
-            // NAT64 well-known prefix 64:ff9b::/96 embeds an IPv4 address.
+            // NAT64 well-known prefix 64:ff9b::/96 (RFC 6052).
             if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
-                let [a, b] = seg[6].to_be_bytes();
-                let [c, d] = seg[7].to_be_bytes();
-                return is_public_v4(Ipv4Addr::new(a, b, c, d));
+                return is_public_v4(embedded(seg[6], seg[7]));
+            }
+            // 6to4 2002::/16 carries the IPv4 address in bits 16–48 (RFC 3056).
+            if seg[0] == 0x2002 {
+                return is_public_v4(embedded(seg[1], seg[2]));
             }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00 // ULA, incl. fd00:ec2::254
-                || (seg[0] & 0xffc0) == 0xfe80 // link-local
+                || seg[0..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible ::a.b.c.d (deprecated)
+                || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // local-use NAT64 64:ff9b:1::/48
+                || (seg[0] == 0x100 && seg[1..4] == [0, 0, 0]) // discard 100::/64
+                || (seg[0] == 0x2001 && seg[1] < 0x200) // IETF protocol assignments 2001::/23, incl. Teredo 2001::/32
                 || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
-                || v6 == Ipv6Addr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
-                // IPv4-compatible (deprecated) ::a.b.c.d
-                || (seg[0..6] == [0, 0, 0, 0, 0, 0]))
+                || (seg[0] == 0x3fff && seg[1] < 0x1000) // documentation 3fff::/20
+                || seg[0] == 0x5f00 // SRv6 SIDs 5f00::/16
+                || (seg[0] & 0xfe00) == 0xfc00 // ULA fc00::/7, incl. fd00:ec2::254
+                || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (seg[0] & 0xffc0) == 0xfec0) // site-local fec0::/10 (deprecated)
         }
     }
 }
@@ -155,9 +172,10 @@ fn is_public_v4(v4: Ipv4Addr) -> bool {
         || v4.is_multicast()
         || o[0] == 0
         || (o[0] == 100 && (o[1] & 0xc0) == 64) // CGNAT 100.64/10
-        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
-        || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking
-        || o[0] >= 240)
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments 192.0.0/24
+        || (o[0] == 192 && o[1] == 88 && o[2] == 99) // 6to4 relay anycast (deprecated)
+        || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking 198.18/15
+        || o[0] >= 240) // reserved 240/4
 }
 
 /// DNS resolver for outbound deliveries: drops every address the policy refuses,
@@ -211,10 +229,24 @@ mod tests {
             "::ffff:127.0.0.1",
             "64:ff9b::a9fe:a9fe",
             "::ffff:10.0.0.1",
+            "2002:a9fe:a9fe::",    // 6to4 embedding 169.254.169.254
+            "2002:0a00:0001::1",   // 6to4 embedding 10.0.0.1
+            "2001::1",             // Teredo
+            "2001:0:4136:e378::1", // Teredo
+            "64:ff9b:1::a00:1",    // local-use NAT64
+            "fec0::1",             // site-local
+            "192.88.99.1",         // 6to4 relay anycast
+            "3fff::1",             // documentation
+            "100::1",              // discard
         ] {
             assert!(!is_public(s.parse().unwrap()), "{s} should be blocked");
         }
-        for s in ["52.94.1.1", "2600:1f14::1", "64:ff9b::3432:0101"] {
+        for s in [
+            "52.94.1.1",
+            "2600:1f14::1",
+            "64:ff9b::3432:0101",
+            "2002:3432:0101::1",
+        ] {
             assert!(is_public(s.parse().unwrap()), "{s} should be allowed");
         }
     }
@@ -239,6 +271,8 @@ mod tests {
             (Webhook, "https://[fd00:ec2::254]/x", "non-public"),
             (Webhook, "https://169.254.170.2/x", "non-public"),
             (Webhook, "https://localhost/x", "localhost"),
+            (Webhook, "https://localhost./x", "localhost"),
+            (Webhook, "https://[2002:a9fe:a9fe::]/x", "non-public"),
             (
                 Webhook,
                 "https://user:pw@hooks.example.com/x",
