@@ -84,6 +84,19 @@ fn registry(escape: impl Fn(&str) -> String + Send + Sync + 'static) -> Handleba
 
 fn source_for(dir: &Path, rel: &str) -> Result<Option<(String, String)>, RenderError> {
     let path: PathBuf = dir.join(rel);
+    // A template symlinked to, say, a secrets file would render that file into chat.
+    if let (Ok(real), Ok(root)) = (std::fs::canonicalize(&path), std::fs::canonicalize(dir))
+        && !real.starts_with(&root)
+    {
+        return Err(RenderError::Template {
+            file: path.display().to_string(),
+            message: format!(
+                "resolves to {} outside the templates directory {}; templates must be files inside it",
+                real.display(),
+                root.display()
+            ),
+        });
+    }
     match std::fs::read_to_string(&path) {
         Ok(s) => Ok(Some((path.display().to_string(), s))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -622,6 +635,36 @@ mod tests {
         assert_eq!(
             crate::notify::slack::escape("<!here>\n*x*"),
             "&lt;!here&gt; *x*"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_template_symlinked_outside_the_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret.txt");
+        std::fs::write(&secret, "TOP SECRET").unwrap();
+        let t = dir.path().join("templates/lighting/webhook");
+        std::fs::create_dir_all(&t).unwrap();
+        std::os::unix::fs::symlink(&secret, t.join("default.hbs")).unwrap();
+        let e = source_for(
+            &dir.path().join("templates"),
+            "lighting/webhook/default.hbs",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("outside the templates directory"), "{e}");
+        assert!(!e.contains("TOP SECRET"));
+        // A symlink that stays inside is fine.
+        std::fs::write(t.join("real.hbs"), "{{name}}").unwrap();
+        std::os::unix::fs::symlink(t.join("real.hbs"), t.join("job.failed.hbs")).unwrap();
+        assert!(
+            source_for(
+                &dir.path().join("templates"),
+                "lighting/webhook/job.failed.hbs"
+            )
+            .unwrap()
+            .is_some()
         );
     }
 
