@@ -423,9 +423,11 @@ async fn create(
                     )));
                 }
             }
-            let mut l = list;
-            l.dedup();
-            l
+            // Each channel once, in the order given (["a", "b", "a"] is ["a", "b"]).
+            let mut seen = std::collections::HashSet::new();
+            list.into_iter()
+                .filter(|c| seen.insert(c.clone()))
+                .collect()
         }
     };
     let events = match field_list(&obj, "events")? {
@@ -446,7 +448,14 @@ async fn create(
                     ))
                 })
             })
-            .collect::<Result<Vec<_>, _>>()?,
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .fold(Vec::new(), |mut acc, e| {
+                if !acc.contains(&e) {
+                    acc.push(e);
+                }
+                acc
+            }),
     };
     let sub = Subscription {
         id: format!("sub-{}", uuid::Uuid::new_v4().simple()),

@@ -136,4 +136,12 @@ async fn bad_input_is_a_400_naming_the_field() {
             .0,
         413
     );
+    // Repeated channels and events are stored once each, in the order given.
+    let body = json!({"farmId": f, "queueId": q, "jobId": j,
+        "channels": ["slack", "pipeline", "slack"], "events": ["job.failed", "job.failed"]})
+    .to_string();
+    let (s, v) = call(reqwest::Method::POST, &subs, Some(LIGHTING), Some(&body)).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["channels"], json!(["slack", "pipeline"]));
+    assert_eq!(v["events"], json!(["job.failed"]));
 }
