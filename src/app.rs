@@ -128,12 +128,25 @@ impl App {
         )
         .with_health(health)
         .with_backlogs(backlogs);
-        let mut api_rx = worker_rx.clone();
-        let server =
-            axum::serve(self.listener, api::router(state)).with_graceful_shutdown(async move {
-                let _ = api_rx.wait_for(|v| *v).await;
-            });
-        let mut server_task = tokio::spawn(async move { server.await });
+        let fd_limit = crate::server::raise_fd_limit();
+        let configured = self.live.current().config.server.max_connections;
+        let room = crate::server::default_max_connections(fd_limit);
+        let max_connections = match configured {
+            Some(n) if n > room => {
+                tracing::warn!(configured = n, fd_limit, used = room, "server.max_connections is above what the open-file limit allows with descriptors kept for deliveries and the store; using the lower value");
+                room
+            }
+            Some(n) => n,
+            None => room,
+        };
+        tracing::info!(fd_limit, max_connections, "API connection limits");
+        let server = crate::server::serve(
+            self.listener,
+            api::router(state),
+            crate::server::Limits::with_max_connections(max_connections),
+            worker_rx.clone(),
+        );
+        let mut server_task = tokio::spawn(server);
 
         let mut stop = Box::pin(stop);
         let mut failure: Option<anyhow::Error> = None;

@@ -69,6 +69,8 @@ struct RawServer {
     rate_limit: f64,
     #[serde(default)]
     admin_tokens: Vec<TokenSource>,
+    /// Cap on concurrent API connections; default from the open-file limit.
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +81,8 @@ pub struct ServerConfig {
     pub rate_limit: f64,
     /// Digests of the tokens allowed to call operator endpoints (`POST /-/reload`).
     pub admin_tokens: Vec<TokenDigest>,
+    /// `None`: sized from the open-file limit at start ([`crate::server::default_max_connections`]).
+    pub max_connections: Option<usize>,
 }
 
 fn default_rate_limit() -> f64 {
@@ -99,6 +103,7 @@ impl Default for RawServer {
             shutdown_grace: default_grace(),
             rate_limit: default_rate_limit(),
             admin_tokens: Vec::new(),
+            max_connections: None,
         }
     }
 }
@@ -481,6 +486,14 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             "must be 0 (off) or between 0.1 and 100000 requests per second".into(),
         ));
     }
+    if let Some(n) = raw.server.max_connections
+        && !(8..=100_000).contains(&n)
+    {
+        return Err(invalid(
+            "server.max_connections".into(),
+            "must be between 8 and 100000".into(),
+        ));
+    }
     if raw.teams.is_empty() {
         return Err(invalid(
             "teams".into(),
@@ -629,6 +642,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             shutdown_grace: raw.server.shutdown_grace,
             rate_limit: raw.server.rate_limit,
             admin_tokens,
+            max_connections: raw.server.max_connections,
         },
         store: raw.store,
         deadline: raw.deadline,

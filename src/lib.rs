@@ -19,6 +19,7 @@ pub mod reload;
 pub mod render;
 pub mod route;
 pub mod schedule;
+pub mod server;
 pub mod secret;
 pub mod sink;
 pub mod store;

@@ -2,7 +2,7 @@
 //! hostname may resolve to (checked at connect time, so DNS rebinding can't slip by).
 use super::{ChannelKind, DeliveryConfig};
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Where deliveries may go. With `allow_private_targets = false`: https only, the
 /// per-kind host allow-lists apply, and every address must be public or inside an

@@ -472,7 +472,9 @@ async fn no_secret_in_logs_errors_or_api_responses() {
         let log = svc.log_text();
         log.contains("channel disabled")
             && log.contains("dead-lettered")
-            && log.matches("will retry").count() >= 3
+            // Slack's repeated 500s and fx's refused connections: identical
+            // warnings collapse, so one line each.
+            && log.matches("will retry").count() >= 2
     })
     .await;
     let mut seen = svc.log_text();
