@@ -133,7 +133,12 @@ impl App {
         let room = crate::server::default_max_connections(fd_limit);
         let max_connections = match configured {
             Some(n) if n > room => {
-                tracing::warn!(configured = n, fd_limit, used = room, "server.max_connections is above what the open-file limit allows with descriptors kept for deliveries and the store; using the lower value");
+                tracing::warn!(
+                    configured = n,
+                    fd_limit,
+                    used = room,
+                    "server.max_connections is above what the open-file limit allows with descriptors kept for deliveries and the store; using the lower value"
+                );
                 room
             }
             Some(n) => n,

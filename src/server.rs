@@ -128,10 +128,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -158,10 +155,7 @@ fn head_error(req: &Request<hyper::body::Incoming>, limits: &Limits) -> Option<R
     if line > limits.max_request_line {
         return Some(json_error(
             StatusCode::URI_TOO_LONG,
-            &format!(
-                "request line longer than {} bytes",
-                limits.max_request_line
-            ),
+            &format!("request line longer than {} bytes", limits.max_request_line),
         ));
     }
     let headers: usize = req
@@ -172,7 +166,10 @@ fn head_error(req: &Request<hyper::body::Incoming>, limits: &Limits) -> Option<R
     if headers > limits.max_header_bytes {
         return Some(json_error(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            &format!("request headers larger than {} bytes", limits.max_header_bytes),
+            &format!(
+                "request headers larger than {} bytes",
+                limits.max_header_bytes
+            ),
         ));
     }
     None

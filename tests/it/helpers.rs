@@ -229,9 +229,30 @@ impl Launcher {
     }
 
     pub async fn start(&self, run: usize) -> Service {
+        self.start_with(run, None).await
+    }
+
+    /// Starts the service with its open-file limit (soft and hard) set to `nofile`.
+    pub async fn start_with(&self, run: usize, nofile: Option<u64>) -> Service {
         let log = self.dir.join(format!("run{run}.log"));
-        let child = self
-            .command(&["serve"])
+        let mut cmd = self.command(&["serve"]);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and only touches the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n as libc::rlim_t,
+                        rlim_max: n as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

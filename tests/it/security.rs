@@ -529,3 +529,104 @@ fn regex_replace_fx(cfg: &str, url: &str) -> String {
     }
     out.join("\n")
 }
+
+/// Issue 11 item 1: thousands of idle and slow connections under a 4,096 fd limit
+/// neither starve deliveries nor keep a new client waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_and_slow_connections_cannot_starve_the_service() {
+    use tokio::io::AsyncWriteExt;
+    // This process holds the client side of every connection.
+    let hard = {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain libc calls on a struct we own.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        lim.rlim_max as usize
+    };
+    let mut env = Env::new().await;
+    let launcher = env.launcher();
+    env.runs += 1;
+    let svc = launcher.start_with(env.runs, Some(4096)).await;
+    let job = env.add_job("under siege");
+    env.subscribe_job(&job, json!({"channels": ["pipeline"]}))
+        .await;
+    env.observed(&job, 2).await;
+
+    let addr = format!("127.0.0.1:{}", env.api_port);
+    let (idle_n, drip_n, stall_n) = (3500.min(hard / 2), 300, 100);
+    let mut held = Vec::new();
+    for _ in 0..idle_n {
+        if let Ok(s) = tokio::net::TcpStream::connect(&addr).await {
+            held.push(s);
+        }
+    }
+    // Half a header, one byte every 200 ms; and a body that stalls after one byte.
+    let mut drips = Vec::new();
+    for i in 0..drip_n + stall_n {
+        let addr = addr.clone();
+        drips.push(tokio::spawn(async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
+                return;
+            };
+            if i < drip_n {
+                for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+                    if s.write_all(&[*b]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            } else {
+                let _ = s
+                    .write_all(b"POST /v1/subscriptions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }));
+    }
+    // While all that is open: a transition is delivered, and a new client is served.
+    env.sim.set_status(&job, "SUCCEEDED");
+    wait_until(Duration::from_secs(60), "the delivery", || {
+        env.delivered_for(&job).len() == 1
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let r = client
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .expect("/healthz answers while the port is flooded");
+        assert_eq!(r.status(), 200);
+        worst = worst.max(t.elapsed());
+    }
+    // How many of the idle connections the service still holds open.
+    let mut open = 0;
+    for s in &held {
+        let mut buf = [0u8; 1];
+        match s.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
+            _ => {}
+        }
+    }
+    let log = svc.log_text();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(!log.contains("tcp open error"), "{log}");
+    println!(
+        "{} idle + {drip_n} dripping + {stall_n} stalled connections under a 4,096 fd limit: delivery made, /healthz worst {worst:?}, {open} idle connections still held",
+        held.len()
+    );
+    for d in drips {
+        d.abort();
+    }
+}
