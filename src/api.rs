@@ -110,6 +110,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("too many requests for this token; slow down")]
     RateLimited,
     #[error("internal error")]
@@ -122,6 +124,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store error while serving the API");
@@ -404,6 +407,7 @@ async fn create(
         field_str(&obj, "jobId")?,
     )
     .map_err(|e| ApiError::BadRequest(format!("field `{}` must match {}", e.field, e.pattern)))?;
+    team.admits(&job).map_err(ApiError::Forbidden)?;
     let channels = match field_list(&obj, "channels")? {
         None => team.channels.iter().map(|c| c.name.clone()).collect(),
         Some(list) if list.is_empty() => {

@@ -33,6 +33,9 @@ impl App {
     ) -> anyhow::Result<App> {
         crate::telemetry::metrics();
         let renderer = Renderer::load(&config).context("loading templates")?;
+        for w in config.warnings() {
+            tracing::warn!("{w}");
+        }
         let opened = std::time::Instant::now();
         let store = Store::open(&config.store.path)?;
         tracing::info!(

@@ -225,6 +225,9 @@ struct RawTeam {
     tokens: Vec<TokenSource>,
     #[serde(default)]
     channels: Vec<RawChannel>,
+    /// Optional allow-lists: the team may only watch jobs in these farms / queues.
+    farm_ids: Option<Vec<String>>,
+    queue_ids: Option<Vec<String>>,
 }
 
 /// A token as configured: a secret (literal/env/file), or only its SHA-256 hex digest.
@@ -313,6 +316,10 @@ pub struct Team {
     /// SHA-256 digests of the team's API tokens; plaintext tokens are not kept.
     pub tokens: Vec<TokenDigest>,
     pub channels: Vec<Channel>,
+    /// Farms the team may watch; `None` allows any the service's role can read.
+    pub farm_ids: Option<Vec<String>>,
+    /// Queues the team may watch; `None` allows any.
+    pub queue_ids: Option<Vec<String>>,
 }
 
 impl Config {
@@ -336,11 +343,51 @@ impl Config {
     pub fn team(&self, name: &str) -> Option<&Team> {
         self.teams.iter().find(|t| t.name == name)
     }
+
+    /// Advice that does not stop start-up (printed by `check-config`, logged at start).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.teams.len() > 1 {
+            for t in self.teams.iter().filter(|t| !t.has_allow_list()) {
+                w.push(format!(
+                    "{}: team {:?} has no farm_ids or queue_ids: it can watch any job the service's AWS role can read, including other teams' (set [[teams]] farm_ids / queue_ids)",
+                    self.path.display(),
+                    t.name
+                ));
+            }
+        }
+        w
+    }
 }
 
 impl Team {
     pub fn channel(&self, name: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.name == name)
+    }
+
+    /// Whether the team's allow-lists admit `job`; `Err` says which list refuses it.
+    pub fn admits(&self, job: &crate::domain::JobKey) -> Result<(), String> {
+        if let Some(farms) = &self.farm_ids
+            && !farms.contains(&job.farm_id)
+        {
+            return Err(format!(
+                "farm {} is not in team {:?}'s farm_ids",
+                job.farm_id, self.name
+            ));
+        }
+        if let Some(queues) = &self.queue_ids
+            && !queues.contains(&job.queue_id)
+        {
+            return Err(format!(
+                "queue {} is not in team {:?}'s queue_ids",
+                job.queue_id, self.name
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn has_allow_list(&self) -> bool {
+        self.farm_ids.is_some() || self.queue_ids.is_some()
     }
 }
 
@@ -621,10 +668,34 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                 events: c.events,
             });
         }
+        for (list, key, prefix) in [
+            (&t.farm_ids, "farm_ids", "farm-"),
+            (&t.queue_ids, "queue_ids", "queue-"),
+        ] {
+            if let Some(ids) = list {
+                if ids.is_empty() {
+                    return Err(invalid(
+                        format!("{tk}.{key}"),
+                        "an empty list would admit nothing; omit the key to allow any".into(),
+                    ));
+                }
+                for (i, id) in ids.iter().enumerate() {
+                    let hex = id.strip_prefix(prefix).unwrap_or("");
+                    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(invalid(
+                            format!("{tk}.{key}[{i}]"),
+                            format!("{id:?} must be {prefix} followed by 32 hex digits"),
+                        ));
+                    }
+                }
+            }
+        }
         teams.push(Team {
             name: t.name,
             tokens,
             channels,
+            farm_ids: t.farm_ids,
+            queue_ids: t.queue_ids,
         });
     }
 

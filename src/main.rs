@@ -186,6 +186,9 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
             Renderer::load(&cfg)?;
+            for w in cfg.warnings() {
+                eprintln!("warning: {w}");
+            }
             let channels: usize = cfg.teams.iter().map(|t| t.channels.len()).sum();
             println!(
                 "{}: OK ({} teams, {channels} channels, templates from {})",

@@ -48,13 +48,22 @@ pub struct Dispatch<'a> {
 
 /// For each event, in order: each active subscription of the job that asked for the
 /// event, and each of its channels whose own `events` list (if any) includes it.
-pub fn route<'a>(events: &[Event], subs: &[Interest], teams: &'a [Team]) -> Vec<Dispatch<'a>> {
+pub fn route<'a>(
+    job: &JobKey,
+    events: &[Event],
+    subs: &[Interest],
+    teams: &'a [Team],
+) -> Vec<Dispatch<'a>> {
     let mut out = Vec::new();
     for &event in events {
         for sub in subs.iter().filter(|s| s.wants(event)) {
             let Some(team) = teams.iter().find(|t| *t.name == *sub.team) else {
                 continue;
             };
+            // Outside the team's allow-lists (narrowed by a reload): never notified.
+            if team.admits(job).is_err() {
+                continue;
+            }
             for channel in &team.channels {
                 if sub.channels.iter().any(|c| **c == *channel.name) && channel.wants(event) {
                     out.push(Dispatch {
@@ -106,6 +115,8 @@ mod tests {
             name: name.into(),
             tokens: vec![],
             channels: vec![ch("all", None), ch("failures", Some(vec![Event::Failed]))],
+            farm_ids: None,
+            queue_ids: None,
         }
     }
 
@@ -128,7 +139,7 @@ mod tests {
 
     #[test]
     fn routes_by_subscription_and_channel_filters() {
-        let teams = vec![team("a"), team("b")];
+        let mut teams = vec![team("a"), team("b")];
         let subs: Vec<Interest> = [
             sub("a", &["all", "failures"], &Event::DEFAULTS),
             sub("b", &["failures"], &[Event::Succeeded, Event::Failed]),
@@ -137,7 +148,7 @@ mod tests {
         .map(Interest::from)
         .collect();
         let names = |evs: &[Event]| -> Vec<String> {
-            route(evs, &subs, &teams)
+            route(&job(), evs, &subs, &teams)
                 .iter()
                 .map(|d| format!("{}/{}/{}", d.team.name, d.channel.name, d.event))
                 .collect()
@@ -152,5 +163,20 @@ mod tests {
             ]
         );
         assert!(names(&[Event::Started]).is_empty());
+        // A reload that narrows b's queues to others: b hears nothing of this job.
+        teams[1].queue_ids = Some(vec![format!("queue-{}", "9".repeat(32))]);
+        let names: Vec<_> = route(&job(), &[Event::Failed], &subs, &teams)
+            .iter()
+            .map(|d| d.team.name.clone())
+            .collect();
+        assert_eq!(names, ["a", "a"]);
+    }
+
+    fn job() -> JobKey {
+        JobKey {
+            farm_id: "f".into(),
+            queue_id: "q".into(),
+            job_id: "j".into(),
+        }
     }
 }

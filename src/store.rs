@@ -772,6 +772,33 @@ impl Store {
         Ok(n)
     }
 
+    /// Ends the given subscriptions (e.g. now outside their team's allow-lists).
+    pub fn end_subscriptions_by_id(
+        &self,
+        ids: &[String],
+        reason: &str,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for id in ids {
+            if let Some(mut s) = self.subscription(id)?
+                && s.is_active()
+            {
+                s.state = "ended".into();
+                s.ended_reason = Some(reason.into());
+                self.inner
+                    .subs
+                    .insert(s.id.as_bytes(), enc(&s))
+                    .map_err(|e| self.eng(e))?;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.mark_dirty();
+            self.sync()?;
+        }
+        Ok(n)
+    }
+
     // --- job state and the transactional outbox ---
 
     pub fn job_state(&self, job: &JobKey) -> Result<Option<JobState>, StoreError> {

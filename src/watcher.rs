@@ -170,6 +170,7 @@ impl Loop {
             load: 0.0,
             last_lag_log: None,
         };
+        l.enforce_allow_lists()?;
         // Spread the first round over one interval instead of a burst at start-up.
         let interval = l.interval_ms();
         let jobs: Vec<Arc<JobKey>> = l.tracked.keys().cloned().collect();
@@ -291,12 +292,44 @@ impl Loop {
 
     /// Takes up a reloaded config: the new budget now, the new intervals as jobs are
     /// next rescheduled.
-    fn refresh(&mut self, active: Arc<Active>) {
+    fn refresh(&mut self, active: Arc<Active>) -> Result<(), StoreError> {
         let rps = active.config.deadline.max_requests_per_second;
         if rps != self.active.config.deadline.max_requests_per_second {
             self.budget.set_max(rps);
         }
         self.active = active;
+        self.enforce_allow_lists()
+    }
+
+    /// Ends the subscriptions their team's allow-lists no longer admit (a reload
+    /// narrowed them, or the config changed while the service was down).
+    fn enforce_allow_lists(&mut self) -> Result<(), StoreError> {
+        let teams = &self.active.config.teams;
+        let mut outside: Vec<(Arc<JobKey>, String, String)> = Vec::new();
+        for (job, t) in &self.tracked {
+            for s in &t.subs {
+                if let Some(team) = teams.iter().find(|x| *x.name == *s.team)
+                    && let Err(why) = team.admits(job)
+                {
+                    outside.push((job.clone(), s.id.to_string(), why));
+                }
+            }
+        }
+        for (job, id, why) in outside {
+            let reason = format!("outside the team's allow-list: {why}");
+            let store = self.w.store.clone();
+            blocking(|| store.end_subscriptions_by_id(std::slice::from_ref(&id), &reason))?;
+            tracing::warn!(%job, subscription = %id, %reason, "subscription ended");
+            let empty = self.tracked.get_mut(&*job).is_some_and(|t| {
+                t.subs.retain(|s| *s.id != *id);
+                t.subs.is_empty()
+            });
+            if empty {
+                self.unschedule(&job);
+                self.tracked.remove(&*job);
+            }
+        }
+        Ok(())
     }
 
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
@@ -307,7 +340,7 @@ impl Loop {
             }
             let active = self.w.live.current();
             if active.generation != self.active.generation {
-                self.refresh(active);
+                self.refresh(active)?;
             }
             while let Ok(c) = self.w.changes.try_recv() {
                 self.apply(c)?;
@@ -465,7 +498,7 @@ impl Loop {
             None
         };
         let mut entries = Vec::new();
-        for d in route(&events, &t.subs, &self.active.config.teams) {
+        for d in route(key, &events, &t.subs, &self.active.config.teams) {
             let tr = Transition {
                 event: d.event,
                 previous_task_run_status: prev.and_then(|p| p.status.task_run_status.clone()),

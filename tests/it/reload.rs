@@ -296,3 +296,81 @@ async fn a_removed_channel_keeps_its_queue_until_it_returns() {
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].body["type"], "job.failed");
 }
+
+/// Issue 11 item 7: per-team allow-lists. Outside them a subscription is a 403
+/// naming the farm or queue; a reload that narrows them ends the subscriptions now
+/// outside, with the reason, and they stop notifying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_lists_refuse_and_a_narrowing_reload_ends_subscriptions() {
+    let mut env = Env::new().await;
+    enable_reload(&env);
+    let job = env.add_job("allowed at first");
+    let other_queue = format!("queue-{}", "9".repeat(32));
+    // fx may only watch another queue.
+    let text = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replacen(
+            "name = \"fx\"\n",
+            &format!("name = \"fx\"\nqueue_ids = [\"{other_queue}\"]\n"),
+            1,
+        );
+    std::fs::write(env.config_path(), &text).unwrap();
+    let _svc = env.start().await;
+    let body = json!({"farmId": job.farm_id, "queueId": job.queue_id, "jobId": job.job_id});
+    let (status, v) = env.subscribe(FX, body).await;
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains(&job.queue_id),
+        "names the queue: {v}"
+    );
+    let sub = env
+        .subscribe_job(&job, json!({"channels": ["pipeline"]}))
+        .await;
+    env.observed(&job, 2).await;
+
+    // Narrow lighting to another farm, reload.
+    let other_farm = format!("farm-{}", "8".repeat(32));
+    let narrowed = text.replacen(
+        "name = \"lighting\"\n",
+        &format!("name = \"lighting\"\nfarm_ids = [\"{other_farm}\"]\n"),
+        1,
+    );
+    std::fs::write(env.config_path(), narrowed).unwrap();
+    let (status, v) = post_reload(&env, Some(ADMIN)).await;
+    assert_eq!(status, 200, "{v}");
+    let url = format!(
+        "{}/v1/subscriptions/{}",
+        env.api(),
+        sub["id"].as_str().unwrap()
+    );
+    let mut state = Value::Null;
+    wait_until(T, "the subscription to end", || {
+        let url = url.clone();
+        state = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(LIGHTING)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            })
+        })
+        .join()
+        .unwrap();
+        state["state"] == "ended"
+    })
+    .await;
+    assert!(
+        state["endedReason"]
+            .as_str()
+            .unwrap()
+            .contains(&job.farm_id),
+        "{state}"
+    );
+    // Routing refuses it too (`route` unit test): an ended subscription is not
+    // polled, and a job outside the lists is never routed to the team.
+}
