@@ -492,8 +492,19 @@ async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Val
         .await?
         .into_iter()
         .filter(|s| s.team == team.name)
+        .map(|s| with_poll_error(&st, s))
         .collect();
     Ok(Json(json!({"subscriptions": subs})))
+}
+
+/// A subscription as the API shows it: with `pollError` when its job's last read failed.
+fn with_poll_error(st: &AppState, s: Subscription) -> Value {
+    let err = st.health.poll_error(&s.job);
+    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+    if let (Some(err), Some(m)) = (err, v.as_object_mut()) {
+        m.insert("pollError".into(), Value::String(err));
+    }
+    v
 }
 
 async fn owned(st: &AppState, team: &Team, id: &str) -> Result<Subscription, ApiError> {
@@ -508,9 +519,9 @@ async fn show(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Subscription>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let team = team_for(&st, &headers)?;
-    Ok(Json(owned(&st, &team, &id).await?))
+    Ok(Json(with_poll_error(&st, owned(&st, &team, &id).await?)))
 }
 
 async fn remove(

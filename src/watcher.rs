@@ -34,6 +34,37 @@ pub enum SubChange {
 pub struct Health {
     pub last_deadline_ok_ms: std::sync::atomic::AtomicI64,
     pub watched_jobs: std::sync::atomic::AtomicUsize,
+    /// Jobs whose last read failed, and why (shown on their subscriptions).
+    pub poll_errors: std::sync::Mutex<std::collections::HashMap<JobKey, String>>,
+}
+
+impl Health {
+    pub fn poll_error(&self, job: &JobKey) -> Option<String> {
+        self.poll_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(job)
+            .cloned()
+    }
+
+    /// Records a failed read; returns whether the error is new for this job.
+    fn set_poll_error(&self, job: &JobKey, reason: &str) -> bool {
+        let mut g = self.poll_errors.lock().unwrap_or_else(|e| e.into_inner());
+        match g.get(job) {
+            Some(r) if r == reason => false,
+            _ => {
+                g.insert(job.clone(), reason.to_string());
+                true
+            }
+        }
+    }
+
+    fn clear_poll_error(&self, job: &JobKey) {
+        let mut g = self.poll_errors.lock().unwrap_or_else(|e| e.into_inner());
+        if !g.is_empty() {
+            g.remove(job);
+        }
+    }
 }
 
 /// The API's side of the change channel.
@@ -457,6 +488,7 @@ impl Loop {
     fn handle(&mut self, key: &JobKey, fetched: Fetched) -> Result<(), StoreError> {
         match fetched {
             Fetched::Found(snap) => {
+                self.w.health.clear_poll_error(key);
                 self.observe(key, *snap)?;
                 if self.settled(key) {
                     self.unschedule(key);
@@ -465,13 +497,17 @@ impl Loop {
                 }
             }
             Fetched::Gone(reason) => {
+                self.w.health.clear_poll_error(key);
                 let n = self.w.store.end_subscriptions(key, &reason)?;
                 tracing::warn!(job = %key, subscriptions = n, %reason, "job no longer exists in Deadline Cloud; subscription ended");
                 self.unschedule(key);
                 self.tracked.remove(key);
             }
             Fetched::Failed(reason) => {
-                tracing::warn!(job = %key, %reason, "could not read job; will retry next interval");
+                // Once per distinct error, not once per poll.
+                if self.w.health.set_poll_error(key, &reason) {
+                    tracing::warn!(job = %key, %reason, "could not read job; will retry every interval");
+                }
                 self.reschedule(key, 0, true);
             }
         }

@@ -158,6 +158,9 @@ impl Observed {
 pub struct DeadlineClient {
     client: dl::Client,
     batch_refused: AtomicBool,
+    /// Jobs whose record the SDK cannot decode: read alone with GetJob, so one bad
+    /// record never blinds a batch of a hundred.
+    undecodable: std::sync::Mutex<std::collections::HashSet<JobKey>>,
 }
 
 fn custom_endpoint(cfg: &DeadlineConfig) -> Option<String> {
@@ -205,6 +208,7 @@ impl DeadlineClient {
         DeadlineClient {
             client: dl::Client::from_conf(conf),
             batch_refused: AtomicBool::new(false),
+            undecodable: Default::default(),
         }
     }
 
@@ -222,31 +226,77 @@ impl DeadlineClient {
         DeadlineClient {
             client: dl::Client::from_conf(b.build()),
             batch_refused: AtomicBool::new(false),
+            undecodable: Default::default(),
         }
     }
 
     /// Reads every job in `keys` (any mix of farms and queues).
     pub async fn fetch(&self, keys: &[JobKey]) -> FetchResult {
         let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(BATCH_LIMIT) {
-            if !self.batch_refused.load(Ordering::Relaxed) {
-                match self.batch(chunk).await {
-                    Ok(mut v) => {
-                        out.append(&mut v);
-                        continue;
-                    }
-                    Err(BatchErr::Refused(why)) => {
-                        tracing::warn!(reason = %why, "BatchGetJob refused; falling back to GetJob per job");
-                        self.batch_refused.store(true, Ordering::Relaxed);
-                    }
-                    Err(BatchErr::Source(e)) => return Err(e),
+        let (alone, batched): (Vec<JobKey>, Vec<JobKey>) = {
+            let bad = self.undecodable.lock().unwrap_or_else(|e| e.into_inner());
+            keys.iter().cloned().partition(|k| bad.contains(k))
+        };
+        for chunk in batched.chunks(BATCH_LIMIT) {
+            if self.batch_refused.load(Ordering::Relaxed) {
+                for key in chunk {
+                    out.push((key.clone(), self.get_one(key).await?));
                 }
-            }
-            for key in chunk {
-                out.push((key.clone(), self.get_one(key).await?));
+            } else {
+                self.batch_isolating(chunk, &mut out).await?;
             }
         }
+        for key in &alone {
+            out.push((key.clone(), self.get_one(key).await?));
+        }
         Ok(out)
+    }
+
+    /// BatchGetJob on `keys`. A response the SDK cannot decode is split in halves
+    /// until the job that breaks it is alone; that one is then read with GetJob.
+    fn batch_isolating<'a>(
+        &'a self,
+        keys: &'a [JobKey],
+        out: &'a mut Vec<(JobKey, Fetched)>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SourceError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            match self.batch(keys).await {
+                Ok(mut v) => out.append(&mut v),
+                Err(BatchErr::Refused(why)) => {
+                    tracing::warn!(reason = %why, "BatchGetJob refused; falling back to GetJob per job");
+                    self.batch_refused.store(true, Ordering::Relaxed);
+                    for key in keys {
+                        out.push((key.clone(), self.get_one(key).await?));
+                    }
+                }
+                Err(BatchErr::Undecodable(why)) if keys.len() == 1 => {
+                    let key = &keys[0];
+                    let newly = self
+                        .undecodable
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.clone());
+                    if newly {
+                        tracing::warn!(job = %key, error = %why, "Deadline Cloud returned a record of this job that cannot be decoded; reading it alone with GetJob from now on");
+                    }
+                    out.push((key.clone(), self.get_one(key).await?));
+                }
+                Err(BatchErr::Undecodable(_)) => {
+                    let (a, b) = keys.split_at(keys.len() / 2);
+                    self.batch_isolating(a, out).await?;
+                    self.batch_isolating(b, out).await?;
+                }
+                Err(BatchErr::Source(e)) => return Err(e),
+            }
+            metrics::gauge!("deadline_notifier_undecodable_jobs").set(
+                self.undecodable
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .len() as f64,
+            );
+            Ok(())
+        })
     }
 
     /// Every job of one queue (ListJobs, all pages).
@@ -351,6 +401,7 @@ impl DeadlineClient {
                     "BatchGetJob",
                     match &e {
                         BatchErr::Refused(_) => "refused",
+                        BatchErr::Undecodable(_) => "undecodable",
                         BatchErr::Source(SourceError::Throttled { .. }) => "throttled",
                         BatchErr::Source(_) => "error",
                     },
@@ -436,11 +487,31 @@ impl DeadlineClient {
                 Err(_) => "error",
             },
         );
+        if let Err(e) = &resp
+            && undecodable(e)
+        {
+            metrics::counter!("deadline_notifier_job_poll_errors_total", "reason" => "undecodable")
+                .increment(1);
+            return Ok(Fetched::Failed(format!(
+                "Deadline Cloud returned a record the SDK cannot decode: {}",
+                describe(e)
+            )));
+        }
         match resp {
-            Ok(out) => Ok(Fetched::Found(Box::new(Observed {
-                status: status!(out),
-                raw: Raw::Output(Box::new(out)),
-            }))),
+            Ok(out) => {
+                let was_bad = self
+                    .undecodable
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(key);
+                if was_bad {
+                    tracing::info!(job = %key, "the job's record decodes again; back in batches");
+                }
+                Ok(Fetched::Found(Box::new(Observed {
+                    status: status!(out),
+                    raw: Raw::Output(Box::new(out)),
+                })))
+            }
             Err(SdkError::ServiceError(se)) => {
                 let e = se.err();
                 match e {
@@ -481,7 +552,18 @@ fn api_call(operation: &'static str, outcome: &'static str) {
 
 enum BatchErr {
     Refused(String),
+    /// The answer came (2xx) but the SDK could not decode it: some record in it is bad.
+    Undecodable(String),
     Source(SourceError),
+}
+
+/// A 2xx answer the SDK could not decode, or a response it could not read at all.
+fn undecodable<E>(e: &SdkError<E, aws_sdk_deadline::config::http::HttpResponse>) -> bool {
+    match e {
+        SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(se) => se.raw().status().is_success(),
+        _ => false,
+    }
 }
 
 fn classify_batch(
@@ -491,6 +573,9 @@ fn classify_batch(
     >,
 ) -> BatchErr {
     use dl::operation::batch_get_job::BatchGetJobError as E;
+    if undecodable(&e) {
+        return BatchErr::Undecodable(describe(&e));
+    }
     if let SdkError::ServiceError(se) = &e {
         let err = se.err();
         let status = se.raw().status().as_u16();

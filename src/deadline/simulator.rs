@@ -31,6 +31,10 @@ pub struct Patch {
     pub task_run_status_counts: Option<BTreeMap<String, i64>>,
     pub name: Option<String>,
     pub description: Option<String>,
+    /// Fields written as they are into the job's wire JSON from now on, replacing
+    /// the real ones: an undecodable record (`{"name": 12345}`, a bad timestamp, a
+    /// lone surrogate). `null` removes the override.
+    pub raw: Option<Value>,
 }
 
 /// A job to create.
@@ -89,6 +93,7 @@ struct SimJob {
     script: Vec<Patch>,
     created: Instant,
     hits: u64,
+    raw: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Default)]
@@ -140,6 +145,17 @@ fn apply(snap: &mut JobSnapshot, p: &Patch) {
 }
 
 impl SimJob {
+    /// The job's wire JSON, with any raw override.
+    fn wire(&self, with_location: bool) -> Value {
+        let mut v = super::wire::to_wire(&self.snap, with_location);
+        if let (Some(m), Some(raw)) = (v.as_object_mut(), &self.raw) {
+            for (k, x) in raw {
+                m.insert(k.clone(), x.clone());
+            }
+        }
+        v
+    }
+
     /// Applies every scripted step that is due.
     fn advance(&mut self) {
         let elapsed = self.created.elapsed().as_millis() as u64;
@@ -206,6 +222,7 @@ impl Simulator {
                 script,
                 created: Instant::now(),
                 hits: 0,
+                raw: None,
             },
         );
         key
@@ -217,6 +234,9 @@ impl Simulator {
         match g.jobs.get_mut(key) {
             Some(j) => {
                 apply(&mut j.snap, p);
+                if let Some(raw) = &p.raw {
+                    j.raw = raw.as_object().cloned();
+                }
                 true
             }
             None => false,
@@ -262,6 +282,7 @@ impl Simulator {
                     script: Vec::new(),
                     created: Instant::now(),
                     hits: 0,
+                    raw: None,
                 },
             );
         }
@@ -448,7 +469,7 @@ async fn get_job(
         Some(j) => {
             j.advance();
             j.hits += 1;
-            Json(super::wire::to_wire(&j.snap, false)).into_response()
+            Json(j.wire(false)).into_response()
         }
         None => not_found(&key),
     }
@@ -500,7 +521,7 @@ async fn batch_get_job(State(sim): State<Simulator>, body: axum::body::Bytes) ->
             Some(j) => {
                 j.advance();
                 j.hits += 1;
-                jobs.push(super::wire::to_wire(&j.snap, true));
+                jobs.push(j.wire(true));
             }
             None => errors.push(json!({
                 "farmId": key.farm_id, "queueId": key.queue_id, "jobId": key.job_id,
@@ -554,7 +575,7 @@ async fn search_jobs(
     for (k, j) in g.jobs.iter_mut() {
         if k.farm_id == farm && req.queue_ids.contains(&k.queue_id) {
             j.advance();
-            all.push(super::wire::to_wire(&j.snap, true));
+            all.push(j.wire(true));
         }
     }
     let total = all.len();
@@ -586,7 +607,7 @@ async fn list_jobs(
     for (k, j) in g.jobs.iter_mut() {
         if k.farm_id == farm && k.queue_id == queue {
             j.advance();
-            let mut v = super::wire::to_wire(&j.snap, false);
+            let mut v = j.wire(false);
             if let Some(m) = v.as_object_mut() {
                 m.remove("description");
                 m.remove("parameters");

@@ -410,3 +410,93 @@ async fn list_and_search_jobs_through_the_sdk() {
         "{snap:?}"
     );
 }
+
+/// Issue 11 item 5: one record the SDK cannot decode must not blind its batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_job_is_isolated_and_the_rest_keep_being_polled() {
+    let mut env = Env::new().await;
+    let svc = env.start().await;
+    let jobs: Vec<_> = (0..40)
+        .map(|i| env.add_job(&format!("batch {i}")))
+        .collect();
+    let mut subs = Vec::new();
+    for j in &jobs {
+        subs.push(
+            env.subscribe_job(j, json!({"channels": ["pipeline"]}))
+                .await,
+        );
+    }
+    env.observed_all(&jobs, 2).await;
+    let bad = &jobs[17];
+    assert!(env.sim.patch(
+        bad,
+        &Patch {
+            raw: Some(json!({"name": 12345})),
+            ..Default::default()
+        }
+    ));
+    for j in &jobs {
+        env.sim.set_status(j, "SUCCEEDED");
+    }
+    wait_until(T, "every other job's message", || {
+        jobs.iter()
+            .filter(|j| *j != bad)
+            .all(|j| env.delivered_for(j).len() == 1)
+    })
+    .await;
+    assert!(env.delivered_for(bad).is_empty());
+    // The bad job's subscription says why it is not being read.
+    let url = format!(
+        "{}/v1/subscriptions/{}",
+        env.api(),
+        subs[17]["id"].as_str().unwrap()
+    );
+    let client = reqwest::Client::new();
+    let mut shown = Value::Null;
+    for _ in 0..200 {
+        shown = client
+            .get(&url)
+            .bearer_auth(LIGHTING)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if shown["pollError"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        shown["pollError"].as_str().unwrap_or("").contains("decode"),
+        "{shown}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", env.api()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("deadline_notifier_undecodable_jobs 1"),
+        "{metrics}"
+    );
+    let log = svc.log_text();
+    assert!(log.contains(&bad.job_id), "the log names the job");
+    // Readiness is about the watcher, not one job.
+    let r = reqwest::get(format!("{}/readyz", env.api())).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Once the record decodes again, the job is back.
+    env.sim.patch(
+        bad,
+        &Patch {
+            raw: Some(Value::Null),
+            ..Default::default()
+        },
+    );
+    wait_until(T, "the bad job's message once it decodes", || {
+        env.delivered_for(bad).len() == 1
+    })
+    .await;
+}
