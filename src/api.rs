@@ -147,11 +147,16 @@ impl IntoResponse for ApiError {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let separate_metrics = state.live.current().config.server.metrics_listen.is_some();
+    let r = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .route("/-/reload", post(reload))
+        .route("/readyz", get(readyz));
+    let r = if separate_metrics {
+        r
+    } else {
+        r.route("/metrics", get(metrics_text))
+    };
+    r.route("/-/reload", post(reload))
         .route("/v1/subscriptions", post(create).get(list))
         .route("/v1/subscriptions/{id}", get(show).delete(remove))
         .route("/v1/dead-letters", get(dead_letters))
@@ -160,6 +165,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/channels/{name}/enable", post(enable))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(json_errors))
+        .with_state(state)
+}
+
+/// `/metrics` alone, for `[server] metrics_listen`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError::NotFound("route") })
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }

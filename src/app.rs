@@ -148,6 +148,18 @@ impl App {
             None => room,
         };
         tracing::info!(fd_limit, max_connections, "API connection limits");
+        if let Some(addr) = self.live.current().config.server.metrics_listen.clone() {
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (server.metrics_listen)"))?;
+            tracing::info!(%addr, "serving /metrics on its own address");
+            tokio::spawn(crate::server::serve(
+                listener,
+                api::metrics_router(state.clone()),
+                crate::server::Limits::with_max_connections(64),
+                worker_rx.clone(),
+            ));
+        }
         let server = crate::server::serve(
             self.listener,
             api::router(state),

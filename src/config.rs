@@ -71,6 +71,8 @@ struct RawServer {
     admin_tokens: Vec<TokenSource>,
     /// Cap on concurrent API connections; default from the open-file limit.
     max_connections: Option<usize>,
+    /// Serve `/metrics` here instead of on the API's address.
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +85,8 @@ pub struct ServerConfig {
     pub admin_tokens: Vec<TokenDigest>,
     /// `None`: sized from the open-file limit at start ([`crate::server::default_max_connections`]).
     pub max_connections: Option<usize>,
+    /// When set, `/metrics` is served on this address only.
+    pub metrics_listen: Option<String>,
 }
 
 fn default_rate_limit() -> f64 {
@@ -104,6 +108,7 @@ impl Default for RawServer {
             rate_limit: default_rate_limit(),
             admin_tokens: Vec::new(),
             max_connections: None,
+            metrics_listen: None,
         }
     }
 }
@@ -533,6 +538,14 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             "must be 0 (off) or between 0.1 and 100000 requests per second".into(),
         ));
     }
+    if let Some(m) = &raw.server.metrics_listen
+        && (m.parse::<std::net::SocketAddr>().is_err() || *m == raw.server.listen)
+    {
+        return Err(invalid(
+            "server.metrics_listen".into(),
+            format!("{m:?} must be an address like 127.0.0.1:9090, other than server.listen"),
+        ));
+    }
     if let Some(n) = raw.server.max_connections
         && !(8..=100_000).contains(&n)
     {
@@ -714,6 +727,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             rate_limit: raw.server.rate_limit,
             admin_tokens,
             max_connections: raw.server.max_connections,
+            metrics_listen: raw.server.metrics_listen,
         },
         store: raw.store,
         deadline: raw.deadline,

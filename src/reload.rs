@@ -145,6 +145,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server.listen != new.server.listen {
         keys.push("server.listen");
     }
+    if old.server.metrics_listen != new.server.metrics_listen {
+        keys.push("server.metrics_listen");
+    }
     if old.server.rate_limit != new.server.rate_limit {
         keys.push("server.rate_limit");
     }

@@ -630,3 +630,49 @@ async fn idle_and_slow_connections_cannot_starve_the_service() {
         d.abort();
     }
 }
+
+/// Issue 11 item 8: over-long request lines and header blocks get JSON errors at the
+/// service's own limits; `/metrics` can live on its own address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_limits_answer_json_and_metrics_can_move() {
+    let mut env = Env::new().await;
+    let metrics_port = free_port();
+    let text = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replacen(
+            "[server]\n",
+            &format!("[server]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
+            1,
+        );
+    std::fs::write(env.config_path(), text).unwrap();
+    let _svc = env.start().await;
+    let client = reqwest::Client::new();
+    let long = format!("{}/healthz?{}", env.api(), "a".repeat(9 * 1024));
+    let r = client.get(&long).send().await.unwrap();
+    assert_eq!(r.status(), 414);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("request line"), "{v}");
+    let r = client
+        .get(format!("{}/healthz", env.api()))
+        .header("x-big", "b".repeat(20 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("headers"), "{v}");
+    // /metrics moved: 404 (JSON) on the API port, served on its own.
+    let r = client
+        .get(format!("{}/metrics", env.api()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("deadline_notifier_"));
+}
