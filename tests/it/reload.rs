@@ -374,3 +374,42 @@ async fn allow_lists_refuse_and_a_narrowing_reload_ends_subscriptions() {
     // Routing refuses it too (`route` unit test): an ended subscription is not
     // polled, and a job outside the lists is never routed to the team.
 }
+
+/// Issue 11 item 4: a config error in a secret-bearing key never echoes the secret:
+/// not in the reload answer (a 400), not in the log, not from check-config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_secret_key_is_reported_without_its_value() {
+    let mut env = Env::new().await;
+    enable_reload(&env);
+    let svc = env.start().await;
+    let good = std::fs::read_to_string(env.config_path()).unwrap();
+    let secret = "tok-LEAKME-0123456789abcdef";
+    for broken in [
+        good.replacen(
+            &format!("tokens = [\"{FX}\"]"),
+            &format!("tokens = \"{secret}\""),
+            1,
+        ),
+        good.replacen(
+            "url = \"http://",
+            &format!("url = \"https://hooks.example.com/{secret}\nx = \"http://"),
+            1,
+        ),
+    ] {
+        assert_ne!(broken, good);
+        std::fs::write(env.config_path(), &broken).unwrap();
+        let (status, v) = post_reload(&env, Some(ADMIN)).await;
+        assert_eq!(status, 400, "{v}");
+        let text = v.to_string();
+        assert!(!text.contains("LEAKME"), "{text}");
+        assert!(text.contains("line "), "names the line: {text}");
+        let out = env.launcher().command(&["check-config"]).output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success() && !all.contains("LEAKME"), "{all}");
+    }
+    assert!(!svc.log_text().contains("LEAKME"), "the log echoes the secret");
+}
