@@ -411,5 +411,8 @@ async fn a_broken_secret_key_is_reported_without_its_value() {
         );
         assert!(!out.status.success() && !all.contains("LEAKME"), "{all}");
     }
-    assert!(!svc.log_text().contains("LEAKME"), "the log echoes the secret");
+    assert!(
+        !svc.log_text().contains("LEAKME"),
+        "the log echoes the secret"
+    );
 }
