@@ -162,6 +162,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/{id}/replay", post(replay))
         .route("/v1/channels", get(channels))
+        .route("/v1/people/unmapped", get(unmapped_people))
         .route("/v1/channels/{name}/enable", post(enable))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -286,17 +287,19 @@ async fn json_errors(resp: Response) -> Response {
     r
 }
 
-/// `POST /-/reload` (admin token): re-reads config and templates, as SIGHUP does.
-async fn reload(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Checks the admin token; `Ok(Some(response))` when admin endpoints are disabled.
+fn admin(st: &AppState, headers: &HeaderMap, what: &str) -> Result<Option<Response>, ApiError> {
     let active = st.live.current();
     if active.config.server.admin_tokens.is_empty() {
-        return Ok((
-            StatusCode::FORBIDDEN,
-            Json(json!({"error": "reload over HTTP is disabled: no [server] admin_tokens are configured (SIGHUP still reloads)"})),
-        )
-            .into_response());
+        return Ok(Some(
+            (
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": format!("{what} is disabled: no [server] admin_tokens are configured")})),
+            )
+                .into_response(),
+        ));
     }
-    let digest = bearer(&headers)?;
+    let digest = bearer(headers)?;
     let mut ok = false;
     for tok in &active.config.server.admin_tokens {
         ok |= tok.matches(&digest);
@@ -307,7 +310,33 @@ async fn reload(State(st): State<AppState>, headers: HeaderMap) -> Result<Respon
     if !st.limiter.allow(&digest) {
         return Err(ApiError::RateLimited);
     }
-    drop(active);
+    Ok(None)
+}
+
+/// `GET /v1/people/unmapped` (admin token): `createdBy` values seen in the last 30
+/// days that map to nobody in `[[people]]`, most recent first.
+async fn unmapped_people(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(r) = admin(&st, &headers, "GET /v1/people/unmapped")? {
+        return Ok(r);
+    }
+    let since = st.clock.now() - chrono::Duration::days(30);
+    let list: Vec<Value> = st
+        .health
+        .unmapped_since(since)
+        .into_iter()
+        .map(|(created_by, at)| json!({"createdBy": created_by, "lastSeen": at}))
+        .collect();
+    Ok(Json(json!({"unmapped": list})).into_response())
+}
+
+/// `POST /-/reload` (admin token): re-reads config and templates, as SIGHUP does.
+async fn reload(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(r) = admin(&st, &headers, "reload over HTTP (SIGHUP still reloads)")? {
+        return Ok(r);
+    }
     let live = st.live.clone();
     let result = tokio::task::spawn_blocking(move || live.reload("POST /-/reload"))
         .await

@@ -56,6 +56,17 @@ struct RawConfig {
     templates: TemplatesConfig,
     #[serde(default)]
     teams: Vec<RawTeam>,
+    #[serde(default)]
+    people: Vec<RawPerson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPerson {
+    deadline: Vec<String>,
+    slack: Option<String>,
+    teams: Option<String>,
+    name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,6 +312,8 @@ struct RawChannel {
     url: SecretSource,
     secret: Option<SecretSource>,
     events: Option<Vec<Event>>,
+    /// Events on which the job's owner is mentioned; `[]` turns mentions off.
+    mention_owner: Option<Vec<Event>>,
 }
 
 /// Validated configuration.
@@ -313,6 +326,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub templates: TemplatesConfig,
     pub teams: Vec<Team>,
+    /// `[[people]]`: who a job's `createdBy` is in chat.
+    pub people: std::sync::Arc<crate::people::People>,
 }
 
 #[derive(Debug, Clone)]
@@ -679,6 +694,9 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                 url,
                 secret,
                 events: c.events,
+                mention_owner: c
+                    .mention_owner
+                    .unwrap_or_else(|| crate::people::DEFAULT_MENTION_EVENTS.to_vec()),
             });
         }
         for (list, key, prefix) in [
@@ -712,6 +730,54 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         });
     }
 
+    let mut people = Vec::new();
+    let mut seen_ids = HashSet::new();
+    for (i, p) in raw.people.into_iter().enumerate() {
+        let pk = format!("people[{i}]");
+        if p.deadline.is_empty() {
+            return Err(invalid(
+                format!("{pk}.deadline"),
+                "list the createdBy values Deadline reports for this person".into(),
+            ));
+        }
+        for (j, d) in p.deadline.iter().enumerate() {
+            if d.trim().is_empty() || !seen_ids.insert(d.clone()) {
+                return Err(invalid(
+                    format!("{pk}.deadline[{j}]"),
+                    "must be non-empty and belong to one person only".into(),
+                ));
+            }
+        }
+        if let Some(s) = &p.slack
+            && !crate::people::valid_slack_id(s)
+        {
+            return Err(invalid(
+                format!("{pk}.slack"),
+                format!("{s:?} is not a Slack member ID (like U024BE7LH)"),
+            ));
+        }
+        if let Some(t) = &p.teams
+            && !crate::people::valid_teams_id(t)
+        {
+            return Err(invalid(
+                format!("{pk}.teams"),
+                "must be the user's principal name (jane@studio.com) or object id".into(),
+            ));
+        }
+        if !crate::people::valid_name(&p.name) {
+            return Err(invalid(
+                format!("{pk}.name"),
+                "must be 1-100 characters without control characters or < > &".into(),
+            ));
+        }
+        people.push(crate::people::Person {
+            deadline: p.deadline,
+            slack: p.slack,
+            teams: p.teams,
+            name: p.name,
+        });
+    }
+
     let base = path.parent().unwrap_or(Path::new("."));
     let mut templates = raw.templates;
     if templates.dir.is_relative() && !templates.dir.exists() && base.join(&templates.dir).exists()
@@ -734,6 +800,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         delivery,
         templates,
         teams,
+        people: std::sync::Arc::new(crate::people::People::new(people)),
     })
 }
 
@@ -880,5 +947,44 @@ events = ["job.failed", "job.succeeded"]
             e.contains("job.exploded") && e.contains("key `events`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn people_and_mentions() {
+        let text = GOOD.to_string()
+            + r#"
+[[people]]
+deadline = ["jane"]
+slack = "U024BE7LH"
+teams = "jane@studio.com"
+name = "Jane Doe"
+"#;
+        let c = Config::from_toml(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.people.owner("jane").unwrap().name, "Jane Doe");
+        assert_eq!(
+            c.teams[0].channels[0].mention_owner,
+            crate::people::DEFAULT_MENTION_EVENTS.to_vec()
+        );
+        let off = text.replacen(
+            "kind = \"slack\"\n",
+            "kind = \"slack\"\nmention_owner = []\n",
+            1,
+        );
+        let c = Config::from_toml(&off, Path::new("x.toml")).unwrap();
+        assert!(c.teams[0].channels[0].mention_owner.is_empty());
+        for (bad, key) in [
+            ("slack = \"U024BE7LH\"", "people[0].slack"),
+            ("name = \"Jane Doe\"", "people[0].name"),
+            ("teams = \"jane@studio.com\"", "people[0].teams"),
+        ] {
+            let broken = text.replace(
+                bad,
+                &format!("{} = \"<at>x</at>\"", bad.split(' ').next().unwrap()),
+            );
+            let e = err(&broken);
+            assert!(e.contains(key), "{e}");
+        }
+        let e = err(&(text.clone() + "[[people]]\ndeadline = [\"jane\"]\nname = \"Other\"\n"));
+        assert!(e.contains("people[1].deadline[0]"), "{e}");
     }
 }

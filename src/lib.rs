@@ -15,6 +15,7 @@ pub mod demo;
 pub mod diff;
 pub mod domain;
 pub mod notify;
+pub mod people;
 pub mod reload;
 pub mod render;
 pub mod route;

@@ -73,6 +73,7 @@ pub struct Renderer {
     /// (team, kind, event) → template name.
     resolved: HashMap<(String, ChannelKind, Event), String>,
     monitor_url: Option<String>,
+    people: std::sync::Arc<crate::people::People>,
 }
 
 fn registry(escape: impl Fn(&str) -> String + Send + Sync + 'static) -> Handlebars<'static> {
@@ -117,6 +118,7 @@ impl Renderer {
             by_kind: HashMap::new(),
             resolved: HashMap::new(),
             monitor_url: cfg.deadline.monitor_url.clone(),
+            people: cfg.people.clone(),
         };
         let mut loaded: HashMap<String, String> = HashMap::new(); // rel → display name
         for team in &cfg.teams {
@@ -165,14 +167,20 @@ impl Renderer {
         // Strict mode only catches a misspelt field when rendering, so render every
         // template once now against a job with every field set.
         for ((team, kind, event), rel) in &r.resolved {
-            let ctx = sample_context(team, "check", *event, r.monitor_url.as_deref());
-            r.render_named(rel, *kind, &ctx).map_err(|e| match e {
-                RenderError::Render { message, .. } => RenderError::Render {
-                    file: loaded[rel].clone(),
-                    message,
-                },
-                other => other,
-            })?;
+            // Once with an owner from the people directory, once without: a template
+            // must render for jobs whose owner is unmapped too.
+            let with_owner = sample_context(team, "check", *event, r.monitor_url.as_deref());
+            let mut without = with_owner.clone();
+            without["owner"] = Value::Null;
+            for ctx in [with_owner, without] {
+                r.render_named(rel, *kind, &ctx).map_err(|e| match e {
+                    RenderError::Render { message, .. } => RenderError::Render {
+                        file: loaded[rel].clone(),
+                        message,
+                    },
+                    other => other,
+                })?;
+            }
         }
         Ok(r)
     }
@@ -254,7 +262,8 @@ impl Renderer {
         job: &JobSnapshot,
         tr: &Transition,
     ) -> Result<Value, RenderError> {
-        let ctx = context(team, &channel.name, job, tr, self.monitor_url());
+        let owner = self.people.owner(&job.created_by);
+        let ctx = context(team, &channel.name, job, tr, self.monitor_url(), owner);
         let rendered = self.render(team, channel.kind, tr.event, &ctx)?;
         let link = self.monitor_url().map(|b| monitor_link(b, &job.key));
         Ok(channel.kind.payload(&Message {
@@ -263,6 +272,8 @@ impl Renderer {
             job,
             transition: tr,
             link: link.as_deref(),
+            owner,
+            mention: owner.is_some() && channel.mention_owner.contains(&tr.event),
         }))
     }
 }
@@ -367,6 +378,7 @@ pub fn context(
     job: &JobSnapshot,
     tr: &Transition,
     monitor_url: Option<&str>,
+    owner: Option<&crate::people::Person>,
 ) -> Value {
     let mut counts = serde_json::Map::new();
     for s in crate::domain::TaskRunStatus::KNOWN {
@@ -412,6 +424,13 @@ pub fn context(
         "isLifecycleEvent": matches!(tr.event, Event::CreateFailed | Event::UploadFailed | Event::UpdateFailed | Event::Archived),
         "taskTotal": total,
         "monitorUrl": link,
+        // From the people directory only; `mention` is display text ("@Jane Doe"),
+        // the ping itself is added by the channel's payload builder.
+        "owner": owner.map(|p| json!({
+            "name": p.name,
+            "mention": format!("@{}", p.name),
+            "createdBy": job.created_by,
+        })),
         "farmId": job.key.farm_id,
         "queueId": job.key.queue_id,
         "jobId": job.key.job_id,
@@ -581,12 +600,19 @@ pub fn sample_job(event: Event) -> (JobSnapshot, Transition) {
 /// The template context of [`sample_job`].
 pub fn sample_context(team: &str, channel: &str, event: Event, monitor_url: Option<&str>) -> Value {
     let (job, tr) = sample_job(event);
+    let owner = crate::people::Person {
+        deadline: vec![job.created_by.clone()],
+        slack: Some("U0000000".into()),
+        teams: Some("jane@example.com".into()),
+        name: "Jane Doe".into(),
+    };
     context(
         team,
         channel,
         &job,
         &tr,
         monitor_url.or(Some("https://monitor.example.com")),
+        Some(&owner),
     )
 }
 

@@ -110,6 +110,7 @@ mod tests {
             url: Secret::new("https://x"),
             secret: None,
             events,
+            mention_owner: vec![],
         };
         Team {
             name: name.into(),

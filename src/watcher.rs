@@ -36,7 +36,13 @@ pub struct Health {
     pub watched_jobs: std::sync::atomic::AtomicUsize,
     /// Jobs whose last read failed, and why (shown on their subscriptions).
     pub poll_errors: std::sync::Mutex<std::collections::HashMap<JobKey, String>>,
+    /// `createdBy` values seen that map to nobody in `[[people]]`, and when last.
+    pub unmapped:
+        std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
 }
+
+/// At most this many distinct unmapped `createdBy` values are remembered.
+const UNMAPPED_CAP: usize = 10_000;
 
 impl Health {
     pub fn poll_error(&self, job: &JobKey) -> Option<String> {
@@ -57,6 +63,33 @@ impl Health {
                 true
             }
         }
+    }
+
+    fn note_unmapped(&self, created_by: &str, now: chrono::DateTime<chrono::Utc>) {
+        let mut g = self.unmapped.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() >= UNMAPPED_CAP && !g.contains_key(created_by) {
+            let cutoff = now - chrono::Duration::days(30);
+            g.retain(|_, t| *t >= cutoff);
+            if g.len() >= UNMAPPED_CAP {
+                return;
+            }
+        }
+        g.insert(created_by.to_string(), now);
+    }
+
+    /// Unmapped `createdBy` values seen since `since`, most recent first.
+    pub fn unmapped_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+        let g = self.unmapped.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = g
+            .iter()
+            .filter(|(_, t)| **t >= since)
+            .map(|(k, t)| (k.clone(), *t))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v
     }
 
     fn clear_poll_error(&self, job: &JobKey) {
@@ -527,6 +560,9 @@ impl Loop {
         let cur = observed.status.clone();
         let snap = observed.snapshot(key.clone());
         let now = self.w.clock.now();
+        if self.active.config.people.owner(&snap.created_by).is_none() {
+            self.w.health.note_unmapped(&snap.created_by, now);
+        }
         let events = diff(prev.map(|p| &p.status), &cur);
         let terminal_since = if cur.is_terminal() {
             prev.and_then(|p| p.terminal_since).or(Some(now))

@@ -32,6 +32,10 @@ pub struct Message<'a> {
     pub transition: &'a Transition,
     /// Link to the job in the Deadline Cloud monitor, if configured.
     pub link: Option<&'a str>,
+    /// The job's owner, when `createdBy` maps to a person.
+    pub owner: Option<&'a crate::people::Person>,
+    /// Whether this message mentions the owner (the channel's `mention_owner` has the event).
+    pub mention: bool,
 }
 
 /// The text a template produced, escaped for the channel's markup.
@@ -184,6 +188,8 @@ pub struct Channel {
     /// Standard Webhooks signing key (`whsec_…`), for kinds that sign.
     pub secret: Option<Secret>,
     pub events: Option<Vec<Event>>,
+    /// Events on which the job's owner is mentioned (`mention_owner`).
+    pub mention_owner: Vec<Event>,
 }
 
 impl Channel {

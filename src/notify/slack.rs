@@ -25,7 +25,23 @@ impl Kind for Slack {
         escape(s)
     }
     fn payload(&self, m: &Message) -> Value {
-        payload(m.rendered, m.link)
+        let mut v = payload(m.rendered, m.link);
+        // The only way a mention enters a message: a member ID from the people
+        // directory (validated as `U`/`W` + [A-Z0-9]), in a block we build.
+        if m.mention
+            && let Some(id) = m.owner.and_then(|p| p.slack.as_deref())
+            && let Some(blocks) = v["blocks"].as_array_mut()
+        {
+            let at = blocks
+                .iter()
+                .position(|b| b["type"] == "actions")
+                .unwrap_or(blocks.len());
+            blocks.insert(
+                at,
+                json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("<@{id}>")}}),
+            );
+        }
+        v
     }
     fn classify(&self, a: &Answer, max_retry_after: Duration) -> Verdict {
         // Slack's Web API answers 200 with {"ok":false,...}; incoming webhooks answer "ok".

@@ -40,7 +40,25 @@ impl Kind for Teams {
         }
     }
     fn payload(&self, m: &Message) -> Value {
-        payload(m.rendered, m.link)
+        let mut v = payload(m.rendered, m.link);
+        // A mention entity from the people directory (name and id validated: no
+        // markup); job text stays in TextRuns, which never mention anyone.
+        if m.mention
+            && let Some(p) = m.owner
+            && let Some(id) = p.teams.as_deref()
+        {
+            let at = format!("<at>{}</at>", p.name);
+            let content = &mut v["attachments"][0]["content"];
+            if let Some(body) = content["body"].as_array_mut() {
+                body.push(json!({"type": "TextBlock", "text": at, "wrap": true}));
+            }
+            content["msteams"] = json!({"entities": [{
+                "type": "mention",
+                "text": at,
+                "mentioned": {"id": id, "name": p.name}
+            }]});
+        }
+        v
     }
     /// Workflows answer 202; 401/403/404 mean the flow was deleted or its URL revoked.
     fn classify(&self, a: &Answer, max_retry_after: Duration) -> Verdict {

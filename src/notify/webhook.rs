@@ -21,7 +21,17 @@ impl Kind for Webhook {
         decode_secret(secret).map(|_| ())
     }
     fn payload(&self, m: &Message) -> Value {
-        payload(m.team, m.rendered, m.job, m.transition)
+        let mut v = payload(m.team, m.rendered, m.job, m.transition);
+        // Absent, not null, when the owner maps to nobody.
+        if let Some(p) = m.owner {
+            v["data"]["owner"] = json!({
+                "createdBy": m.job.created_by,
+                "name": p.name,
+                "slack": p.slack,
+                "teams": p.teams,
+            });
+        }
+        v
     }
     fn headers(
         &self,

@@ -226,6 +226,7 @@ fn hostile_text_never_breaks_a_payload() {
                         url: Secret::new("https://x"),
                         secret: None,
                         events: None,
+                        mention_owner: vec![],
                     };
                     let payload = r
                         .payload("lighting", &channel, &snap, &tr)
@@ -286,6 +287,7 @@ fn a_job_value_cannot_rearrange_the_message() {
             url: Secret::new("https://x"),
             secret: None,
             events: None,
+            mention_owner: vec![],
         };
         defaults
             .payload(

@@ -500,3 +500,131 @@ async fn an_undecodable_job_is_isolated_and_the_rest_keep_being_polled() {
     })
     .await;
 }
+
+/// Issue 12, people: the owner of a failed job is mentioned on every channel, from
+/// the people directory only; job text never mentions anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_is_mentioned_and_job_text_pings_nobody() {
+    let mut env = Env::new().await;
+    let jane = "arn:aws:sts::111122223333:assumed-role/Artist/jane";
+    let admin = "admin-token-0123456789abcdef";
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let text = text.replacen(
+        "[server]\n",
+        &format!("[server]\nadmin_tokens = [\"{admin}\"]\n"),
+        1,
+    ) + &format!(
+        r#"
+[[people]]
+deadline = ["jane", "{jane}"]
+slack = "U024BE7LH"
+teams = "jane@studio.com"
+name = "Jane Doe"
+"#
+    );
+    std::fs::write(env.config_path(), text).unwrap();
+    let _svc = env.start().await;
+    let hostile = "<@U0BADBAD> <!channel> <at>Boss</at>";
+    let janes = env.sim.add_job(JobSpec {
+        name: hostile.into(),
+        created_by: Some(jane.into()),
+        ..Default::default()
+    });
+    let bobs = env.sim.add_job(JobSpec {
+        name: "bob's job".into(),
+        created_by: Some("bob".into()),
+        ..Default::default()
+    });
+    for j in [&janes, &bobs] {
+        env.subscribe_job(j, json!({"events": ["job.failed", "job.succeeded"]}))
+            .await;
+    }
+    env.observed_all(&[janes.clone(), bobs.clone()], 2).await;
+    env.sim.set_status(&janes, "FAILED");
+    env.sim.set_status(&bobs, "FAILED");
+    wait_until(T, "both jobs on three channels", || {
+        env.delivered_for(&janes).len() == 3 && env.delivered_for(&bobs).len() == 3
+    })
+    .await;
+    let on = |job: &deadline_notifier::domain::JobKey, prefix: &str| -> Value {
+        env.delivered_for(job)
+            .into_iter()
+            .find(|r| r.path.starts_with(prefix))
+            .unwrap()
+            .body
+    };
+    // Slack: exactly one mention, ours, in a block we built. Only mrkdwn text and
+    // the fallback `text` are parsed for mentions (the header is plain_text).
+    let slack_v = on(&janes, "/slack");
+    let mut marked = vec![slack_v["text"].as_str().unwrap().to_string()];
+    for b in slack_v["blocks"].as_array().unwrap() {
+        if b["text"]["type"] == "mrkdwn" {
+            marked.push(b["text"]["text"].as_str().unwrap().to_string());
+        }
+    }
+    let marked = marked.join("\n");
+    assert_eq!(marked.matches("<@").count(), 1, "{marked}");
+    assert!(marked.contains("<@U024BE7LH>"), "{marked}");
+    assert!(!marked.contains("<!channel>"), "{marked}");
+    assert!(
+        marked.contains("@Jane Doe"),
+        "the template shows the owner: {marked}"
+    );
+    // Teams: one mention entity, ours; the hostile <at> stays inert text in a TextRun.
+    let teams = on(&janes, "/teams");
+    let content = &teams["attachments"][0]["content"];
+    let entities = content["msteams"]["entities"].as_array().unwrap();
+    assert_eq!(entities.len(), 1);
+    assert_eq!(entities[0]["mentioned"]["id"], "jane@studio.com");
+    let text_blocks: Vec<_> = content["body"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "TextBlock")
+        .collect();
+    assert_eq!(text_blocks.len(), 1, "{content}");
+    assert_eq!(text_blocks[0]["text"], "<at>Jane Doe</at>");
+    // Webhook: data.owner when mapped, absent when not.
+    let hook = on(&janes, "/webhook");
+    assert_eq!(hook["data"]["owner"]["slack"], "U024BE7LH");
+    assert_eq!(hook["data"]["owner"]["createdBy"], jane);
+    let bob_hook = on(&bobs, "/webhook");
+    assert!(bob_hook["data"].get("owner").is_none(), "{bob_hook}");
+    let bob_slack = on(&bobs, "/slack");
+    assert!(
+        bob_slack["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| !b["text"]["text"].as_str().unwrap_or("").starts_with("<@")),
+        "{bob_slack}"
+    );
+    assert!(
+        on(&bobs, "/teams")["attachments"][0]["content"]
+            .get("msteams")
+            .is_none()
+    );
+    // Ops can see whom to add to the directory.
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/people/unmapped", env.api()))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let who: Vec<_> = v["unmapped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["createdBy"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(who, ["bob"], "{v}");
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/people/unmapped", env.api()))
+        .bearer_auth(LIGHTING)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a team token is not an admin token");
+}
