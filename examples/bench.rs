@@ -219,6 +219,7 @@ fn run_populate(n: usize, path: &str) {
             created_at: now,
             state: "active".into(),
             ended_reason: None,
+            watch: None,
         })
         .collect();
     store.insert_subscriptions_bulk(&subs).unwrap();

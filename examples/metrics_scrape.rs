@@ -63,6 +63,7 @@ url = "http://127.0.0.1:9/hook"
             created_at: now,
             state: "active".into(),
             ended_reason: None,
+            watch: None,
         })
         .collect();
     store.insert_subscriptions_bulk(&subs).unwrap();

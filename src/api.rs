@@ -513,6 +513,7 @@ async fn create(
         created_at: st.clock.now(),
         state: "active".into(),
         ended_reason: None,
+        watch: None,
     };
     let (sub, created) = st.store.run(move |s| s.insert_subscription(sub)).await?;
     if created {

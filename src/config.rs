@@ -173,6 +173,26 @@ pub struct DeadlineConfig {
     /// Terminal jobs (within `terminal_grace`) are polled this many times less often.
     #[serde(default = "default_factor")]
     pub terminal_factor: u32,
+    /// How often watched queues are searched for new jobs.
+    #[serde(
+        default = "default_discovery_interval",
+        deserialize_with = "duration::de"
+    )]
+    pub discovery_interval: Duration,
+    /// How far each search looks back before the last pass (search results are
+    /// eventually consistent).
+    #[serde(
+        default = "default_discovery_overlap",
+        deserialize_with = "duration::de"
+    )]
+    pub discovery_overlap: Duration,
+}
+
+fn default_discovery_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_discovery_overlap() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn default_max_rps() -> f64 {
@@ -209,6 +229,8 @@ impl Default for DeadlineConfig {
             idle_factor: default_factor(),
             suspended_factor: default_factor(),
             terminal_factor: default_factor(),
+            discovery_interval: default_discovery_interval(),
+            discovery_overlap: default_discovery_overlap(),
         }
     }
 }
@@ -244,6 +266,20 @@ struct RawTeam {
     /// Optional allow-lists: the team may only watch jobs in these farms / queues.
     farm_ids: Option<Vec<String>>,
     queue_ids: Option<Vec<String>>,
+    #[serde(default)]
+    watches: Vec<RawWatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    name: String,
+    farm_id: String,
+    queue_ids: Vec<String>,
+    created_by: Option<Vec<String>>,
+    name_matches: Option<String>,
+    events: Option<Vec<Event>>,
+    channels: Option<Vec<String>>,
 }
 
 /// A token as configured: a secret (literal/env/file), or only its SHA-256 hex digest.
@@ -340,6 +376,8 @@ pub struct Team {
     pub farm_ids: Option<Vec<String>>,
     /// Queues the team may watch; `None` allows any.
     pub queue_ids: Option<Vec<String>>,
+    /// `[[teams.watches]]`: new jobs to subscribe automatically.
+    pub watches: Vec<crate::domain::Watch>,
 }
 
 impl Config {
@@ -468,6 +506,81 @@ fn redact_quoted(m: &str) -> String {
     out
 }
 
+/// Validates a watch for `team` (config or API); the error names the field
+/// (`name`, `farm_id`, `queue_ids`, `created_by`, `name_matches`, `events`, `channels`).
+pub fn check_watch(
+    team: &Team,
+    mut w: crate::domain::Watch,
+) -> Result<crate::domain::Watch, (&'static str, String)> {
+    if !valid_name(&w.name) {
+        return Err(("name", format!("{:?} must be 1-64 of [a-z0-9_-]", w.name)));
+    }
+    let id_ok = |id: &str, prefix: &str| {
+        id.strip_prefix(prefix)
+            .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    if !id_ok(&w.farm_id, "farm-") {
+        return Err(("farm_id", "must be farm- followed by 32 hex digits".into()));
+    }
+    if !(1..=10).contains(&w.queue_ids.len()) {
+        return Err((
+            "queue_ids",
+            "must list 1 to 10 queues (SearchJobs takes at most 10 per call)".into(),
+        ));
+    }
+    w.queue_ids.dedup();
+    for q in &w.queue_ids {
+        if !id_ok(q, "queue-") {
+            return Err((
+                "queue_ids",
+                format!("{q:?} must be queue- followed by 32 hex digits"),
+            ));
+        }
+        let key = crate::domain::JobKey {
+            farm_id: w.farm_id.clone(),
+            queue_id: q.clone(),
+            job_id: String::new(),
+        };
+        team.admits(&key).map_err(|m| {
+            if m.starts_with("farm") {
+                ("farm_id", m)
+            } else {
+                ("queue_ids", m)
+            }
+        })?;
+    }
+    if let Some(c) = &w.created_by
+        && (c.is_empty() || c.iter().any(|x| x.trim().is_empty()))
+    {
+        return Err((
+            "created_by",
+            "list the createdBy values to match, or omit the key for everyone".into(),
+        ));
+    }
+    if let Some(re) = &w.name_matches
+        && let Err(e) = regex_lite::Regex::new(re)
+    {
+        return Err(("name_matches", format!("not a valid regex: {e}")));
+    }
+    if w.events.is_empty() {
+        return Err(("events", "an empty list would notify nothing".into()));
+    }
+    if w.channels.is_empty() {
+        return Err(("channels", "an empty list would notify nowhere".into()));
+    }
+    for c in &w.channels {
+        if team.channel(c).is_none() {
+            return Err((
+                "channels",
+                format!("team {:?} has no channel {c:?}", team.name),
+            ));
+        }
+    }
+    let mut seen = HashSet::new();
+    w.channels.retain(|c| seen.insert(c.clone()));
+    Ok(w)
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -487,6 +600,20 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         return Err(invalid(
             "deadline.poll_interval".into(),
             "must be at least 100ms".into(),
+        ));
+    }
+    if raw.deadline.discovery_interval < Duration::from_millis(100)
+        || raw.deadline.discovery_interval > Duration::from_secs(3600)
+    {
+        return Err(invalid(
+            "deadline.discovery_interval".into(),
+            "must be between 100ms and 1h".into(),
+        ));
+    }
+    if raw.deadline.discovery_overlap > Duration::from_secs(86_400) {
+        return Err(invalid(
+            "deadline.discovery_overlap".into(),
+            "must be at most 1 day".into(),
         ));
     }
     if !(1..=10).contains(&raw.deadline.max_attempts) {
@@ -721,13 +848,45 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                 }
             }
         }
-        teams.push(Team {
+        let mut team = Team {
             name: t.name,
             tokens,
             channels,
             farm_ids: t.farm_ids,
             queue_ids: t.queue_ids,
-        });
+            watches: Vec::new(),
+        };
+        let mut watch_names = HashSet::new();
+        for (wi, w) in t.watches.into_iter().enumerate() {
+            let wk = format!("{tk}.watches[{wi}]");
+            if !watch_names.insert(w.name.clone()) {
+                return Err(invalid(
+                    format!("{wk}.name"),
+                    format!("watch {:?} is declared twice in this team", w.name),
+                ));
+            }
+            let watch = check_watch(
+                &team,
+                crate::domain::Watch {
+                    id: crate::domain::Watch::config_id(&team.name, &w.name),
+                    team: team.name.clone(),
+                    name: w.name,
+                    farm_id: w.farm_id,
+                    queue_ids: w.queue_ids,
+                    created_by: w.created_by,
+                    name_matches: w.name_matches,
+                    events: w.events.unwrap_or_else(|| Event::DEFAULTS.to_vec()),
+                    channels: w
+                        .channels
+                        .unwrap_or_else(|| team.channels.iter().map(|c| c.name.clone()).collect()),
+                    source: "config".into(),
+                    created_at: chrono::DateTime::UNIX_EPOCH,
+                },
+            )
+            .map_err(|(field, m)| invalid(format!("{wk}.{field}"), m))?;
+            team.watches.push(watch);
+        }
+        teams.push(team);
     }
 
     let mut people = Vec::new();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 mod records;
-pub use records::{ChannelState, DeadLetter, JobState, OutboxEntry, Subscription};
+pub use records::{ChannelState, DeadLetter, JobState, OutboxEntry, Subscription, Watch};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{field} must match {pattern} (got {got:?})")]

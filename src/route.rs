@@ -118,6 +118,7 @@ mod tests {
             channels: vec![ch("all", None), ch("failures", Some(vec![Event::Failed]))],
             farm_ids: None,
             queue_ids: None,
+            watches: vec![],
         }
     }
 
@@ -135,6 +136,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             state: "active".into(),
             ended_reason: None,
+            watch: None,
         }
     }
 

@@ -127,6 +127,8 @@ struct Inner {
     /// webhook-id → delivered-at: our own log, used to suppress duplicate sends.
     sent: sled::Tree,
     meta: sled::Tree,
+    /// `farm/queue` → when discovery last searched it.
+    discovery: sled::Tree,
     /// In-memory mirror of the `meta` counts (what `/metrics` reads).
     counts: [AtomicI64; 4],
     sync: Arc<SyncShared>,
@@ -326,6 +328,7 @@ impl Store {
             sent: t("delivered_log")?,
             channels: t("channels")?,
             meta: t("meta")?,
+            discovery: t("discovery")?,
             counts: Default::default(),
             sync,
             syncer: Mutex::new(None),
@@ -455,7 +458,7 @@ impl Store {
         Ok(id)
     }
 
-    fn json_trees(&self) -> [(&sled::Tree, &'static str, Option<Counted>); 5] {
+    fn json_trees(&self) -> [(&sled::Tree, &'static str, Option<Counted>); 6] {
         let s = &self.inner;
         [
             (&s.subs, "subscriptions", Some(Counted::Subscriptions)),
@@ -463,6 +466,7 @@ impl Store {
             (&s.outbox, "outbox", Some(Counted::Outbox)),
             (&s.dead, "dead_letters", Some(Counted::DeadLetters)),
             (&s.channels, "channels", None),
+            (&s.discovery, "discovery", None),
         ]
     }
 
@@ -1135,6 +1139,40 @@ impl Store {
         })
     }
 
+    // --- discovery ---
+
+    /// When discovery last searched each (farm, queue).
+    pub fn discovery_marks(&self) -> Result<Vec<(String, String, DateTime<Utc>)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.inner.discovery.iter() {
+            let (k, v) = kv.map_err(|e| self.eng(e))?;
+            let at: DateTime<Utc> = self.dec("discovery", &v)?;
+            let k = String::from_utf8_lossy(&k).into_owned();
+            if let Some((farm, queue)) = k.split_once('/') {
+                out.push((farm.to_string(), queue.to_string(), at));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records discovery passes (ride the group commit: a lost mark only means the
+    /// next pass looks further back, and subscribing is idempotent).
+    pub fn set_discovery_marks(
+        &self,
+        marks: &[(String, String, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (farm, queue, at) in marks {
+            b.insert(format!("{farm}/{queue}").as_bytes(), enc(at));
+        }
+        self.inner
+            .discovery
+            .apply_batch(b)
+            .map_err(|e| self.eng(e))?;
+        self.mark_dirty();
+        Ok(())
+    }
+
     // --- channel state ---
 
     pub fn channel_state(&self, team: &str, channel: &str) -> Result<ChannelState, StoreError> {
@@ -1344,6 +1382,7 @@ mod tests {
             created_at: Utc::now(),
             state: "active".into(),
             ended_reason: None,
+            watch: None,
         }
     }
 

@@ -10,7 +10,7 @@ use crate::clock::SharedClock;
 use crate::deadline::client::{BATCH_LIMIT, DeadlineClient};
 use crate::deadline::{Fetched, Observed, SourceError};
 use crate::diff::diff;
-use crate::domain::{JobKey, JobStatus, Transition};
+use crate::domain::{JobKey, JobStatus, TaskRunStatus, Transition};
 use crate::domain::{JobState, OutboxEntry, Subscription};
 use crate::reload::{Active, Live};
 use crate::route::{Interest, route, webhook_id};
@@ -169,6 +169,12 @@ struct Loop {
     /// Σ 1/factor over scheduled jobs: how many job-checks one interval needs.
     load: f64,
     last_lag_log: Option<Instant>,
+    /// When (ms since `origin`) the next discovery pass is due.
+    next_discovery: u64,
+    /// (farm, queue) → when discovery last searched it (persisted).
+    last_pass: HashMap<(String, String), chrono::DateTime<chrono::Utc>>,
+    /// Discovery errors already logged, by (farm, queues): logged once each.
+    discovery_errors: HashMap<String, String>,
 }
 
 /// Runs blocking store work from the poll loop without stalling the runtime's other
@@ -233,7 +239,13 @@ impl Loop {
             origin,
             load: 0.0,
             last_lag_log: None,
+            next_discovery: 0,
+            last_pass: HashMap::default(),
+            discovery_errors: HashMap::default(),
         };
+        for (farm, queue, at) in blocking(|| l.w.store.discovery_marks())? {
+            l.last_pass.insert((farm, queue), at);
+        }
         l.enforce_allow_lists()?;
         // Spread the first round over one interval instead of a burst at start-up.
         let interval = l.interval_ms();
@@ -415,6 +427,10 @@ impl Loop {
                 .store(self.schedule.len(), std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("deadline_notifier_watched_jobs").set(self.schedule.len() as f64);
             let now = self.now_ms();
+            if now >= self.next_discovery && self.budget.wait(now) == 0 {
+                self.discover().await?;
+                continue;
+            }
             let wait = match self.schedule.next_due() {
                 None => Duration::from_secs(3600),
                 Some(next) => {
@@ -436,6 +452,9 @@ impl Loop {
                     }
                 }
             };
+            let wait = wait.min(Duration::from_millis(
+                self.next_discovery.saturating_sub(now).max(1),
+            ));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 Some(c) = self.w.changes.recv() => self.apply(c)?,
@@ -487,6 +506,156 @@ impl Loop {
                 for k in &keys {
                     self.reschedule(k, 0, true);
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// One discovery pass: search every watched queue (once, however many watches
+    /// share it) for jobs created since its last pass minus the overlap, and
+    /// subscribe the ones a watch wants. Shares the request budget with polling.
+    async fn discover(&mut self) -> Result<(), StoreError> {
+        let cfg = self.active.config.clone();
+        let interval = cfg.deadline.discovery_interval.as_millis() as u64;
+        let watches: Vec<crate::domain::Watch> = cfg
+            .teams
+            .iter()
+            .flat_map(|t| t.watches.iter().cloned())
+            .collect();
+        if watches.is_empty() {
+            self.next_discovery = self.now_ms() + interval;
+            return Ok(());
+        }
+        let pass_start = self.w.clock.now();
+        let overlap = chrono::Duration::from_std(cfg.deadline.discovery_overlap)
+            .unwrap_or(chrono::Duration::zero());
+        let mut by_farm: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+            Default::default();
+        for w in &watches {
+            by_farm
+                .entry(&w.farm_id)
+                .or_default()
+                .extend(w.queue_ids.iter().map(String::as_str));
+        }
+        let mut marks = Vec::new();
+        for (farm, queues) in by_farm {
+            let queues: Vec<String> = queues.into_iter().map(str::to_string).collect();
+            for chunk in queues.chunks(10) {
+                let since = chunk
+                    .iter()
+                    .map(|q| {
+                        self.last_pass
+                            .get(&(farm.to_string(), q.clone()))
+                            .copied()
+                            .unwrap_or(pass_start)
+                    })
+                    .min()
+                    .unwrap_or(pass_start)
+                    - overlap;
+                self.budget.take(self.now_ms());
+                let key = format!("{farm}/{}", chunk.join(","));
+                match self.w.client.search_created_since(farm, chunk, since).await {
+                    Ok((jobs, calls)) => {
+                        for _ in 1..calls {
+                            self.budget.take(self.now_ms());
+                        }
+                        if self.discovery_errors.remove(&key).is_some() {
+                            tracing::info!(farm, queues = %chunk.join(","), "discovery works again for these queues");
+                        }
+                        for job in jobs {
+                            self.adopt(&job, &watches)?;
+                        }
+                        for q in chunk {
+                            self.last_pass
+                                .insert((farm.to_string(), q.clone()), pass_start);
+                            marks.push((farm.to_string(), q.clone(), pass_start));
+                        }
+                    }
+                    Err(SourceError::Throttled {
+                        retry_after,
+                        message,
+                    }) => {
+                        let now = self.now_ms();
+                        self.budget
+                            .on_throttle(now, retry_after.map(|d| d.as_millis() as u64));
+                        tracing::warn!(%message, "Deadline Cloud throttled discovery; trying again next pass");
+                        break;
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        metrics::counter!("deadline_notifier_discovery_errors_total").increment(1);
+                        if self.discovery_errors.get(&key) != Some(&msg) {
+                            tracing::warn!(farm, queues = %chunk.join(","), error = %msg, "discovery failed for these queues; retrying every pass");
+                            self.discovery_errors.insert(key, msg);
+                        }
+                    }
+                }
+            }
+        }
+        if !marks.is_empty() {
+            let store = self.w.store.clone();
+            blocking(|| store.set_discovery_marks(&marks))?;
+        }
+        self.next_discovery = self.now_ms() + interval;
+        Ok(())
+    }
+
+    /// Subscribes a discovered job for every watch that wants it, unless its team
+    /// already subscribes the job. A job nobody tracked yet starts from the state
+    /// every new job starts in, so one that already started, failed or succeeded
+    /// before its first poll is still announced.
+    fn adopt(
+        &mut self,
+        job: &crate::deadline::NewJob,
+        watches: &[crate::domain::Watch],
+    ) -> Result<(), StoreError> {
+        for w in watches
+            .iter()
+            .filter(|w| w.wants(&job.key, &job.name, &job.created_by))
+        {
+            let team_has = self
+                .tracked
+                .get(&job.key)
+                .is_some_and(|t| t.subs.iter().any(|s| *s.team == *w.team));
+            if team_has {
+                continue;
+            }
+            if let Some(team) = self.active.config.team(&w.team)
+                && team.admits(&job.key).is_err()
+            {
+                continue;
+            }
+            let now = self.w.clock.now();
+            let store = self.w.store.clone();
+            if !self.tracked.contains_key(&job.key)
+                && blocking(|| store.job_state(&job.key))?.is_none()
+            {
+                let mut start = crate::domain::JobSnapshot::sample(job.key.clone(), &job.name);
+                start.lifecycle_status = crate::domain::LifecycleStatus::CreateInProgress;
+                start.task_run_status = Some(TaskRunStatus::Ready);
+                let state = JobState {
+                    job: job.key.clone(),
+                    status: JobStatus::of(&start),
+                    since: job.created_at,
+                    terminal_since: None,
+                };
+                blocking(|| store.commit_observation(&state, Vec::new()))?;
+            }
+            let sub = Subscription {
+                id: format!("sub-{}", uuid::Uuid::new_v4().simple()),
+                team: w.team.clone(),
+                job: job.key.clone(),
+                channels: w.channels.clone(),
+                events: w.events.clone(),
+                created_at: now,
+                state: "active".into(),
+                ended_reason: None,
+                watch: Some(w.id.clone()),
+            };
+            let (stored, created) = blocking(|| store.insert_subscription(sub))?;
+            if created {
+                tracing::info!(job = %job.key, team = %w.team, watch = %w.name, created_by = %job.created_by, "subscribed by watch");
+                self.apply(SubChange::Added(stored))?;
             }
         }
         Ok(())

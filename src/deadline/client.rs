@@ -379,6 +379,101 @@ impl DeadlineClient {
         }
     }
 
+    /// Jobs of up to 10 queues of one farm created at or after `since`, oldest
+    /// first (`CREATED_AT ≥ since`, sorted ascending, paged by `itemOffset`, which
+    /// SearchJobs caps at 10,000). Returns the jobs and the number of calls made.
+    pub async fn search_created_since(
+        &self,
+        farm_id: &str,
+        queue_ids: &[String],
+        since: DateTime<Utc>,
+    ) -> Result<(Vec<super::NewJob>, u32), SourceError> {
+        let filter = dl::types::SearchGroupedFilterExpressions::builder()
+            .filters(dl::types::SearchFilterExpression::DateTimeFilter(
+                dl::types::DateTimeFilterExpression::builder()
+                    .name("CREATED_AT")
+                    .operator(dl::types::ComparisonOperator::GreaterThanEqualTo)
+                    .date_time(aws_sdk_deadline::primitives::DateTime::from_millis(
+                        since.timestamp_millis(),
+                    ))
+                    .build()
+                    .map_err(|e| SourceError::Other(e.to_string()))?,
+            ))
+            .operator(dl::types::LogicalOperator::And)
+            .build()
+            .map_err(|e| SourceError::Other(e.to_string()))?;
+        let sort = dl::types::SearchSortExpression::FieldSort(
+            dl::types::FieldSortExpression::builder()
+                .name("CREATED_AT")
+                .sort_order(dl::types::SortOrder::Ascending)
+                .build()
+                .map_err(|e| SourceError::Other(e.to_string()))?,
+        );
+        let mut out = Vec::new();
+        let mut offset = 0;
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            let page = self
+                .client
+                .search_jobs()
+                .farm_id(farm_id)
+                .set_queue_ids(Some(queue_ids.to_vec()))
+                .filter_expressions(filter.clone())
+                .sort_expressions(sort.clone())
+                .item_offset(offset)
+                .page_size(100)
+                .send()
+                .await;
+            let page = match page {
+                Ok(p) => {
+                    api_call("SearchJobs", "ok");
+                    p
+                }
+                Err(e) => {
+                    if let Some(se) = e.as_service_error() {
+                        if se.is_throttling_exception() {
+                            api_call("SearchJobs", "throttled");
+                            return Err(SourceError::Throttled {
+                                retry_after: None,
+                                message: format!("SearchJobs: {}", describe(&e)),
+                            });
+                        }
+                        if se.is_resource_not_found_exception() || se.is_access_denied_exception() {
+                            api_call("SearchJobs", "refused");
+                            return Err(SourceError::Other(format!(
+                                "SearchJobs refused: {}: {}",
+                                se.code().unwrap_or("error"),
+                                se.message().unwrap_or("")
+                            )));
+                        }
+                    }
+                    api_call("SearchJobs", "error");
+                    return Err(SourceError::Other(format!("SearchJobs: {}", describe(&e))));
+                }
+            };
+            for j in page.jobs() {
+                let (Some(job_id), Some(queue_id)) = (j.job_id(), j.queue_id()) else {
+                    continue;
+                };
+                out.push(super::NewJob {
+                    key: JobKey {
+                        farm_id: farm_id.into(),
+                        queue_id: queue_id.into(),
+                        job_id: job_id.into(),
+                    },
+                    name: j.name().unwrap_or_default().into(),
+                    created_by: j.created_by().unwrap_or_default().into(),
+                    created_at: j.created_at().map(time).unwrap_or(since),
+                });
+            }
+            match page.next_item_offset() {
+                Some(next) if next > offset && next < 10_000 => offset = next,
+                _ => return Ok((out, calls)),
+            }
+        }
+    }
+
     async fn batch(&self, keys: &[JobKey]) -> Result<Vec<(JobKey, Fetched)>, BatchErr> {
         let mut req = self.client.batch_get_job();
         for k in keys {

@@ -39,3 +39,12 @@ pub struct JobSummary {
     pub task_run_status: Option<crate::domain::TaskRunStatus>,
     pub lifecycle_status: crate::domain::LifecycleStatus,
 }
+
+/// A job found by discovery (SearchJobs): who created it and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    pub key: JobKey,
+    pub name: String,
+    pub created_by: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}

@@ -73,6 +73,9 @@ pub struct Faults {
     /// Refuse BatchGetJob with AccessDeniedException (clients must fall back to GetJob).
     #[serde(default)]
     pub deny_batch: bool,
+    /// New jobs appear in SearchJobs only this long after creation (eventual consistency).
+    #[serde(default)]
+    pub search_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -539,6 +542,31 @@ struct SearchReq {
     queue_ids: Vec<String>,
     item_offset: usize,
     page_size: Option<usize>,
+    #[serde(default)]
+    filter_expressions: Option<Value>,
+    #[serde(default)]
+    sort_expressions: Option<Vec<Value>>,
+}
+
+/// The `CREATED_AT` lower bound of a search (`GREATER_THAN_EQUAL_TO` or
+/// `GREATER_THAN`), the only date filter the service sends.
+fn created_at_floor(f: &Value) -> Option<(chrono::DateTime<Utc>, bool)> {
+    for filter in f["filters"].as_array()? {
+        let d = &filter["dateTimeFilter"];
+        if d["name"] == "CREATED_AT" {
+            let at = match &d["dateTime"] {
+                Value::String(t) => chrono::DateTime::parse_from_rfc3339(t)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc)),
+                Value::Number(n) => n.as_f64().and_then(|secs| {
+                    chrono::DateTime::from_timestamp_millis((secs * 1000.0) as i64)
+                }),
+                _ => None,
+            }?;
+            return Some((at, d["operator"] == "GREATER_THAN_EQUAL_TO"));
+        }
+    }
+    None
 }
 
 async fn search_jobs(
@@ -568,16 +596,46 @@ async fn search_jobs(
             json!({"reason": "FIELD_VALIDATION_FAILED"}),
         );
     }
+    if req.item_offset > 10_000 {
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            "itemOffset must be at most 10000",
+            json!({"reason": "FIELD_VALIDATION_FAILED"}),
+        );
+    }
+    let floor = req.filter_expressions.as_ref().and_then(created_at_floor);
+    let ascending = req.sort_expressions.as_ref().is_some_and(|s| {
+        s.iter().any(|x| {
+            x["fieldSort"]["name"] == "CREATED_AT" && x["fieldSort"]["sortOrder"] == "ASCENDING"
+        })
+    });
     let mut g = sim.lock();
     g.stats.search_jobs += 1;
     let page = req.page_size.unwrap_or(100).clamp(1, 100);
-    let mut all: Vec<Value> = Vec::new();
+    // Search is eventually consistent: a new job shows after `search_delay_ms`.
+    let delay = std::time::Duration::from_millis(g.faults.search_delay_ms);
+    let mut found: Vec<(chrono::DateTime<Utc>, Value)> = Vec::new();
     for (k, j) in g.jobs.iter_mut() {
-        if k.farm_id == farm && req.queue_ids.contains(&k.queue_id) {
-            j.advance();
-            all.push(j.wire(true));
+        if k.farm_id == farm && req.queue_ids.contains(&k.queue_id) && j.created.elapsed() >= delay
+        {
+            let keep = floor.is_none_or(|(t, inclusive)| {
+                if inclusive {
+                    j.snap.created_at >= t
+                } else {
+                    j.snap.created_at > t
+                }
+            });
+            if keep {
+                j.advance();
+                found.push((j.snap.created_at, j.wire(true)));
+            }
         }
     }
+    if ascending {
+        found.sort_by_key(|(t, _)| *t);
+    }
+    let all: Vec<Value> = found.into_iter().map(|(_, v)| v).collect();
     let total = all.len();
     let items: Vec<Value> = all.into_iter().skip(req.item_offset).take(page).collect();
     let mut out = json!({"jobs": items, "totalResults": total});

@@ -20,6 +20,9 @@ pub struct Subscription {
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_reason: Option<String>,
+    /// The watch that subscribed this job, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<String>,
 }
 
 fn active() -> String {
@@ -80,4 +83,51 @@ pub struct DeadLetter {
 pub struct ChannelState {
     pub disabled_reason: Option<String>,
     pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// "Every new job in these queues (by these people, named like this)": a team's
+/// standing order to subscribe new jobs automatically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Watch {
+    pub id: String,
+    pub team: String,
+    pub name: String,
+    pub farm_id: String,
+    pub queue_ids: Vec<String>,
+    /// Only jobs whose `createdBy` equals one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<Vec<String>>,
+    /// Only jobs whose name matches this regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_matches: Option<String>,
+    pub events: Vec<Event>,
+    pub channels: Vec<String>,
+    /// `config` or `api`.
+    pub source: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Watch {
+    /// Whether a job found in one of the watch's queues is one it wants.
+    pub fn wants(&self, job: &JobKey, name: &str, created_by: &str) -> bool {
+        job.farm_id == self.farm_id
+            && self.queue_ids.contains(&job.queue_id)
+            && self
+                .created_by
+                .as_ref()
+                .is_none_or(|c| c.iter().any(|x| x == created_by))
+            && self
+                .name_matches
+                .as_deref()
+                .is_none_or(|re| regex_lite::Regex::new(re).is_ok_and(|r| r.is_match(name)))
+    }
+
+    /// The id of a config-declared watch: stable across restarts and reloads.
+    pub fn config_id(team: &str, name: &str) -> String {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(format!("{team}\0{name}").as_bytes());
+        let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("watch-{hex}")
+    }
 }

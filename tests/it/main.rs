@@ -9,3 +9,4 @@ mod pipeline;
 mod reload;
 mod security;
 mod startup;
+mod watches;

@@ -1,0 +1,165 @@
+//! Watches: new jobs in watched queues are subscribed by themselves (issue 12).
+use crate::helpers::*;
+use deadline_notifier::deadline::simulator::{Faults, JobSpec};
+use deadline_notifier::domain::JobKey;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+const JANE: &str = "arn:aws:sts::111122223333:assumed-role/Artist/jane";
+
+fn farm() -> String {
+    format!("farm-{:032x}", 0xfa_u64)
+}
+fn queue() -> String {
+    format!("queue-{:032x}", 0x9e_u64)
+}
+
+/// A lighting watch on the default queue for jane's jobs, Jane in the directory,
+/// discovery every 200 ms.
+fn configure(env: &Env, extra_watch: &str) {
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let text = text.replacen(
+        "[deadline]\n",
+        "[deadline]\ndiscovery_interval = \"200ms\"\n",
+        1,
+    );
+    // The watch belongs to the lighting team: insert it after its last channel.
+    let text = text.replacen(
+        "[[teams]]\nname = \"fx\"",
+        &format!(
+            r#"[[teams.watches]]
+name = "janes-shots"
+farm_id = "{farm}"
+queue_ids = ["{queue}"]
+created_by = ["{JANE}"]
+{extra_watch}
+[[teams]]
+name = "fx""#,
+            farm = farm(),
+            queue = queue()
+        ),
+        1,
+    ) + &format!(
+        r#"
+[[people]]
+deadline = ["{JANE}"]
+slack = "U024BE7LH"
+teams = "jane@studio.com"
+name = "Jane Doe"
+"#
+    );
+    std::fs::write(env.config_path(), text).unwrap();
+}
+
+async fn subscriptions(env: &Env) -> Vec<Value> {
+    reqwest::Client::new()
+        .get(format!("{}/v1/subscriptions", env.api()))
+        .bearer_auth(LIGHTING)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["subscriptions"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn job_by(env: &Env, name: &str, who: &str) -> JobKey {
+    env.sim.add_job(JobSpec {
+        name: name.into(),
+        created_by: Some(who.into()),
+        ..Default::default()
+    })
+}
+
+/// Done-means 1 and 3: jane's failing job is announced with her mentions without
+/// any subscribe call, even when it fails before its first poll; bob's is not
+/// subscribed by a watch limited to jane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_queue_subscribes_janes_jobs_and_mentions_her() {
+    let mut env = Env::new().await;
+    configure(&env, "");
+    let _svc = env.start().await;
+    // Created, and already failed, before the service ever polled it.
+    let janes = env.sim.add_job(JobSpec {
+        name: "shot_010 comp".into(),
+        created_by: Some(JANE.into()),
+        task_run_status: Some("FAILED".into()),
+        task_run_status_counts: Some([("FAILED".to_string(), 3)].into()),
+        ..Default::default()
+    });
+    let bobs = job_by(&env, "bob's job", "bob");
+    wait_until(T, "jane's failure on every lighting channel", || {
+        env.delivered_for(&janes).len() == 3
+    })
+    .await;
+    let got = env.delivered_for(&janes);
+    let slack = got.iter().find(|r| r.path.starts_with("/slack")).unwrap();
+    assert!(slack.raw.contains("<@U024BE7LH>"), "{}", slack.raw);
+    let teams = got.iter().find(|r| r.path.starts_with("/teams")).unwrap();
+    assert_eq!(
+        teams.body["attachments"][0]["content"]["msteams"]["entities"][0]["mentioned"]["id"],
+        "jane@studio.com"
+    );
+    let hook = got.iter().find(|r| r.path.starts_with("/webhook")).unwrap();
+    assert_eq!(hook.body["type"], "job.failed");
+    let subs = subscriptions(&env).await;
+    let mine: Vec<_> = subs
+        .iter()
+        .filter(|s| s["jobId"] == json!(janes.job_id))
+        .collect();
+    assert_eq!(mine.len(), 1, "{subs:?}");
+    assert!(mine[0]["watch"].as_str().unwrap().starts_with("watch-"));
+    assert!(
+        !subs.iter().any(|s| s["jobId"] == json!(bobs.job_id)),
+        "bob's job is not jane's: {subs:?}"
+    );
+    assert!(env.delivered_for(&bobs).is_empty());
+    // Exactly once, however many passes saw it.
+    assert_eq!(env.delivered_for(&janes).len(), 3);
+}
+
+/// Done-means 2: a job that shows in search only a while after creation is still
+/// picked up; one created while the service is down is picked up after restart;
+/// nothing is subscribed twice across restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_search_results_and_restarts_miss_nothing_and_repeat_nothing() {
+    let mut env = Env::new().await;
+    configure(&env, "");
+    let launcher = env.launcher();
+    let mut svc = env.start().await;
+    env.sim.set_faults(Faults {
+        search_delay_ms: 1500,
+        ..Default::default()
+    });
+    let late = job_by(&env, "late in search", JANE);
+    let mut all = vec![late.clone()];
+    wait_until(T, "the late job's subscription", || env.sim.hits(&late) > 0).await;
+    for run in 0..4 {
+        svc.kill();
+        // Created while the service is down.
+        all.push(job_by(&env, &format!("while down {run}"), JANE));
+        env.runs += 1;
+        svc = launcher.start(env.runs).await;
+        let want = all.clone();
+        wait_until(T, "every job polled", || {
+            want.iter().all(|j| env.sim.hits(j) > 0)
+        })
+        .await;
+    }
+    let subs = subscriptions(&env).await;
+    let ids: Vec<_> = subs
+        .iter()
+        .map(|s| s["jobId"].as_str().unwrap().to_string())
+        .collect();
+    let unique: HashSet<_> = ids.iter().collect();
+    assert_eq!(ids.len(), unique.len(), "a job subscribed twice: {ids:?}");
+    for j in &all {
+        assert!(ids.contains(&j.job_id), "{} missed", j.job_id);
+    }
+    drop(svc);
+}
