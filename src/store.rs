@@ -129,6 +129,8 @@ struct Inner {
     meta: sled::Tree,
     /// `farm/queue` → when discovery last searched it.
     discovery: sled::Tree,
+    /// Watches created through the API, by id.
+    watches: sled::Tree,
     /// In-memory mirror of the `meta` counts (what `/metrics` reads).
     counts: [AtomicI64; 4],
     sync: Arc<SyncShared>,
@@ -329,6 +331,7 @@ impl Store {
             channels: t("channels")?,
             meta: t("meta")?,
             discovery: t("discovery")?,
+            watches: t("watches")?,
             counts: Default::default(),
             sync,
             syncer: Mutex::new(None),
@@ -458,7 +461,7 @@ impl Store {
         Ok(id)
     }
 
-    fn json_trees(&self) -> [(&sled::Tree, &'static str, Option<Counted>); 6] {
+    fn json_trees(&self) -> [(&sled::Tree, &'static str, Option<Counted>); 7] {
         let s = &self.inner;
         [
             (&s.subs, "subscriptions", Some(Counted::Subscriptions)),
@@ -467,6 +470,7 @@ impl Store {
             (&s.dead, "dead_letters", Some(Counted::DeadLetters)),
             (&s.channels, "channels", None),
             (&s.discovery, "discovery", None),
+            (&s.watches, "watches", None),
         ]
     }
 
@@ -1137,6 +1141,56 @@ impl Store {
             dead_letters,
             delivered_log,
         })
+    }
+
+    // --- watches ---
+
+    /// Every watch created through the API.
+    pub fn watches(&self) -> Result<Vec<crate::domain::Watch>, StoreError> {
+        self.inner
+            .watches
+            .iter()
+            .values()
+            .map(|v| self.dec("watches", &v.map_err(|e| self.eng(e))?))
+            .collect()
+    }
+
+    /// Stores `w` unless its team already has a watch of that name; returns the
+    /// stored one and whether it was created. Synced before it returns.
+    pub fn insert_watch(
+        &self,
+        w: crate::domain::Watch,
+    ) -> Result<(crate::domain::Watch, bool), StoreError> {
+        let _g = self
+            .inner
+            .sync
+            .commit_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = self
+            .watches()?
+            .into_iter()
+            .find(|x| x.team == w.team && x.name == w.name)
+        {
+            return Ok((existing, false));
+        }
+        self.inner
+            .watches
+            .insert(w.id.as_bytes(), enc(&w))
+            .map_err(|e| self.eng(e))?;
+        drop(_g);
+        self.mark_dirty();
+        self.sync()?;
+        Ok((w, true))
+    }
+
+    pub fn delete_watch(&self, id: &str) -> Result<(), StoreError> {
+        self.inner
+            .watches
+            .remove(id.as_bytes())
+            .map_err(|e| self.eng(e))?;
+        self.mark_dirty();
+        self.sync()
     }
 
     // --- discovery ---

@@ -36,6 +36,10 @@ pub struct Health {
     pub watched_jobs: std::sync::atomic::AtomicUsize,
     /// Jobs whose last read failed, and why (shown on their subscriptions).
     pub poll_errors: std::sync::Mutex<std::collections::HashMap<JobKey, String>>,
+    /// Discovery failures by (farm, queues searched together): message and since when.
+    pub discovery_errors: std::sync::Mutex<
+        std::collections::HashMap<(String, Vec<String>), (String, chrono::DateTime<chrono::Utc>)>,
+    >,
     /// `createdBy` values seen that map to nobody in `[[people]]`, and when last.
     pub unmapped:
         std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
@@ -90,6 +94,22 @@ impl Health {
             .collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v
+    }
+
+    /// The discovery error that affects `w`'s queues, if any: (message, since).
+    pub fn watch_error(
+        &self,
+        w: &crate::domain::Watch,
+    ) -> Option<(String, chrono::DateTime<chrono::Utc>)> {
+        let g = self
+            .discovery_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        g.iter()
+            .find(|((farm, queues), _)| {
+                *farm == w.farm_id && queues.iter().any(|q| w.queue_ids.contains(q))
+            })
+            .map(|(_, e)| e.clone())
     }
 
     fn clear_poll_error(&self, job: &JobKey) {
@@ -173,8 +193,6 @@ struct Loop {
     next_discovery: u64,
     /// (farm, queue) → when discovery last searched it (persisted).
     last_pass: HashMap<(String, String), chrono::DateTime<chrono::Utc>>,
-    /// Discovery errors already logged, by (farm, queues): logged once each.
-    discovery_errors: HashMap<String, String>,
 }
 
 /// Runs blocking store work from the poll loop without stalling the runtime's other
@@ -241,7 +259,6 @@ impl Loop {
             last_lag_log: None,
             next_discovery: 0,
             last_pass: HashMap::default(),
-            discovery_errors: HashMap::default(),
         };
         for (farm, queue, at) in blocking(|| l.w.store.discovery_marks())? {
             l.last_pass.insert((farm, queue), at);
@@ -517,10 +534,25 @@ impl Loop {
     async fn discover(&mut self) -> Result<(), StoreError> {
         let cfg = self.active.config.clone();
         let interval = cfg.deadline.discovery_interval.as_millis() as u64;
+        let store = self.w.store.clone();
+        let api_watches = blocking(|| store.watches())?;
         let watches: Vec<crate::domain::Watch> = cfg
             .teams
             .iter()
             .flat_map(|t| t.watches.iter().cloned())
+            .chain(api_watches.into_iter().filter(|w| {
+                // A watch of a team a reload removed, or now outside its lists, rests.
+                cfg.team(&w.team).is_some_and(|t| {
+                    w.queue_ids.iter().all(|q| {
+                        t.admits(&JobKey {
+                            farm_id: w.farm_id.clone(),
+                            queue_id: q.clone(),
+                            job_id: String::new(),
+                        })
+                        .is_ok()
+                    })
+                })
+            }))
             .collect();
         if watches.is_empty() {
             self.next_discovery = self.now_ms() + interval;
@@ -540,7 +572,12 @@ impl Loop {
         let mut marks = Vec::new();
         for (farm, queues) in by_farm {
             let queues: Vec<String> = queues.into_iter().map(str::to_string).collect();
-            for chunk in queues.chunks(10) {
+            // Queues shared by several watches are searched once; a refused call
+            // covering several queues is retried queue by queue to find the bad one.
+            let mut work: std::collections::VecDeque<Vec<String>> =
+                queues.chunks(10).map(<[String]>::to_vec).collect();
+            while let Some(chunk) = work.pop_front() {
+                let chunk = chunk.as_slice();
                 let since = chunk
                     .iter()
                     .map(|q| {
@@ -553,13 +590,21 @@ impl Loop {
                     .unwrap_or(pass_start)
                     - overlap;
                 self.budget.take(self.now_ms());
-                let key = format!("{farm}/{}", chunk.join(","));
+                let key = (farm.to_string(), chunk.to_vec());
                 match self.w.client.search_created_since(farm, chunk, since).await {
                     Ok((jobs, calls)) => {
                         for _ in 1..calls {
                             self.budget.take(self.now_ms());
                         }
-                        if self.discovery_errors.remove(&key).is_some() {
+                        let cleared = self
+                            .w
+                            .health
+                            .discovery_errors
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&key)
+                            .is_some();
+                        if cleared {
                             tracing::info!(farm, queues = %chunk.join(","), "discovery works again for these queues");
                         }
                         for job in jobs {
@@ -581,12 +626,21 @@ impl Loop {
                         tracing::warn!(%message, "Deadline Cloud throttled discovery; trying again next pass");
                         break;
                     }
+                    Err(_) if chunk.len() > 1 => {
+                        work.extend(chunk.iter().map(|q| vec![q.clone()]));
+                    }
                     Err(e) => {
                         let msg = e.to_string();
                         metrics::counter!("deadline_notifier_discovery_errors_total").increment(1);
-                        if self.discovery_errors.get(&key) != Some(&msg) {
+                        let mut errs = self
+                            .w
+                            .health
+                            .discovery_errors
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        if errs.get(&key).map(|e| &e.0) != Some(&msg) {
                             tracing::warn!(farm, queues = %chunk.join(","), error = %msg, "discovery failed for these queues; retrying every pass");
-                            self.discovery_errors.insert(key, msg);
+                            errs.insert(key, (msg, pass_start));
                         }
                     }
                 }

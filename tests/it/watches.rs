@@ -163,3 +163,158 @@ async fn late_search_results_and_restarts_miss_nothing_and_repeat_nothing() {
     }
     drop(svc);
 }
+
+async fn call(
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Done-means 5: the watch API, team-scoped like subscriptions; an API watch
+/// subscribes new jobs like a config one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_api() {
+    use reqwest::Method;
+    let mut env = Env::new().await;
+    configure(&env, "");
+    let _svc = env.start().await;
+    let url = format!("{}/v1/watches", env.api());
+    let body = json!({"name": "all-comp", "farmId": farm(), "queueIds": [queue()],
+        "nameMatches": "^comp_\\d+", "channels": ["pipeline"], "events": ["job.succeeded"]});
+    let (s, created) = call(Method::POST, &url, LIGHTING, Some(body.clone())).await;
+    assert_eq!(s, 201, "{created}");
+    assert_eq!(created["source"], "api");
+    assert_eq!(created["team"], "lighting");
+    assert!(created["createdAt"].is_string() && created["id"].is_string());
+    let (s, again) = call(Method::POST, &url, LIGHTING, Some(body.clone())).await;
+    assert_eq!((s, &again["id"]), (200, &created["id"]));
+    let mut other = body.clone();
+    other["events"] = json!(["job.failed"]);
+    assert_eq!(call(Method::POST, &url, LIGHTING, Some(other)).await.0, 409);
+    let (s, list) = call(Method::GET, &url, LIGHTING, None).await;
+    assert_eq!(s, 200);
+    let sources: Vec<_> = list["watches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["source"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(sources, ["config", "api"]);
+    let config_id = list["watches"][0]["id"].as_str().unwrap().to_string();
+    let (s, v) = call(
+        Method::DELETE,
+        &format!("{url}/{config_id}"),
+        LIGHTING,
+        None,
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("notifier.toml"),
+        "{v}"
+    );
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(
+        call(Method::GET, &format!("{url}/{id}"), FX, None).await.0,
+        404
+    );
+    assert_eq!(
+        call(Method::DELETE, &format!("{url}/{id}"), FX, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        call(Method::GET, &format!("{url}/{id}"), LIGHTING, None)
+            .await
+            .0,
+        200
+    );
+    // Bad input names the field.
+    for (patch, field) in [
+        (json!({"farmId": "farm-1"}), "farmId"),
+        (json!({"queueIds": ["queue-x"]}), "queueIds"),
+        (
+            json!({"queueIds": (0..11).map(|i| format!("queue-{i:032x}")).collect::<Vec<_>>()}),
+            "queueIds",
+        ),
+        (json!({"nameMatches": "("}), "nameMatches"),
+        (json!({"channels": ["nope"]}), "channels"),
+        (json!({"events": ["job.exploded"]}), "events"),
+    ] {
+        let mut b = body.clone();
+        b["name"] = json!("bad");
+        for (k, v) in patch.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let (s, v) = call(Method::POST, &url, LIGHTING, Some(b)).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{field}: {v}");
+    }
+    // The API watch subscribes a matching new job (and only a matching one).
+    let comp = job_by(&env, "comp_042", "bob");
+    let other_job = job_by(&env, "layout_007", "bob");
+    env.sim.set_status(&comp, "SUCCEEDED");
+    wait_until(T, "the comp job's message", || {
+        env.delivered_for(&comp).len() == 1
+    })
+    .await;
+    let subs = subscriptions(&env).await;
+    assert!(
+        subs.iter()
+            .any(|s| s["jobId"] == json!(comp.job_id) && s["watch"] == json!(id))
+    );
+    assert!(!subs.iter().any(|s| s["jobId"] == json!(other_job.job_id)));
+    // Deleting it stops discovery; its subscriptions run to their end.
+    assert_eq!(
+        call(Method::DELETE, &format!("{url}/{id}"), LIGHTING, None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        call(Method::GET, &format!("{url}/{id}"), LIGHTING, None)
+            .await
+            .0,
+        404
+    );
+}
+
+/// Held to the team's allow-lists like subscriptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_outside_the_allow_lists_is_forbidden() {
+    let mut env = Env::new().await;
+    let text = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replacen(
+            "name = \"fx\"\n",
+            &format!(
+                "name = \"fx\"\nqueue_ids = [\"queue-{}\"]\n",
+                "9".repeat(32)
+            ),
+            1,
+        );
+    std::fs::write(env.config_path(), text).unwrap();
+    let _svc = env.start().await;
+    let body = json!({"name": "x", "farmId": farm(), "queueIds": [queue()]});
+    let (s, v) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/watches", env.api()),
+        FX,
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains(&queue()), "{v}");
+}
