@@ -37,13 +37,17 @@ pub struct Health {
     /// Jobs whose last read failed, and why (shown on their subscriptions).
     pub poll_errors: std::sync::Mutex<std::collections::HashMap<JobKey, String>>,
     /// Discovery failures by (farm, queues searched together): message and since when.
-    pub discovery_errors: std::sync::Mutex<
-        std::collections::HashMap<(String, Vec<String>), (String, chrono::DateTime<chrono::Utc>)>,
-    >,
+    pub discovery_errors:
+        std::sync::Mutex<std::collections::HashMap<SearchedQueues, DiscoveryError>>,
     /// `createdBy` values seen that map to nobody in `[[people]]`, and when last.
     pub unmapped:
         std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
 }
+
+/// (farm, queues searched in one call).
+pub type SearchedQueues = (String, Vec<String>);
+/// Why a search failed, and since when.
+pub type DiscoveryError = (String, chrono::DateTime<chrono::Utc>);
 
 /// At most this many distinct unmapped `createdBy` values are remembered.
 const UNMAPPED_CAP: usize = 10_000;
