@@ -62,6 +62,18 @@ impl ApiClient {
         Ok((status == 201, v))
     }
 
+    /// POSTs a new resource; returns whether it was created (201) and the answer.
+    pub async fn create(&self, path: &str, body: Value) -> Result<(bool, Value), ClientError> {
+        let (status, v) = self.call(reqwest::Method::POST, path, Some(body)).await?;
+        Ok((status == 201, v))
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.call(reqwest::Method::DELETE, path, None)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn unsubscribe(&self, id: &str) -> Result<(), ClientError> {
         self.call(
             reqwest::Method::DELETE,

@@ -32,6 +32,44 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Subcommand)]
+enum WatchAction {
+    /// Create a watch for your team.
+    Add {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Unique within the team.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        farm: String,
+        /// 1 to 10 queues.
+        #[arg(long = "queue", required = true)]
+        queues: Vec<String>,
+        /// Only jobs whose createdBy is one of these.
+        #[arg(long = "created-by")]
+        created_by: Vec<String>,
+        /// Only jobs whose name matches this regex.
+        #[arg(long)]
+        name_matches: Option<String>,
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        #[arg(long = "event")]
+        events: Vec<String>,
+    },
+    /// List your team's watches (config-declared ones too).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Delete a watch created through the API.
+    Remove {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+    },
+}
+
 #[derive(clap::Args)]
 struct ApiArgs {
     /// Base URL of a running deadline-notifier.
@@ -94,6 +132,11 @@ enum Command {
         /// Events (default: succeeded, failed, canceled, suspended, not_compatible, create_failed, upload_failed).
         #[arg(long = "event")]
         events: Vec<String>,
+    },
+    /// Watches: subscribe new jobs of queues automatically (`watch add|list|remove`).
+    Watch {
+        #[command(subcommand)]
+        action: WatchAction,
     },
     /// Remove a subscription.
     Unsubscribe {
@@ -268,6 +311,55 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             print(&v);
             Ok(())
         }
+        Command::Watch { action } => match action {
+            WatchAction::Add {
+                api,
+                name,
+                farm,
+                queues,
+                created_by,
+                name_matches,
+                channels,
+                events,
+            } => {
+                let mut body = json!({"name": name, "farmId": farm, "queueIds": queues});
+                if !created_by.is_empty() {
+                    body["createdBy"] = json!(created_by);
+                }
+                if let Some(re) = name_matches {
+                    body["nameMatches"] = json!(re);
+                }
+                if !channels.is_empty() {
+                    body["channels"] = json!(channels);
+                }
+                if !events.is_empty() {
+                    body["events"] = json!(events);
+                }
+                let (created, v) = ApiClient::new(&api.server, &api.token)
+                    .create("/v1/watches", body)
+                    .await?;
+                if !created {
+                    eprintln!("a watch of that name exists with these settings:");
+                }
+                print(&v);
+                Ok(())
+            }
+            WatchAction::List { api } => {
+                print(
+                    &ApiClient::new(&api.server, &api.token)
+                        .get("/v1/watches")
+                        .await?,
+                );
+                Ok(())
+            }
+            WatchAction::Remove { api, id } => {
+                ApiClient::new(&api.server, &api.token)
+                    .delete(&format!("/v1/watches/{id}"))
+                    .await?;
+                println!("removed watch {id}");
+                Ok(())
+            }
+        },
         Command::Unsubscribe { api, id } => {
             ApiClient::new(&api.server, &api.token)
                 .unsubscribe(&id)

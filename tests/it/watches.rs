@@ -318,3 +318,50 @@ async fn a_watch_outside_the_allow_lists_is_forbidden() {
     assert_eq!(s, 403, "{v}");
     assert!(v["error"].as_str().unwrap().contains(&queue()), "{v}");
 }
+
+/// The CLI's `watch add|list|remove`, against the running service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_cli_adds_lists_and_removes() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_deadline-notifier"))
+            .args(args)
+            .args(["--server", &env.api(), "--token", LIGHTING])
+            .output()
+            .unwrap()
+    };
+    let (f, q) = (farm(), queue());
+    let out = cli(&[
+        "watch",
+        "add",
+        "--name",
+        "cli-watch",
+        "--farm",
+        &f,
+        "--queue",
+        &q,
+        "--created-by",
+        "jane",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["createdBy"], json!(["jane"]));
+    let out = cli(&["watch", "list"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["watches"][0]["id"], json!(id));
+    let out = cli(&["watch", "remove", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["watch", "remove", &id]);
+    assert!(!out.status.success(), "a second remove is a 404");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+}
