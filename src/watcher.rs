@@ -197,6 +197,8 @@ struct Loop {
     next_discovery: u64,
     /// (farm, queue) → when discovery last searched it (persisted).
     last_pass: HashMap<(String, String), chrono::DateTime<chrono::Utc>>,
+    /// Searches that keep failing: (failures so far, not before this ms).
+    discovery_backoff: HashMap<SearchedQueues, (u32, u64)>,
 }
 
 /// Runs blocking store work from the poll loop without stalling the runtime's other
@@ -263,6 +265,7 @@ impl Loop {
             last_lag_log: None,
             next_discovery: 0,
             last_pass: HashMap::default(),
+            discovery_backoff: HashMap::default(),
         };
         for (farm, queue, at) in blocking(|| l.w.store.discovery_marks())? {
             l.last_pass.insert((farm, queue), at);
@@ -575,13 +578,32 @@ impl Loop {
         }
         let mut marks = Vec::new();
         for (farm, queues) in by_farm {
-            let queues: Vec<String> = queues.into_iter().map(str::to_string).collect();
+            // A queue whose search keeps failing waits out its back-off alone, so it
+            // does not fail the searches of the queues it would share a call with.
+            let now = self.now_ms();
+            let queues: Vec<String> = queues
+                .into_iter()
+                .map(str::to_string)
+                .filter(|q| {
+                    self.discovery_backoff
+                        .get(&(farm.to_string(), vec![q.clone()]))
+                        .is_none_or(|(_, not_before)| now >= *not_before)
+                })
+                .collect();
             // Queues shared by several watches are searched once; a refused call
             // covering several queues is retried queue by queue to find the bad one.
             let mut work: std::collections::VecDeque<Vec<String>> =
                 queues.chunks(10).map(<[String]>::to_vec).collect();
             while let Some(chunk) = work.pop_front() {
                 let chunk = chunk.as_slice();
+                let key = (farm.to_string(), chunk.to_vec());
+                if self
+                    .discovery_backoff
+                    .get(&key)
+                    .is_some_and(|(_, not_before)| self.now_ms() < *not_before)
+                {
+                    continue;
+                }
                 let since = chunk
                     .iter()
                     .map(|q| {
@@ -594,12 +616,12 @@ impl Loop {
                     .unwrap_or(pass_start)
                     - overlap;
                 self.budget.take(self.now_ms());
-                let key = (farm.to_string(), chunk.to_vec());
                 match self.w.client.search_created_since(farm, chunk, since).await {
                     Ok((jobs, calls)) => {
                         for _ in 1..calls {
                             self.budget.take(self.now_ms());
                         }
+                        self.discovery_backoff.remove(&key);
                         let cleared = self
                             .w
                             .health
@@ -636,6 +658,12 @@ impl Loop {
                     Err(e) => {
                         let msg = e.to_string();
                         metrics::counter!("deadline_notifier_discovery_errors_total").increment(1);
+                        // Retried with back-off (one interval, doubling, up to 10 min);
+                        // the other queues are searched as usual.
+                        let failures = self.discovery_backoff.get(&key).map_or(0, |b| b.0) + 1;
+                        let delay = (interval << failures.min(10)).min(600_000);
+                        self.discovery_backoff
+                            .insert(key.clone(), (failures, self.now_ms() + delay));
                         let mut errs = self
                             .w
                             .health

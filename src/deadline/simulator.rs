@@ -76,6 +76,10 @@ pub struct Faults {
     /// New jobs appear in SearchJobs only this long after creation (eventual consistency).
     #[serde(default)]
     pub search_delay_ms: u64,
+    /// SearchJobs naming any of these queues answers ResourceNotFoundException (a
+    /// deleted queue).
+    #[serde(default)]
+    pub missing_queues: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -602,6 +606,18 @@ async fn search_jobs(
             "ValidationException",
             "itemOffset must be at most 10000",
             json!({"reason": "FIELD_VALIDATION_FAILED"}),
+        );
+    }
+    if let Some(q) = req
+        .queue_ids
+        .iter()
+        .find(|q| sim.lock().faults.missing_queues.contains(q))
+    {
+        return aws_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            &format!("Queue {q} not found"),
+            json!({"resourceId": q, "resourceType": "queue"}),
         );
     }
     let floor = req.filter_expressions.as_ref().and_then(created_at_floor);

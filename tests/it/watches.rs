@@ -365,3 +365,63 @@ async fn watch_cli_adds_lists_and_removes() {
     assert!(!out.status.success(), "a second remove is a 404");
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 }
+
+/// A watch whose queue is gone shows the error and never stops the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_deleted_queue_shows_its_error_and_the_others_go_on() {
+    let mut env = Env::new().await;
+    let gone = format!("queue-{}", "d".repeat(32));
+    configure(&env, "");
+    let _svc = env.start().await;
+    env.sim.set_faults(Faults {
+        missing_queues: vec![gone.clone()],
+        ..Default::default()
+    });
+    let url = format!("{}/v1/watches", env.api());
+    let (s, bad) = call(
+        reqwest::Method::POST,
+        &url,
+        LIGHTING,
+        Some(json!({"name": "gone", "farmId": farm(), "queueIds": [gone]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{bad}");
+    let janes = job_by(&env, "still watched", JANE);
+    env.sim.set_status(&janes, "FAILED");
+    wait_until(T, "the healthy watch still works", || {
+        env.delivered_for(&janes).len() == 3
+    })
+    .await;
+    let mut shown = Value::Null;
+    for _ in 0..200 {
+        let (_, list) = call(reqwest::Method::GET, &url, LIGHTING, None).await;
+        shown = list["watches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "gone")
+            .cloned()
+            .unwrap();
+        if shown["error"].is_object() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        shown["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ResourceNotFound"),
+        "{shown}"
+    );
+    assert!(shown["error"]["since"].is_string(), "{shown}");
+    let (_, list) = call(reqwest::Method::GET, &url, LIGHTING, None).await;
+    let healthy = list["watches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "janes-shots")
+        .unwrap()
+        .clone();
+    assert!(healthy.get("error").is_none(), "{healthy}");
+}
