@@ -12,6 +12,12 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 const TOKEN: &str = "demo-lighting-token-0001";
+const JANE: &str = "arn:aws:sts::111122223333:assumed-role/Artist/jane";
+/// The farm and queue the demo's watch covers.
+const WATCHED: (&str, &str) = (
+    "farm-000000000000000000000000000000fa",
+    "queue-0000000000000000000000000000d3e0",
+);
 
 fn demo_config(sink: &str, store: &std::path::Path) -> String {
     format!(
@@ -23,6 +29,7 @@ shutdown_grace = "5s"
 path = "{store}"
 [deadline]
 poll_interval = "500ms"
+discovery_interval = "1s"
 monitor_url = "https://monitor.example.com"
 [delivery]
 allow_private_targets = true
@@ -44,7 +51,20 @@ name = "pipeline"
 kind = "webhook"
 url = "http://{sink}/webhook"
 secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+[[teams.watches]]
+name = "janes-jobs"
+farm_id = "{farm}"
+queue_ids = ["{queue}"]
+created_by = ["{JANE}"]
+
+[[people]]
+deadline = ["{JANE}"]
+slack = "U024BE7LH"
+teams = "jane@studio.example"
+name = "Jane Doe"
 "#,
+        farm = WATCHED.0,
+        queue = WATCHED.1,
         store = store.display().to_string().replace('\\', "/"),
     )
 }
@@ -82,6 +102,9 @@ pub fn describe(r: &Received) -> String {
         for block in content["body"].as_array().into_iter().flatten() {
             for run in block["inlines"].as_array().into_iter().flatten() {
                 out.push_str(&format!("  {}\n", run["text"].as_str().unwrap_or("")));
+            }
+            if block["type"] == "TextBlock" {
+                out.push_str(&format!("  {}\n", block["text"].as_str().unwrap_or("")));
             }
         }
     } else {
@@ -183,8 +206,9 @@ pub async fn run() -> anyhow::Result<()> {
             Value::Null,
         ),
     ];
-    // started + succeeded, failed, succeeded, create_failed: 5 events × 3 channels.
-    let expected = 5 * 3;
+    // started + succeeded, failed, succeeded, create_failed, and jane's watched
+    // failure: 6 events × 3 channels.
+    let expected = 6 * 3;
 
     let mut arrivals = sink.subscribe();
     let client = ApiClient::new(&api, TOKEN);
@@ -206,6 +230,19 @@ pub async fn run() -> anyhow::Result<()> {
             sub["id"].as_str().unwrap_or("?")
         );
     }
+    // No subscribe call for this one: the watch finds it, and Jane is mentioned.
+    let watched = sim.add_job(JobSpec {
+        farm_id: Some(WATCHED.0.into()),
+        queue_id: Some(WATCHED.1.into()),
+        name: "shot_030 fx by jane".into(),
+        created_by: Some(JANE.into()),
+        script: vec![step(2500, "FAILED", &[("SUCCEEDED", 40), ("FAILED", 1)])],
+        ..Default::default()
+    });
+    println!(
+        "created {} (\"shot_030 fx by jane\") in a watched queue: no subscribe call",
+        watched.job_id
+    );
     println!();
 
     let mut seen = 0;

@@ -123,7 +123,14 @@ fn demo_runs_and_prints_every_notification() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("demo complete: 15 notifications delivered"),
+        stdout.contains("demo complete: 18 notifications delivered"),
+        "{stdout}"
+    );
+    // The watched job, never subscribed by hand, arrives with Jane's mentions.
+    assert!(
+        stdout.contains("in a watched queue: no subscribe call")
+            && stdout.contains("<@U024BE7LH>")
+            && stdout.contains("<at>Jane Doe</at>"),
         "{stdout}"
     );
     assert!(
