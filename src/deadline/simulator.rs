@@ -100,6 +100,8 @@ struct SimJob {
     script: Vec<Patch>,
     created: Instant,
     hits: u64,
+    /// When the job was first read (GetJob or BatchGetJob).
+    first_read: Option<Instant>,
     raw: Option<serde_json::Map<String, Value>>,
 }
 
@@ -229,6 +231,7 @@ impl Simulator {
                 script,
                 created: Instant::now(),
                 hits: 0,
+                first_read: None,
                 raw: None,
             },
         );
@@ -289,6 +292,7 @@ impl Simulator {
                     script: Vec::new(),
                     created: Instant::now(),
                     hits: 0,
+                    first_read: None,
                     raw: None,
                 },
             );
@@ -340,6 +344,15 @@ impl Simulator {
     /// How many times this job has been read (GetJob or as a BatchGetJob item).
     pub fn hits(&self, key: &JobKey) -> u64 {
         self.lock().jobs.get(key).map_or(0, |j| j.hits)
+    }
+
+    /// How long after its creation each job was first read, for jobs read so far.
+    pub fn first_read_delays(&self) -> Vec<std::time::Duration> {
+        self.lock()
+            .jobs
+            .values()
+            .filter_map(|j| j.first_read.map(|t| t.duration_since(j.created)))
+            .collect()
     }
 
     pub fn set_faults(&self, f: Faults) {
@@ -476,6 +489,7 @@ async fn get_job(
         Some(j) => {
             j.advance();
             j.hits += 1;
+            j.first_read.get_or_insert_with(Instant::now);
             Json(j.wire(false)).into_response()
         }
         None => not_found(&key),
@@ -528,6 +542,7 @@ async fn batch_get_job(State(sim): State<Simulator>, body: axum::body::Bytes) ->
             Some(j) => {
                 j.advance();
                 j.hits += 1;
+                j.first_read.get_or_insert_with(Instant::now);
                 jobs.push(j.wire(true));
             }
             None => errors.push(json!({

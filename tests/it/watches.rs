@@ -139,7 +139,7 @@ async fn late_search_results_and_restarts_miss_nothing_and_repeat_nothing() {
     let late = job_by(&env, "late in search", JANE);
     let mut all = vec![late.clone()];
     wait_until(T, "the late job's subscription", || env.sim.hits(&late) > 0).await;
-    for run in 0..4 {
+    for run in 0..10 {
         svc.kill();
         // Created while the service is down.
         all.push(job_by(&env, &format!("while down {run}"), JANE));
