@@ -53,6 +53,10 @@ pub struct JobSpec {
     pub task_run_status_counts: Option<BTreeMap<String, i64>>,
     #[serde(default)]
     pub script: Vec<Patch>,
+    /// The job comes into existence this long from now (jobs created over time):
+    /// until then GetJob, BatchGetJob, SearchJobs and ListJobs do not know it.
+    #[serde(default)]
+    pub create_after_ms: u64,
 }
 
 /// Faults applied to the next Deadline API requests.
@@ -154,6 +158,11 @@ fn apply(snap: &mut JobSnapshot, p: &Patch) {
 }
 
 impl SimJob {
+    /// Whether the job exists yet (see `JobSpec::create_after_ms`).
+    fn born(&self) -> bool {
+        Instant::now() >= self.created
+    }
+
     /// The job's wire JSON, with any raw override.
     fn wire(&self, with_location: bool) -> Value {
         let mut v = super::wire::to_wire(&self.snap, with_location);
@@ -202,7 +211,8 @@ impl Simulator {
                 .unwrap_or_else(|| format!("job-{:032x}", 0x10b0000_u64 + n)),
         };
         let mut snap = JobSnapshot::sample(key.clone(), &spec.name);
-        snap.created_at = Utc::now();
+        let born_in = std::time::Duration::from_millis(spec.create_after_ms);
+        snap.created_at = Utc::now() + chrono::Duration::from_std(born_in).unwrap_or_default();
         snap.description = spec.description;
         snap.priority = spec.priority.unwrap_or(50);
         if let Some(c) = spec.created_by {
@@ -229,7 +239,7 @@ impl Simulator {
             SimJob {
                 snap,
                 script,
-                created: Instant::now(),
+                created: Instant::now() + born_in,
                 hits: 0,
                 first_read: None,
                 raw: None,
@@ -485,7 +495,7 @@ async fn get_job(
     let mut g = sim.lock();
     g.stats.get_job += 1;
     g.stats.job_reads += 1;
-    match g.jobs.get_mut(&key) {
+    match g.jobs.get_mut(&key).filter(|j| j.born()) {
         Some(j) => {
             j.advance();
             j.hits += 1;
@@ -538,7 +548,7 @@ async fn batch_get_job(State(sim): State<Simulator>, body: axum::body::Bytes) ->
     let mut jobs = Vec::new();
     let mut errors = Vec::new();
     for key in req.identifiers {
-        match g.jobs.get_mut(&key) {
+        match g.jobs.get_mut(&key).filter(|j| j.born()) {
             Some(j) => {
                 j.advance();
                 j.hits += 1;
@@ -648,7 +658,10 @@ async fn search_jobs(
     let delay = std::time::Duration::from_millis(g.faults.search_delay_ms);
     let mut found: Vec<(chrono::DateTime<Utc>, Value)> = Vec::new();
     for (k, j) in g.jobs.iter_mut() {
-        if k.farm_id == farm && req.queue_ids.contains(&k.queue_id) && j.created.elapsed() >= delay
+        if k.farm_id == farm
+            && req.queue_ids.contains(&k.queue_id)
+            && j.born()
+            && j.created.elapsed() >= delay
         {
             let keep = floor.is_none_or(|(t, inclusive)| {
                 if inclusive {
@@ -694,7 +707,7 @@ async fn list_jobs(
     g.stats.list_jobs += 1;
     let mut all = Vec::new();
     for (k, j) in g.jobs.iter_mut() {
-        if k.farm_id == farm && k.queue_id == queue {
+        if k.farm_id == farm && k.queue_id == queue && j.born() {
             j.advance();
             let mut v = j.wire(false);
             if let Some(m) = v.as_object_mut() {

@@ -425,3 +425,28 @@ async fn a_watch_on_a_deleted_queue_shows_its_error_and_the_others_go_on() {
         .clone();
     assert!(healthy.get("error").is_none(), "{healthy}");
 }
+
+/// Jobs the simulator creates over time (by script) are found when they appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_created_later_by_script_is_found_when_it_appears() {
+    let mut env = Env::new().await;
+    configure(&env, "");
+    let _svc = env.start().await;
+    let later = env.sim.add_job(JobSpec {
+        name: "appears later".into(),
+        created_by: Some(JANE.into()),
+        create_after_ms: 1500,
+        script: vec![deadline_notifier::deadline::simulator::Patch {
+            after_ms: 300,
+            task_run_status: Some("SUCCEEDED".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    wait_until(T, "its message once it exists", || {
+        env.delivered_for(&later)
+            .iter()
+            .any(|r| r.body["type"] == "job.succeeded")
+    })
+    .await;
+}
