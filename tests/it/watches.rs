@@ -450,3 +450,22 @@ async fn a_job_created_later_by_script_is_found_when_it_appears() {
     })
     .await;
 }
+
+/// Done-means 2, literally: a job that shows in search a full minute after its
+/// creation is still picked up (the overlap window covers it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_shows_in_search_a_minute_late_is_picked_up() {
+    let mut env = Env::new().await;
+    configure(&env, "");
+    let _svc = env.start().await;
+    env.sim.set_faults(Faults {
+        search_delay_ms: 60_000,
+        ..Default::default()
+    });
+    let late = job_by(&env, "a minute late", JANE);
+    env.sim.set_status(&late, "FAILED");
+    wait_until(Duration::from_secs(150), "the late job's message", || {
+        env.delivered_for(&late).len() == 3
+    })
+    .await;
+}
