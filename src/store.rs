@@ -1227,6 +1227,21 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets the marks of queues no watch covers any more, so a watch added on
+    /// one later looks back only over the overlap, not to a pass months ago.
+    pub fn remove_discovery_marks(&self, keys: &[(String, String)]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (farm, queue) in keys {
+            b.remove(format!("{farm}/{queue}").as_bytes());
+        }
+        self.inner
+            .discovery
+            .apply_batch(b)
+            .map_err(|e| self.eng(e))?;
+        self.mark_dirty();
+        Ok(())
+    }
+
     // --- channel state ---
 
     pub fn channel_state(&self, team: &str, channel: &str) -> Result<ChannelState, StoreError> {

@@ -562,6 +562,11 @@ impl Loop {
             }))
             .collect();
         if watches.is_empty() {
+            if !self.last_pass.is_empty() {
+                let stale: Vec<(String, String)> = self.last_pass.drain().map(|(k, _)| k).collect();
+                let store = self.w.store.clone();
+                blocking(|| store.remove_discovery_marks(&stale))?;
+            }
             self.next_discovery = self.now_ms() + interval;
             return Ok(());
         }
@@ -575,6 +580,23 @@ impl Loop {
                 .entry(&w.farm_id)
                 .or_default()
                 .extend(w.queue_ids.iter().map(String::as_str));
+        }
+        let stale: Vec<(String, String)> = self
+            .last_pass
+            .keys()
+            .filter(|(f, q)| {
+                by_farm
+                    .get(f.as_str())
+                    .is_none_or(|qs| !qs.contains(q.as_str()))
+            })
+            .cloned()
+            .collect();
+        if !stale.is_empty() {
+            for k in &stale {
+                self.last_pass.remove(k);
+            }
+            let store = self.w.store.clone();
+            blocking(|| store.remove_discovery_marks(&stale))?;
         }
         let mut marks = Vec::new();
         for (farm, queues) in by_farm {
