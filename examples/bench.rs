@@ -220,6 +220,7 @@ fn run_populate(n: usize, path: &str) {
             state: "active".into(),
             ended_reason: None,
             watch: None,
+            muted: false,
         })
         .collect();
     store.insert_subscriptions_bulk(&subs).unwrap();

@@ -64,6 +64,7 @@ url = "http://127.0.0.1:9/hook"
             state: "active".into(),
             ended_reason: None,
             watch: None,
+            muted: false,
         })
         .collect();
     store.insert_subscriptions_bulk(&subs).unwrap();

@@ -8,7 +8,7 @@ use crate::domain::{Event, JobKey};
 use crate::reload::Live;
 use crate::store::{Store, StoreError};
 use crate::watcher::{Health, SubChange, WatchHandle};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -161,7 +161,12 @@ pub fn router(state: AppState) -> Router {
     };
     r.route("/-/reload", post(reload))
         .route("/v1/subscriptions", post(create).get(list))
-        .route("/v1/subscriptions/{id}", get(show).delete(remove))
+        .route(
+            "/v1/subscriptions/{id}",
+            get(show).delete(remove).patch(patch_subscription),
+        )
+        .route("/v1/channels/{name}/test", post(test_channel))
+        .route("/v1/preview", get(preview))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/{id}/replay", post(replay))
         .route("/v1/channels", get(channels))
@@ -713,6 +718,7 @@ async fn create(
         state: "active".into(),
         ended_reason: None,
         watch: None,
+        muted: false,
     };
     let (sub, created) = st.store.run(move |s| s.insert_subscription(sub)).await?;
     if created {
@@ -850,6 +856,123 @@ async fn channels(State(st): State<AppState>, headers: HeaderMap) -> Result<Json
         }));
     }
     Ok(Json(json!({"channels": out})))
+}
+
+/// `PATCH /v1/subscriptions/{id}` with `{"muted": bool}`: a muted subscription keeps
+/// following its job but sends nothing.
+async fn patch_subscription(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let team = team_for(&st, &headers)?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = v else {
+        return Err(ApiError::BadRequest("body must be a JSON object".into()));
+    };
+    if let Some(k) = obj.keys().find(|k| k.as_str() != "muted") {
+        return Err(ApiError::BadRequest(format!(
+            "unknown field `{k}`; only `muted` can be changed"
+        )));
+    }
+    let muted = match obj.get("muted") {
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "field `muted` must be true or false".into(),
+            ));
+        }
+        None => return Err(ApiError::BadRequest("field `muted` is required".into())),
+    };
+    let mut sub = owned(&st, &team, &id).await?;
+    if sub.muted != muted {
+        sub.muted = muted;
+        let saved = sub.clone();
+        st.store.run(move |s| s.update_subscription(&saved)).await?;
+        if sub.is_active() {
+            st.watch.notify(SubChange::Added(sub.clone()));
+        }
+        tracing::info!(team = %team.name, subscription = %sub.id, muted, "subscription muted state changed");
+    }
+    Ok(Json(with_poll_error(&st, sub)))
+}
+
+/// A sample transition for previews and channel tests.
+fn sample_for(event: Event) -> (crate::domain::JobSnapshot, crate::domain::Transition) {
+    crate::render::sample_job(event)
+}
+
+/// `POST /v1/channels/{name}/test`: queues a sample notification through the normal
+/// outbox path → 202 with the outbox entry.
+async fn test_channel(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let team = team_for(&st, &headers)?;
+    let channel = team
+        .channel(&name)
+        .ok_or(ApiError::NotFound("channel"))?
+        .clone();
+    let active = st.live.current();
+    let (job, mut tr) = sample_for(Event::Succeeded);
+    let now = st.clock.now();
+    tr.detected_at = now;
+    let payload = active
+        .renderer
+        .payload(&team.name, &channel, &job, &tr)
+        .map_err(|e| ApiError::BadRequest(format!("the channel's template fails: {e}")))?;
+    let entry = crate::domain::OutboxEntry {
+        seq: 0,
+        webhook_id: format!("msg_test_{}", uuid::Uuid::new_v4().simple()),
+        team: team.name.clone(),
+        channel: channel.name.clone(),
+        kind: channel.kind.as_str().to_string(),
+        job: job.key.clone(),
+        event: tr.event,
+        created_at: now,
+        attempts: 0,
+        next_attempt_at: now,
+        last_error: None,
+        payload,
+    };
+    let queued = st.store.run(move |s| s.enqueue(vec![entry])).await?;
+    st.wakers.wake(&team.name, &channel.name);
+    tracing::info!(team = %team.name, channel = %channel.name, "test message queued");
+    Ok((StatusCode::ACCEPTED, Json(json!(queued.first()))).into_response())
+}
+
+/// `GET /v1/preview?channel=…&event=…`: the exact payload the team's template
+/// renders for a sample job.
+async fn preview(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let team = team_for(&st, &headers)?;
+    let name = q
+        .get("channel")
+        .ok_or_else(|| ApiError::BadRequest("query parameter `channel` is required".into()))?;
+    let channel = team
+        .channel(name)
+        .ok_or(ApiError::NotFound("channel"))?
+        .clone();
+    let event = match q.get("event") {
+        None => Event::Failed,
+        Some(e) => Event::parse(e).ok_or_else(|| {
+            ApiError::BadRequest(format!("query parameter `event`: unknown event {e:?}"))
+        })?,
+    };
+    let (job, tr) = sample_for(event);
+    let payload = st
+        .live
+        .current()
+        .renderer
+        .payload(&team.name, &channel, &job, &tr)
+        .map_err(|e| ApiError::BadRequest(format!("the channel's template fails: {e}")))?;
+    Ok(Json(payload))
 }
 
 async fn enable(

@@ -13,6 +13,8 @@ pub struct Interest {
     pub channels: Box<[Box<str>]>,
     /// Bit `i` set: wants `Event::ALL[i]`.
     events: u16,
+    /// Followed, but nothing is sent.
+    pub muted: bool,
 }
 
 impl Interest {
@@ -35,6 +37,7 @@ impl From<&Subscription> for Interest {
             team: s.team.as_str().into(),
             channels: s.channels.iter().map(|c| c.as_str().into()).collect(),
             events: s.events.iter().fold(0, |m, e| m | event_bit(*e)),
+            muted: s.muted,
         }
     }
 }
@@ -56,7 +59,7 @@ pub fn route<'a>(
 ) -> Vec<Dispatch<'a>> {
     let mut out = Vec::new();
     for &event in events {
-        for sub in subs.iter().filter(|s| s.wants(event)) {
+        for sub in subs.iter().filter(|s| !s.muted && s.wants(event)) {
             let Some(team) = teams.iter().find(|t| *t.name == *sub.team) else {
                 continue;
             };
@@ -137,6 +140,7 @@ mod tests {
             state: "active".into(),
             ended_reason: None,
             watch: None,
+            muted: false,
         }
     }
 
@@ -173,6 +177,11 @@ mod tests {
             .map(|d| d.team.name.clone())
             .collect();
         assert_eq!(names, ["a", "a"]);
+        // A muted subscription is followed but routed nowhere.
+        let mut muted = sub("a", &["all"], &Event::DEFAULTS);
+        muted.muted = true;
+        let subs = [Interest::from(&muted)];
+        assert!(route(&job(), &[Event::Failed], &subs, &teams).is_empty());
     }
 
     fn job() -> JobKey {

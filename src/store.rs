@@ -780,6 +780,50 @@ impl Store {
         Ok(n)
     }
 
+    /// Replaces a stored subscription (same id), and syncs.
+    pub fn update_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        let k = sub.id.as_bytes().to_vec();
+        let v = enc(sub);
+        self.inner
+            .subs
+            .transaction(|t| -> TxResult<()> {
+                if t.get(&k)?.is_some() {
+                    t.insert(k.clone(), v.clone())?;
+                }
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))?;
+        self.mark_dirty();
+        self.sync()
+    }
+
+    /// Queues entries that belong to no job transition (a channel test), and syncs;
+    /// they are sent like any other once durable.
+    pub fn enqueue(&self, entries: Vec<OutboxEntry>) -> Result<Vec<OutboxEntry>, StoreError> {
+        let s = &self.inner;
+        let out = self.committing(
+            || {
+                (&s.outbox, &s.meta)
+                    .transaction(|(outbox, meta)| -> TxResult<Vec<OutboxEntry>> {
+                        let mut out = Vec::with_capacity(entries.len());
+                        for e in &entries {
+                            let mut e = e.clone();
+                            e.seq = outbox.generate_id()?;
+                            outbox.insert(outbox_key(&e.team, &e.channel, e.seq), enc(&e))?;
+                            out.push(e);
+                        }
+                        bump(meta, Counted::Outbox, out.len() as i64)?;
+                        Ok(out)
+                    })
+                    .map_err(|e| self.tx_err(e))
+            },
+            |out| out.iter().map(|e| e.seq).max(),
+        )?;
+        self.adjust(Counted::Outbox, out.len() as i64);
+        self.sync()?;
+        Ok(out)
+    }
+
     /// Ends the given subscriptions (e.g. now outside their team's allow-lists).
     pub fn end_subscriptions_by_id(
         &self,
@@ -1452,6 +1496,7 @@ mod tests {
             state: "active".into(),
             ended_reason: None,
             watch: None,
+            muted: false,
         }
     }
 

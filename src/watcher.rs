@@ -759,6 +759,7 @@ impl Loop {
                 state: "active".into(),
                 ended_reason: None,
                 watch: Some(w.id.clone()),
+                muted: false,
             };
             let (stored, created) = blocking(|| store.insert_subscription(sub))?;
             if created {

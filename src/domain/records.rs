@@ -23,6 +23,9 @@ pub struct Subscription {
     /// The watch that subscribed this job, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<String>,
+    /// Muted: the job is still followed (its state kept) but nothing is sent.
+    #[serde(default)]
+    pub muted: bool,
 }
 
 fn active() -> String {

@@ -1,5 +1,6 @@
 use crate::helpers::*;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 async fn call(
     method: reqwest::Method,
@@ -144,4 +145,182 @@ async fn bad_input_is_a_400_naming_the_field() {
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["channels"], json!(["slack", "pipeline"]));
     assert_eq!(v["events"], json!(["job.failed"]));
+}
+
+async fn req(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = reqwest::Client::new().request(method, url);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Issue 13's API additions: mute, channel test, preview; team-scoped, with
+/// 401/404/400 like the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mute_test_message_and_preview() {
+    use reqwest::Method;
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let job = env.add_job("mutable");
+    let sub = env
+        .subscribe_job(
+            &job,
+            json!({"channels": ["pipeline"], "events": ["job.started", "job.succeeded"]}),
+        )
+        .await;
+    env.observed(&job, 2).await;
+    let url = format!(
+        "{}/v1/subscriptions/{}",
+        env.api(),
+        sub["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        req(Method::PATCH, &url, None, Some(json!({"muted": true})))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        req(Method::PATCH, &url, Some(FX), Some(json!({"muted": true})))
+            .await
+            .0,
+        404
+    );
+    let (s, v) = req(
+        Method::PATCH,
+        &url,
+        Some(LIGHTING),
+        Some(json!({"muted": "yes"})),
+    )
+    .await;
+    assert!(
+        s == 400 && v["error"].as_str().unwrap().contains("muted"),
+        "{v}"
+    );
+    let (s, v) = req(
+        Method::PATCH,
+        &url,
+        Some(LIGHTING),
+        Some(json!({"channels": []})),
+    )
+    .await;
+    assert!(
+        s == 400 && v["error"].as_str().unwrap().contains("channels"),
+        "{v}"
+    );
+    let (s, v) = req(
+        Method::PATCH,
+        &url,
+        Some(LIGHTING),
+        Some(json!({"muted": true})),
+    )
+    .await;
+    assert_eq!((s, &v["muted"]), (200, &json!(true)), "{v}");
+    // Two more polls: the second starts after the watcher took the change in.
+    env.observed(&job, env.sim.hits(&job) + 2).await;
+    // Muted: the transition is followed, nothing is sent.
+    env.sim.set_status(&job, "RUNNING");
+    env.observed(&job, env.sim.hits(&job) + 2).await;
+    let (s, v) = req(
+        Method::PATCH,
+        &url,
+        Some(LIGHTING),
+        Some(json!({"muted": false})),
+    )
+    .await;
+    assert_eq!((s, &v["muted"]), (200, &json!(false)), "{v}");
+    env.observed(&job, env.sim.hits(&job) + 2).await;
+    env.sim.set_status(&job, "SUCCEEDED");
+    wait_until(Duration::from_secs(30), "the unmuted message", || {
+        !env.delivered_for(&job).is_empty()
+    })
+    .await;
+    let events: Vec<_> = env
+        .delivered_for(&job)
+        .iter()
+        .map(|r| r.body["type"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(events, ["job.succeeded"], "nothing while muted");
+
+    // Send test message: through the outbox, to the sink.
+    let test = format!("{}/v1/channels/pipeline/test", env.api());
+    assert_eq!(req(Method::POST, &test, None, None).await.0, 401);
+    assert_eq!(
+        req(
+            Method::POST,
+            &format!("{}/v1/channels/nope/test", env.api()),
+            Some(LIGHTING),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    let (s, entry) = req(Method::POST, &test, Some(LIGHTING), None).await;
+    assert_eq!(s, 202, "{entry}");
+    let id = entry["webhookId"].as_str().unwrap().to_string();
+    wait_until(
+        Duration::from_secs(30),
+        "the test message at the sink",
+        || {
+            env.sink
+                .delivered()
+                .iter()
+                .any(|r| r.headers.get("webhook-id") == Some(&id))
+        },
+    )
+    .await;
+
+    // Preview: the exact payload of the team's template for a sample job.
+    let p = |q: &str| format!("{}/v1/preview?{q}", env.api());
+    let (s, v) = req(
+        Method::GET,
+        &p("channel=slack&event=job.failed"),
+        Some(LIGHTING),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["blocks"].is_array() && v["text"].as_str().unwrap().contains("failed"),
+        "{v}"
+    );
+    assert_eq!(
+        req(Method::GET, &p("channel=slack"), None, None).await.0,
+        401
+    );
+    assert_eq!(
+        req(Method::GET, &p("channel=hook"), Some(LIGHTING), None)
+            .await
+            .0,
+        404
+    );
+    let (s, v) = req(
+        Method::GET,
+        &p("channel=slack&event=job.exploded"),
+        Some(LIGHTING),
+        None,
+    )
+    .await;
+    assert!(
+        s == 400 && v["error"].as_str().unwrap().contains("event"),
+        "{v}"
+    );
+    assert_eq!(
+        req(Method::GET, &p("event=job.failed"), Some(LIGHTING), None)
+            .await
+            .0,
+        400
+    );
 }
