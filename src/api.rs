@@ -402,6 +402,23 @@ fn team_for(st: &AppState, headers: &HeaderMap) -> Result<Team, ApiError> {
     Ok(team)
 }
 
+/// The request body as a JSON object with only `known` fields; a 400 naming the
+/// problem otherwise.
+fn json_object(body: &[u8], known: &[&str]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = v else {
+        return Err(ApiError::BadRequest("body must be a JSON object".into()));
+    };
+    if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::BadRequest(format!(
+            "unknown field `{k}`; expected one of {}",
+            known.join(", ")
+        )));
+    }
+    Ok(obj)
+}
+
 fn field_str<'a>(
     body: &'a serde_json::Map<String, Value>,
     name: &str,
@@ -455,26 +472,18 @@ async fn create_watch(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let team = team_for(&st, &headers)?;
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = v else {
-        return Err(ApiError::BadRequest("body must be a JSON object".into()));
-    };
-    const KNOWN: [&str; 7] = [
-        "name",
-        "farmId",
-        "queueIds",
-        "createdBy",
-        "nameMatches",
-        "events",
-        "channels",
-    ];
-    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ApiError::BadRequest(format!(
-            "unknown field `{k}`; expected one of {}",
-            KNOWN.join(", ")
-        )));
-    }
+    let obj = json_object(
+        &body,
+        &[
+            "name",
+            "farmId",
+            "queueIds",
+            "createdBy",
+            "nameMatches",
+            "events",
+            "channels",
+        ],
+    )?;
     let name = field_str(&obj, "name")?.to_string();
     let farm_id = field_str(&obj, "farmId")?.to_string();
     let queue_ids = field_list(&obj, "queueIds")?
@@ -636,18 +645,7 @@ async fn create(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let team = team_for(&st, &headers)?;
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = v else {
-        return Err(ApiError::BadRequest("body must be a JSON object".into()));
-    };
-    const KNOWN: [&str; 5] = ["farmId", "queueId", "jobId", "channels", "events"];
-    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ApiError::BadRequest(format!(
-            "unknown field `{k}`; expected one of {}",
-            KNOWN.join(", ")
-        )));
-    }
+    let obj = json_object(&body, &["farmId", "queueId", "jobId", "channels", "events"])?;
     let job = JobKey::parse(
         field_str(&obj, "farmId")?,
         field_str(&obj, "queueId")?,
@@ -867,16 +865,7 @@ async fn patch_subscription(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let team = team_for(&st, &headers)?;
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = v else {
-        return Err(ApiError::BadRequest("body must be a JSON object".into()));
-    };
-    if let Some(k) = obj.keys().find(|k| k.as_str() != "muted") {
-        return Err(ApiError::BadRequest(format!(
-            "unknown field `{k}`; only `muted` can be changed"
-        )));
-    }
+    let obj = json_object(&body, &["muted"])?;
     let muted = match obj.get("muted") {
         Some(Value::Bool(b)) => *b,
         Some(_) => {

@@ -780,20 +780,28 @@ impl Store {
         Ok(n)
     }
 
+    /// Writes `value` under `key` only if a record is there: an update never
+    /// re-creates a record removed meanwhile (counts stay exact).
+    fn replace_existing(
+        &self,
+        tree: &sled::Tree,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        tree.transaction(|t| -> TxResult<()> {
+            if t.get(&key)?.is_some() {
+                t.insert(key.clone(), value.clone())?;
+            }
+            Ok(())
+        })
+        .map_err(|e| self.tx_err(e))?;
+        self.mark_dirty();
+        Ok(())
+    }
+
     /// Replaces a stored subscription (same id), and syncs.
     pub fn update_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
-        let k = sub.id.as_bytes().to_vec();
-        let v = enc(sub);
-        self.inner
-            .subs
-            .transaction(|t| -> TxResult<()> {
-                if t.get(&k)?.is_some() {
-                    t.insert(k.clone(), v.clone())?;
-                }
-                Ok(())
-            })
-            .map_err(|e| self.tx_err(e))?;
-        self.mark_dirty();
+        self.replace_existing(&self.inner.subs, sub.id.as_bytes().to_vec(), enc(sub))?;
         self.sync()
     }
 
@@ -996,19 +1004,11 @@ impl Store {
 
     /// Saves retry bookkeeping of a queued entry (never re-creates a removed one).
     pub fn update_outbox(&self, e: &OutboxEntry) -> Result<(), StoreError> {
-        let k = outbox_key(&e.team, &e.channel, e.seq);
-        let v = enc(e);
-        self.inner
-            .outbox
-            .transaction(|o| -> TxResult<()> {
-                if o.get(&k)?.is_some() {
-                    o.insert(k.clone(), v.clone())?;
-                }
-                Ok(())
-            })
-            .map_err(|e| self.tx_err(e))?;
-        self.mark_dirty();
-        Ok(())
+        self.replace_existing(
+            &self.inner.outbox,
+            outbox_key(&e.team, &e.channel, e.seq),
+            enc(e),
+        )
     }
 
     /// Removes a delivered entry and records its webhook-id in the delivery log,
