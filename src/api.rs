@@ -589,6 +589,19 @@ async fn team_watches(st: &AppState, team: &Team) -> Result<Vec<crate::domain::W
     Ok(all)
 }
 
+/// One of the team's watches; another team's is a 404.
+async fn owned_watch(
+    st: &AppState,
+    team: &Team,
+    id: &str,
+) -> Result<crate::domain::Watch, ApiError> {
+    team_watches(st, team)
+        .await?
+        .into_iter()
+        .find(|w| w.id == id)
+        .ok_or(ApiError::NotFound("watch"))
+}
+
 async fn list_watches(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -608,11 +621,7 @@ async fn show_watch(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let team = team_for(&st, &headers)?;
-    let w = team_watches(&st, &team)
-        .await?
-        .into_iter()
-        .find(|w| w.id == id)
-        .ok_or(ApiError::NotFound("watch"))?;
+    let w = owned_watch(&st, &team, &id).await?;
     Ok(Json(watch_json(&st, &w)))
 }
 
@@ -622,11 +631,7 @@ async fn remove_watch(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let team = team_for(&st, &headers)?;
-    let w = team_watches(&st, &team)
-        .await?
-        .into_iter()
-        .find(|w| w.id == id)
-        .ok_or(ApiError::NotFound("watch"))?;
+    let w = owned_watch(&st, &team, &id).await?;
     if w.source == "config" {
         return Err(ApiError::Conflict(format!(
             "watch {:?} is declared in the config file {}; remove it there",
@@ -888,11 +893,6 @@ async fn patch_subscription(
     Ok(Json(with_poll_error(&st, sub)))
 }
 
-/// A sample transition for previews and channel tests.
-fn sample_for(event: Event) -> (crate::domain::JobSnapshot, crate::domain::Transition) {
-    crate::render::sample_job(event)
-}
-
 /// `POST /v1/channels/{name}/test`: queues a sample notification through the normal
 /// outbox path → 202 with the outbox entry.
 async fn test_channel(
@@ -906,7 +906,7 @@ async fn test_channel(
         .ok_or(ApiError::NotFound("channel"))?
         .clone();
     let active = st.live.current();
-    let (job, mut tr) = sample_for(Event::Succeeded);
+    let (job, mut tr) = crate::render::sample_job(Event::Succeeded);
     let now = st.clock.now();
     tr.detected_at = now;
     let payload = active
@@ -954,7 +954,7 @@ async fn preview(
             ApiError::BadRequest(format!("query parameter `event`: unknown event {e:?}"))
         })?,
     };
-    let (job, tr) = sample_for(event);
+    let (job, tr) = crate::render::sample_job(event);
     let payload = st
         .live
         .current()

@@ -763,21 +763,13 @@ impl Store {
 
     /// Marks every active subscription of `job` as ended (the job is gone).
     pub fn end_subscriptions(&self, job: &JobKey, reason: &str) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for mut s in self.subscriptions()? {
-            if &s.job == job && s.is_active() {
-                s.state = "ended".into();
-                s.ended_reason = Some(reason.into());
-                self.inner
-                    .subs
-                    .insert(s.id.as_bytes(), enc(&s))
-                    .map_err(|e| self.eng(e))?;
-                n += 1;
-            }
-        }
-        self.mark_dirty();
-        self.sync()?;
-        Ok(n)
+        let ids: Vec<String> = self
+            .subscriptions()?
+            .into_iter()
+            .filter(|s| &s.job == job && s.is_active())
+            .map(|s| s.id)
+            .collect();
+        self.end_subscriptions_by_id(&ids, reason)
     }
 
     /// Writes `value` under `key` only if a record is there: an update never

@@ -570,6 +570,11 @@ impl Loop {
             self.next_discovery = self.now_ms() + interval;
             return Ok(());
         }
+        // Each watch's name pattern is compiled once a pass, not once per job.
+        let matchers: Vec<(crate::domain::Watch, Option<regex_lite::Regex>)> = watches
+            .iter()
+            .map(|w| (w.clone(), w.name_regex()))
+            .collect();
         let pass_start = self.w.clock.now();
         let overlap = chrono::Duration::from_std(cfg.deadline.discovery_overlap)
             .unwrap_or(chrono::Duration::zero());
@@ -656,7 +661,7 @@ impl Loop {
                             tracing::info!(farm, queues = %chunk.join(","), "discovery works again for these queues");
                         }
                         for job in jobs {
-                            self.adopt(&job, &watches)?;
+                            self.adopt(&job, &matchers)?;
                         }
                         for q in chunk {
                             self.last_pass
@@ -715,11 +720,12 @@ impl Loop {
     fn adopt(
         &mut self,
         job: &crate::deadline::NewJob,
-        watches: &[crate::domain::Watch],
+        watches: &[(crate::domain::Watch, Option<regex_lite::Regex>)],
     ) -> Result<(), StoreError> {
         for w in watches
             .iter()
-            .filter(|w| w.wants(&job.key, &job.name, &job.created_by))
+            .filter(|(w, re)| w.wants(&job.key, &job.name, &job.created_by, re.as_ref()))
+            .map(|(w, _)| w)
         {
             let team_has = self
                 .tracked

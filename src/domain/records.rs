@@ -112,18 +112,29 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Whether a job found in one of the watch's queues is one it wants.
-    pub fn wants(&self, job: &JobKey, name: &str, created_by: &str) -> bool {
+    /// The compiled `name_matches` (validated when the watch was accepted).
+    pub fn name_regex(&self) -> Option<regex_lite::Regex> {
+        self.name_matches
+            .as_deref()
+            .and_then(|re| regex_lite::Regex::new(re).ok())
+    }
+
+    /// Whether a job found in one of the watch's queues is one it wants; `name_re`
+    /// is [`Watch::name_regex`], compiled once per discovery pass.
+    pub fn wants(
+        &self,
+        job: &JobKey,
+        name: &str,
+        created_by: &str,
+        name_re: Option<&regex_lite::Regex>,
+    ) -> bool {
         job.farm_id == self.farm_id
             && self.queue_ids.contains(&job.queue_id)
             && self
                 .created_by
                 .as_ref()
                 .is_none_or(|c| c.iter().any(|x| x == created_by))
-            && self
-                .name_matches
-                .as_deref()
-                .is_none_or(|re| regex_lite::Regex::new(re).is_ok_and(|r| r.is_match(name)))
+            && name_re.is_none_or(|r| r.is_match(name))
     }
 
     /// The id of a config-declared watch: stable across restarts and reloads.
