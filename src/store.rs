@@ -285,9 +285,13 @@ impl Store {
         // sled 0.34 panics, rather than erroring, on some corrupt files; turn that into
         // an error naming the store so start-up fails cleanly instead of crash-looping.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // Our group commit does every flush (each write marks the store dirty);
+            // without sled's own flusher thread nothing holds the file lock once
+            // the store is dropped.
             sled::Config::new()
                 .path(path)
                 .cache_capacity(CACHE_BYTES)
+                .flush_every_ms(None)
                 .open()
         }))
         .map_err(|_| damaged("sled could not recover its files".into()))?;
@@ -1392,6 +1396,18 @@ fn syncer(sh: Arc<SyncShared>, db: sled::Db, meta: sled::Tree, path: PathBuf, ma
         let result = meta
             .insert(META_EPOCH, &epoch.to_be_bytes())
             .and_then(|_| db.flush());
+        // Publish the watermark before releasing waiters: once `sync` returns,
+        // `durable()` already covers everything it waited for.
+        if result.is_ok() {
+            sh.durable.send_if_modified(|d| {
+                if seq > *d {
+                    *d = seq;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
         {
             let mut st = sh.lock();
             st.done = st.done.max(ticket);
@@ -1400,14 +1416,6 @@ fn syncer(sh: Arc<SyncShared>, db: sled::Db, meta: sled::Tree, path: PathBuf, ma
         sh.cv.notify_all();
         match result {
             Ok(_) => {
-                sh.durable.send_if_modified(|d| {
-                    if seq > *d {
-                        *d = seq;
-                        true
-                    } else {
-                        false
-                    }
-                });
                 let now = Instant::now();
                 match candidate {
                     Some((e, at)) if now.duration_since(at) >= MARKER_TRAIL => {
@@ -1508,7 +1516,7 @@ mod tests {
             s.sync().unwrap();
             assert!(*s.durable().borrow() >= q[1].seq);
         }
-        let s = Store::open(&p).unwrap();
+        let s = reopen(&p).unwrap();
         assert!(s.job_state(&key(1)).unwrap().is_some());
         assert_eq!(s.outbox_len(), 2);
         let head = s.outbox_head("t", "c").unwrap().unwrap();
@@ -1588,11 +1596,26 @@ mod tests {
         }
     }
 
+    /// Opens a store just closed in this process. sled's background I/O may hold
+    /// the file lock for a moment after a drop (a different process never sees
+    /// this): wait for it, with a deadline.
+    fn reopen(p: &Path) -> Result<Store, StoreError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Store::open(p) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => return r,
+            }
+        }
+    }
+
     fn reopen_err(p: &Path) -> String {
-        Store::open(p)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
+        reopen(p).err().map(|e| e.to_string()).unwrap_or_default()
     }
 
     #[test]
@@ -1684,18 +1707,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("db");
         {
-            let db = sled::open(&p).unwrap();
+            let db = sled::Config::new()
+                .path(&p)
+                .flush_every_ms(None)
+                .open()
+                .unwrap();
             let subs = db.open_tree("subscriptions").unwrap();
             subs.insert(b"a", serde_json::to_vec(&sub("a", "t", 1)).unwrap())
                 .unwrap();
             db.flush().unwrap();
         }
         {
-            let s = Store::open(&p).unwrap();
+            let s = reopen(&p).unwrap();
             assert_eq!(s.subscription_count(), 1);
             assert_eq!(s.subscription("a").unwrap().unwrap().team, "t");
         }
-        let s = Store::open(&p).unwrap();
+        let s = reopen(&p).unwrap();
         assert_eq!(s.verify().unwrap().subscriptions, 1);
     }
 }
