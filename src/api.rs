@@ -170,13 +170,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/{id}/replay", post(replay))
         .route("/v1/channels", get(channels))
+        .route("/v1/team", get(team_info))
         .route("/v1/people/unmapped", get(unmapped_people))
         .route("/v1/watches", post(create_watch).get(list_watches))
         .route("/v1/watches/{id}", get(show_watch).delete(remove_watch))
         .route("/v1/channels/{name}/enable", post(enable))
+        .merge(crate::web::routes())
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::map_response(crate::web::security_headers))
         .with_state(state)
 }
 
@@ -738,25 +741,47 @@ async fn create(
 
 async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let team = team_for(&st, &headers)?;
-    let subs: Vec<_> = st
+    let name = team.name.clone();
+    let subs = st
         .store
-        .run(|s| s.subscriptions())
-        .await?
+        .run(move |s| {
+            s.subscriptions()?
+                .into_iter()
+                .filter(|s| s.team == name)
+                .map(|sub| Ok((s.notices(&sub.team, &sub.job)?, sub)))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await?;
+    let subs: Vec<_> = subs
         .into_iter()
-        .filter(|s| s.team == team.name)
-        .map(|s| with_poll_error(&st, s))
+        .map(|(notices, s)| sub_json(&st, s, notices))
         .collect();
     Ok(Json(json!({"subscriptions": subs})))
 }
 
-/// A subscription as the API shows it: with `pollError` when its job's last read failed.
-fn with_poll_error(st: &AppState, s: Subscription) -> Value {
+/// A subscription as the API shows it, with what is known of its job: `job` (name,
+/// status and task counts as last read), `pollError` when the last read failed,
+/// `notifications` (the latest per channel) and `lastNotification` (the latest of those).
+fn sub_json(st: &AppState, s: Subscription, mut notices: Vec<crate::domain::Notice>) -> Value {
     let err = st.health.poll_error(&s.job);
+    let view = st.health.view(&s.job);
     let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-    if let (Some(err), Some(m)) = (err, v.as_object_mut()) {
-        m.insert("pollError".into(), Value::String(err));
+    if let Some(m) = v.as_object_mut() {
+        if let Some(err) = err {
+            m.insert("pollError".into(), Value::String(err));
+        }
+        m.insert("job".into(), json!(view));
+        notices.sort_by_key(|n| n.at);
+        m.insert("lastNotification".into(), json!(notices.last()));
+        m.insert("notifications".into(), json!(notices));
     }
     v
+}
+
+async fn sub_with_notices(st: &AppState, s: Subscription) -> Result<Value, ApiError> {
+    let (team, job) = (s.team.clone(), s.job.clone());
+    let notices = st.store.run(move |x| x.notices(&team, &job)).await?;
+    Ok(sub_json(st, s, notices))
 }
 
 async fn owned(st: &AppState, team: &Team, id: &str) -> Result<Subscription, ApiError> {
@@ -773,7 +798,8 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let team = team_for(&st, &headers)?;
-    Ok(Json(with_poll_error(&st, owned(&st, &team, &id).await?)))
+    let sub = owned(&st, &team, &id).await?;
+    Ok(Json(sub_with_notices(&st, sub).await?))
 }
 
 async fn remove(
@@ -836,6 +862,26 @@ async fn replay(
         .into_response())
 }
 
+/// `GET /v1/team`: who the token belongs to, and what a subscription may choose from.
+async fn team_info(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let team = team_for(&st, &headers)?;
+    let events: Vec<_> = Event::ALL
+        .iter()
+        .map(|e| json!({"name": e.as_str(), "default": Event::DEFAULTS.contains(e)}))
+        .collect();
+    let channels: Vec<_> = team.channels.iter().map(|c| c.name.clone()).collect();
+    Ok(Json(json!({
+        "name": team.name,
+        "channels": channels,
+        "events": events,
+        "farmIds": team.farm_ids,
+        "queueIds": team.queue_ids,
+    })))
+}
+
 async fn channels(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let team = team_for(&st, &headers)?;
     let mut out = Vec::new();
@@ -890,7 +936,7 @@ async fn patch_subscription(
         }
         tracing::info!(team = %team.name, subscription = %sub.id, muted, "subscription muted state changed");
     }
-    Ok(Json(with_poll_error(&st, sub)))
+    Ok(Json(sub_with_notices(&st, sub).await?))
 }
 
 /// `POST /v1/channels/{name}/test`: queues a sample notification through the normal
@@ -915,7 +961,11 @@ async fn test_channel(
         .map_err(|e| ApiError::BadRequest(format!("the channel's template fails: {e}")))?;
     let entry = crate::domain::OutboxEntry {
         seq: 0,
-        webhook_id: format!("msg_test_{}", uuid::Uuid::new_v4().simple()),
+        webhook_id: format!(
+            "{}{}",
+            crate::domain::TEST_MESSAGE_PREFIX,
+            uuid::Uuid::new_v4().simple()
+        ),
         team: team.name.clone(),
         channel: channel.name.clone(),
         kind: channel.kind.as_str().to_string(),

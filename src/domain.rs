@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 mod records;
-pub use records::{ChannelState, DeadLetter, JobState, OutboxEntry, Subscription, Watch};
+pub use records::{
+    ChannelState, DeadLetter, JobState, Notice, NoticeState, OutboxEntry, Subscription,
+    TEST_MESSAGE_PREFIX, Watch,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{field} must match {pattern} (got {got:?})")]
@@ -243,6 +246,18 @@ impl JobSnapshot {
             source_job_id: None,
         }
     }
+}
+
+/// What the API shows of a watched job between transitions: refreshed on every
+/// read, kept in memory only (a restart shows the stored status until the next read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub name: String,
+    pub task_run_status: Option<TaskRunStatus>,
+    pub lifecycle_status: LifecycleStatus,
+    pub task_run_status_counts: BTreeMap<String, i64>,
+    pub read_at: DateTime<Utc>,
 }
 
 /// The compact form of a job's state that transitions are computed from: kept in

@@ -26,6 +26,7 @@ pub mod sink;
 pub mod store;
 pub mod telemetry;
 pub mod watcher;
+pub mod web;
 
 /// glibc's allocator spent about a third of the watcher's CPU (per `perf`) and
 /// fragments across tokio's threads; jemalloc is faster and keeps RSS flat.

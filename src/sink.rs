@@ -129,6 +129,7 @@ impl Sink {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let app = Router::new()
+            .route("/_sink/received", axum::routing::get(received))
             .route("/{*path}", post(receive))
             .with_state(self.clone());
         let h = tokio::spawn(async move {
@@ -136,6 +137,11 @@ impl Sink {
         });
         Ok((local, h))
     }
+}
+
+/// `GET /_sink/received`: every request so far, oldest first (for out-of-process tests).
+async fn received(State(sink): State<Sink>) -> Response {
+    axum::Json(serde_json::json!({"received": sink.lock().received})).into_response()
 }
 
 async fn receive(

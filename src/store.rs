@@ -15,7 +15,9 @@
 //!   marker file beside sled's files remembers that the store was initialised and how
 //!   far its history reached, so an emptied or rolled-back data file is refused
 //!   instead of opening as a smaller store.
-use crate::domain::{ChannelState, DeadLetter, JobKey, JobState, OutboxEntry, Subscription};
+use crate::domain::{
+    ChannelState, DeadLetter, JobKey, JobState, Notice, NoticeState, OutboxEntry, Subscription,
+};
 use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
 use sled::Transactional;
@@ -131,6 +133,8 @@ struct Inner {
     discovery: sled::Tree,
     /// Watches created through the API, by id.
     watches: sled::Tree,
+    /// `team\0job\0channel` → the latest [`Notice`] of that subscription and channel.
+    notices: sled::Tree,
     /// In-memory mirror of the `meta` counts (what `/metrics` reads).
     counts: [AtomicI64; 4],
     sync: Arc<SyncShared>,
@@ -208,6 +212,48 @@ fn job_key_bytes(k: &JobKey) -> Vec<u8> {
 
 fn index_key(team: &str, job: &JobKey) -> Vec<u8> {
     format!("{team}\0{job}").into_bytes()
+}
+
+fn notice_key(e: &OutboxEntry) -> Vec<u8> {
+    let mut k = index_key(&e.team, &e.job);
+    k.push(0);
+    k.extend_from_slice(e.channel.as_bytes());
+    k
+}
+
+/// Records where `e` stands as its subscription's latest notice on its channel.
+/// A state change of an older message (`latest_only`) does not overwrite a newer one.
+fn note(
+    notices: &TransactionalTree,
+    e: &OutboxEntry,
+    state: NoticeState,
+    at: DateTime<Utc>,
+    latest_only: bool,
+) -> TxResult<()> {
+    if e.is_test() {
+        return Ok(());
+    }
+    let key = notice_key(e);
+    if latest_only {
+        match notices.get(&key)? {
+            Some(v) => {
+                let cur: Notice = decode_in_tx(&v)?;
+                if cur.webhook_id != e.webhook_id {
+                    return Ok(());
+                }
+            }
+            None => return Ok(()),
+        }
+    }
+    let n = Notice {
+        channel: e.channel.clone(),
+        event: e.event,
+        at,
+        webhook_id: e.webhook_id.clone(),
+        state,
+    };
+    notices.insert(key, enc(&n))?;
+    Ok(())
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -336,6 +382,7 @@ impl Store {
             meta: t("meta")?,
             discovery: t("discovery")?,
             watches: t("watches")?,
+            notices: t("notices")?,
             counts: Default::default(),
             sync,
             syncer: Mutex::new(None),
@@ -465,7 +512,7 @@ impl Store {
         Ok(id)
     }
 
-    fn json_trees(&self) -> [(&sled::Tree, &'static str, Option<Counted>); 7] {
+    fn json_trees(&self) -> [(&sled::Tree, &'static str, Option<Counted>); 8] {
         let s = &self.inner;
         [
             (&s.subs, "subscriptions", Some(Counted::Subscriptions)),
@@ -475,6 +522,7 @@ impl Store {
             (&s.channels, "channels", None),
             (&s.discovery, "discovery", None),
             (&s.watches, "watches", None),
+            (&s.notices, "notices", None),
         ]
     }
 
@@ -761,8 +809,27 @@ impl Store {
         if removed {
             self.adjust(Counted::Subscriptions, -1);
         }
+        let mut prefix = ik;
+        prefix.push(0);
+        for k in s.notices.scan_prefix(&prefix).keys() {
+            s.notices
+                .remove(k.map_err(|e| self.eng(e))?)
+                .map_err(|e| self.eng(e))?;
+        }
         self.mark_dirty();
         self.sync()
+    }
+
+    /// The latest notice of a team's subscription to `job`, per channel.
+    pub fn notices(&self, team: &str, job: &JobKey) -> Result<Vec<Notice>, StoreError> {
+        let mut prefix = index_key(team, job);
+        prefix.push(0);
+        self.inner
+            .notices
+            .scan_prefix(prefix)
+            .values()
+            .map(|v| self.dec("notices", &v.map_err(|e| self.eng(e))?))
+            .collect()
     }
 
     /// Marks every active subscription of `job` as ended (the job is gone).
@@ -807,13 +874,14 @@ impl Store {
         let s = &self.inner;
         let out = self.committing(
             || {
-                (&s.outbox, &s.meta)
-                    .transaction(|(outbox, meta)| -> TxResult<Vec<OutboxEntry>> {
+                (&s.outbox, &s.meta, &s.notices)
+                    .transaction(|(outbox, meta, notices)| -> TxResult<Vec<OutboxEntry>> {
                         let mut out = Vec::with_capacity(entries.len());
                         for e in &entries {
                             let mut e = e.clone();
                             e.seq = outbox.generate_id()?;
                             outbox.insert(outbox_key(&e.team, &e.channel, e.seq), enc(&e))?;
+                            note(notices, &e, NoticeState::Pending, e.created_at, false)?;
                             out.push(e);
                         }
                         bump(meta, Counted::Outbox, out.len() as i64)?;
@@ -892,9 +960,9 @@ impl Store {
         let s = &self.inner;
         let (out, new_job) = self.committing(
             || {
-                (&s.jobs, &s.outbox, &s.meta)
+                (&s.jobs, &s.outbox, &s.meta, &s.notices)
                     .transaction(
-                        |(jobs, outbox, meta)| -> TxResult<(Vec<OutboxEntry>, bool)> {
+                        |(jobs, outbox, meta, notices)| -> TxResult<(Vec<OutboxEntry>, bool)> {
                             let new_job = jobs.insert(jk.clone(), value.clone())?.is_none();
                             if new_job {
                                 bump(meta, Counted::Jobs, 1)?;
@@ -904,6 +972,7 @@ impl Store {
                                 let mut e = e.clone();
                                 e.seq = outbox.generate_id()?;
                                 outbox.insert(outbox_key(&e.team, &e.channel, e.seq), enc(&e))?;
+                                note(notices, &e, NoticeState::Pending, e.created_at, false)?;
                                 out.push(e);
                             }
                             bump(meta, Counted::Outbox, out.len() as i64)?;
@@ -1013,13 +1082,14 @@ impl Store {
         let ok = outbox_key(&e.team, &e.channel, e.seq);
         let at = now.timestamp_millis().to_be_bytes();
         let s = &self.inner;
-        let removed = (&s.outbox, &s.sent, &s.meta)
-            .transaction(|(outbox, sent, meta)| -> TxResult<bool> {
+        let removed = (&s.outbox, &s.sent, &s.meta, &s.notices)
+            .transaction(|(outbox, sent, meta, notices)| -> TxResult<bool> {
                 let removed = outbox.remove(ok.clone())?.is_some();
                 if removed {
                     bump(meta, Counted::Outbox, -1)?;
                 }
                 sent.insert(e.webhook_id.as_bytes(), &at)?;
+                note(notices, e, NoticeState::Delivered, now, true)?;
                 Ok(removed)
             })
             .map_err(|e| self.tx_err(e))?;
@@ -1065,23 +1135,26 @@ impl Store {
     ) -> Result<DeadLetter, StoreError> {
         let ok = outbox_key(&e.team, &e.channel, e.seq);
         let s = &self.inner;
-        let (dl, removed) = (&s.outbox, &s.dead, &s.meta)
-            .transaction(|(outbox, dead, meta)| -> TxResult<(DeadLetter, bool)> {
-                let id = dead.generate_id()?;
-                let dl = DeadLetter {
-                    id,
-                    reason: reason.to_string(),
-                    dead_at: now,
-                    entry: e.clone(),
-                };
-                let removed = outbox.remove(ok.clone())?.is_some();
-                if removed {
-                    bump(meta, Counted::Outbox, -1)?;
-                }
-                dead.insert(&id.to_be_bytes(), enc(&dl))?;
-                bump(meta, Counted::DeadLetters, 1)?;
-                Ok((dl, removed))
-            })
+        let (dl, removed) = (&s.outbox, &s.dead, &s.meta, &s.notices)
+            .transaction(
+                |(outbox, dead, meta, notices)| -> TxResult<(DeadLetter, bool)> {
+                    note(notices, e, NoticeState::DeadLetter, now, true)?;
+                    let id = dead.generate_id()?;
+                    let dl = DeadLetter {
+                        id,
+                        reason: reason.to_string(),
+                        dead_at: now,
+                        entry: e.clone(),
+                    };
+                    let removed = outbox.remove(ok.clone())?.is_some();
+                    if removed {
+                        bump(meta, Counted::Outbox, -1)?;
+                    }
+                    dead.insert(&id.to_be_bytes(), enc(&dl))?;
+                    bump(meta, Counted::DeadLetters, 1)?;
+                    Ok((dl, removed))
+                },
+            )
             .map_err(|e| self.tx_err(e))?;
         if removed {
             self.adjust(Counted::Outbox, -1);
@@ -1123,24 +1196,27 @@ impl Store {
         let s = &self.inner;
         let r = self.committing(
             || {
-                (&s.outbox, &s.dead, &s.meta)
-                    .transaction(|(outbox, dead, meta)| -> TxResult<Option<OutboxEntry>> {
-                        let Some(v) = dead.get(dk)? else {
-                            return Ok(None);
-                        };
-                        let dl: DeadLetter = decode_in_tx(&v)?;
-                        let mut e = dl.entry;
-                        e.seq = outbox.generate_id()?;
-                        e.attempts = 0;
-                        e.next_attempt_at = now;
-                        e.created_at = now;
-                        e.last_error = None;
-                        outbox.insert(outbox_key(&e.team, &e.channel, e.seq), enc(&e))?;
-                        dead.remove(&dk)?;
-                        bump(meta, Counted::Outbox, 1)?;
-                        bump(meta, Counted::DeadLetters, -1)?;
-                        Ok(Some(e))
-                    })
+                (&s.outbox, &s.dead, &s.meta, &s.notices)
+                    .transaction(
+                        |(outbox, dead, meta, notices)| -> TxResult<Option<OutboxEntry>> {
+                            let Some(v) = dead.get(dk)? else {
+                                return Ok(None);
+                            };
+                            let dl: DeadLetter = decode_in_tx(&v)?;
+                            let mut e = dl.entry;
+                            e.seq = outbox.generate_id()?;
+                            e.attempts = 0;
+                            e.next_attempt_at = now;
+                            e.created_at = now;
+                            e.last_error = None;
+                            outbox.insert(outbox_key(&e.team, &e.channel, e.seq), enc(&e))?;
+                            note(notices, &e, NoticeState::Pending, now, false)?;
+                            dead.remove(&dk)?;
+                            bump(meta, Counted::Outbox, 1)?;
+                            bump(meta, Counted::DeadLetters, -1)?;
+                            Ok(Some(e))
+                        },
+                    )
                     .map_err(|e| self.tx_err(e))
             },
             |r| r.as_ref().map(|e| e.seq),

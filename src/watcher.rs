@@ -34,6 +34,8 @@ pub enum SubChange {
 pub struct Health {
     pub last_deadline_ok_ms: std::sync::atomic::AtomicI64,
     pub watched_jobs: std::sync::atomic::AtomicUsize,
+    /// Each watched job's name, status and task counts as last read (for the API).
+    pub views: std::sync::Mutex<std::collections::HashMap<JobKey, crate::domain::JobView>>,
     /// Jobs whose last read failed, and why (shown on their subscriptions).
     pub poll_errors: std::sync::Mutex<std::collections::HashMap<JobKey, String>>,
     /// Discovery failures by (farm, queues searched together): message and since when.
@@ -114,6 +116,26 @@ impl Health {
                 *farm == w.farm_id && queues.iter().any(|q| w.queue_ids.contains(q))
             })
             .map(|(_, e)| e.clone())
+    }
+
+    pub fn view(&self, job: &JobKey) -> Option<crate::domain::JobView> {
+        self.views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(job)
+            .cloned()
+    }
+
+    fn set_view(&self, job: &JobKey, v: Option<crate::domain::JobView>) {
+        let mut g = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        match v {
+            Some(v) => {
+                g.insert(job.clone(), v);
+            }
+            None => {
+                g.remove(job);
+            }
+        }
     }
 
     fn clear_poll_error(&self, job: &JobKey) {
@@ -384,6 +406,7 @@ impl Loop {
                 if empty {
                     self.unschedule(&sub.job);
                     self.tracked.remove(&sub.job);
+                    self.w.health.set_view(&sub.job, None);
                 }
             }
         }
@@ -427,6 +450,7 @@ impl Loop {
             if empty {
                 self.unschedule(&job);
                 self.tracked.remove(&*job);
+                self.w.health.set_view(&job, None);
             }
         }
         Ok(())
@@ -806,6 +830,9 @@ impl Loop {
         match fetched {
             Fetched::Found(snap) => {
                 self.w.health.clear_poll_error(key);
+                self.w
+                    .health
+                    .set_view(key, Some(snap.view(self.w.clock.now())));
                 self.observe(key, *snap)?;
                 if self.settled(key) {
                     self.unschedule(key);
@@ -815,6 +842,7 @@ impl Loop {
             }
             Fetched::Gone(reason) => {
                 self.w.health.clear_poll_error(key);
+                self.w.health.set_view(key, None);
                 let n = self.w.store.end_subscriptions(key, &reason)?;
                 tracing::warn!(job = %key, subscriptions = n, %reason, "job no longer exists in Deadline Cloud; subscription ended");
                 self.unschedule(key);

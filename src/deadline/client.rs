@@ -3,7 +3,7 @@
 use super::{FetchResult, Fetched, JobSummary, SourceError};
 use crate::config::DeadlineConfig;
 use crate::domain::{
-    JobKey, JobSnapshot, JobStatus, LifecycleStatus, ParameterValue, TaskRunStatus,
+    JobKey, JobSnapshot, JobStatus, JobView, LifecycleStatus, ParameterValue, TaskRunStatus,
 };
 use aws_sdk_deadline as dl;
 use aws_sdk_deadline::config::interceptors::BeforeTransmitInterceptorContextMut;
@@ -102,6 +102,27 @@ macro_rules! snapshot {
     }};
 }
 
+/// The name and task counts of an SDK job (what the page shows between transitions).
+macro_rules! view {
+    ($o:expr, $status:expr, $now:expr) => {{
+        let o = &$o;
+        JobView {
+            name: o.name().to_string(),
+            task_run_status: $status.task_run_status.clone(),
+            lifecycle_status: $status.lifecycle_status.clone(),
+            task_run_status_counts: o
+                .task_run_status_counts()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.as_str().to_string(), i64::from(*v)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            read_at: $now,
+        }
+    }};
+}
+
 /// The compact status of an SDK job (GetJob output or BatchGetJob item).
 macro_rules! status {
     ($o:expr) => {{
@@ -142,6 +163,20 @@ impl Observed {
         Observed {
             status: JobStatus::of(&s),
             raw: Raw::Snapshot(Box::new(s)),
+        }
+    }
+
+    pub fn view(&self, now: DateTime<Utc>) -> JobView {
+        match &self.raw {
+            Raw::Item(o) => view!(o, self.status, now),
+            Raw::Output(o) => view!(o, self.status, now),
+            Raw::Snapshot(s) => JobView {
+                name: s.name.clone(),
+                task_run_status: s.task_run_status.clone(),
+                lifecycle_status: s.lifecycle_status.clone(),
+                task_run_status_counts: s.task_run_status_counts.clone(),
+                read_at: now,
+            },
         }
     }
 

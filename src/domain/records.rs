@@ -81,6 +81,38 @@ pub struct DeadLetter {
     pub entry: OutboxEntry,
 }
 
+/// `webhook-id` prefix of channel test messages (they belong to no subscription).
+pub const TEST_MESSAGE_PREFIX: &str = "msg_test_";
+
+impl OutboxEntry {
+    pub fn is_test(&self) -> bool {
+        self.webhook_id.starts_with(TEST_MESSAGE_PREFIX)
+    }
+}
+
+/// Where a notification stands: queued (or retrying), delivered, or given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoticeState {
+    #[serde(rename = "pending")]
+    Pending,
+    #[serde(rename = "delivered")]
+    Delivered,
+    #[serde(rename = "dead letter")]
+    DeadLetter,
+}
+
+/// The latest notification a team's subscription sent (or is sending) to one channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notice {
+    pub channel: String,
+    pub event: Event,
+    /// When it was queued, or when it reached its current state.
+    pub at: DateTime<Utc>,
+    pub webhook_id: String,
+    pub state: NoticeState,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelState {
