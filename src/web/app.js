@@ -6,7 +6,7 @@ import { draw } from "./preview.js";
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 5000;
-const FAST_REFRESH_MS = 1000;
+const FAST_REFRESH_MS = 300;
 // After "Subscribe", refresh quickly until the new job's name has been read.
 const FAST_FOR_MS = 60000;
 
@@ -23,6 +23,23 @@ const FRIENDLY = {
   FAILED: "failed",
   SUCCEEDED: "done",
   NOT_COMPATIBLE: "no compatible workers",
+};
+
+// Event checkboxes are named in words; the event's API name stands beside the label
+// (not in it), so no control's name contains another's ("job.requeued" ⊃ "queue").
+const EVENT_TEXT = {
+  "job.started": "Started",
+  "job.succeeded": "Succeeded",
+  "job.failed": "Failed",
+  "job.canceled": "Canceled",
+  "job.suspended": "Suspended",
+  "job.not_compatible": "No compatible workers",
+  "job.requeued": "Sent back to run again",
+  "job.tasks_failed": "Some tasks failed",
+  "job.create_failed": "Could not be created",
+  "job.upload_failed": "Attachments upload failed",
+  "job.update_failed": "Update failed",
+  "job.archived": "Archived",
 };
 
 const state = {
@@ -127,7 +144,7 @@ function signOut(why) {
 
 // --- the add form's choices ---
 
-function checkbox(name, value, label, checked) {
+function checkbox(name, value, label, checked, note) {
   const wrap = el("div", "check");
   const box = el("input");
   box.type = "checkbox";
@@ -138,13 +155,16 @@ function checkbox(name, value, label, checked) {
   const l = el("label", null, label);
   l.htmlFor = box.id;
   wrap.append(box, l);
+  if (note) wrap.append(el("code", "event-id", note));
   return wrap;
 }
 
 function buildChoices(team) {
   const events = $("add-events");
   events.replaceChildren(events.querySelector("legend") ?? el("legend", null, "Events"));
-  for (const e of team.events) events.append(checkbox("event", e.name, e.name, e.default));
+  for (const e of team.events) {
+    events.append(checkbox("event", e.name, EVENT_TEXT[e.name] ?? e.name, e.default, e.name));
+  }
   const channels = $("add-channels");
   channels.replaceChildren(channels.querySelector("legend") ?? el("legend", null, "Channels"));
   for (const c of team.channels) channels.append(checkbox("channel", c, c, true));
@@ -169,6 +189,7 @@ async function refresh() {
     state.channels = channels.channels;
     state.watches = watches.watches;
     renderSubs(subs.subscriptions);
+    if (!subs.subscriptions.some((s) => s.state === "active" && !s.job && !s.pollError)) state.fastUntil = 0;
     renderChannels(channels.channels);
     renderWatches(watches.watches);
     renderDead(dead.deadLetters);
@@ -442,10 +463,12 @@ async function subscribe(ev) {
     return;
   }
   state.fastUntil = Date.now() + FAST_FOR_MS;
+  const typed = $("job-ref").value;
   await act(
     async () => {
       const r = await api("POST", "/v1/subscriptions", { ...ref, events, channels });
-      $("job-ref").value = "";
+      // Only if nothing new was typed while the request was out.
+      if ($("job-ref").value === typed) $("job-ref").value = "";
       $("farm").value = ref.farmId;
       $("queue").value = ref.queueId;
       return r;
