@@ -19,11 +19,11 @@ const WATCHED: (&str, &str) = (
     "queue-0000000000000000000000000000d3e0",
 );
 
-fn demo_config(sink: &str, store: &std::path::Path) -> String {
+fn demo_config(sink: &str, store: &std::path::Path, listen: &str) -> String {
     format!(
         r#"
 [server]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 shutdown_grace = "5s"
 [store]
 path = "{store}"
@@ -78,6 +78,53 @@ fn step(after_ms: u64, status: &str, counts: &[(&str, i64)]) -> Patch {
     }
 }
 
+/// `demo --stay`: adds a few jobs nobody subscribed, for trying the page, and runs
+/// until Ctrl-C.
+async fn keep_running(sim: &Simulator, api: &str) {
+    let region = "us-west-2";
+    let mut rendering = Vec::new();
+    for minute in 1..=10u64 {
+        let done = (minute * 60).min(600) as i64;
+        let running = if minute < 10 { 8 } else { 0 };
+        let ready = (600 - done - running).max(0);
+        let status = if minute < 10 { "RUNNING" } else { "SUCCEEDED" };
+        rendering.push(step(
+            minute * 60_000,
+            status,
+            &[("SUCCEEDED", done), ("RUNNING", running), ("READY", ready)],
+        ));
+    }
+    rendering.insert(
+        0,
+        step(15_000, "RUNNING", &[("RUNNING", 8), ("READY", 592)]),
+    );
+    let jobs = [
+        ("shot_040 crowd sim (10 minutes)", rendering),
+        (
+            "shot_050 fx cache (fails after 2 minutes)",
+            vec![
+                step(20_000, "RUNNING", &[("RUNNING", 4), ("READY", 36)]),
+                step(120_000, "FAILED", &[("SUCCEEDED", 37), ("FAILED", 3)]),
+            ],
+        ),
+    ];
+    println!();
+    println!("Still running (Ctrl-C to stop). Open {api}/ and sign in with {TOKEN};");
+    println!("these jobs are not subscribed yet — paste one into \"Job ID or monitor URL\":");
+    for (name, script) in jobs {
+        let k = sim.add_job(JobSpec {
+            name: name.into(),
+            script,
+            ..Default::default()
+        });
+        println!(
+            "  {name}\n    https://monitor.example.com/{region}/farms/{}/queues/{}?jobId={}",
+            k.farm_id, k.queue_id, k.job_id
+        );
+    }
+    crate::app::shutdown_signal().await;
+}
+
 /// A readable rendering of what a chat would show.
 pub fn describe(r: &Received) -> String {
     let b = &r.body;
@@ -126,7 +173,8 @@ pub fn describe(r: &Received) -> String {
     out
 }
 
-pub async fn run() -> anyhow::Result<()> {
+/// Runs the scripted demo; with `stay`, keeps the service up afterwards on that address.
+pub async fn run(stay: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let sim = Simulator::new();
     let (sim_addr, _s) = sim
         .serve(([127, 0, 0, 1], 0).into())
@@ -138,10 +186,17 @@ pub async fn run() -> anyhow::Result<()> {
         .await
         .context("starting the sink")?;
     let dir = tempfile::tempdir().context("creating a temporary store directory")?;
-    let text = demo_config(&sink_addr.to_string(), &dir.path().join("notifier.sled"));
+    let listen = stay.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
+    let text = demo_config(
+        &sink_addr.to_string(),
+        &dir.path().join("notifier.sled"),
+        &listen,
+    );
     let config = Config::from_toml(&text, std::path::Path::new("(embedded demo config)"))?;
     let client = DeadlineClient::local(&format!("http://{sim_addr}"), &config.deadline);
-    let app = App::build(config, Some(client), crate::clock::system()).await?;
+    let app = App::build(config, Some(client), crate::clock::system())
+        .await
+        .with_context(|| format!("starting the service on {listen}"))?;
     let api = format!("http://{}", app.local_addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(app.run(async move {
@@ -156,6 +211,7 @@ pub async fn run() -> anyhow::Result<()> {
         "  sink       http://{sink_addr}  (stands in for Slack, Teams and a webhook receiver)"
     );
     println!("  API        {api}");
+    println!("  page       {api}/   (sign in with the team token {TOKEN})");
     println!();
 
     let ok = [("SUCCEEDED", 600)];
@@ -261,8 +317,11 @@ pub async fn run() -> anyhow::Result<()> {
             }
         }
     }
+    println!("demo complete: {seen} notifications delivered; none lost, none duplicated.");
+    if stay.is_some() {
+        keep_running(&sim, &api).await;
+    }
     let _ = stop_tx.send(());
     service.await.context("service task")??;
-    println!("demo complete: {seen} notifications delivered; none lost, none duplicated.");
     Ok(())
 }

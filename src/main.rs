@@ -92,7 +92,15 @@ enum Command {
         config: PathBuf,
     },
     /// Run the simulator, a local sink and the service on embedded defaults, and print the notifications.
-    Demo,
+    Demo {
+        /// Keep everything running after the scripted jobs (until Ctrl-C), with the
+        /// page on `--listen` and a few unsubscribed jobs to paste into it.
+        #[arg(long)]
+        stay: bool,
+        /// Where the API and the page listen with `--stay`.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Validate a config file and every template it uses.
     CheckConfig {
         #[arg(long, default_value = "config/notifier.toml")]
@@ -225,7 +233,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             let app = App::build(cfg, None, clock::system()).await?;
             app.run(app::shutdown_signal()).await
         }
-        Command::Demo => demo::run().await,
+        Command::Demo { stay, listen } => demo::run(stay.then_some(listen)).await,
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
             Renderer::load(&cfg)?;
