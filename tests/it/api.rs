@@ -324,3 +324,195 @@ async fn mute_test_message_and_preview() {
         400
     );
 }
+
+/// GETs `url` (as lighting) until `done` holds for the answer; returns that answer.
+async fn get_until(url: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = req(reqwest::Method::GET, url, Some(LIGHTING), None).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last answer: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the page reads: who the token is, each subscription's job as last read, and
+/// the latest notification per channel with its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn team_job_view_and_last_notification_per_channel() {
+    use reqwest::Method;
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let team = format!("{}/v1/team", env.api());
+    assert_eq!(req(Method::GET, &team, None, None).await.0, 401);
+    let (s, v) = req(Method::GET, &team, Some(LIGHTING), None).await;
+    assert_eq!((s, v["name"].as_str()), (200, Some("lighting")), "{v}");
+    assert_eq!(v["channels"], json!(["slack", "teams", "pipeline"]));
+    let events = v["events"].as_array().unwrap();
+    assert!(events.contains(&json!({"name": "job.succeeded", "default": true})));
+    assert!(events.contains(&json!({"name": "job.started", "default": false})));
+    let (_, v) = req(Method::GET, &team, Some(FX), None).await;
+    assert_eq!(v["name"], "fx");
+
+    let job = env.add_job("viewed <b>job</b>");
+    env.sink.script(
+        "/slack/lighting",
+        [deadline_notifier::sink::Answer {
+            status: 200,
+            retry_after: None,
+            body: r#"{"ok":false,"error":"invalid_blocks"}"#.into(),
+        }],
+    );
+    let sub = env
+        .subscribe_job(
+            &job,
+            json!({"channels": ["slack", "pipeline"], "events": ["job.succeeded"]}),
+        )
+        .await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    let list = format!("{}/v1/subscriptions", env.api());
+    env.observed(&job, 2).await;
+    let (_, v) = req(Method::GET, &list, Some(LIGHTING), None).await;
+    let s = &v["subscriptions"][0];
+    assert_eq!(s["job"]["name"], "viewed <b>job</b>", "{s}");
+    assert!(s["job"]["taskRunStatus"].is_string(), "{s}");
+    assert_eq!(s["lastNotification"], Value::Null, "{s}");
+    assert_eq!(s["notifications"], json!([]), "{s}");
+
+    env.sim.set_status(&job, "SUCCEEDED");
+    let one = format!("{list}/{id}");
+    let last = get_until(&one, "both channels settled", |v| {
+        let states: Vec<_> = v["notifications"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| (n["channel"].clone(), n["state"].clone()))
+            .collect();
+        states.contains(&(json!("pipeline"), json!("delivered")))
+            && states.contains(&(json!("slack"), json!("dead letter")))
+    })
+    .await;
+    assert_eq!(last["job"]["taskRunStatus"], "SUCCEEDED", "{last}");
+    let n = &last["lastNotification"];
+    assert_eq!(n["event"], "job.succeeded", "{last}");
+    assert!(["delivered", "dead letter"].contains(&n["state"].as_str().unwrap()));
+    // Another team sees none of it.
+    assert_eq!(req(Method::GET, &one, Some(FX), None).await.0, 404);
+
+    // A replayed dead letter is pending again (or delivered, once the sink takes it).
+    let (_, dl) = req(
+        Method::GET,
+        &format!("{}/v1/dead-letters", env.api()),
+        Some(LIGHTING),
+        None,
+    )
+    .await;
+    let dl_id = dl["deadLetters"][0]["id"].as_u64().unwrap();
+    let (s, _) = req(
+        Method::POST,
+        &format!("{}/v1/dead-letters/{dl_id}/replay", env.api()),
+        Some(LIGHTING),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202);
+    get_until(&one, "the replay delivered", |v| {
+        v["notifications"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["channel"] == "slack" && n["state"] == "delivered")
+    })
+    .await;
+
+    // Unsubscribing forgets the notices: subscribing again starts clean.
+    assert_eq!(req(Method::DELETE, &one, Some(LIGHTING), None).await.0, 204);
+    let again = env.subscribe_job(&job, json!({})).await;
+    let (_, v) = req(
+        Method::GET,
+        &format!("{list}/{}", again["id"].as_str().unwrap()),
+        Some(LIGHTING),
+        None,
+    )
+    .await;
+    assert_eq!(v["notifications"], json!([]), "{v}");
+}
+
+/// The page and its assets, and every API answer, carry the security headers; the
+/// API answers no cross-origin request with CORS headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_is_served_with_strict_headers_and_etags() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let c = reqwest::Client::new();
+    for (path, ctype) in [
+        ("/", "text/html"),
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/api.js", "text/javascript"),
+        ("/assets/app.css", "text/css"),
+        ("/assets/icon.svg", "image/svg+xml"),
+        ("/v1/subscriptions", "application/json"),
+        ("/nowhere", "application/json"),
+    ] {
+        let r = c
+            .get(format!("{}{path}", env.api()))
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        let h = r.headers();
+        let get = |n: &str| h.get(n).map(|v| v.to_str().unwrap().to_string());
+        assert!(get("content-type").unwrap().starts_with(ctype), "{path}");
+        let csp = get("content-security-policy").unwrap();
+        assert!(
+            csp.contains("default-src 'self'")
+                && csp.contains("frame-ancestors 'none'")
+                && !csp.contains("unsafe-inline"),
+            "{path}: {csp}"
+        );
+        assert_eq!(get("x-content-type-options").as_deref(), Some("nosniff"));
+        assert_eq!(get("referrer-policy").as_deref(), Some("no-referrer"));
+        assert_eq!(get("access-control-allow-origin"), None, "{path}");
+    }
+    let preflight = c
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/subscriptions", env.api()),
+        )
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(!preflight.status().is_success());
+    assert!(
+        preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    let r = c
+        .get(format!("{}/assets/app.js", env.api()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-cache");
+    let etag = r.headers()["etag"].clone();
+    let again = c
+        .get(format!("{}/assets/app.js", env.api()))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    let html = c.get(env.api()).send().await.unwrap().text().await.unwrap();
+    assert!(!html.contains(" style=") && !html.contains("<style"));
+    assert!(!html.contains("<script>"), "inline script");
+}
