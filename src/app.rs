@@ -32,7 +32,20 @@ impl App {
         clock: SharedClock,
     ) -> anyhow::Result<App> {
         crate::telemetry::metrics();
+        // The client first: it resolves the AWS region chain, which monitor links use.
+        let client = match client {
+            Some(c) => c,
+            None => DeadlineClient::from_config(&config.deadline).await,
+        };
         let renderer = Renderer::load(&config).context("loading templates")?;
+        if let Some(m) = renderer.monitor()
+            && m.region_for("").is_none()
+        {
+            tracing::warn!(
+                "deadline.monitor_url is set but no region is known (set [deadline] region or AWS_REGION): \
+                 messages carry no monitor link except for farms in deadline.farm_regions"
+            );
+        }
         for w in config.warnings() {
             tracing::warn!("{w}");
         }
@@ -44,10 +57,6 @@ impl App {
             "store opened"
         );
         let sender = Sender::new(&config.delivery)?;
-        let client = match client {
-            Some(c) => c,
-            None => DeadlineClient::from_config(&config.deadline).await,
-        };
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| {

@@ -157,8 +157,11 @@ pub struct DeadlineConfig {
     /// Attempts per API call, including the first (the SDK's standard retry).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
-    /// Base URL of the Deadline Cloud monitor, for links in messages.
+    /// Base URL of the Deadline Cloud monitor (its host), for links in messages.
     pub monitor_url: Option<String>,
+    /// Farms whose region differs from `region` (the links' path names the farm's region).
+    #[serde(default)]
+    pub farm_regions: std::collections::BTreeMap<String, String>,
     /// Global Deadline API budget (BatchGetJob/GetJob calls per second).
     #[serde(default = "default_max_rps")]
     pub max_requests_per_second: f64,
@@ -224,6 +227,7 @@ impl Default for DeadlineConfig {
             terminal_grace: default_terminal_grace(),
             max_attempts: default_attempts(),
             monitor_url: None,
+            farm_regions: Default::default(),
             max_requests_per_second: default_max_rps(),
             idle_after: default_idle_after(),
             idle_factor: default_factor(),
@@ -636,6 +640,34 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             ));
         }
     }
+    if let Some(r) = &raw.deadline.region
+        && !crate::monitor::is_region(r)
+    {
+        return Err(invalid(
+            "deadline.region".into(),
+            format!("{r:?} is not an AWS region (like \"us-west-2\")"),
+        ));
+    }
+    for (farm, region) in &raw.deadline.farm_regions {
+        let key = format!("deadline.farm_regions.{farm:?}");
+        crate::domain::JobKey::parse(
+            farm,
+            &format!("queue-{}", "0".repeat(32)),
+            &format!("job-{}", "0".repeat(32)),
+        )
+        .map_err(|e| {
+            invalid(
+                key.clone(),
+                format!("not a farm id: must match {}", e.pattern),
+            )
+        })?;
+        if !crate::monitor::is_region(region) {
+            return Err(invalid(
+                key,
+                format!("{region:?} is not an AWS region (like \"eu-west-1\")"),
+            ));
+        }
+    }
     if !(raw.deadline.max_requests_per_second.is_finite()
         && raw.deadline.max_requests_per_second >= 0.1)
     {
@@ -1029,6 +1061,41 @@ events = ["job.failed", "job.succeeded"]
             e.contains("teams[0].tokens[0]") && e.contains("DN_UNSET_TOKEN_VAR"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn farm_regions_and_region_are_checked() {
+        let farm = format!("farm-{}", "a".repeat(32));
+        let c = Config::from_toml(
+            &GOOD.replace(
+                "poll_interval = \"1s\"",
+                &format!("poll_interval = \"1s\"\nregion = \"us-west-2\"\nfarm_regions = {{ \"{farm}\" = \"eu-west-1\" }}"),
+            ),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.deadline.farm_regions[&farm], "eu-west-1");
+        let e = err(&GOOD.replace(
+            "poll_interval = \"1s\"",
+            "poll_interval = \"1s\"\nfarm_regions = { \"farm-x\" = \"eu-west-1\" }",
+        ));
+        assert!(
+            e.contains("deadline.farm_regions.\"farm-x\"") && e.contains("farm id"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "poll_interval = \"1s\"",
+            &format!("poll_interval = \"1s\"\nfarm_regions = {{ \"{farm}\" = \"Europe\" }}"),
+        ));
+        assert!(
+            e.contains("farm_regions") && e.contains("\"Europe\" is not an AWS region"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "poll_interval = \"1s\"",
+            "poll_interval = \"1s\"\nregion = \"west\"",
+        ));
+        assert!(e.contains("deadline.region"), "{e}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ shutdown_grace = "5s"
 [store]
 path = "{store}"
 [deadline]
+region = "us-west-2"
 poll_interval = "500ms"
 discovery_interval = "1s"
 monitor_url = "https://monitor.example.com"

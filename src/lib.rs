@@ -14,6 +14,7 @@ pub mod deliver;
 pub mod demo;
 pub mod diff;
 pub mod domain;
+pub mod monitor;
 pub mod notify;
 pub mod people;
 pub mod reload;

@@ -72,7 +72,7 @@ pub struct Renderer {
     by_kind: HashMap<&'static str, Handlebars<'static>>,
     /// (team, kind, event) → template name.
     resolved: HashMap<(String, ChannelKind, Event), String>,
-    monitor_url: Option<String>,
+    monitor: Option<crate::monitor::Monitor>,
     people: std::sync::Arc<crate::people::People>,
 }
 
@@ -117,7 +117,7 @@ impl Renderer {
             plain: registry(sanitize),
             by_kind: HashMap::new(),
             resolved: HashMap::new(),
-            monitor_url: cfg.deadline.monitor_url.clone(),
+            monitor: crate::monitor::Monitor::from_config(&cfg.deadline),
             people: cfg.people.clone(),
         };
         let mut loaded: HashMap<String, String> = HashMap::new(); // rel → display name
@@ -169,7 +169,7 @@ impl Renderer {
         for ((team, kind, event), rel) in &r.resolved {
             // Once with an owner from the people directory, once without: a template
             // must render for jobs whose owner is unmapped too.
-            let with_owner = sample_context(team, "check", *event, r.monitor_url.as_deref());
+            let with_owner = sample_context(team, "check", *event, r.monitor.as_ref());
             let mut without = with_owner.clone();
             without["owner"] = Value::Null;
             for ctx in [with_owner, without] {
@@ -200,8 +200,8 @@ impl Renderer {
         Ok(())
     }
 
-    pub fn monitor_url(&self) -> Option<&str> {
-        self.monitor_url.as_deref()
+    pub fn monitor(&self) -> Option<&crate::monitor::Monitor> {
+        self.monitor.as_ref()
     }
 
     /// Renders the message for one channel.
@@ -263,9 +263,9 @@ impl Renderer {
         tr: &Transition,
     ) -> Result<Value, RenderError> {
         let owner = self.people.owner(&job.created_by);
-        let ctx = context(team, &channel.name, job, tr, self.monitor_url(), owner);
+        let ctx = context(team, &channel.name, job, tr, self.monitor(), owner);
         let rendered = self.render(team, channel.kind, tr.event, &ctx)?;
-        let link = self.monitor_url().map(|b| monitor_link(b, &job.key));
+        let link = self.monitor().and_then(|m| m.job(&job.key));
         Ok(channel.kind.payload(&Message {
             team,
             rendered: &rendered,
@@ -377,7 +377,7 @@ pub fn context(
     channel: &str,
     job: &JobSnapshot,
     tr: &Transition,
-    monitor_url: Option<&str>,
+    monitor: Option<&crate::monitor::Monitor>,
     owner: Option<&crate::people::Person>,
 ) -> Value {
     let mut counts = serde_json::Map::new();
@@ -407,7 +407,7 @@ pub fn context(
         .map(|(k, v)| (k.clone(), Value::String(v.value.clone())))
         .collect();
     let (emoji, verb) = event_words(tr.event);
-    let link = monitor_url.map(|base| monitor_link(base, &job.key));
+    let link = monitor.and_then(|m| m.job(&job.key));
     json!({
         "team": team,
         "channel": channel,
@@ -457,18 +457,6 @@ pub fn context(
         "attachments": job.attachments,
         "sourceJobId": job.source_job_id,
     })
-}
-
-/// Link to the job in the Deadline Cloud monitor. Built from ids we validated, never
-/// from job text.
-pub fn monitor_link(base: &str, key: &JobKey) -> String {
-    format!(
-        "{}/farms/{}/queues/{}/jobs/{}",
-        base.trim_end_matches('/'),
-        key.farm_id,
-        key.queue_id,
-        key.job_id
-    )
 }
 
 /// A job with every optional field present, in the state `event` announces, and the
@@ -597,8 +585,18 @@ pub fn sample_job(event: Event) -> (JobSnapshot, Transition) {
     (job, tr)
 }
 
+/// The monitor samples link to when none is configured.
+pub fn sample_monitor() -> crate::monitor::Monitor {
+    crate::monitor::Monitor::fixed("https://monitor.example.com", "us-west-2")
+}
+
 /// The template context of [`sample_job`].
-pub fn sample_context(team: &str, channel: &str, event: Event, monitor_url: Option<&str>) -> Value {
+pub fn sample_context(
+    team: &str,
+    channel: &str,
+    event: Event,
+    monitor: Option<&crate::monitor::Monitor>,
+) -> Value {
     let (job, tr) = sample_job(event);
     let owner = crate::people::Person {
         deadline: vec![job.created_by.clone()],
@@ -611,7 +609,7 @@ pub fn sample_context(team: &str, channel: &str, event: Event, monitor_url: Opti
         channel,
         &job,
         &tr,
-        monitor_url.or(Some("https://monitor.example.com")),
+        Some(monitor.cloned().unwrap_or_else(sample_monitor)).as_ref(),
         Some(&owner),
     )
 }

@@ -223,6 +223,7 @@ impl DeadlineClient {
             loader = loader.endpoint_url(url);
         }
         let sdk = loader.load().await;
+        crate::monitor::set_chain_region(sdk.region().map(|r| r.to_string()));
         Self::from_sdk_config(&sdk, cfg, custom_endpoint(cfg).is_some())
     }
 

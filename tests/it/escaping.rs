@@ -66,6 +66,7 @@ fn renderers() -> (Renderer, Renderer, tempfile::TempDir) {
 dir = "{}"
 [deadline]
 monitor_url = "https://monitor.example.com"
+region = "us-west-2"
 [delivery]
 allow_private_targets = true
 [[teams]]

@@ -13,6 +13,7 @@ fn default_templates_match_golden_files() {
 dir = "templates"
 [deadline]
 monitor_url = "https://monitor.example.com"
+region = "us-west-2"
 [delivery]
 allow_private_targets = true
 [[teams]]
