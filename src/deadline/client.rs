@@ -1,5 +1,7 @@
 //! The Deadline Cloud client: `aws-sdk-deadline` through the standard `aws-config`
 //! credential, region and endpoint chain. SDK types stop here.
+mod details;
+
 use super::{FetchResult, Fetched, JobSummary, SourceError};
 use crate::config::DeadlineConfig;
 use crate::domain::{

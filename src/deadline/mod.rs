@@ -1,6 +1,7 @@
 //! Deadline Cloud: the SDK client (the only code that sees SDK types) and the local
 //! simulator that speaks the same wire format.
 pub mod client;
+pub mod logs;
 pub mod simulator;
 pub mod wire;
 
@@ -47,4 +48,42 @@ pub struct NewJob {
     pub name: String,
     pub created_by: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A step of a job, as triage needs it (ListSteps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepFacts {
+    pub step_id: String,
+    pub name: String,
+    pub failed: i64,
+}
+
+/// A task of a step (ListTasks): its parameters as strings, retries, latest action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFacts {
+    pub task_id: String,
+    pub run_status: String,
+    pub parameters: std::collections::BTreeMap<String, String>,
+    pub retries: Option<i32>,
+    pub latest_session_action_id: Option<String>,
+}
+
+/// A session action (BatchGetSessionAction): how the task's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionFacts {
+    pub session_action_id: String,
+    pub session_id: String,
+    pub exit_code: Option<i32>,
+    pub progress_message: Option<String>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A session (BatchGetSession): where it ran and where it logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFacts {
+    pub session_id: String,
+    pub host: Option<String>,
+    pub log_group: Option<String>,
+    pub log_stream: Option<String>,
 }

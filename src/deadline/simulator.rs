@@ -4,6 +4,9 @@
 //! drive it through the real SDK.
 //!
 //! Control it in-process with [`Simulator`], or over HTTP under `/_sim/`.
+mod details;
+pub use details::{StepSpec, TaskSpec, task_counts};
+
 use crate::domain::{JobKey, JobSnapshot, LifecycleStatus, TaskRunStatus};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -57,6 +60,10 @@ pub struct JobSpec {
     /// until then GetJob, BatchGetJob, SearchJobs and ListJobs do not know it.
     #[serde(default)]
     pub create_after_ms: u64,
+    /// The job's steps and tasks (what triage reads); empty: one step "Render" made
+    /// up from the task counts.
+    #[serde(default)]
+    pub steps: Vec<StepSpec>,
 }
 
 /// Faults applied to the next Deadline API requests.
@@ -84,6 +91,12 @@ pub struct Faults {
     /// deleted queue).
     #[serde(default)]
     pub missing_queues: Vec<String>,
+    /// CloudWatch Logs answers 503 ServiceUnavailableException.
+    #[serde(default)]
+    pub logs_down: bool,
+    /// Delay every CloudWatch Logs request by this much.
+    #[serde(default)]
+    pub logs_latency_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -97,6 +110,11 @@ pub struct Stats {
     pub errors: u64,
     /// Job-reads served (GetJob = 1, BatchGetJob = items).
     pub job_reads: u64,
+    pub list_steps: u64,
+    pub list_tasks: u64,
+    pub batch_get_session_action: u64,
+    pub batch_get_session: u64,
+    pub get_log_events: u64,
 }
 
 struct SimJob {
@@ -107,6 +125,8 @@ struct SimJob {
     /// When the job was first read (GetJob or BatchGetJob).
     first_read: Option<Instant>,
     raw: Option<serde_json::Map<String, Value>>,
+    /// Explicit steps; empty: made up from the task counts.
+    steps: Vec<StepSpec>,
 }
 
 #[derive(Default)]
@@ -243,6 +263,7 @@ impl Simulator {
                 hits: 0,
                 first_read: None,
                 raw: None,
+                steps: spec.steps,
             },
         );
         key
@@ -304,6 +325,7 @@ impl Simulator {
                     hits: 0,
                     first_read: None,
                     raw: None,
+                    steps: Vec::new(),
                 },
             );
         }
@@ -384,6 +406,23 @@ impl Simulator {
                 get(list_jobs),
             )
             .route("/2023-10-12/batch-get-job", post(batch_get_job))
+            .route(
+                "/2023-10-12/farms/{farm}/queues/{queue}/jobs/{job}/steps",
+                get(details::list_steps),
+            )
+            .route(
+                "/2023-10-12/farms/{farm}/queues/{queue}/jobs/{job}/steps/{step}/tasks",
+                get(details::list_tasks),
+            )
+            .route(
+                "/2023-10-12/batch-get-session-action",
+                post(details::batch_get_session_action),
+            )
+            .route(
+                "/2023-10-12/batch-get-session",
+                post(details::batch_get_session),
+            )
+            .route("/", post(details::logs))
             .route("/2023-10-12/farms/{farm}/search/jobs", post(search_jobs))
             .route("/_sim/jobs", post(admin_add))
             .route(
