@@ -249,6 +249,10 @@ async fn run_throughput(m: usize, sim: String, sink: String, stats: String) {
                 next_attempt_at: now,
                 last_error: None,
                 payload: json!({"type": "job.succeeded", "timestamp": now.to_rfc3339(), "data": {"i": i}}),
+                triage_until: None,
+                failure: None,
+                snapshot: None,
+                transition: None,
             });
         }
         let state = JobState {

@@ -82,6 +82,10 @@ url = "http://127.0.0.1:9/hook"
             next_attempt_at: now,
             last_error: None,
             payload: serde_json::json!({"data": {"summary": "x".repeat(400)}}),
+            triage_until: None,
+            failure: None,
+            snapshot: None,
+            transition: None,
         };
         let st = JobState {
             job: key(i),

@@ -976,6 +976,10 @@ async fn test_channel(
         next_attempt_at: now,
         last_error: None,
         payload,
+        triage_until: None,
+        failure: None,
+        snapshot: None,
+        transition: None,
     };
     let queued = st.store.run(move |s| s.enqueue(vec![entry])).await?;
     st.wakers.wake(&team.name, &channel.name);

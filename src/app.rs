@@ -19,6 +19,8 @@ pub struct App {
     pub live: Live,
     pub store: Store,
     client: Arc<DeadlineClient>,
+    /// CloudWatch Logs, for the log tails of failed tasks.
+    logs: Option<Arc<crate::deadline::logs::LogsClient>>,
     listener: tokio::net::TcpListener,
     clock: SharedClock,
 }
@@ -33,9 +35,14 @@ impl App {
     ) -> anyhow::Result<App> {
         crate::telemetry::metrics();
         // The client first: it resolves the AWS region chain, which monitor links use.
-        let client = match client {
-            Some(c) => c,
-            None => DeadlineClient::from_config(&config.deadline).await,
+        let (client, logs) = match client {
+            Some(c) => (c, None),
+            None => (
+                DeadlineClient::from_config(&config.deadline).await,
+                Some(Arc::new(
+                    crate::deadline::logs::LogsClient::from_config(&config.deadline).await,
+                )),
+            ),
         };
         let renderer = Renderer::load(&config).context("loading templates")?;
         if let Some(m) = renderer.monitor()
@@ -66,9 +73,16 @@ impl App {
             live: Live::new(config, renderer, sender),
             store,
             client: Arc::new(client),
+            logs,
             listener,
             clock,
         })
+    }
+
+    /// Reads session logs through `logs` (the demo points one at its simulator).
+    pub fn with_logs(mut self, logs: crate::deadline::logs::LogsClient) -> App {
+        self.logs = Some(Arc::new(logs));
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -99,6 +113,12 @@ impl App {
         // walking the tree, which took ~0.2 s at 100k.
         tracing::info!(%addr, outbox, pruned, store = %self.store.path().display(), "deadline-notifier started");
 
+        let (triage, requests) = crate::triage::Handle::new();
+        let gatherer = Arc::new(crate::triage::Gatherer::new(
+            self.client.clone(),
+            self.logs.clone(),
+            self.live.current().config.triage_budget().max(0.1),
+        ));
         let watcher = Watcher {
             store: self.store.clone(),
             client: self.client.clone(),
@@ -106,6 +126,7 @@ impl App {
             clock: self.clock.clone(),
             changes,
             health: health.clone(),
+            triage,
         };
         // Watcher and delivery workers run until shutdown; any of them ending early
         // means a store error, which stops the service rather than limping on.
@@ -129,6 +150,15 @@ impl App {
                 .await
                 .map_err(|e| anyhow::Error::new(e).context("delivery stopped"))
         });
+        // Triage ends when the watcher drops its handle; it holds no message hostage
+        // (each goes out with its fallback at its deadline).
+        let triage_task = tokio::spawn(crate::triage::run(
+            gatherer,
+            requests,
+            self.store.clone(),
+            self.live.clone(),
+            wakers.clone(),
+        ));
         let hup = tokio::spawn(crate::reload::on_sighup(self.live.clone()));
 
         let state = AppState::new(
@@ -194,6 +224,8 @@ impl App {
         }
         let _ = tx.send(true);
         hup.abort();
+        // Unfinished triage is redone at the next start (its entries are stored).
+        triage_task.abort();
         let grace = self.live.current().config.server.shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
             while let Some(r) = tasks.join_next().await {

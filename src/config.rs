@@ -55,6 +55,8 @@ struct RawConfig {
     #[serde(default)]
     templates: TemplatesConfig,
     #[serde(default)]
+    triage: TriageConfig,
+    #[serde(default)]
     teams: Vec<RawTeam>,
     #[serde(default)]
     people: Vec<RawPerson>,
@@ -218,6 +220,60 @@ fn default_attempts() -> u32 {
     3
 }
 
+/// `[triage]`: what a failure message gathers about why the job failed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriageConfig {
+    /// Gather at all (failed tasks, exit codes, hosts, logs).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Failed tasks described, at most (the total is always given).
+    #[serde(default = "default_max_tasks")]
+    pub max_tasks: usize,
+    /// Read the failed tasks' session logs from CloudWatch Logs.
+    #[serde(default = "yes")]
+    pub logs: bool,
+    /// Last lines of each failed task's log.
+    #[serde(default = "default_log_lines")]
+    pub log_lines: usize,
+    /// A triage taking longer sends what it has, saying details were unavailable.
+    #[serde(default = "default_triage_timeout", deserialize_with = "duration::de")]
+    pub timeout: Duration,
+    /// Deadline calls per second for triage, taken out of
+    /// `deadline.max_requests_per_second` (polling gets the rest).
+    #[serde(default = "default_triage_rps")]
+    pub max_requests_per_second: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_tasks() -> usize {
+    5
+}
+fn default_log_lines() -> usize {
+    20
+}
+fn default_triage_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_triage_rps() -> f64 {
+    1.0
+}
+
+impl Default for TriageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_tasks: default_max_tasks(),
+            logs: true,
+            log_lines: default_log_lines(),
+            timeout: default_triage_timeout(),
+            max_requests_per_second: default_triage_rps(),
+        }
+    }
+}
+
 impl Default for DeadlineConfig {
     fn default() -> Self {
         Self {
@@ -365,6 +421,7 @@ pub struct Config {
     pub deadline: DeadlineConfig,
     pub delivery: DeliveryConfig,
     pub templates: TemplatesConfig,
+    pub triage: TriageConfig,
     pub teams: Vec<Team>,
     /// `[[people]]`: who a job's `createdBy` is in chat.
     pub people: std::sync::Arc<crate::people::People>,
@@ -385,6 +442,22 @@ pub struct Team {
 }
 
 impl Config {
+    /// Deadline calls per second triage may make: its share of the global budget
+    /// (at most half of it), none when triage is off.
+    pub fn triage_budget(&self) -> f64 {
+        if !self.triage.enabled {
+            return 0.0;
+        }
+        self.triage
+            .max_requests_per_second
+            .min(self.deadline.max_requests_per_second / 2.0)
+    }
+
+    /// What polling and discovery share: the global budget less triage's share.
+    pub fn poll_budget(&self) -> f64 {
+        self.deadline.max_requests_per_second - self.triage_budget()
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
@@ -667,6 +740,31 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                 format!("{region:?} is not an AWS region (like \"eu-west-1\")"),
             ));
         }
+    }
+    let t = &raw.triage;
+    if !(1..=100).contains(&t.max_tasks) {
+        return Err(invalid(
+            "triage.max_tasks".into(),
+            "must be between 1 and 100".into(),
+        ));
+    }
+    if !(1..=200).contains(&t.log_lines) {
+        return Err(invalid(
+            "triage.log_lines".into(),
+            "must be between 1 and 200".into(),
+        ));
+    }
+    if !(Duration::from_millis(100)..=Duration::from_secs(120)).contains(&t.timeout) {
+        return Err(invalid(
+            "triage.timeout".into(),
+            "must be between 100ms and 2m".into(),
+        ));
+    }
+    if !(t.max_requests_per_second.is_finite() && t.max_requests_per_second >= 0.1) {
+        return Err(invalid(
+            "triage.max_requests_per_second".into(),
+            "must be at least 0.1".into(),
+        ));
     }
     if !(raw.deadline.max_requests_per_second.is_finite()
         && raw.deadline.max_requests_per_second >= 0.1)
@@ -990,6 +1088,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         deadline: raw.deadline,
         delivery,
         templates,
+        triage: raw.triage,
         teams,
         people: std::sync::Arc::new(crate::people::People::new(people)),
     })

@@ -136,6 +136,23 @@ pub fn describe(r: &Received) -> String {
             if let Some(t) = block["text"]["text"].as_str() {
                 out.push_str(&format!("  {}\n", t.replace('\n', "\n  ")));
             }
+            if block["type"] == "rich_text" {
+                // A log tail: a heading, then the lines as a code block.
+                for part in block["elements"].as_array().into_iter().flatten() {
+                    let text: String = part["elements"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| e["text"].as_str())
+                        .collect();
+                    if part["type"] == "rich_text_preformatted" {
+                        out.push_str(&format!("  │ {}\n", text.replace('\n', "\n  │ ")));
+                    } else {
+                        out.push_str(&format!("  {text}\n"));
+                    }
+                }
+                continue;
+            }
             for el in block["elements"].as_array().into_iter().flatten() {
                 out.push_str(&format!(
                     "  [{}] → {}\n",
@@ -197,7 +214,10 @@ pub async fn run(stay: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let client = DeadlineClient::local(&format!("http://{sim_addr}"), &config.deadline);
     let app = App::build(config, Some(client), crate::clock::system())
         .await
-        .with_context(|| format!("starting the service on {listen}"))?;
+        .with_context(|| format!("starting the service on {listen}"))?
+        .with_logs(crate::deadline::logs::LogsClient::local(&format!(
+            "http://{sim_addr}"
+        )));
     let api = format!("http://{}", app.local_addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(app.run(async move {

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+mod failure;
 mod records;
+pub use failure::{FailedStep, FailedTask, Failure};
 pub use records::{
     ChannelState, DeadLetter, JobState, Notice, NoticeState, OutboxEntry, Subscription,
     TEST_MESSAGE_PREFIX, Watch,

@@ -17,6 +17,7 @@ pub mod domain;
 pub mod monitor;
 pub mod notify;
 pub mod people;
+pub mod redact;
 pub mod reload;
 pub mod render;
 pub mod route;
@@ -26,6 +27,7 @@ pub mod server;
 pub mod sink;
 pub mod store;
 pub mod telemetry;
+pub mod triage;
 pub mod watcher;
 pub mod web;
 

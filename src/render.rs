@@ -74,6 +74,8 @@ pub struct Renderer {
     resolved: HashMap<(String, ChannelKind, Event), String>,
     monitor: Option<crate::monitor::Monitor>,
     people: std::sync::Arc<crate::people::People>,
+    /// Templates that use `failure` (their messages wait for triage whatever the event).
+    uses_failure: std::collections::HashSet<String>,
 }
 
 fn registry(escape: impl Fn(&str) -> String + Send + Sync + 'static) -> Handlebars<'static> {
@@ -119,6 +121,7 @@ impl Renderer {
             resolved: HashMap::new(),
             monitor: crate::monitor::Monitor::from_config(&cfg.deadline),
             people: cfg.people.clone(),
+            uses_failure: Default::default(),
         };
         let mut loaded: HashMap<String, String> = HashMap::new(); // rel → display name
         for team in &cfg.teams {
@@ -151,6 +154,9 @@ impl Renderer {
                         }
                         if let Some((display, src)) = source_for(dir, &rel)? {
                             r.register(&rel, &display, &src)?;
+                            if src.contains("failure") {
+                                r.uses_failure.insert(rel.clone());
+                            }
                             loaded.insert(rel.clone(), display);
                             found = Some(rel);
                             break;
@@ -262,8 +268,22 @@ impl Renderer {
         job: &JobSnapshot,
         tr: &Transition,
     ) -> Result<Value, RenderError> {
+        self.payload_with(team, channel, job, tr, None)
+    }
+
+    /// [`Renderer::payload`] with what triage gathered (`failure` in the context,
+    /// `data.failure` for webhooks, the failed frames and log tail in chat).
+    pub fn payload_with(
+        &self,
+        team: &str,
+        channel: &crate::notify::Channel,
+        job: &JobSnapshot,
+        tr: &Transition,
+        failure: Option<&crate::domain::Failure>,
+    ) -> Result<Value, RenderError> {
         let owner = self.people.owner(&job.created_by);
-        let ctx = context(team, &channel.name, job, tr, self.monitor(), owner);
+        let mut ctx = context(team, &channel.name, job, tr, self.monitor(), owner);
+        ctx["failure"] = serde_json::to_value(failure).unwrap_or(Value::Null);
         let rendered = self.render(team, channel.kind, tr.event, &ctx)?;
         let link = self.monitor().and_then(|m| m.job(&job.key));
         Ok(channel.kind.payload(&Message {
@@ -274,7 +294,18 @@ impl Renderer {
             link: link.as_deref(),
             owner,
             mention: owner.is_some() && channel.mention_owner.contains(&tr.event),
+            failure,
         }))
+    }
+
+    /// Whether a message of this event on this channel waits for failure triage: the
+    /// failure events always; others when their template uses `failure`.
+    pub fn wants_failure(&self, team: &str, kind: ChannelKind, event: Event) -> bool {
+        crate::triage::EVENTS.contains(&event)
+            || self
+                .resolved
+                .get(&(team.to_string(), kind, event))
+                .is_some_and(|rel| self.uses_failure.contains(rel))
     }
 }
 
@@ -604,14 +635,16 @@ pub fn sample_context(
         teams: Some("jane@example.com".into()),
         name: "Jane Doe".into(),
     };
-    context(
-        team,
-        channel,
-        &job,
-        &tr,
-        Some(monitor.cloned().unwrap_or_else(sample_monitor)).as_ref(),
-        Some(&owner),
-    )
+    let monitor = monitor.cloned().unwrap_or_else(sample_monitor);
+    let mut ctx = context(team, channel, &job, &tr, Some(&monitor), Some(&owner));
+    if crate::triage::EVENTS.contains(&event) {
+        ctx["failure"] =
+            serde_json::to_value(crate::triage::sample_failure(&job.key, Some(&monitor)))
+                .unwrap_or(Value::Null);
+    } else {
+        ctx["failure"] = Value::Null;
+    }
+    ctx
 }
 
 #[cfg(test)]

@@ -95,6 +95,8 @@ pub struct Budget {
     tokens: f64,
     last: u64,
     paused_until: u64,
+    /// Calls that may go at once after a quiet spell (0: one second's worth).
+    burst: f64,
 }
 
 impl Budget {
@@ -105,6 +107,17 @@ impl Budget {
             tokens: 1.0,
             last: now,
             paused_until: 0,
+            burst: 0.0,
+        }
+    }
+
+    /// A budget that saves up to `burst` calls while idle (triage: a failure needs a
+    /// handful of calls at once, then nothing for a long time).
+    pub fn with_burst(max_rate: f64, now: u64, burst: f64) -> Budget {
+        Budget {
+            tokens: burst.max(1.0),
+            burst,
+            ..Budget::new(max_rate, now)
         }
     }
 
@@ -121,7 +134,7 @@ impl Budget {
     fn refill(&mut self, now: u64) {
         let dt = now.saturating_sub(self.last) as f64 / 1000.0;
         // At most one second's worth of burst, and at least one call.
-        self.tokens = (self.tokens + dt * self.rate).min(self.rate.max(1.0));
+        self.tokens = (self.tokens + dt * self.rate).min(self.rate.max(1.0).max(self.burst));
         self.last = now.max(self.last);
     }
 

@@ -1029,6 +1029,55 @@ impl Store {
         }
     }
 
+    /// Every queued entry still waiting for failure triage (read once at start-up).
+    pub fn outbox_awaiting_triage(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut out = Vec::new();
+        for v in self.inner.outbox.iter().values() {
+            let e: OutboxEntry = self.dec("outbox", &v.map_err(|e| self.eng(e))?)?;
+            if e.triage_until.is_some() {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a triaged message: its payload and facts, due now; drops what was kept
+    /// only for triage. Returns false when the entry is gone (already sent with its
+    /// fallback, or dead-lettered). Synced by the group commit.
+    pub fn finish_triage(
+        &self,
+        team: &str,
+        channel: &str,
+        seq: u64,
+        payload: serde_json::Value,
+        failure: crate::domain::Failure,
+    ) -> Result<bool, StoreError> {
+        let key = outbox_key(team, channel, seq);
+        let done = self
+            .inner
+            .outbox
+            .transaction(|t| -> TxResult<bool> {
+                let Some(v) = t.get(&key)? else {
+                    return Ok(false);
+                };
+                let mut e: OutboxEntry = decode_in_tx(&v)?;
+                if e.triage_until.is_none() {
+                    return Ok(false);
+                }
+                e.payload = payload.clone();
+                e.failure = Some(failure.clone());
+                e.triage_until = None;
+                e.snapshot = None;
+                e.transition = None;
+                e.next_attempt_at = e.next_attempt_at.min(chrono::Utc::now());
+                t.insert(key.clone(), enc(&e))?;
+                Ok(true)
+            })
+            .map_err(|e| self.tx_err(e))?;
+        self.mark_dirty();
+        Ok(done)
+    }
+
     /// The oldest pending entry of a channel.
     pub fn outbox_head(
         &self,
@@ -1549,6 +1598,10 @@ mod tests {
             next_attempt_at: Utc::now(),
             last_error: None,
             payload: serde_json::json!({}),
+            triage_until: None,
+            failure: None,
+            snapshot: None,
+            transition: None,
         }
     }
 

@@ -176,6 +176,8 @@ pub struct Watcher {
     pub clock: SharedClock,
     pub changes: mpsc::UnboundedReceiver<SubChange>,
     pub health: Arc<Health>,
+    /// Where committed failures go to be triaged.
+    pub triage: crate::triage::Handle,
 }
 
 /// One watched job: its subscriptions and last known state, compact: 100k of these
@@ -244,7 +246,7 @@ impl Loop {
     fn load(w: Watcher) -> Result<Loop, StoreError> {
         let origin = Instant::now();
         let active = w.live.current();
-        let budget = Budget::new(active.config.deadline.max_requests_per_second, 0);
+        let budget = Budget::new(active.config.poll_budget(), 0);
         // Reading and decoding the two trees is most of start-up at 100k jobs; do
         // them side by side.
         let (states, subs) = blocking(|| {
@@ -416,8 +418,8 @@ impl Loop {
     /// Takes up a reloaded config: the new budget now, the new intervals as jobs are
     /// next rescheduled.
     fn refresh(&mut self, active: Arc<Active>) -> Result<(), StoreError> {
-        let rps = active.config.deadline.max_requests_per_second;
-        if rps != self.active.config.deadline.max_requests_per_second {
+        let rps = active.config.poll_budget();
+        if rps != self.active.config.poll_budget() {
             self.budget.set_max(rps);
         }
         self.active = active;
@@ -891,16 +893,32 @@ impl Loop {
                 }),
                 detected_at: now,
             };
-            let (payload, last_error) =
-                match self
+            // A failure's message waits (up to the triage timeout) for why it
+            // failed; meanwhile it holds a fallback that says details are missing.
+            let triage = &self.active.config.triage;
+            let wait = triage.enabled
+                && self
                     .active
                     .renderer
-                    .payload(&d.team.name, d.channel, &snap, &tr)
-                {
-                    Ok(v) => (v, None),
-                    // Kept, and dead-lettered by delivery with the reason: never dropped.
-                    Err(e) => (serde_json::Value::Null, Some(e.to_string())),
-                };
+                    .wants_failure(&d.team.name, d.channel.kind, d.event);
+            let fallback = wait.then(|| crate::domain::Failure {
+                failed_task_count: snap.count("FAILED"),
+                unavailable: Some(crate::triage::NOT_GATHERED.into()),
+                ..Default::default()
+            });
+            let (payload, last_error) = match self.active.renderer.payload_with(
+                &d.team.name,
+                d.channel,
+                &snap,
+                &tr,
+                fallback.as_ref(),
+            ) {
+                Ok(v) => (v, None),
+                // Kept, and dead-lettered by delivery with the reason: never dropped.
+                Err(e) => (serde_json::Value::Null, Some(e.to_string())),
+            };
+            let until =
+                wait.then(|| now + chrono::Duration::from_std(triage.timeout).unwrap_or_default());
             entries.push(OutboxEntry {
                 seq: 0,
                 webhook_id: webhook_id(&snap.key, &tr, &d.team.name, &d.channel.name),
@@ -911,9 +929,13 @@ impl Loop {
                 event: d.event,
                 created_at: now,
                 attempts: 0,
-                next_attempt_at: now,
+                next_attempt_at: until.unwrap_or(now),
                 last_error,
                 payload,
+                triage_until: until,
+                failure: None,
+                snapshot: wait.then(|| Box::new(snap.clone())),
+                transition: wait.then(|| tr.clone()),
             });
         }
         let state = JobState {
@@ -928,6 +950,23 @@ impl Loop {
         }
         for e in &queued {
             tracing::info!(job = %snap.key, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "notification queued");
+        }
+        // After the commit: a crash from here on finds the entries and triages again.
+        let mut waiting: Vec<(Transition, Vec<crate::triage::Waiting>)> = Vec::new();
+        for e in queued.iter().filter(|e| e.triage_until.is_some()) {
+            let Some(tr) = &e.transition else { continue };
+            let at = (e.team.clone(), e.channel.clone(), e.seq);
+            match waiting.iter_mut().find(|(t, _)| t.event == tr.event) {
+                Some((_, v)) => v.push(at),
+                None => waiting.push((tr.clone(), vec![at])),
+            }
+        }
+        for (transition, entries) in waiting {
+            self.w.triage.submit(crate::triage::Request {
+                job: snap.clone(),
+                transition,
+                entries,
+            });
         }
         if let Some(t) = self.tracked.get_mut(&snap.key) {
             t.state = Some(Known::from(state));

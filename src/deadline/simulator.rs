@@ -91,6 +91,10 @@ pub struct Faults {
     /// deleted queue).
     #[serde(default)]
     pub missing_queues: Vec<String>,
+    /// The calls triage makes (ListSteps, ListTasks, BatchGetSession*) answer 429
+    /// ThrottlingException; job reads are unaffected.
+    #[serde(default)]
+    pub throttle_details: bool,
     /// CloudWatch Logs answers 503 ServiceUnavailableException.
     #[serde(default)]
     pub logs_down: bool,
@@ -452,6 +456,15 @@ impl Simulator {
             }
         });
         Ok((local, h))
+    }
+
+    /// [`Simulator::gate`] for the calls triage makes, plus `throttle_details`.
+    async fn gate_details(&self) -> Option<Response> {
+        if self.lock().faults.throttle_details {
+            self.lock().stats.throttled += 1;
+            return Some(throttle(None));
+        }
+        self.gate().await
     }
 
     /// Applies faults for one incoming API request; `Some(response)` means answer with it.

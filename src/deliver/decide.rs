@@ -338,6 +338,10 @@ mod tests {
             next_attempt_at: t0() + chrono::Duration::seconds(due_s),
             last_error: None,
             payload: serde_json::json!({}),
+            triage_until: None,
+            failure: None,
+            snapshot: None,
+            transition: None,
         }
     }
 

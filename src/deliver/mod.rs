@@ -224,6 +224,7 @@ impl Worker {
         let key = channel_key(&self.team, &self.channel);
         let mut durable = self.store.durable();
         let mut queue = Queue::default();
+        let mut awaiting = std::collections::BTreeSet::new();
         // Entries up to `loaded` (inclusive) are in `queue`; the next load starts after it.
         let mut next_from: u64 = 0;
         loop {
@@ -260,8 +261,41 @@ impl Worker {
                     .await?;
                 for e in &fresh {
                     queue.insert(e);
+                    if e.triage_until.is_some() {
+                        awaiting.insert(e.seq);
+                    }
                 }
                 next_from = upto + 1;
+            }
+            // Messages waiting for triage are due at its deadline; one whose triage
+            // finished (it woke us) is due now.
+            if !awaiting.is_empty() {
+                let (t, c, seqs) = (
+                    self.team.clone(),
+                    self.channel.clone(),
+                    awaiting.iter().copied().collect::<Vec<_>>(),
+                );
+                let now_state = self
+                    .store
+                    .run(move |s| {
+                        seqs.into_iter()
+                            .map(|seq| Ok((seq, s.outbox_entry(&t, &c, seq)?)))
+                            .collect::<Result<Vec<_>, StoreError>>()
+                    })
+                    .await?;
+                for (seq, e) in now_state {
+                    match e {
+                        None => {
+                            awaiting.remove(&seq);
+                            queue.remove(seq);
+                        }
+                        Some(e) if e.triage_until.is_none() => {
+                            awaiting.remove(&seq);
+                            queue.set_due(seq, e.next_attempt_at);
+                        }
+                        Some(_) => {}
+                    }
+                }
             }
             self.backlogs
                 .set(&self.team, &self.channel, queue.len(), queue.oldest());
@@ -349,6 +383,13 @@ impl Worker {
             tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "duplicate suppressed");
             self.count(&e, "duplicate", "already_delivered".into());
             return Ok(());
+        }
+        if e.triage_until.take().is_some() {
+            // Triage missed its deadline: this message is the fallback from now on, so
+            // a retry sends what this attempt sent.
+            e.snapshot = None;
+            e.transition = None;
+            tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, "failure details not gathered in time; sending without them");
         }
         let body = serde_json::to_vec(&e.payload).unwrap_or_default();
         let verdict = active.sender.send(target, &e.webhook_id, &body).await;
@@ -501,6 +542,10 @@ mod tests {
             next_attempt_at: Utc::now(),
             last_error: None,
             payload: serde_json::json!({"n": n}),
+            triage_until: None,
+            failure: None,
+            snapshot: None,
+            transition: None,
         }
     }
 

@@ -69,6 +69,19 @@ pub struct OutboxEntry {
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
     pub payload: serde_json::Value,
+    /// Failure triage still running: the message waits for it until then at the
+    /// latest, and goes out with its fallback payload after that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triage_until: Option<DateTime<Utc>>,
+    /// What triage gathered (already rendered into `payload`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<super::Failure>,
+    /// The job and transition, kept while triage runs so the message can be rendered
+    /// again with its details (after a restart too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Box<super::JobSnapshot>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<super::Transition>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -36,6 +36,8 @@ pub struct Message<'a> {
     pub owner: Option<&'a crate::people::Person>,
     /// Whether this message mentions the owner (the channel's `mention_owner` has the event).
     pub mention: bool,
+    /// Why the job failed, when triage ran for this message.
+    pub failure: Option<&'a crate::domain::Failure>,
 }
 
 /// The text a template produced, escaped for the channel's markup.

@@ -26,6 +26,9 @@ impl Kind for Slack {
     }
     fn payload(&self, m: &Message) -> Value {
         let mut v = payload(m.rendered, m.link);
+        if let Some(f) = m.failure {
+            add_failure(&mut v, f);
+        }
         // The only way a mention enters a message: a member ID from the people
         // directory (validated as `U`/`W` + [A-Z0-9]), in a block we build.
         if m.mention
@@ -114,6 +117,62 @@ pub fn payload(r: &Rendered, link: Option<&str>) -> Value {
         "unfurl_links": false,
         "unfurl_media": false
     })
+}
+
+/// Slack's code block for a log tail: lines are text elements of a
+/// `rich_text_preformatted` block, where nothing is parsed as markup or a mention.
+fn add_failure(v: &mut Value, f: &crate::domain::Failure) {
+    let Some(blocks) = v["blocks"].as_array_mut() else {
+        return;
+    };
+    let at = blocks
+        .iter()
+        .position(|b| b["type"] == "actions")
+        .unwrap_or(blocks.len());
+    if let Some(t) = f.tasks.iter().find(|t| !t.log_tail.is_empty()) {
+        let head = format!(
+            "Last {} log lines of {} ({}):",
+            t.log_tail.len(),
+            crate::render::sanitize(&t.label()),
+            crate::render::sanitize(&t.step_name)
+        );
+        let log = tail_within(&t.log_tail, TEXT_LIMIT - 100);
+        blocks.insert(
+            at,
+            json!({"type": "rich_text", "elements": [
+                {"type": "rich_text_section", "elements": [{"type": "text", "text": truncate(&head, 300), "style": {"bold": true}}]},
+                {"type": "rich_text_preformatted", "elements": [{"type": "text", "text": log}]}
+            ]}),
+        );
+    }
+    if let Some(url) = f.tasks.first().and_then(|t| t.link.as_deref())
+        && let Some(actions) = blocks
+            .iter_mut()
+            .find(|b| b["type"] == "actions")
+            .and_then(|b| b["elements"].as_array_mut())
+    {
+        actions.push(json!({
+            "type": "button",
+            "text": {"type": "plain_text", "text": "Open failed task"},
+            "url": url
+        }));
+    }
+}
+
+/// The last lines of `lines` that fit in `limit` characters (the newest matter most).
+pub fn tail_within(lines: &[String], limit: usize) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut used = 0;
+    for l in lines.iter().rev() {
+        let n = l.chars().count() + 1;
+        if used + n > limit {
+            break;
+        }
+        used += n;
+        kept.push(l);
+    }
+    kept.reverse();
+    kept.join("\n")
 }
 
 #[cfg(test)]

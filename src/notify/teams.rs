@@ -40,7 +40,7 @@ impl Kind for Teams {
         }
     }
     fn payload(&self, m: &Message) -> Value {
-        let mut v = payload(m.rendered, m.link);
+        let mut v = payload_with(m.rendered, m.link, m.failure);
         // A mention entity from the people directory (name and id validated: no
         // markup); job text stays in TextRuns, which never mention anyone.
         if m.mention
@@ -77,7 +77,31 @@ fn run(text: &str, title: bool) -> Value {
     }
 }
 
-fn card(r: &Rendered, link: Option<&str>, budget: usize) -> Value {
+/// A log tail as monospace TextRuns in a RichTextBlock: never a Markdown TextBlock,
+/// so a log line cannot format, link or mention.
+fn log_blocks(f: &crate::domain::Failure, budget: usize) -> Vec<Value> {
+    let Some(t) = f.tasks.iter().find(|t| !t.log_tail.is_empty()) else {
+        return Vec::new();
+    };
+    let head = format!(
+        "Last {} log lines of {} ({}):",
+        t.log_tail.len(),
+        t.label(),
+        t.step_name
+    );
+    let log = super::slack::tail_within(&t.log_tail, budget.min(4000));
+    vec![
+        json!({"type": "RichTextBlock", "inlines": [{"type": "TextRun", "text": truncate(&head, 300), "weight": "Bolder"}]}),
+        json!({"type": "RichTextBlock", "inlines": [{"type": "TextRun", "text": log, "fontType": "Monospace", "size": "Small"}]}),
+    ]
+}
+
+fn card(
+    r: &Rendered,
+    link: Option<&str>,
+    failure: Option<&crate::domain::Failure>,
+    budget: usize,
+) -> Value {
     let mut body = vec![run(&truncate(&r.title, 500.min(budget)), true)];
     let mut left = budget;
     for line in r.body.lines().filter(|l| !l.trim().is_empty()) {
@@ -88,14 +112,27 @@ fn card(r: &Rendered, link: Option<&str>, budget: usize) -> Value {
         left = left.saturating_sub(t.chars().count());
         body.push(run(&t, false));
     }
+    if let Some(f) = failure {
+        body.extend(log_blocks(f, budget));
+    }
     let mut content = json!({
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
         "version": "1.5",
         "body": body,
     });
+    let mut actions = Vec::new();
     if let Some(url) = link {
-        content["actions"] = json!([{"type": "Action.OpenUrl", "title": "Open in Deadline Cloud monitor", "url": url}]);
+        actions.push(json!({"type": "Action.OpenUrl", "title": "Open in Deadline Cloud monitor", "url": url}));
+    }
+    if let Some(url) = failure
+        .and_then(|f| f.tasks.first())
+        .and_then(|t| t.link.as_deref())
+    {
+        actions.push(json!({"type": "Action.OpenUrl", "title": "Open failed task", "url": url}));
+    }
+    if !actions.is_empty() {
+        content["actions"] = json!(actions);
     }
     json!({
         "type": "message",
@@ -108,11 +145,19 @@ fn card(r: &Rendered, link: Option<&str>, budget: usize) -> Value {
 }
 
 pub fn payload(r: &Rendered, link: Option<&str>) -> Value {
+    payload_with(r, link, None)
+}
+
+pub fn payload_with(
+    r: &Rendered,
+    link: Option<&str>,
+    failure: Option<&crate::domain::Failure>,
+) -> Value {
     // Shrink the text budget until the serialized envelope fits, so that escaping
     // growth (JSON `\uXXXX`, multi-byte characters) is accounted for.
     let mut budget = 12_000usize;
     loop {
-        let v = card(r, link, budget);
+        let v = card(r, link, failure, budget);
         let size = serde_json::to_vec(&v)
             .map(|b| b.len())
             .unwrap_or(usize::MAX);

@@ -22,6 +22,10 @@ impl Kind for Webhook {
     }
     fn payload(&self, m: &Message) -> Value {
         let mut v = payload(m.team, m.rendered, m.job, m.transition);
+        if let Some(f) = m.failure {
+            v["data"]["failure"] =
+                serde_json::to_value(within(f, FAILURE_LIMIT)).unwrap_or(Value::Null);
+        }
         // Absent, not null, when the owner maps to nobody.
         if let Some(p) = m.owner {
             v["data"]["owner"] = json!({
@@ -52,6 +56,23 @@ impl Kind for Webhook {
         }
         Ok(h)
     }
+}
+
+/// Serialized size `data.failure` is kept under: log tails lose their oldest lines.
+pub const FAILURE_LIMIT: usize = 12_000;
+
+fn within(f: &crate::domain::Failure, limit: usize) -> crate::domain::Failure {
+    let mut f = f.clone();
+    while serde_json::to_vec(&f).map_or(0, |b| b.len()) > limit {
+        let Some(t) = f.tasks.iter_mut().max_by_key(|t| t.log_tail.len()) else {
+            break;
+        };
+        if t.log_tail.is_empty() {
+            break;
+        }
+        t.log_tail.remove(0);
+    }
+    f
 }
 
 /// Keeps the envelope well under the 20 KB Standard Webhooks recommends.

@@ -43,7 +43,12 @@ url = "http://127.0.0.1:1/w"
         let channel = cfg.teams[0].channel(kind.as_str()).unwrap();
         for event in Event::ALL {
             let (job, tr) = render::sample_job(event);
-            let payload = renderer.payload("lighting", channel, &job, &tr).unwrap();
+            let failure = deadline_notifier::triage::EVENTS
+                .contains(&event)
+                .then(|| deadline_notifier::triage::sample_failure(&job.key, renderer.monitor()));
+            let payload = renderer
+                .payload_with("lighting", channel, &job, &tr, failure.as_ref())
+                .unwrap();
             let got = serde_json::to_string_pretty(&payload).unwrap() + "\n";
             let file = root
                 .join("tests/golden")

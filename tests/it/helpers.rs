@@ -218,6 +218,10 @@ impl Launcher {
                 "AWS_ENDPOINT_URL_DEADLINE",
                 format!("http://{}", self.sim_addr),
             )
+            .env(
+                "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
+                format!("http://{}", self.sim_addr),
+            )
             .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
             .env("AWS_SECRET_ACCESS_KEY", "secret-test")
             .env("AWS_REGION", "us-west-2")

@@ -9,4 +9,5 @@ mod pipeline;
 mod reload;
 mod security;
 mod startup;
+mod triage;
 mod watches;

@@ -218,7 +218,7 @@ pub(super) async fn list_steps(
     Path((farm, queue, job)): Path<(String, String, String)>,
     Query(p): Query<Page>,
 ) -> Response {
-    if let Some(r) = sim.gate().await {
+    if let Some(r) = sim.gate_details().await {
         return r;
     }
     let key = JobKey {
@@ -260,7 +260,7 @@ pub(super) async fn list_tasks(
     Path((farm, queue, job, step)): Path<(String, String, String, String)>,
     Query(p): Query<Page>,
 ) -> Response {
-    if let Some(r) = sim.gate().await {
+    if let Some(r) = sim.gate_details().await {
         return r;
     }
     let key = JobKey {
@@ -412,7 +412,7 @@ pub(super) async fn batch_get_session_action(
     State(sim): State<Simulator>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = sim.gate().await {
+    if let Some(r) = sim.gate_details().await {
         return r;
     }
     sim.lock().stats.batch_get_session_action += 1;
@@ -458,7 +458,7 @@ pub(super) async fn batch_get_session(
     State(sim): State<Simulator>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = sim.gate().await {
+    if let Some(r) = sim.gate_details().await {
         return r;
     }
     sim.lock().stats.batch_get_session += 1;

@@ -1,0 +1,427 @@
+//! Failure triage: why a job failed, gathered after its failure transition is
+//! committed and before its message is built. The message waits at most
+//! `[triage] timeout`; a triage that fails, is throttled or is slow never drops or
+//! holds it longer: it goes out with what was gathered and says what was not.
+//!
+//! The watcher queues the failure's messages with a fallback payload and
+//! `triage_until`; it hands the job to [`run`], which gathers, re-renders each
+//! message with `failure`, stores payload and facts with the outbox entry (so a
+//! retry or a restart sends the same message) and wakes the channel's worker.
+use crate::config::TriageConfig;
+use crate::deadline::SourceError;
+use crate::deadline::client::DeadlineClient;
+use crate::deadline::logs::LogsClient;
+use crate::deliver::Wakers;
+use crate::domain::{Event, FailedStep, FailedTask, Failure, JobKey, JobSnapshot, Transition};
+use crate::monitor::Monitor;
+use crate::reload::Live;
+use crate::schedule::Budget;
+use crate::store::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Calls triage may make at once after a quiet spell: about two failed jobs' worth.
+const BURST: f64 = 16.0;
+
+/// The events whose messages always carry triage (others only when their template
+/// uses `failure`).
+pub const EVENTS: &[Event] = &[Event::Failed, Event::TasksFailed, Event::NotCompatible];
+
+/// Said in a message whose triage never finished (a crash, an outage).
+pub const NOT_GATHERED: &str = "details could not be gathered in time";
+
+/// (team, channel, outbox seq): one message waiting for triage.
+pub type Waiting = (String, String, u64);
+
+/// One committed failure whose messages wait for triage.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub job: JobSnapshot,
+    pub transition: Transition,
+    /// (team, channel, outbox seq) of each waiting message.
+    pub entries: Vec<Waiting>,
+}
+
+/// The watcher's side of the triage queue.
+#[derive(Clone)]
+pub struct Handle(Option<mpsc::UnboundedSender<Request>>);
+
+impl Handle {
+    pub fn new() -> (Handle, mpsc::UnboundedReceiver<Request>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Handle(Some(tx)), rx)
+    }
+
+    /// A handle whose requests go nowhere (the messages go out at their deadline,
+    /// saying details were not gathered).
+    pub fn detached() -> Handle {
+        Handle(None)
+    }
+
+    pub fn submit(&self, r: Request) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+/// The Deadline and CloudWatch Logs calls triage makes, within its own share of
+/// the request budget.
+pub struct Gatherer {
+    deadline: Arc<DeadlineClient>,
+    logs: Option<Arc<LogsClient>>,
+    budget: Mutex<Budget>,
+    epoch: Instant,
+}
+
+impl Gatherer {
+    pub fn new(
+        deadline: Arc<DeadlineClient>,
+        logs: Option<Arc<LogsClient>>,
+        rate: f64,
+    ) -> Gatherer {
+        Gatherer {
+            deadline,
+            logs,
+            budget: Mutex::new(Budget::with_burst(rate, 0, BURST)),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.budget.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_rate(&self, rate: f64) {
+        self.budget().set_max(rate);
+    }
+
+    /// Waits for a request token.
+    async fn token(&self) {
+        loop {
+            let wait = {
+                let now = self.now_ms();
+                let mut b = self.budget();
+                let w = b.wait(now);
+                if w == 0 {
+                    b.take(now);
+                }
+                w
+            };
+            if wait == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+
+    fn noted<T>(&self, r: Result<T, SourceError>) -> Result<T, SourceError> {
+        match &r {
+            Ok(_) => self.budget().on_success(),
+            Err(SourceError::Throttled { .. }) => {
+                let now = self.now_ms();
+                self.budget().on_throttle(now, None);
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// Gathers the failure of `job`, within `cfg.timeout`. Never fails: what could
+    /// not be gathered is named in `unavailable`.
+    pub async fn gather(
+        &self,
+        cfg: &TriageConfig,
+        job: &JobSnapshot,
+        monitor: Option<&Monitor>,
+    ) -> Failure {
+        let mut f = Failure {
+            failed_task_count: job.count("FAILED"),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let r =
+            tokio::time::timeout(cfg.timeout, self.collect(cfg, &job.key, monitor, &mut f)).await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => f.unavailable = Some(e.to_string()),
+            Err(_) => {
+                f.unavailable = Some(format!(
+                    "gathering took longer than {}",
+                    humantime::format_duration(cfg.timeout)
+                ))
+            }
+        }
+        metrics::histogram!("deadline_notifier_triage_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("deadline_notifier_triage_total", "outcome" => if f.unavailable.is_some() { "partial" } else { "complete" }).increment(1);
+        f
+    }
+
+    /// Fills `f` step by step, so a timeout keeps what was gathered.
+    async fn collect(
+        &self,
+        cfg: &TriageConfig,
+        key: &JobKey,
+        monitor: Option<&Monitor>,
+        f: &mut Failure,
+    ) -> Result<(), SourceError> {
+        self.token().await;
+        let steps = self.noted(self.deadline.steps(key).await)?;
+        f.steps = steps
+            .iter()
+            .filter(|s| s.failed > 0)
+            .map(|s| FailedStep {
+                step_id: s.step_id.clone(),
+                name: s.name.clone(),
+                failed_count: s.failed,
+                link: monitor.and_then(|m| m.step(key, &s.step_id)),
+            })
+            .collect();
+        if f.failed_task_count == 0 {
+            f.failed_task_count = f.steps.iter().map(|s| s.failed_count).sum();
+        }
+        let mut actions: HashMap<String, usize> = HashMap::new();
+        for step in f.steps.clone() {
+            if f.tasks.len() >= cfg.max_tasks {
+                break;
+            }
+            self.token().await;
+            let tasks = self.noted(
+                self.deadline
+                    .failed_tasks(key, &step.step_id, cfg.max_tasks - f.tasks.len())
+                    .await,
+            )?;
+            for t in tasks {
+                if let Some(a) = &t.latest_session_action_id {
+                    actions.insert(a.clone(), f.tasks.len());
+                }
+                f.tasks.push(FailedTask {
+                    link: monitor.and_then(|m| m.task(key, &step.step_id, &t.task_id)),
+                    step_id: step.step_id.clone(),
+                    step_name: step.name.clone(),
+                    task_id: t.task_id,
+                    parameters: t.parameters,
+                    retries: t.retries,
+                    ..Default::default()
+                });
+            }
+        }
+        if actions.is_empty() {
+            return Ok(());
+        }
+        self.token().await;
+        let ids: Vec<String> = actions.keys().cloned().collect();
+        let found = self.noted(self.deadline.session_actions(key, &ids).await)?;
+        let mut windows = HashMap::new();
+        let mut sessions: HashMap<String, Vec<usize>> = HashMap::new();
+        for a in found {
+            let Some(&i) = actions.get(&a.session_action_id) else {
+                continue;
+            };
+            let t = &mut f.tasks[i];
+            t.exit_code = a.exit_code.map(i64::from);
+            t.message = a
+                .progress_message
+                .as_deref()
+                .map(crate::redact::clean_line)
+                .filter(|m| !m.is_empty());
+            windows.insert(i, (a.started_at, a.ended_at, a.session_id.clone()));
+            sessions.entry(a.session_id).or_default().push(i);
+        }
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        self.token().await;
+        let ids: Vec<String> = sessions.keys().cloned().collect();
+        let found = self.noted(self.deadline.sessions(key, &ids).await)?;
+        let mut streams = HashMap::new();
+        for s in found {
+            for &i in sessions.get(&s.session_id).into_iter().flatten() {
+                f.tasks[i].host = s.host.as_deref().map(crate::redact::clean_line);
+                let group = s
+                    .log_group
+                    .clone()
+                    .unwrap_or_else(|| format!("/aws/deadline/{}/{}", key.farm_id, key.queue_id));
+                let stream = s.log_stream.clone().unwrap_or_else(|| s.session_id.clone());
+                streams.insert(i, (group, stream));
+            }
+        }
+        let Some(logs) = self.logs.as_ref().filter(|_| cfg.logs) else {
+            return Ok(());
+        };
+        let mut order: Vec<usize> = streams.keys().copied().collect();
+        order.sort_unstable();
+        for i in order {
+            let (group, stream) = &streams[&i];
+            let (start, end) = windows.get(&i).map_or((None, None), |w| (w.0, w.1));
+            self.token().await;
+            match logs.tail(group, stream, start, end, cfg.log_lines).await {
+                Ok(lines) => f.tasks[i].log_tail = crate::redact::clean_tail(&lines),
+                // The rest is still worth sending; one failure names the problem and
+                // spares the endpoint the other calls.
+                Err(e) => {
+                    f.unavailable = Some(format!("log lines unavailable: {e}"));
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A sample failure for previews, template checks and golden files.
+pub fn sample_failure(key: &JobKey, monitor: Option<&Monitor>) -> Failure {
+    let step = format!("step-{}", "1".repeat(32));
+    let task = |n: usize, frame: &str| FailedTask {
+        step_id: step.clone(),
+        step_name: "Render".into(),
+        task_id: format!("task-{}-{n}", "1".repeat(32)),
+        parameters: [("Frame".to_string(), frame.to_string())].into(),
+        exit_code: Some(137),
+        message: Some("Render process was killed (out of memory)".into()),
+        retries: Some(2),
+        host: Some("render-042".into()),
+        log_tail: vec![
+            format!("Rendering frame {frame}"),
+            "Memory in use: 61.8 GiB of 64 GiB".into(),
+            "ERROR: std::bad_alloc".into(),
+            "Process exited with code 137".into(),
+        ],
+        link: monitor.and_then(|m| m.task(key, &step, &format!("task-{}-{n}", "1".repeat(32)))),
+    };
+    Failure {
+        failed_task_count: 2,
+        steps: vec![FailedStep {
+            step_id: step.clone(),
+            name: "Render".into(),
+            failed_count: 2,
+            link: monitor.and_then(|m| m.step(key, &step)),
+        }],
+        tasks: vec![task(41, "1042"), task(42, "1043")],
+        unavailable: None,
+    }
+}
+
+/// Runs triage requests as they come (and those a restart left), a few at a time.
+pub async fn run(
+    gatherer: Arc<Gatherer>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    store: Store,
+    live: Live,
+    wakers: Wakers,
+) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut tasks = tokio::task::JoinSet::new();
+    match store.run(|s| s.outbox_awaiting_triage()).await {
+        Ok(left) => {
+            for r in group(left) {
+                tracing::info!(job = %r.job.key, "triage left unfinished by the last run; gathering again");
+                tasks.spawn(one(
+                    gatherer.clone(),
+                    r,
+                    store.clone(),
+                    live.clone(),
+                    wakers.clone(),
+                    limit.clone(),
+                ));
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the outbox for unfinished triage"),
+    }
+    loop {
+        tokio::select! {
+            r = requests.recv() => match r {
+                Some(r) => {
+                    tasks.spawn(one(gatherer.clone(), r, store.clone(), live.clone(), wakers.clone(), limit.clone()));
+                }
+                None => break,
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Entries awaiting triage, grouped by the transition they announce.
+fn group(entries: Vec<crate::domain::OutboxEntry>) -> Vec<Request> {
+    let mut by: HashMap<String, Request> = HashMap::new();
+    for e in entries {
+        let (Some(job), Some(tr)) = (e.snapshot.clone(), e.transition.clone()) else {
+            continue;
+        };
+        let k = format!(
+            "{}|{}|{}",
+            e.job,
+            tr.event,
+            tr.detected_at.timestamp_micros()
+        );
+        by.entry(k)
+            .or_insert_with(|| Request {
+                job: *job,
+                transition: tr,
+                entries: Vec::new(),
+            })
+            .entries
+            .push((e.team.clone(), e.channel.clone(), e.seq));
+    }
+    by.into_values().collect()
+}
+
+async fn one(
+    gatherer: Arc<Gatherer>,
+    r: Request,
+    store: Store,
+    live: Live,
+    wakers: Wakers,
+    limit: Arc<tokio::sync::Semaphore>,
+) {
+    let _permit = limit.acquire_owned().await;
+    let active = live.current();
+    gatherer.set_rate(active.config.triage_budget().max(0.1));
+    let failure = gatherer
+        .gather(&active.config.triage, &r.job, active.renderer.monitor())
+        .await;
+    if let Some(why) = &failure.unavailable {
+        tracing::warn!(job = %r.job.key, reason = %why, "failure details partly unavailable; sending what was gathered");
+    }
+    for (team, channel, seq) in &r.entries {
+        let Some(ch) = active
+            .config
+            .team(team)
+            .and_then(|t| t.channel(channel))
+            .cloned()
+        else {
+            continue;
+        };
+        let payload = match active.renderer.payload_with(
+            team,
+            &ch,
+            &r.job,
+            &r.transition,
+            Some(&failure),
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(job = %r.job.key, %team, %channel, error = %e, "template failed with the failure details; the message keeps its fallback");
+                continue;
+            }
+        };
+        let (t, c, s, f) = (team.clone(), channel.clone(), *seq, failure.clone());
+        match store
+            .run(move |st| st.finish_triage(&t, &c, s, payload, f))
+            .await
+        {
+            Ok(_) => wakers.wake(team, channel),
+            Err(e) => {
+                tracing::error!(job = %r.job.key, %team, %channel, error = %e, "cannot store the triaged message; it goes out with its fallback")
+            }
+        }
+    }
+}
