@@ -273,6 +273,7 @@ async fn run_throughput(m: usize, sim: String, sink: String, stats: String) {
             ),
             since: now,
             terminal_since: None,
+            progress: Default::default(),
         };
         store.commit_observation(&state, entries).unwrap();
     }

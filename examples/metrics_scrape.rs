@@ -92,6 +92,7 @@ url = "http://127.0.0.1:9/hook"
             status: JobStatus::of(&JobSnapshot::sample(key(i), "x")),
             since: now,
             terminal_since: None,
+            progress: Default::default(),
         };
         store.commit_observation(&st, vec![e]).unwrap();
     }

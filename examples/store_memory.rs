@@ -35,6 +35,7 @@ fn main() {
                     status,
                     since: now,
                     terminal_since: None,
+                    progress: Default::default(),
                 },
                 vec![],
             )

@@ -1009,11 +1009,13 @@ async fn preview(
         })?,
     };
     let (job, tr) = crate::render::sample_job(event);
-    let payload = st
-        .live
-        .current()
+    let active = st.live.current();
+    let failure = crate::triage::EVENTS
+        .contains(&event)
+        .then(|| crate::triage::sample_failure(&job.key, active.renderer.monitor()));
+    let payload = active
         .renderer
-        .payload(&team.name, &channel, &job, &tr)
+        .payload_with(&team.name, &channel, &job, &tr, failure.as_ref())
         .map_err(|e| ApiError::BadRequest(format!("the channel's template fails: {e}")))?;
     Ok(Json(payload))
 }

@@ -178,6 +178,12 @@ pub struct DeadlineConfig {
     /// Terminal jobs (within `terminal_grace`) are polled this many times less often.
     #[serde(default = "default_factor")]
     pub terminal_factor: u32,
+    /// `job.stalled`: RUNNING with tasks running but no task succeeded for this long.
+    #[serde(default = "default_stall_after", deserialize_with = "duration::de")]
+    pub stall_after: Duration,
+    /// `job.progress`: percentages of succeeded tasks that are announced (once each).
+    #[serde(default = "default_milestones")]
+    pub progress_milestones: Vec<u32>,
     /// How often watched queues are searched for new jobs.
     #[serde(
         default = "default_discovery_interval",
@@ -191,6 +197,13 @@ pub struct DeadlineConfig {
         deserialize_with = "duration::de"
     )]
     pub discovery_overlap: Duration,
+}
+
+fn default_stall_after() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_milestones() -> Vec<u32> {
+    vec![50, 90]
 }
 
 fn default_discovery_interval() -> Duration {
@@ -284,6 +297,8 @@ impl Default for DeadlineConfig {
             max_attempts: default_attempts(),
             monitor_url: None,
             farm_regions: Default::default(),
+            stall_after: default_stall_after(),
+            progress_milestones: default_milestones(),
             max_requests_per_second: default_max_rps(),
             idle_after: default_idle_after(),
             idle_factor: default_factor(),
@@ -740,6 +755,19 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                 format!("{region:?} is not an AWS region (like \"eu-west-1\")"),
             ));
         }
+    }
+    let ms = &raw.deadline.progress_milestones;
+    if ms.iter().any(|m| !(1..=99).contains(m)) || ms.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(invalid(
+            "deadline.progress_milestones".into(),
+            format!("{ms:?}: percentages between 1 and 99, in increasing order"),
+        ));
+    }
+    if raw.deadline.stall_after < Duration::from_secs(1) {
+        return Err(invalid(
+            "deadline.stall_after".into(),
+            "must be at least 1s".into(),
+        ));
     }
     let t = &raw.triage;
     if !(1..=100).contains(&t.max_tasks) {

@@ -304,10 +304,14 @@ pub enum Event {
     UploadFailed,
     UpdateFailed,
     Archived,
+    /// RUNNING with tasks running, but no task succeeded for `deadline.stall_after`.
+    Stalled,
+    /// Succeeded tasks passed one of `deadline.progress_milestones` (percent).
+    Progress,
 }
 
 impl Event {
-    pub const ALL: [Event; 12] = [
+    pub const ALL: [Event; 14] = [
         Event::Started,
         Event::Succeeded,
         Event::Failed,
@@ -320,6 +324,8 @@ impl Event {
         Event::UploadFailed,
         Event::UpdateFailed,
         Event::Archived,
+        Event::Stalled,
+        Event::Progress,
     ];
     /// What a subscription receives when it does not say.
     pub const DEFAULTS: [Event; 7] = [
@@ -346,6 +352,8 @@ impl Event {
             Event::UploadFailed => "job.upload_failed",
             Event::UpdateFailed => "job.update_failed",
             Event::Archived => "job.archived",
+            Event::Stalled => "job.stalled",
+            Event::Progress => "job.progress",
         }
     }
 
@@ -387,6 +395,12 @@ pub struct Transition {
     pub previous_task_run_status: Option<TaskRunStatus>,
     pub previous_lifecycle_status: LifecycleStatus,
     pub detected_at: DateTime<Utc>,
+    /// `job.progress`: the milestone passed (percent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub milestone: Option<u32>,
+    /// `job.stalled`: since when no task has succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_since: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

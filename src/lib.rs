@@ -17,6 +17,7 @@ pub mod domain;
 pub mod monitor;
 pub mod notify;
 pub mod people;
+pub mod progress;
 pub mod redact;
 pub mod reload;
 pub mod render;

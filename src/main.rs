@@ -290,6 +290,8 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 previous_task_run_status: None,
                 previous_lifecycle_status: snap.lifecycle_status.clone(),
                 detected_at: chrono::Utc::now(),
+                milestone: None,
+                stalled_since: None,
             };
             print(&renderer.payload(&t.name, ch, &snap, &tr)?);
             Ok(())

@@ -398,6 +398,8 @@ fn event_words(e: Event) -> (&'static str, &'static str) {
         Event::UploadFailed => ("❌", "failed to upload attachments"),
         Event::UpdateFailed => ("❌", "failed to update"),
         Event::Archived => ("🗄️", "was archived"),
+        Event::Stalled => ("🐢", "has stalled"),
+        Event::Progress => ("📈", "passed a milestone"),
     }
 }
 
@@ -438,8 +440,11 @@ pub fn context(
         .map(|(k, v)| (k.clone(), Value::String(v.value.clone())))
         .collect();
     let (emoji, verb) = event_words(tr.event);
+    let remaining = total - succeeded - failed - job.count("CANCELED");
+    let rate = crate::progress::throughput(succeeded, remaining, job.started_at, tr.detected_at);
+    let progress_percent = (total > 0).then(|| succeeded * 100 / total);
     let link = monitor.and_then(|m| m.job(&job.key));
-    json!({
+    let mut ctx = json!({
         "team": team,
         "channel": channel,
         "event": tr.event.as_str(),
@@ -454,6 +459,7 @@ pub fn context(
         "submitter": job.created_by.rsplit('/').next().unwrap_or(&job.created_by),
         "isLifecycleEvent": matches!(tr.event, Event::CreateFailed | Event::UploadFailed | Event::UpdateFailed | Event::Archived),
         "taskTotal": total,
+
         "monitorUrl": link,
         // From the people directory only; `mention` is display text ("@Jane Doe"),
         // the ping itself is added by the channel's payload builder.
@@ -487,7 +493,20 @@ pub fn context(
         "parameters": params,
         "attachments": job.attachments,
         "sourceJobId": job.source_job_id,
-    })
+    });
+    // Progress, throughput and stalls (a second object: json! nests only so deep).
+    let extra = json!({
+        "progressPercent": progress_percent,
+        // Throughput since the job started, and the time the rest would take at it.
+        "tasksPerHour": rate.map(|(r, _)| (r * 10.0).round() / 10.0),
+        "eta": rate.and_then(|(_, eta)| eta).map(|d| human_duration(d.as_secs() as i64)),
+        "milestone": tr.milestone,
+        "stalledFor": tr.stalled_since.map(|s| human_duration((tr.detected_at - s).num_seconds())),
+    });
+    if let (Some(c), Value::Object(e)) = (ctx.as_object_mut(), extra) {
+        c.extend(e);
+    }
+    ctx
 }
 
 /// A job with every optional field present, in the state `event` announces, and the
@@ -581,6 +600,18 @@ pub fn sample_job(event: Event) -> (JobSnapshot, Transition) {
             &[("SUCCEEDED", 600)],
             L::Archived,
         ),
+        Event::Stalled => (
+            S::Running,
+            S::Running,
+            &[("SUCCEEDED", 240), ("RUNNING", 8), ("READY", 352)],
+            L::CreateComplete,
+        ),
+        Event::Progress => (
+            S::Running,
+            S::Running,
+            &[("SUCCEEDED", 310), ("RUNNING", 8), ("READY", 282)],
+            L::CreateComplete,
+        ),
     };
     if matches!(
         lifecycle,
@@ -609,9 +640,17 @@ pub fn sample_job(event: Event) -> (JobSnapshot, Transition) {
         // A job that just started has run for seconds, not an hour.
         detected_at: job.created_at
             + chrono::Duration::seconds(if event == Event::Started { 32 } else { 3631 }),
+        milestone: None,
+        stalled_since: None,
     };
     if event == Event::Started {
         job.updated_at = Some(tr.detected_at);
+    }
+    let mut tr = tr;
+    match event {
+        Event::Progress => tr.milestone = Some(50),
+        Event::Stalled => tr.stalled_since = Some(tr.detected_at - chrono::Duration::minutes(42)),
+        _ => {}
     }
     (job, tr)
 }

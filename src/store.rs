@@ -1611,6 +1611,7 @@ mod tests {
             status: JobStatus::of(&JobSnapshot::sample(key(n), "a")),
             since: Utc::now(),
             terminal_since: None,
+            progress: Default::default(),
         }
     }
 

@@ -10,6 +10,7 @@ use crate::clock::SharedClock;
 use crate::deadline::client::{BATCH_LIMIT, DeadlineClient};
 use crate::deadline::{Fetched, Observed, SourceError};
 use crate::diff::diff;
+use crate::domain::Event;
 use crate::domain::{JobKey, JobStatus, TaskRunStatus, Transition};
 use crate::domain::{JobState, OutboxEntry, Subscription};
 use crate::reload::{Active, Live};
@@ -194,6 +195,8 @@ struct Known {
     status: JobStatus,
     since: chrono::DateTime<chrono::Utc>,
     terminal_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// In memory at every read; stored when a milestone or stall fires or clears.
+    progress: crate::progress::Progress,
 }
 
 impl From<JobState> for Known {
@@ -202,6 +205,7 @@ impl From<JobState> for Known {
             status: s.status,
             since: s.since,
             terminal_since: s.terminal_since,
+            progress: s.progress,
         }
     }
 }
@@ -778,6 +782,7 @@ impl Loop {
                     status: JobStatus::of(&start),
                     since: job.created_at,
                     terminal_since: None,
+                    progress: Default::default(),
                 };
                 blocking(|| store.commit_observation(&state, Vec::new()))?;
             }
@@ -867,17 +872,57 @@ impl Loop {
             return Ok(());
         };
         let prev = t.state.as_ref();
-        if prev.is_some_and(|p| p.status == observed.status) {
+        let now = self.w.clock.now();
+        let (succeeded, total, running, started_at) = observed.progress();
+        let seen = crate::progress::Seen {
+            succeeded,
+            total,
+            running,
+            status: observed.status.task_run_status.as_ref(),
+            started_at,
+        };
+        let dl = &self.active.config.deadline;
+        let (progress, fires, progress_changed) = match prev {
+            Some(p) => crate::progress::step(
+                &p.progress,
+                &seen,
+                now,
+                dl.stall_after,
+                &dl.progress_milestones,
+            ),
+            None => (
+                crate::progress::baseline(&seen, &dl.progress_milestones),
+                Vec::new(),
+                false,
+            ),
+        };
+        let same = prev.is_some_and(|p| p.status == observed.status);
+        if same && fires.is_empty() && !progress_changed {
+            if let Some(k) = self.tracked.get_mut(key).and_then(|t| t.state.as_mut()) {
+                k.progress = progress;
+            }
             return Ok(());
         }
         // Changed (or first seen): only now is the full snapshot built.
         let cur = observed.status.clone();
         let snap = observed.snapshot(key.clone());
-        let now = self.w.clock.now();
         if self.active.config.people.owner(&snap.created_by).is_none() {
             self.w.health.note_unmapped(&snap.created_by, now);
         }
-        let events = diff(prev.map(|p| &p.status), &cur);
+        let mut events = diff(prev.map(|p| &p.status), &cur);
+        let (mut milestone, mut stalled_since) = (None, None);
+        for f in &fires {
+            match f {
+                crate::progress::Fire::Milestone(m) => {
+                    milestone = Some(*m);
+                    events.push(Event::Progress);
+                }
+                crate::progress::Fire::Stalled { since } => {
+                    stalled_since = Some(*since);
+                    events.push(Event::Stalled);
+                }
+            }
+        }
         let terminal_since = if cur.is_terminal() {
             prev.and_then(|p| p.terminal_since).or(Some(now))
         } else {
@@ -892,6 +937,10 @@ impl Loop {
                     p.status.lifecycle_status.clone()
                 }),
                 detected_at: now,
+                milestone: (d.event == Event::Progress).then_some(milestone).flatten(),
+                stalled_since: (d.event == Event::Stalled)
+                    .then_some(stalled_since)
+                    .flatten(),
             };
             // A failure's message waits (up to the triage timeout) for why it
             // failed; meanwhile it holds a fallback that says details are missing.
@@ -941,8 +990,10 @@ impl Loop {
         let state = JobState {
             job: snap.key.clone(),
             status: cur,
-            since: now,
+            // When the status last changed (a milestone alone does not change it).
+            since: prev.filter(|_| same).map_or(now, |p| p.since),
             terminal_since,
+            progress,
         };
         let queued = self.w.store.commit_observation(&state, entries)?;
         for e in &events {

@@ -182,6 +182,36 @@ impl Observed {
         }
     }
 
+    /// (succeeded, total, running tasks, started at): what progress and stalls are
+    /// judged on, read on every poll without building the snapshot.
+    pub fn progress(&self) -> (i64, i64, i64, Option<DateTime<Utc>>) {
+        fn of(
+            counts: Option<&HashMap<dl::types::TaskRunStatus, i32>>,
+            started: Option<&aws_sdk_deadline::primitives::DateTime>,
+        ) -> (i64, i64, i64, Option<DateTime<Utc>>) {
+            let get = |s: dl::types::TaskRunStatus| {
+                counts.and_then(|m| m.get(&s)).map_or(0, |n| i64::from(*n))
+            };
+            let total = counts.map_or(0, |m| m.values().map(|n| i64::from(*n)).sum());
+            (
+                get(dl::types::TaskRunStatus::Succeeded),
+                total,
+                get(dl::types::TaskRunStatus::Running),
+                started.map(time),
+            )
+        }
+        match &self.raw {
+            Raw::Item(o) => of(o.task_run_status_counts(), o.started_at()),
+            Raw::Output(o) => of(o.task_run_status_counts(), o.started_at()),
+            Raw::Snapshot(s) => (
+                s.count("SUCCEEDED"),
+                s.task_run_status_counts.values().sum(),
+                s.count("RUNNING"),
+                s.started_at,
+            ),
+        }
+    }
+
     pub fn snapshot(self, key: JobKey) -> JobSnapshot {
         match self.raw {
             Raw::Item(o) => snapshot!(o, key),

@@ -555,6 +555,7 @@ mod tests {
             status: JobStatus::of(&JobSnapshot::sample(key(n), "x")),
             since: Utc::now(),
             terminal_since: None,
+            progress: Default::default(),
         }
     }
 

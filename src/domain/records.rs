@@ -47,6 +47,9 @@ pub struct JobState {
     pub since: DateTime<Utc>,
     /// When the job was first seen terminal (cleared by a requeue).
     pub terminal_since: Option<DateTime<Utc>>,
+    /// Milestones and stalls announced (see [`crate::progress`]).
+    #[serde(default)]
+    pub progress: crate::progress::Progress,
 }
 
 /// A message waiting to be delivered to one channel.

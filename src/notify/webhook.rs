@@ -22,6 +22,13 @@ impl Kind for Webhook {
     }
     fn payload(&self, m: &Message) -> Value {
         let mut v = payload(m.team, m.rendered, m.job, m.transition);
+        if let Some(ms) = m.transition.milestone {
+            v["data"]["milestone"] = json!(ms);
+        }
+        if let Some(t) = m.transition.stalled_since {
+            v["data"]["stalledSince"] =
+                json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        }
         if let Some(f) = m.failure {
             v["data"]["failure"] =
                 serde_json::to_value(within(f, FAILURE_LIMIT)).unwrap_or(Value::Null);

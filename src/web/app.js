@@ -40,6 +40,8 @@ const EVENT_TEXT = {
   "job.upload_failed": "Attachments upload failed",
   "job.update_failed": "Update failed",
   "job.archived": "Archived",
+  "job.stalled": "Stalled (no task finished for a while)",
+  "job.progress": "Passed a progress milestone",
 };
 
 const state = {

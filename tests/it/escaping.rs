@@ -218,6 +218,8 @@ fn hostile_text_never_breaks_a_payload() {
                 previous_task_run_status: Some(TaskRunStatus::Running),
                 previous_lifecycle_status: LifecycleStatus::CreateComplete,
                 detected_at: snap.created_at + chrono::Duration::seconds(90),
+                milestone: None,
+                stalled_since: None,
             };
             for r in [&defaults, &custom] {
                 for (kind, ch) in [("slack", "s"), ("teams", "t"), ("webhook", "w")] {
@@ -280,6 +282,8 @@ fn a_job_value_cannot_rearrange_the_message() {
         previous_task_run_status: Some(TaskRunStatus::Running),
         previous_lifecycle_status: LifecycleStatus::CreateComplete,
         detected_at: chrono::Utc::now(),
+        milestone: None,
+        stalled_since: None,
     };
     let payload = |kind: &str, name: &str| {
         let channel = Channel {

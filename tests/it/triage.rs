@@ -381,3 +381,85 @@ async fn a_restart_between_detection_and_delivery_sends_the_same_triage() {
     assert_eq!(got.body["data"]["failure"], sent.body["data"]["failure"]);
     assert!(got.raw.contains("first run's log"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_milestones_and_a_stall_fire_once_each_across_a_restart() {
+    let mut env = Env::new().await;
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap().replace(
+        "max_attempts = 3",
+        "max_attempts = 3\nstall_after = \"2s\"\nprogress_milestones = [50, 90]",
+    );
+    std::fs::write(env.config_path(), cfg).unwrap();
+    let mut svc = env.start().await;
+    let key = env.sim.add_job(JobSpec {
+        name: "shot_080 long sim".into(),
+        task_run_status: Some("RUNNING".into()),
+        task_run_status_counts: Some(
+            [("RUNNING".to_string(), 4), ("READY".to_string(), 16)].into(),
+        ),
+        ..Default::default()
+    });
+    env.subscribe_job(
+        &key,
+        serde_json::json!({"channels": ["pipeline"], "events": ["job.progress", "job.stalled"]}),
+    )
+    .await;
+    env.observed(&key, 2).await;
+    let counts = |pairs: &[(&str, i64)]| Patch {
+        task_run_status_counts: Some(pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
+        ..Default::default()
+    };
+    let of = |env: &Env, event: &str| {
+        env.delivered_for(&key)
+            .into_iter()
+            .filter(|r| r.body["type"] == event)
+            .collect::<Vec<_>>()
+    };
+    env.sim.patch(
+        &key,
+        &counts(&[("SUCCEEDED", 11), ("RUNNING", 4), ("READY", 5)]),
+    );
+    wait_until(
+        std::time::Duration::from_secs(20),
+        "the 50% message",
+        || of(&env, "job.progress").len() == 1,
+    )
+    .await;
+    // One poll jumps past 90%: one message, for 90.
+    env.sim
+        .patch(&key, &counts(&[("SUCCEEDED", 19), ("RUNNING", 1)]));
+    wait_until(
+        std::time::Duration::from_secs(20),
+        "the 90% message",
+        || of(&env, "job.progress").len() == 2,
+    )
+    .await;
+    let ms: Vec<_> = of(&env, "job.progress")
+        .iter()
+        .map(|r| r.body["data"]["milestone"].clone())
+        .collect();
+    assert_eq!(ms, [serde_json::json!(50), serde_json::json!(90)]);
+    // No growth while a task runs: stalled, once.
+    wait_until(
+        std::time::Duration::from_secs(30),
+        "the stall message",
+        || of(&env, "job.stalled").len() == 1,
+    )
+    .await;
+    env.observed(&key, 10).await;
+    svc.kill();
+    let _svc = env.start().await;
+    env.observed(&key, 10).await;
+    assert_eq!(
+        of(&env, "job.stalled").len(),
+        1,
+        "a stall is announced once, restart or not"
+    );
+    assert_eq!(
+        of(&env, "job.progress").len(),
+        2,
+        "milestones are not announced again"
+    );
+    let s = &of(&env, "job.stalled")[0].body["data"];
+    assert!(s["stalledSince"].is_string(), "{s}");
+}
