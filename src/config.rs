@@ -271,7 +271,7 @@ fn default_triage_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_triage_rps() -> f64 {
-    1.0
+    2.5
 }
 
 impl Default for TriageConfig {

@@ -261,7 +261,7 @@ impl Gatherer {
         for i in order {
             let (group, stream) = &streams[&i];
             let (start, end) = windows.get(&i).map_or((None, None), |w| (w.0, w.1));
-            self.token().await;
+            // CloudWatch Logs has its own quota: no Deadline budget spent here.
             match logs.tail(group, stream, start, end, cfg.log_lines).await {
                 Ok(lines) => f.tasks[i].log_tail = crate::redact::clean_tail(&lines),
                 // The rest is still worth sending; one failure names the problem and
