@@ -5,10 +5,11 @@ docs/previews/. Run by hand after changing a default template:
 
     UPDATE_GOLDEN=1 cargo test --test it golden && python3 scripts/render-previews.py
 
-Needs Debian's chromium (apt-get install chromium). The previews imitate each
+Needs Debian's chromium and Playwright for Python (what scripts/test installs). The previews imitate each
 client's layout closely enough to judge a template; they are not the clients.
 """
 import html
+import os
 import json
 import pathlib
 import re
@@ -18,7 +19,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 OUT = ROOT / "docs" / "previews"
-EVENTS = ["job.started", "job.succeeded", "job.failed", "job.tasks_failed", "job.create_failed", "job.canceled"]
+EVENTS = ["job.succeeded", "job.failed", "job.progress", "job.stalled", "job.create_failed"]
 
 CSS = """
 body { font-family: 'DejaVu Sans', Lato, Arial, sans-serif; margin: 0; padding: 16px; width: 640px; }
@@ -39,6 +40,8 @@ h1 { font-size: 15px; color: #555; margin: 0 0 12px; font-weight: normal; }
 .card .rt { font-size: 14px; margin: 2px 0; color: #242424; white-space: pre-wrap; }
 .card .medium { font-size: 17px; } .card .bolder { font-weight: 600; }
 .card .action { margin-top: 10px; border: 1px solid #5b5fc7; color: #5b5fc7; text-align: center; padding: 5px; border-radius: 4px; font-size: 14px; }
+.card .mono { font-family: 'DejaVu Sans Mono', monospace; font-size: 12px; }
+pre.code { background: #f8f8f8; color: #1d1c1d; border: 1px solid #ddd; font-size: 12px; }
 pre { background: #1e1e1e; color: #d4d4d4; padding: 10px; border-radius: 4px; font-size: 11px; white-space: pre-wrap; word-break: break-all; }
 """
 
@@ -62,6 +65,13 @@ def slack(msg: dict) -> str:
         elif b["type"] == "context":
             for e in b["elements"]:
                 parts.append(f'<div class="mrkdwn" style="font-size:12px;color:#616061">{mrkdwn(e["text"])}</div>')
+        elif b["type"] == "rich_text":
+            for part in b["elements"]:
+                text = "".join(e.get("text", "") for e in part.get("elements", []))
+                if part["type"] == "rich_text_preformatted":
+                    parts.append(f'<pre class="code">{html.escape(text)}</pre>')
+                else:
+                    parts.append(f'<div class="mrkdwn"><b>{html.escape(text)}</b></div>')
         elif b["type"] == "actions":
             for e in b["elements"]:
                 parts.append(f'<span class="button">{html.escape(e["text"]["text"])}</span>')
@@ -77,6 +87,7 @@ def teams(msg: dict) -> str:
         for r in b.get("inlines", []):
             cls = "medium" if r.get("size") == "Medium" else ""
             cls += " bolder" if r.get("weight") == "Bolder" else ""
+            cls += " mono" if r.get("fontType") == "Monospace" else ""
             runs.append(f'<span class="{cls}">{html.escape(r["text"])}</span>')
         parts.append(f'<div class="rt">{"".join(runs)}</div>')
     for a in card.get("actions", []):
@@ -96,22 +107,25 @@ def page(kind: str, body: str) -> str:
 
 
 def main() -> None:
+    from playwright.sync_api import sync_playwright  # installed by scripts/test
+
     OUT.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page_ = browser.new_page(viewport={"width": 672, "height": 800})
         for kind, fn, events in [("slack", slack, EVENTS), ("teams", teams, EVENTS),
-                                 ("webhook", webhook, ["job.succeeded"])]:
+                                 ("webhook", webhook, ["job.failed"])]:
+            if kind == "webhook" and os.environ.get("WEBHOOK_PREVIEW") != "1":
+                continue  # the raw JSON is in tests/golden/webhook/; WEBHOOK_PREVIEW=1 draws it
             body = "".join(fn(json.loads((GOLDEN / kind / f"{e}.json").read_text())) for e in events)
-            src = pathlib.Path(tmp) / f"{kind}.html"
-            src.write_text(page(kind, body), encoding="utf-8")
-            png = OUT / f"{kind}.png"
-            height = {"slack": 1400, "teams": 1440, "webhook": 760}[kind]
-            subprocess.run(
-                ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp}/profile", "--hide-scrollbars", f"--window-size=672,{height}",
-                 f"--screenshot={png}", src.as_uri()],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            print(f"wrote {png.relative_to(ROOT)}")
+            page_.set_content(page(kind, body))
+            out = OUT / f"{kind}.jpg"
+            page_.screenshot(path=out, full_page=True, type="jpeg", quality=50)
+            print(f"wrote {out.relative_to(ROOT)}")
+        browser.close()
 
 
 if __name__ == "__main__":
