@@ -262,6 +262,40 @@ pub struct JobView {
     pub read_at: DateTime<Utc>,
 }
 
+/// The in-memory form of [`JobView`], refreshed in place on every read: a boxed
+/// name and the counts of the known statuses (100k of these stay small).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompactView {
+    pub name: Box<str>,
+    pub task_run_status: Option<TaskRunStatus>,
+    pub lifecycle_status: LifecycleStatus,
+    /// Counts in [`TaskRunStatus::KNOWN`] order (a status the API adds later is not shown).
+    pub counts: [u32; 12],
+    pub read_at: DateTime<Utc>,
+}
+
+impl CompactView {
+    /// The slot of a status in `counts`.
+    pub fn slot(status: &str) -> Option<usize> {
+        TaskRunStatus::KNOWN.iter().position(|k| *k == status)
+    }
+
+    pub fn expand(&self) -> JobView {
+        JobView {
+            name: self.name.to_string(),
+            task_run_status: self.task_run_status.clone(),
+            lifecycle_status: self.lifecycle_status.clone(),
+            task_run_status_counts: TaskRunStatus::KNOWN
+                .iter()
+                .zip(self.counts)
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| (k.to_string(), i64::from(n)))
+                .collect(),
+            read_at: self.read_at,
+        }
+    }
+}
+
 /// The compact form of a job's state that transitions are computed from: kept in
 /// memory for every watched job and written to the store only when it changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

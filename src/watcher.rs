@@ -36,7 +36,7 @@ pub struct Health {
     pub last_deadline_ok_ms: std::sync::atomic::AtomicI64,
     pub watched_jobs: std::sync::atomic::AtomicUsize,
     /// Each watched job's name, status and task counts as last read (for the API).
-    pub views: std::sync::Mutex<std::collections::HashMap<JobKey, crate::domain::JobView>>,
+    pub views: std::sync::Mutex<std::collections::HashMap<Arc<JobKey>, crate::domain::CompactView>>,
     /// Jobs whose last read failed, and why (shown on their subscriptions).
     pub poll_errors: std::sync::Mutex<std::collections::HashMap<JobKey, String>>,
     /// Discovery failures by (farm, queues searched together): message and since when.
@@ -124,18 +124,25 @@ impl Health {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(job)
-            .cloned()
+            .map(crate::domain::CompactView::expand)
     }
 
-    fn set_view(&self, job: &JobKey, v: Option<crate::domain::JobView>) {
+    fn drop_view(&self, job: &JobKey) {
+        self.views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(job);
+    }
+
+    fn refresh_view(
+        &self,
+        job: &Arc<JobKey>,
+        observed: &Observed,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
         let mut g = self.views.lock().unwrap_or_else(|e| e.into_inner());
-        match v {
-            Some(v) => {
-                g.insert(job.clone(), v);
-            }
-            None => {
-                g.remove(job);
-            }
+        if let Some(new) = observed.refresh_view(g.get_mut(&**job), now) {
+            g.insert(job.clone(), new);
         }
     }
 
@@ -412,7 +419,7 @@ impl Loop {
                 if empty {
                     self.unschedule(&sub.job);
                     self.tracked.remove(&sub.job);
-                    self.w.health.set_view(&sub.job, None);
+                    self.w.health.drop_view(&sub.job);
                 }
             }
         }
@@ -456,7 +463,7 @@ impl Loop {
             if empty {
                 self.unschedule(&job);
                 self.tracked.remove(&*job);
-                self.w.health.set_view(&job, None);
+                self.w.health.drop_view(&job);
             }
         }
         Ok(())
@@ -837,9 +844,11 @@ impl Loop {
         match fetched {
             Fetched::Found(snap) => {
                 self.w.health.clear_poll_error(key);
-                self.w
-                    .health
-                    .set_view(key, Some(snap.view(self.w.clock.now())));
+                if let Some((shared, _)) = self.tracked.get_key_value(key) {
+                    self.w
+                        .health
+                        .refresh_view(shared, &snap, self.w.clock.now());
+                }
                 self.observe(key, *snap)?;
                 if self.settled(key) {
                     self.unschedule(key);
@@ -849,7 +858,7 @@ impl Loop {
             }
             Fetched::Gone(reason) => {
                 self.w.health.clear_poll_error(key);
-                self.w.health.set_view(key, None);
+                self.w.health.drop_view(key);
                 let n = self.w.store.end_subscriptions(key, &reason)?;
                 tracing::warn!(job = %key, subscriptions = n, %reason, "job no longer exists in Deadline Cloud; subscription ended");
                 self.unschedule(key);

@@ -5,7 +5,7 @@ mod details;
 use super::{FetchResult, Fetched, JobSummary, SourceError};
 use crate::config::DeadlineConfig;
 use crate::domain::{
-    JobKey, JobSnapshot, JobStatus, JobView, LifecycleStatus, ParameterValue, TaskRunStatus,
+    CompactView, JobKey, JobSnapshot, JobStatus, LifecycleStatus, ParameterValue, TaskRunStatus,
 };
 use aws_sdk_deadline as dl;
 use aws_sdk_deadline::config::interceptors::BeforeTransmitInterceptorContextMut;
@@ -104,27 +104,6 @@ macro_rules! snapshot {
     }};
 }
 
-/// The name and task counts of an SDK job (what the page shows between transitions).
-macro_rules! view {
-    ($o:expr, $status:expr, $now:expr) => {{
-        let o = &$o;
-        JobView {
-            name: o.name().to_string(),
-            task_run_status: $status.task_run_status.clone(),
-            lifecycle_status: $status.lifecycle_status.clone(),
-            task_run_status_counts: o
-                .task_run_status_counts()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.as_str().to_string(), i64::from(*v)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            read_at: $now,
-        }
-    }};
-}
-
 /// The compact status of an SDK job (GetJob output or BatchGetJob item).
 macro_rules! status {
     ($o:expr) => {{
@@ -168,17 +147,61 @@ impl Observed {
         }
     }
 
-    pub fn view(&self, now: DateTime<Utc>) -> JobView {
-        match &self.raw {
-            Raw::Item(o) => view!(o, self.status, now),
-            Raw::Output(o) => view!(o, self.status, now),
-            Raw::Snapshot(s) => JobView {
-                name: s.name.clone(),
-                task_run_status: s.task_run_status.clone(),
-                lifecycle_status: s.lifecycle_status.clone(),
-                task_run_status_counts: s.task_run_status_counts.clone(),
+    /// Refreshes the job's in-memory view in place (allocating only when the name
+    /// changed or the view is new).
+    pub fn refresh_view(
+        &self,
+        slot: Option<&mut CompactView>,
+        now: DateTime<Utc>,
+    ) -> Option<CompactView> {
+        let mut counts = [0u32; 12];
+        let name: &str = match &self.raw {
+            Raw::Item(o) => {
+                fill(&mut counts, o.task_run_status_counts());
+                o.name()
+            }
+            Raw::Output(o) => {
+                fill(&mut counts, o.task_run_status_counts());
+                o.name()
+            }
+            Raw::Snapshot(s) => {
+                for (k, v) in &s.task_run_status_counts {
+                    if let Some(i) = CompactView::slot(k) {
+                        counts[i] = u32::try_from(*v).unwrap_or(0);
+                    }
+                }
+                &s.name
+            }
+        };
+        fn fill(counts: &mut [u32; 12], m: Option<&HashMap<dl::types::TaskRunStatus, i32>>) {
+            for (k, v) in m.into_iter().flatten() {
+                if let Some(i) = CompactView::slot(k.as_str()) {
+                    counts[i] = u32::try_from(*v).unwrap_or(0);
+                }
+            }
+        }
+        match slot {
+            Some(v) => {
+                if &*v.name != name {
+                    v.name = name.into();
+                }
+                if v.task_run_status != self.status.task_run_status {
+                    v.task_run_status = self.status.task_run_status.clone();
+                }
+                if v.lifecycle_status != self.status.lifecycle_status {
+                    v.lifecycle_status = self.status.lifecycle_status.clone();
+                }
+                v.counts = counts;
+                v.read_at = now;
+                None
+            }
+            None => Some(CompactView {
+                name: name.into(),
+                task_run_status: self.status.task_run_status.clone(),
+                lifecycle_status: self.status.lifecycle_status.clone(),
+                counts,
                 read_at: now,
-            },
+            }),
         }
     }
 

@@ -200,7 +200,8 @@ def test_a_hostile_job_name_is_text_and_runs_nothing(watched, stack):
     sign_in(watched, stack)
     page = watched.page
     cell = row(page, "onerror=alert(1)").locator(".job-name")
-    expect(cell).to_have_text(hostile)
+    # Subscribed behind the page's back: it shows at the next refresh (every 5 s).
+    expect(cell).to_have_text(hostile, timeout=20_000)
     assert subs_table(page).locator("img, script, b, svg").count() == 0
     assert watched.dialogs == []
     assert watched.unexpected_console_errors() == []
@@ -235,7 +236,7 @@ def test_a_refresh_keeps_typing_and_focus(watched, stack):
     stack.call("POST", "/v1/subscriptions", {**key})
     sign_in(watched, stack)
     page = watched.page
-    expect(row(page, "shot_400 focus")).to_be_visible()
+    expect(row(page, "shot_400 focus")).to_be_visible(timeout=20_000)
     field = page.get_by_label("Job ID or monitor URL")
     field.click()
     field.type("job-half-typ")
