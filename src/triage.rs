@@ -40,6 +40,8 @@ pub type Waiting = (String, String, u64);
 pub struct Request {
     pub job: JobSnapshot,
     pub transition: Transition,
+    /// When its messages stop waiting (they go out with their fallback then).
+    pub until: chrono::DateTime<chrono::Utc>,
     /// (team, channel, outbox seq) of each waiting message.
     pub entries: Vec<Waiting>,
 }
@@ -141,20 +143,30 @@ impl Gatherer {
         job: &JobSnapshot,
         monitor: Option<&Monitor>,
     ) -> Failure {
+        self.gather_within(cfg, cfg.timeout, job, monitor).await
+    }
+
+    /// [`Gatherer::gather`] within `limit` (what is left of the messages' wait).
+    pub async fn gather_within(
+        &self,
+        cfg: &TriageConfig,
+        limit: Duration,
+        job: &JobSnapshot,
+        monitor: Option<&Monitor>,
+    ) -> Failure {
         let mut f = Failure {
             failed_task_count: job.count("FAILED"),
             ..Default::default()
         };
         let started = Instant::now();
-        let r =
-            tokio::time::timeout(cfg.timeout, self.collect(cfg, &job.key, monitor, &mut f)).await;
+        let r = tokio::time::timeout(limit, self.collect(cfg, &job.key, monitor, &mut f)).await;
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => f.unavailable = Some(e.to_string()),
             Err(_) => {
                 f.unavailable = Some(format!(
                     "gathering took longer than {}",
-                    humantime::format_duration(cfg.timeout)
+                    humantime::format_duration(Duration::from_millis(limit.as_millis() as u64))
                 ))
             }
         }
@@ -317,7 +329,9 @@ pub async fn run(
     live: Live,
     wakers: Wakers,
 ) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(4));
+    // Few at a time: with a small budget, two triages that finish beat four that
+    // each run out of time halfway.
+    let limit = Arc::new(tokio::sync::Semaphore::new(2));
     let mut tasks = tokio::task::JoinSet::new();
     match store.run(|s| s.outbox_awaiting_triage()).await {
         Ok(left) => {
@@ -362,10 +376,12 @@ fn group(entries: Vec<crate::domain::OutboxEntry>) -> Vec<Request> {
             tr.event,
             tr.detected_at.timestamp_micros()
         );
+        let until = e.triage_until.unwrap_or(tr.detected_at);
         by.entry(k)
             .or_insert_with(|| Request {
                 job: *job,
                 transition: tr,
+                until,
                 entries: Vec::new(),
             })
             .entries
@@ -385,8 +401,20 @@ async fn one(
     let _permit = limit.acquire_owned().await;
     let active = live.current();
     gatherer.set_rate(active.config.triage_budget().max(0.1));
+    // Only the time its messages still wait is worth spending: a triage that could
+    // no longer reach them would take budget from one that can.
+    let left = (r.until - chrono::Utc::now()).to_std().unwrap_or_default();
+    if left < Duration::from_millis(200) {
+        tracing::warn!(job = %r.job.key, "triage started after its messages stopped waiting; they go out without details");
+        return;
+    }
     let failure = gatherer
-        .gather(&active.config.triage, &r.job, active.renderer.monitor())
+        .gather_within(
+            &active.config.triage,
+            left.min(active.config.triage.timeout),
+            &r.job,
+            active.renderer.monitor(),
+        )
         .await;
     if let Some(why) = &failure.unavailable {
         tracing::warn!(job = %r.job.key, reason = %why, "failure details partly unavailable; sending what was gathered");

@@ -1012,21 +1012,24 @@ impl Loop {
             tracing::info!(job = %snap.key, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "notification queued");
         }
         // After the commit: a crash from here on finds the entries and triages again.
-        let mut waiting: Vec<(Transition, Vec<crate::triage::Waiting>)> = Vec::new();
+        let mut waiting: Vec<crate::triage::Request> = Vec::new();
         for e in queued.iter().filter(|e| e.triage_until.is_some()) {
-            let Some(tr) = &e.transition else { continue };
+            let (Some(tr), Some(until)) = (&e.transition, e.triage_until) else {
+                continue;
+            };
             let at = (e.team.clone(), e.channel.clone(), e.seq);
-            match waiting.iter_mut().find(|(t, _)| t.event == tr.event) {
-                Some((_, v)) => v.push(at),
-                None => waiting.push((tr.clone(), vec![at])),
+            match waiting.iter_mut().find(|r| r.transition.event == tr.event) {
+                Some(r) => r.entries.push(at),
+                None => waiting.push(crate::triage::Request {
+                    job: snap.clone(),
+                    transition: tr.clone(),
+                    until,
+                    entries: vec![at],
+                }),
             }
         }
-        for (transition, entries) in waiting {
-            self.w.triage.submit(crate::triage::Request {
-                job: snap.clone(),
-                transition,
-                entries,
-            });
+        for r in waiting {
+            self.w.triage.submit(r);
         }
         if let Some(t) = self.tracked.get_mut(&snap.key) {
             t.state = Some(Known::from(state));
