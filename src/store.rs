@@ -256,6 +256,26 @@ fn note(
     Ok(())
 }
 
+/// Queues `entries` inside a transaction: each gets the next `seq`, is counted, and
+/// becomes its subscription's pending notice on its channel.
+fn put_entries(
+    outbox: &TransactionalTree,
+    meta: &TransactionalTree,
+    notices: &TransactionalTree,
+    entries: &[OutboxEntry],
+) -> TxResult<Vec<OutboxEntry>> {
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let mut e = e.clone();
+        e.seq = outbox.generate_id()?;
+        outbox.insert(outbox_key(&e.team, &e.channel, e.seq), enc(&e))?;
+        note(notices, &e, NoticeState::Pending, e.created_at, false)?;
+        out.push(e);
+    }
+    bump(meta, Counted::Outbox, out.len() as i64)?;
+    Ok(out)
+}
+
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     // Our own types always serialize.
     let json = serde_json::to_vec(v).unwrap_or_default();
@@ -876,16 +896,7 @@ impl Store {
             || {
                 (&s.outbox, &s.meta, &s.notices)
                     .transaction(|(outbox, meta, notices)| -> TxResult<Vec<OutboxEntry>> {
-                        let mut out = Vec::with_capacity(entries.len());
-                        for e in &entries {
-                            let mut e = e.clone();
-                            e.seq = outbox.generate_id()?;
-                            outbox.insert(outbox_key(&e.team, &e.channel, e.seq), enc(&e))?;
-                            note(notices, &e, NoticeState::Pending, e.created_at, false)?;
-                            out.push(e);
-                        }
-                        bump(meta, Counted::Outbox, out.len() as i64)?;
-                        Ok(out)
+                        put_entries(outbox, meta, notices, &entries)
                     })
                     .map_err(|e| self.tx_err(e))
             },
@@ -967,16 +978,7 @@ impl Store {
                             if new_job {
                                 bump(meta, Counted::Jobs, 1)?;
                             }
-                            let mut out = Vec::with_capacity(entries.len());
-                            for e in &entries {
-                                let mut e = e.clone();
-                                e.seq = outbox.generate_id()?;
-                                outbox.insert(outbox_key(&e.team, &e.channel, e.seq), enc(&e))?;
-                                note(notices, &e, NoticeState::Pending, e.created_at, false)?;
-                                out.push(e);
-                            }
-                            bump(meta, Counted::Outbox, out.len() as i64)?;
-                            Ok((out, new_job))
+                            Ok((put_entries(outbox, meta, notices, &entries)?, new_job))
                         },
                     )
                     .map_err(|e| self.tx_err(e))

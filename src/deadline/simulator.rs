@@ -143,6 +143,15 @@ struct Inner {
     next_id: u64,
 }
 
+impl Inner {
+    /// A job that exists by now, advanced along its script.
+    fn live_job(&mut self, key: &JobKey) -> Option<&mut SimJob> {
+        let j = self.jobs.get_mut(key).filter(|j| j.born())?;
+        j.advance();
+        Some(j)
+    }
+}
+
 /// Handle on a running (or not yet started) simulator.
 #[derive(Clone, Default)]
 pub struct Simulator {

@@ -200,7 +200,8 @@ pub(super) struct Page {
     max_results: Option<usize>,
 }
 
-fn page<T>(items: Vec<T>, p: &Page) -> (Vec<T>, Option<String>) {
+/// One page of `items` as `{"<list>": […], "nextToken"?}` (the token is an offset).
+fn paged(list: &str, items: Vec<Value>, p: &Page) -> Response {
     let from: usize = p
         .next_token
         .as_deref()
@@ -208,9 +209,12 @@ fn page<T>(items: Vec<T>, p: &Page) -> (Vec<T>, Option<String>) {
         .unwrap_or(0);
     let n = p.max_results.unwrap_or(100).clamp(1, 100);
     let total = items.len();
-    let out: Vec<T> = items.into_iter().skip(from).take(n).collect();
-    let next = (from + n < total).then(|| (from + n).to_string());
-    (out, next)
+    let out: Vec<Value> = items.into_iter().skip(from).take(n).collect();
+    let mut body = json!({ list: out });
+    if from + n < total {
+        body["nextToken"] = json!((from + n).to_string());
+    }
+    Json(body).into_response()
 }
 
 pub(super) async fn list_steps(
@@ -228,10 +232,9 @@ pub(super) async fn list_steps(
     };
     let mut g = sim.lock();
     g.stats.list_steps += 1;
-    let Some(j) = g.jobs.get_mut(&key).filter(|j| j.born()) else {
+    let Some(j) = g.live_job(&key) else {
         return not_found(&key);
     };
-    j.advance();
     let items: Vec<Value> = steps(j)
         .iter()
         .map(|s| {
@@ -247,12 +250,7 @@ pub(super) async fn list_steps(
             })
         })
         .collect();
-    let (items, next) = page(items, &p);
-    let mut body = json!({"steps": items});
-    if let Some(n) = next {
-        body["nextToken"] = json!(n);
-    }
-    Json(body).into_response()
+    paged("steps", items, &p)
 }
 
 pub(super) async fn list_tasks(
@@ -270,10 +268,9 @@ pub(super) async fn list_tasks(
     };
     let mut g = sim.lock();
     g.stats.list_tasks += 1;
-    let Some(j) = g.jobs.get_mut(&key).filter(|j| j.born()) else {
+    let Some(j) = g.live_job(&key) else {
         return not_found(&key);
     };
-    j.advance();
     let all = steps(j);
     if !all.iter().any(|s| s.id == step) {
         return aws_error(
@@ -311,12 +308,7 @@ pub(super) async fn list_tasks(
             t
         })
         .collect();
-    let (items, next) = page(items, &p);
-    let mut body = json!({"tasks": items});
-    if let Some(n) = next {
-        body["nextToken"] = json!(n);
-    }
-    Json(body).into_response()
+    paged("tasks", items, &p)
 }
 
 #[derive(Deserialize)]
@@ -372,8 +364,7 @@ fn batch(
             queue_id: id.queue_id.clone(),
             job_id: id.job_id.clone(),
         };
-        let found = g.jobs.get_mut(&key).filter(|j| j.born()).and_then(|j| {
-            j.advance();
+        let found = g.live_job(&key).and_then(|j| {
             let all = steps(j);
             runs(j, &all)
                 .iter()
