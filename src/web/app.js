@@ -487,7 +487,7 @@ async function addWatch(ev) {
     if (!name) throw new Error("give the watch a name");
     target = parseQueueRef($("watch-target").value);
     if ($("watch-mine").checked && !$("watch-created-by").value.trim()) {
-      throw new Error("“Only my jobs” needs your Created by value, as Deadline Cloud shows it on your jobs");
+      throw new Error("“only my jobs” needs your Created by value, as Deadline Cloud shows it on your jobs");
     }
   } catch (e) {
     fail(e);

@@ -217,7 +217,7 @@ def test_watches_list_config_ones_read_only_and_add_watch_finds_new_jobs(watched
     queue = "queue-" + "e" * 32
     page.get_by_label("Watch name").fill("my-renders")
     page.get_by_label("Monitor URL or IDs to watch").fill(f"{FARM}/{queue}")
-    page.get_by_label("Only my jobs").check()
+    page.get_by_label("only my jobs", exact=True).check()
     page.get_by_label("Created by").fill("jane")
     page.get_by_role("button", name="Add watch").click()
     mine = page.locator("#watches li").filter(has_text="my-renders")
