@@ -48,24 +48,17 @@ pub struct Request {
 
 /// The watcher's side of the triage queue.
 #[derive(Clone)]
-pub struct Handle(Option<mpsc::UnboundedSender<Request>>);
+pub struct Handle(mpsc::UnboundedSender<Request>);
 
 impl Handle {
     pub fn new() -> (Handle, mpsc::UnboundedReceiver<Request>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Handle(Some(tx)), rx)
-    }
-
-    /// A handle whose requests go nowhere (the messages go out at their deadline,
-    /// saying details were not gathered).
-    pub fn detached() -> Handle {
-        Handle(None)
+        (Handle(tx), rx)
     }
 
     pub fn submit(&self, r: Request) {
-        if let Some(tx) = &self.0 {
-            let _ = tx.send(r);
-        }
+        // Gone only at shutdown: the entries stay stored and are triaged at the next start.
+        let _ = self.0.send(r);
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! Control it in-process with [`Simulator`], or over HTTP under `/_sim/`.
 mod details;
-pub use details::{StepSpec, TaskSpec, task_counts};
+pub use details::{StepSpec, TaskSpec};
 
 use crate::domain::{JobKey, JobSnapshot, LifecycleStatus, TaskRunStatus};
 use axum::extract::{Path, Query, State};

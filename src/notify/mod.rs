@@ -328,6 +328,22 @@ impl Sender {
     }
 }
 
+/// The last lines of `lines` that fit in `limit` characters (the newest matter most).
+pub fn tail_within(lines: &[String], limit: usize) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut used = 0;
+    for l in lines.iter().rev() {
+        let n = l.chars().count() + 1;
+        if used + n > limit {
+            break;
+        }
+        used += n;
+        kept.push(l);
+    }
+    kept.reverse();
+    kept.join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -136,7 +136,7 @@ fn add_failure(v: &mut Value, f: &crate::domain::Failure) {
             crate::render::sanitize(&t.label()),
             crate::render::sanitize(&t.step_name)
         );
-        let log = tail_within(&t.log_tail, TEXT_LIMIT - 100);
+        let log = super::tail_within(&t.log_tail, TEXT_LIMIT - 100);
         blocks.insert(
             at,
             json!({"type": "rich_text", "elements": [
@@ -157,22 +157,6 @@ fn add_failure(v: &mut Value, f: &crate::domain::Failure) {
             "url": url
         }));
     }
-}
-
-/// The last lines of `lines` that fit in `limit` characters (the newest matter most).
-pub fn tail_within(lines: &[String], limit: usize) -> String {
-    let mut kept: Vec<&str> = Vec::new();
-    let mut used = 0;
-    for l in lines.iter().rev() {
-        let n = l.chars().count() + 1;
-        if used + n > limit {
-            break;
-        }
-        used += n;
-        kept.push(l);
-    }
-    kept.reverse();
-    kept.join("\n")
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ fn log_blocks(f: &crate::domain::Failure, budget: usize) -> Vec<Value> {
         t.label(),
         t.step_name
     );
-    let log = super::slack::tail_within(&t.log_tail, budget.min(4000));
+    let log = super::tail_within(&t.log_tail, budget.min(4000));
     vec![
         json!({"type": "RichTextBlock", "inlines": [{"type": "TextRun", "text": truncate(&head, 300), "weight": "Bolder"}]}),
         json!({"type": "RichTextBlock", "inlines": [{"type": "TextRun", "text": log, "fontType": "Monospace", "size": "Small"}]}),

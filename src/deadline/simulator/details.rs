@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// A step of a simulated job (`JobSpec::steps`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -629,17 +629,4 @@ pub(super) async fn logs(
         axum::http::HeaderValue::from_static("application/x-amz-json-1.1"),
     );
     r
-}
-
-/// Counts for a job's steps: what `steps` derives (tests compare with the job's own).
-pub fn task_counts(sim: &Simulator, key: &JobKey) -> Option<HashMap<String, i64>> {
-    let g = sim.lock();
-    let j = g.jobs.get(key)?;
-    let mut c = HashMap::new();
-    for s in steps(j) {
-        for (k, v) in counts(&s.spec.tasks) {
-            *c.entry(k).or_insert(0) += v;
-        }
-    }
-    Some(c)
 }
