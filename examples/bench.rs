@@ -7,15 +7,15 @@ use deadline_notifier::app::App;
 use deadline_notifier::clock;
 use deadline_notifier::config::Config;
 use deadline_notifier::deadline::client::DeadlineClient;
-use deadline_notifier::deadline::simulator::Simulator;
+use deadline_notifier::devkit::simulator::Simulator;
+use deadline_notifier::devkit::sink::Sink;
 use deadline_notifier::domain::{Event, JobKey};
 use deadline_notifier::domain::{JobState, OutboxEntry, Subscription};
-use deadline_notifier::sink::Sink;
 use deadline_notifier::store::Store;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const FARMS: usize = 10;
 const QUEUES: usize = 10;
@@ -147,7 +147,7 @@ async fn run_watch(
     let calls =
         |s: &Value| s["batchGetJob"].as_u64().unwrap_or(0) + s["getJob"].as_u64().unwrap_or(0);
     let before = get(&format!("{sim}/_sim/stats")).await;
-    let t0 = Instant::now();
+    let t0 = deadline_notifier::clock::monotonic();
     let client = DeadlineClient::local(&sim, &cfg.deadline);
     let app = App::build(cfg, Some(client), clock::system())
         .await
@@ -180,7 +180,7 @@ async fn run_watch(
     let (s0, c0, w0) = (
         get(&format!("{sim}/_sim/stats")).await,
         cpu_seconds(),
-        Instant::now(),
+        deadline_notifier::clock::monotonic(),
     );
     tokio::time::sleep(Duration::from_secs(measure)).await;
     let (s1, c1, wall) = (
@@ -208,7 +208,7 @@ async fn run_watch(
 /// Child of a watch child: writes `n` subscriptions into the store at `path`.
 fn run_populate(n: usize, path: &str) {
     let store = Store::open(std::path::Path::new(path)).unwrap();
-    let now = chrono::Utc::now();
+    let now = deadline_notifier::clock::wall_now();
     let subs: Vec<Subscription> = (0..n)
         .map(|i| Subscription {
             id: format!("sub-{i:032x}"),
@@ -233,7 +233,7 @@ async fn run_throughput(m: usize, sim: String, sink: String, stats: String) {
     let cfg = config(dir.path(), &sim, &sink, "1h", 5.0, channels);
     {
         let store = Store::open(&cfg.store.path).unwrap();
-        let now = chrono::Utc::now();
+        let now = deadline_notifier::clock::wall_now();
         let mut entries = Vec::with_capacity(m);
         for i in 0..m {
             entries.push(OutboxEntry {
@@ -284,7 +284,7 @@ async fn run_throughput(m: usize, sim: String, sink: String, stats: String) {
     let app = App::build(cfg, Some(client), clock::system())
         .await
         .unwrap();
-    let t0 = Instant::now();
+    let t0 = deadline_notifier::clock::monotonic();
     tokio::spawn(app.run(std::future::pending()));
     loop {
         if get(&format!("{stats}/stats")).await["received"]
@@ -345,7 +345,9 @@ fn main() {
         Some("--watch") => {
             // RUST_LOG=info shows the service's start-up timings (store open, watcher load).
             if std::env::var_os("RUST_LOG").is_some() {
-                deadline_notifier::telemetry::init(deadline_notifier::telemetry::LogFormat::Text);
+                deadline_notifier::app::telemetry::init(
+                    deadline_notifier::app::telemetry::LogFormat::Text,
+                );
             }
             let n = args[2].parse().unwrap();
             let rps: f64 = args[7].parse().unwrap();

@@ -8,9 +8,9 @@
 use deadline_notifier::app::App;
 use deadline_notifier::config::Config;
 use deadline_notifier::deadline::client::DeadlineClient;
-use deadline_notifier::deadline::simulator::{JobSpec, Simulator};
-use deadline_notifier::sink::Sink;
-use std::time::{Duration, Instant};
+use deadline_notifier::devkit::simulator::{JobSpec, Simulator};
+use deadline_notifier::devkit::sink::Sink;
+use std::time::Duration;
 
 const QUEUES: usize = 50;
 const JOBS_PER_HOUR: f64 = 1000.0;
@@ -69,7 +69,7 @@ url = "http://{sink_addr}/webhook"
     }));
     let run = Duration::from_secs_f64(minutes * 60.0);
     let every = Duration::from_secs_f64(3600.0 / JOBS_PER_HOUR);
-    let start = Instant::now();
+    let start = deadline_notifier::clock::monotonic();
     let searches_at_start = sim.stats().search_jobs;
     let mut n = 0usize;
     while start.elapsed() < run {

@@ -5,18 +5,18 @@
 //! real `/metrics` handler through the router, and, for comparison, the tree walks
 //! the handler used to do on every scrape (count subscriptions, decode every
 //! outbox entry).
-use deadline_notifier::api::{AppState, router};
+use deadline_notifier::app::live::Live;
 use deadline_notifier::config::Config;
-use deadline_notifier::deliver::Wakers;
 use deadline_notifier::domain::{
     Event, JobKey, JobSnapshot, JobState, JobStatus, OutboxEntry, Subscription,
 };
-use deadline_notifier::notify::Sender;
-use deadline_notifier::reload::Live;
+use deadline_notifier::http::api::{AppState, router};
+use deadline_notifier::notify::send::Sender;
 use deadline_notifier::render::Renderer;
 use deadline_notifier::store::Store;
-use deadline_notifier::watcher::WatchHandle;
-use std::time::{Duration, Instant};
+use deadline_notifier::store::Wakers;
+use deadline_notifier::watch::WatchHandle;
+use std::time::Duration;
 use tower::ServiceExt;
 
 fn key(i: usize) -> JobKey {
@@ -52,7 +52,7 @@ url = "http://127.0.0.1:9/hook"
     );
     let config = Config::from_toml(&text, &dir.path().join("n.toml")).unwrap();
     let store = Store::open(&config.store.path).unwrap();
-    let now = chrono::Utc::now();
+    let now = deadline_notifier::clock::wall_now();
     let subs: Vec<Subscription> = (0..n)
         .map(|i| Subscription {
             id: format!("sub-{i:032x}"),
@@ -97,9 +97,9 @@ url = "http://127.0.0.1:9/hook"
         store.commit_observation(&st, vec![e]).unwrap();
     }
     store.sync().unwrap();
-    let renderer = Renderer::load(&config).unwrap();
+    let renderer = Renderer::load(&config, None).unwrap();
     let sender = Sender::new(&config.delivery).unwrap();
-    let live = Live::new(config, renderer, sender);
+    let live = Live::new(config, renderer, sender, None);
     let state = AppState::new(
         store.clone(),
         live,
@@ -117,14 +117,14 @@ url = "http://127.0.0.1:9/hook"
     };
     scrape().await;
     let rounds = 50;
-    let t = Instant::now();
+    let t = deadline_notifier::clock::monotonic();
     for _ in 0..rounds {
         scrape().await;
     }
     let now_per = t.elapsed() / rounds;
 
     let walk_rounds = 5;
-    let t = Instant::now();
+    let t = deadline_notifier::clock::monotonic();
     for _ in 0..walk_rounds {
         let subs = store.subscriptions().unwrap().len();
         let mut outbox = 0;

@@ -20,7 +20,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
     println!("opened: {} MiB", rss_mib());
-    let now = chrono::Utc::now();
+    let now = deadline_notifier::clock::wall_now();
     for i in 0..100_000usize {
         let key = JobKey {
             farm_id: format!("farm-{:032x}", i % 10),

@@ -10,8 +10,8 @@ use deadline_notifier::app::App;
 use deadline_notifier::config::Config;
 use deadline_notifier::deadline::client::DeadlineClient;
 use deadline_notifier::deadline::logs::LogsClient;
-use deadline_notifier::deadline::simulator::{JobSpec, Patch, Simulator, StepSpec, TaskSpec};
-use deadline_notifier::sink::Sink;
+use deadline_notifier::devkit::simulator::{JobSpec, Patch, Simulator, StepSpec, TaskSpec};
+use deadline_notifier::devkit::sink::Sink;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -113,7 +113,7 @@ url = "http://{sink_addr}/webhook"
     let before = sim.stats();
     let mut arrivals = sink.subscribe();
     let mut failed_at: HashMap<String, Instant> = HashMap::new();
-    let start = Instant::now();
+    let start = deadline_notifier::clock::monotonic();
     let mut order: Vec<usize> = (0..jobs).collect();
     let mut delays: Vec<Duration> = order
         .iter()
@@ -136,7 +136,7 @@ url = "http://{sink_addr}/webhook"
                     ..Default::default()
                 },
             );
-            failed_at.insert(k.job_id.clone(), Instant::now());
+            failed_at.insert(k.job_id.clone(), deadline_notifier::clock::monotonic());
             next += 1;
             continue;
         }

@@ -2,12 +2,19 @@
 //! simulator that speaks the same wire format.
 pub mod client;
 pub mod logs;
-pub mod simulator;
 pub mod wire;
 
 use crate::domain::JobKey;
 pub use client::Observed;
 use std::time::Duration;
+
+/// The AWS region chain's environment part (`AWS_REGION`, `AWS_DEFAULT_REGION`), for
+/// commands that build no client but still print monitor links.
+pub fn region_from_env() -> Option<String> {
+    ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+}
 
 /// What one poll learned about one job.
 #[derive(Debug)]

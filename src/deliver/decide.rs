@@ -8,7 +8,7 @@ use crate::notify::retry::{self, Verdict};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// No message is attempted twice within this, whatever the receiver or the
 /// configured schedule says (`Retry-After: 0` must not become a flood).
@@ -503,23 +503,24 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn pacing_retry_after_and_the_breaker_in_paused_time() {
+    /// Pacing, `Retry-After` blocks and the breaker are pure functions of the
+    /// instant they are given: time is set by hand.
+    #[test]
+    fn pacing_retry_after_and_the_breaker_in_controlled_time() {
         let url = "https://hooks.example.com/x";
         let max = Duration::from_secs(30);
         let mut d = Destinations::default();
-        let now = Instant::now();
+        let t0 = crate::clock::monotonic();
+        let now = t0;
         assert_eq!(d.free_in(url, now), Duration::ZERO);
         d.take(url, Duration::from_millis(250), now);
         assert_eq!(d.free_in(url, now), Duration::from_millis(250));
         assert_eq!(d.free_in("https://other.example.com/", now), Duration::ZERO);
-        tokio::time::advance(Duration::from_millis(250)).await;
-        let now = Instant::now();
+        let now = t0 + Duration::from_millis(250);
         assert_eq!(d.free_in(url, now), Duration::ZERO);
         d.block_until(url, now + Duration::from_secs(3));
         assert_eq!(d.free_in(url, now), Duration::from_secs(3));
-        tokio::time::advance(Duration::from_secs(3)).await;
-        let now = Instant::now();
+        let now = now + Duration::from_secs(3);
         // Two failures: no pause; from the third, 1 s, 2 s, 4 s … up to `max`.
         d.failed(url, now, max);
         d.failed(url, now, max);
@@ -535,23 +536,24 @@ mod tests {
         assert!(!d.succeeded(url));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn identical_warnings_collapse_to_one_line_a_minute() {
+    #[test]
+    fn identical_warnings_collapse_to_one_line_a_minute() {
         let mut g = WarnGate::default();
+        let t0 = crate::clock::monotonic();
         let mut lines = Vec::new();
-        for i in 0..600 {
+        for i in 0..600u64 {
+            let now = t0 + Duration::from_millis(200 * i);
             // 495 a second for a while, as a `Retry-After: 0` flood once caused.
-            if let Some(held) = g.admit("HTTP 429", Instant::now()) {
+            if let Some(held) = g.admit("HTTP 429", now) {
                 lines.push(held);
             }
             if i == 300 {
                 assert_eq!(
-                    g.admit("HTTP 503", Instant::now()),
+                    g.admit("HTTP 503", now),
                     Some(0),
                     "a new error shows at once"
                 );
             }
-            tokio::time::advance(Duration::from_millis(200)).await;
         }
         // 120 s of warnings: the first line, the 503, the 429 again right after it, then one a minute.
         assert_eq!(lines.len(), 3, "{lines:?}");

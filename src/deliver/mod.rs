@@ -3,12 +3,12 @@
 //! [`decide`]; this file holds the effects (store, HTTP, metrics, logs).
 pub mod decide;
 
+use crate::app::live::{Active, Live};
 use crate::clock::SharedClock;
 use crate::domain::{ChannelState, OutboxEntry};
 use crate::notify::Channel;
 use crate::notify::retry::Verdict;
-use crate::reload::{Active, Live};
-use crate::store::{Store, StoreError, channel_key};
+use crate::store::{Store, StoreError, Wakers, channel_key};
 use chrono::{DateTime, Utc};
 use decide::{Decision, Destinations, Next, Queue};
 use std::collections::{HashMap, HashSet};
@@ -16,27 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
-
-/// Wakes a channel's worker when something is queued for it. Channels can appear on
-/// reload, so a waker is created on first use by either side.
-#[derive(Clone, Default)]
-pub struct Wakers(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
-
-impl Wakers {
-    pub fn wake(&self, team: &str, channel: &str) {
-        self.get(team, channel).notify_one();
-    }
-
-    fn get(&self, team: &str, channel: &str) -> Arc<Notify> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(channel_key(team, channel))
-            .or_default()
-            .clone()
-    }
-}
 
 /// What each worker has queued (count, oldest creation time), for `/metrics`
 /// without reading the store.
@@ -310,10 +289,10 @@ impl Worker {
             };
             let wait = match choice {
                 Next::Send(seq) => {
-                    let free_in = self.dests().free_in(url, Instant::now());
+                    let free_in = self.dests().free_in(url, crate::clock::monotonic());
                     if free_in.is_zero() {
                         let interval = active.config.delivery.interval(channel.kind);
-                        self.dests().take(url, interval, Instant::now());
+                        self.dests().take(url, interval, crate::clock::monotonic());
                         // In-flight sends complete even during shutdown; the grace
                         // period in `app` bounds how long that may take.
                         self.attempt(&active, &channel, seq, &mut queue).await?;
@@ -398,7 +377,7 @@ impl Worker {
         let reason_label = match &verdict {
             Verdict::Retry { reason }
             | Verdict::DeadLetter { reason }
-            | Verdict::Disable { reason } => crate::telemetry::reason_label(reason),
+            | Verdict::Disable { reason } => crate::app::telemetry::reason_label(reason),
             Verdict::Throttled { .. } => "http_429".into(),
             Verdict::Delivered => "ok".into(),
         };
@@ -442,16 +421,17 @@ impl Worker {
                     .warns
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .admit(&error, Instant::now());
+                    .admit(&error, crate::clock::monotonic());
                 if throttled {
-                    self.dests().block_until(url, Instant::now() + wait);
+                    self.dests()
+                        .block_until(url, crate::clock::monotonic() + wait);
                     if let Some(repeated) = admitted {
                         tracing::warn!(%job, %team, %channel, %event, wait_ms = wait.as_millis() as u64, reason = %error, repeated, "destination rate-limited us; waiting");
                     }
                     self.count(&e, "throttled", reason_label);
                 } else {
                     let max = active.config.delivery.breaker_max;
-                    self.dests().failed(url, Instant::now(), max);
+                    self.dests().failed(url, crate::clock::monotonic(), max);
                     if let Some(repeated) = admitted {
                         tracing::warn!(%job, %team, %channel, %event, attempts, retry_in_ms = wait.as_millis() as u64, reason = %error, repeated, "delivery failed; will retry");
                     }
@@ -515,10 +495,10 @@ impl Worker {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::devkit::sink::Sink;
     use crate::domain::{Event, JobKey, JobSnapshot, JobState, JobStatus};
-    use crate::notify::Sender;
+    use crate::notify::send::Sender;
     use crate::render::Renderer;
-    use crate::sink::Sink;
 
     fn key(n: u8) -> JobKey {
         JobKey {
@@ -537,9 +517,9 @@ mod tests {
             kind: "webhook".into(),
             job: key(n),
             event: Event::Succeeded,
-            created_at: Utc::now(),
+            created_at: crate::clock::wall_now(),
             attempts: 0,
-            next_attempt_at: Utc::now(),
+            next_attempt_at: crate::clock::wall_now(),
             last_error: None,
             payload: serde_json::json!({"n": n}),
             triage_until: None,
@@ -553,7 +533,7 @@ mod tests {
         JobState {
             job: key(n),
             status: JobStatus::of(&JobSnapshot::sample(key(n), "x")),
-            since: Utc::now(),
+            since: crate::clock::wall_now(),
             terminal_since: None,
             progress: Default::default(),
         }
@@ -584,9 +564,9 @@ url = "http://{addr}/hook"
         );
         let config = Config::from_toml(&text, &dir.path().join("n.toml")).unwrap();
         let store = Store::open(&config.store.path).unwrap();
-        let renderer = Renderer::load(&config).unwrap();
+        let renderer = Renderer::load(&config, None).unwrap();
         let sender = Sender::new(&config.delivery).unwrap();
-        let live = Live::new(config, renderer, sender);
+        let live = Live::new(config, renderer, sender, None);
         let wakers = Wakers::default();
         let (stop_tx, stop_rx) = watch::channel(false);
         let sup = tokio::spawn(supervise(
@@ -600,9 +580,9 @@ url = "http://{addr}/hook"
         let wait_for = |n: usize| {
             let sink = sink.clone();
             async move {
-                let deadline = Instant::now() + Duration::from_secs(20);
+                let deadline = crate::clock::monotonic() + Duration::from_secs(20);
                 while sink.delivered().len() < n {
-                    assert!(Instant::now() < deadline, "never delivered {n}");
+                    assert!(crate::clock::monotonic() < deadline, "never delivered {n}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }

@@ -47,9 +47,9 @@ pub struct JobState {
     pub since: DateTime<Utc>,
     /// When the job was first seen terminal (cleared by a requeue).
     pub terminal_since: Option<DateTime<Utc>>,
-    /// Milestones and stalls announced (see [`crate::progress`]).
+    /// Milestones and stalls announced (see [`crate::watch::progress`]).
     #[serde(default)]
-    pub progress: crate::progress::Progress,
+    pub progress: crate::domain::Progress,
 }
 
 /// A message waiting to be delivered to one channel.
@@ -192,4 +192,19 @@ impl Watch {
         let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
         format!("watch-{hex}")
     }
+}
+
+/// What is stored about a job's progress: `job.progress` and `job.stalled` are
+/// decided from it (see `watch::progress`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Succeeded tasks at the last look.
+    pub succeeded: i64,
+    /// When the succeeded count last grew (none seen yet: the job's start counts).
+    pub last_growth_at: Option<DateTime<Utc>>,
+    /// Highest milestone (percent) reached; each fires once.
+    pub milestone: u32,
+    /// A stall was announced and no task has succeeded since.
+    pub stalled: bool,
 }

@@ -6,14 +6,15 @@
 //! This module depends on no configuration code: `config` reads its settings into
 //! the types defined here ([`Channel`], [`DeliveryConfig`]).
 pub mod retry;
+pub mod send;
 pub mod settings;
 pub mod slack;
 pub mod target;
 pub mod teams;
 pub mod webhook;
 
+use crate::domain::secret::Secret;
 use crate::domain::{Event, JobSnapshot, Transition};
-use crate::secret::{Secret, scrub};
 use retry::Verdict;
 use serde_json::Value;
 use std::time::Duration;
@@ -33,7 +34,7 @@ pub struct Message<'a> {
     /// Link to the job in the Deadline Cloud monitor, if configured.
     pub link: Option<&'a str>,
     /// The job's owner, when `createdBy` maps to a person.
-    pub owner: Option<&'a crate::people::Person>,
+    pub owner: Option<&'a crate::domain::people::Person>,
     /// Whether this message mentions the owner (the channel's `mention_owner` has the event).
     pub mention: bool,
     /// Why the job failed, when triage ran for this message.
@@ -85,7 +86,7 @@ pub trait Kind: Sync + Send + 'static {
     /// Escapes a job value for the kind's markup (applied by templates to every
     /// `{{field}}`). The default strips control characters (keeps `\n`, `\t`).
     fn escape(&self, s: &str) -> String {
-        crate::render::sanitize(s)
+        crate::domain::text::sanitize(s)
     }
     /// Refuses URLs that can never work for this kind (checked at config load and
     /// before every send), with the reason.
@@ -216,116 +217,6 @@ pub fn truncate(s: &str, max: usize) -> String {
     }
     cut.push('…');
     cut
-}
-
-/// Posts payloads. Redirects are never followed; with `allow_private_targets = false`
-/// every resolved address is checked at connect time.
-#[derive(Clone)]
-pub struct Sender {
-    client: reqwest::Client,
-    cfg: DeliveryConfig,
-    policy: target::TargetPolicy,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client: {0}")]
-pub struct SenderError(String);
-
-impl Sender {
-    pub fn new(cfg: &DeliveryConfig) -> Result<Sender, SenderError> {
-        let mut b = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(std::time::Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(concat!("deadline-notifier/", env!("CARGO_PKG_VERSION")));
-        let policy = target::TargetPolicy::from_config(cfg).map_err(SenderError)?;
-        if !cfg.allow_private_targets {
-            b = b
-                .dns_resolver(std::sync::Arc::new(target::CheckedResolver(policy.clone())))
-                .https_only(true);
-        }
-        let client = b.build().map_err(|e| SenderError(e.to_string()))?;
-        Ok(Sender {
-            client,
-            cfg: cfg.clone(),
-            policy,
-        })
-    }
-
-    /// One attempt. `webhook_id` is stable across attempts and restarts.
-    pub async fn send(&self, channel: &Channel, webhook_id: &str, body: &[u8]) -> Verdict {
-        let url = channel.url.expose();
-        if let Err(e) = self.policy.check_url(channel.kind, url) {
-            return Verdict::DeadLetter {
-                reason: format!("target refused: URL {e}"),
-            };
-        }
-        let mut req = self
-            .client
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
-        let ts = chrono::Utc::now().timestamp();
-        match channel
-            .kind
-            .headers(webhook_id, ts, channel.secret.as_ref(), body)
-        {
-            Ok(headers) => {
-                for (k, v) in headers {
-                    req = req.header(k, v);
-                }
-            }
-            Err(e) => {
-                return Verdict::DeadLetter {
-                    reason: format!("signing secret: {e}"),
-                };
-            }
-        }
-        let resp = match req.body(body.to_vec()).send().await {
-            Ok(r) => r,
-            Err(e) => {
-                let e = e.without_url();
-                let mut reason = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    reason.push_str(": ");
-                    reason.push_str(&s.to_string());
-                    src = s.source();
-                }
-                let secrets: Vec<_> = [Some(&channel.url), channel.secret.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                let reason = scrub(&reason, &secrets);
-                if reason.contains("non-public addresses") {
-                    return Verdict::DeadLetter {
-                        reason: format!("target refused: {reason}"),
-                    };
-                }
-                return Verdict::Retry {
-                    reason: format!("transport error: {reason}"),
-                };
-            }
-        };
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        // Bodies are only read for the reason text; cap what we keep.
-        let body = resp.text().await.unwrap_or_default();
-        let body: String = body.chars().take(1000).collect();
-        channel.kind.classify(
-            &Answer {
-                status,
-                retry_after: retry_after.as_deref(),
-                body: &body,
-                at: std::time::SystemTime::now(),
-            },
-            self.cfg.max_retry_after,
-        )
-    }
 }
 
 /// The last lines of `lines` that fit in `limit` characters (the newest matter most).

@@ -106,7 +106,7 @@ mod tests {
                 status,
                 retry_after,
                 body,
-                at: std::time::SystemTime::now(),
+                at: crate::clock::system_time(),
             };
             if chat {
                 crate::notify::slack::Slack.classify(&a, CAP)

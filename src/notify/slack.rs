@@ -62,9 +62,9 @@ impl Kind for Slack {
 }
 
 /// Slack mrkdwn: `&`, `<`, `>` are its control characters; `&` first. The value is
-/// first folded to one line and cleaned by [`crate::render::sanitize`].
+/// first folded to one line and cleaned by [`crate::domain::text::sanitize`].
 pub fn escape(s: &str) -> String {
-    let clean = crate::render::sanitize(s);
+    let clean = crate::domain::text::sanitize(s);
     let mut out = String::with_capacity(clean.len());
     for c in clean.chars() {
         match c {
@@ -133,8 +133,8 @@ fn add_failure(v: &mut Value, f: &crate::domain::Failure) {
         let head = format!(
             "Last {} log lines of {} ({}):",
             t.log_tail.len(),
-            crate::render::sanitize(&t.label()),
-            crate::render::sanitize(&t.step_name)
+            crate::domain::text::sanitize(&t.label()),
+            crate::domain::text::sanitize(&t.step_name)
         );
         let log = super::tail_within(&t.log_tail, TEXT_LIMIT - 100);
         blocks.insert(

@@ -2,12 +2,12 @@
 //! hostname may resolve to (checked at connect time, so DNS rebinding can't slip by).
 use super::{ChannelKind, DeliveryConfig};
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Where deliveries may go. With `allow_private_targets = false`: https only, the
 /// per-kind host allow-lists apply, and every address must be public or inside an
 /// explicitly allowed CIDR — checked for literal IPs here and for resolved names at
-/// connect time by [`CheckedResolver`].
+/// connect time by `notify::send::CheckedResolver`.
 #[derive(Debug, Clone, Default)]
 pub struct TargetPolicy {
     pub allow_private: bool,
@@ -178,36 +178,6 @@ fn is_public_v4(v4: Ipv4Addr) -> bool {
         || o[0] >= 240) // reserved 240/4
 }
 
-/// DNS resolver for outbound deliveries: drops every address the policy refuses,
-/// so what is checked is what is dialled (no DNS-rebinding window).
-#[derive(Debug, Clone)]
-pub struct CheckedResolver(pub TargetPolicy);
-
-impl reqwest::dns::Resolve for CheckedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_string();
-        let policy = self.0.clone();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs
-                .into_iter()
-                .filter(|a| policy.ip_allowed(a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                let msg = format!(
-                    "{host} resolves only to non-public addresses (allow_private_targets = false)"
-                );
-                return Err(Box::new(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    msg,
-                )) as _);
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,28 +305,5 @@ mod tests {
             ..DeliveryConfig::default()
         };
         assert!(TargetPolicy::from_config(&bad).unwrap_err().contains("ten"));
-    }
-
-    #[tokio::test]
-    async fn resolver_refuses_names_that_resolve_to_private_addresses() {
-        use reqwest::dns::Resolve;
-        let r = CheckedResolver(strict());
-        let name: reqwest::dns::Name = "localhost".parse().unwrap();
-        let err = r
-            .resolve(name)
-            .await
-            .err()
-            .expect("localhost must be refused")
-            .to_string();
-        assert!(err.contains("non-public"), "{err}");
-        let open = CheckedResolver(TargetPolicy {
-            allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
-            ..strict()
-        });
-        let name: reqwest::dns::Name = "localhost".parse().unwrap();
-        assert!(
-            open.resolve(name).await.is_ok(),
-            "an allow-listed CIDR is accepted"
-        );
     }
 }

@@ -1,8 +1,8 @@
 //! Generic webhook: Standard Webhooks v1 JSON (`type`, `timestamp`, `data`), signed
 //! with `webhook-id`/`webhook-timestamp`/`webhook-signature` when a `whsec_` secret is set.
 use super::{Kind, Message, Rendered};
+use crate::domain::secret::Secret;
 use crate::domain::{JobSnapshot, Transition};
-use crate::secret::Secret;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};

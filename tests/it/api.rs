@@ -327,14 +327,14 @@ async fn mute_test_message_and_preview() {
 
 /// GETs `url` (as lighting) until `done` holds for the answer; returns that answer.
 async fn get_until(url: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = deadline_notifier::clock::tokio_monotonic() + Duration::from_secs(30);
     loop {
         let (_, v) = req(reqwest::Method::GET, url, Some(LIGHTING), None).await;
         if done(&v) {
             return v;
         }
         assert!(
-            tokio::time::Instant::now() < deadline,
+            deadline_notifier::clock::tokio_monotonic() < deadline,
             "timed out waiting for {what}; last answer: {v}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -362,7 +362,7 @@ async fn team_job_view_and_last_notification_per_channel() {
     let job = env.add_job("viewed <b>job</b>");
     env.sink.script(
         "/slack/lighting",
-        [deadline_notifier::sink::Answer {
+        [deadline_notifier::devkit::sink::Answer {
             status: 200,
             retry_after: None,
             body: r#"{"ok":false,"error":"invalid_blocks"}"#.into(),

@@ -1,10 +1,10 @@
 //! Delivery guarantees: crash safety, outages, rate limits, disabled channels, shutdown.
 use crate::helpers::*;
+use deadline_notifier::devkit::sink::{Answer, Received};
 use deadline_notifier::domain::JobKey;
-use deadline_notifier::sink::{Answer, Received};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 const STEPS: [(&str, &str); 4] = [
@@ -79,7 +79,7 @@ async fn crash_test_sigkill_20_times_during_200_transitions() {
         (svc, stats)
     });
 
-    let t0 = Instant::now();
+    let t0 = deadline_notifier::clock::monotonic();
     // 200 transitions: each job steps through 4 states, in random interleaving; each
     // change is observed (3 polls) before the job's next one.
     let mut next_step = vec![0usize; jobs.len()];
@@ -182,7 +182,7 @@ async fn outage_then_recovery_delivers_everything_in_order() {
         env.observed(j, 2).await;
     }
     let outage = Duration::from_secs(4);
-    let until = Instant::now() + outage;
+    let until = deadline_notifier::clock::monotonic() + outage;
     env.sink.outage("/webhook/lighting", until, 503);
     for (status, _) in &STEPS[..2] {
         for j in &jobs {
@@ -412,7 +412,7 @@ async fn sigterm_during_a_burst_exits_zero_and_the_rest_arrives_after_restart() 
         env.sink.received().len() >= 3
     })
     .await;
-    let t0 = Instant::now();
+    let t0 = deadline_notifier::clock::monotonic();
     let status = svc.terminate();
     let took = t0.elapsed();
     assert!(
@@ -604,7 +604,7 @@ async fn a_flaky_receiver_delays_messages_but_keeps_order_per_job() {
         }
         env.observed_all(&jobs, 3 + 2 * i as u64).await;
     }
-    let last_transition = Instant::now();
+    let last_transition = deadline_notifier::clock::monotonic();
     let want = jobs.len() * steps.len();
     wait_until(T, "every message after the flaky period", || {
         let ids: HashSet<_> = env
@@ -711,7 +711,7 @@ async fn long_outage_follows_the_breaker() {
             .await;
     }
     env.observed_all(&jobs, 2).await;
-    let until = Instant::now() + Duration::from_secs(secs);
+    let until = deadline_notifier::clock::monotonic() + Duration::from_secs(secs);
     env.sink.outage("/webhook/lighting", until, 503);
     for j in &jobs {
         env.sim.set_status(j, "SUCCEEDED");

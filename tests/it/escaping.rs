@@ -1,10 +1,10 @@
 //! Property tests: arbitrary hostile job text, through the default templates and a
 //! team template that uses every field, never breaks a payload or its markup.
 use deadline_notifier::config::{Channel, ChannelKind, Config};
+use deadline_notifier::domain::secret::Secret;
 use deadline_notifier::domain::{
     Event, JobKey, JobSnapshot, LifecycleStatus, ParameterValue, TaskRunStatus, Transition,
 };
-use deadline_notifier::secret::Secret;
 
 use deadline_notifier::render::Renderer;
 use proptest::prelude::*;
@@ -89,8 +89,8 @@ url = "http://127.0.0.1:1/w"
         );
         Config::from_toml(&text, std::path::Path::new("prop.toml")).unwrap()
     };
-    let defaults = Renderer::load(&cfg(&dir.path().join("nothing-here"))).unwrap();
-    let custom = Renderer::load(&cfg(dir.path())).unwrap();
+    let defaults = Renderer::load(&cfg(&dir.path().join("nothing-here")), None).unwrap();
+    let custom = Renderer::load(&cfg(dir.path()), None).unwrap();
     (defaults, custom, dir)
 }
 
@@ -281,7 +281,7 @@ fn a_job_value_cannot_rearrange_the_message() {
         event: Event::Failed,
         previous_task_run_status: Some(TaskRunStatus::Running),
         previous_lifecycle_status: LifecycleStatus::CreateComplete,
-        detected_at: chrono::Utc::now(),
+        detected_at: deadline_notifier::clock::wall_now(),
         milestone: None,
         stalled_since: None,
     };

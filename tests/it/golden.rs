@@ -35,7 +35,7 @@ url = "http://127.0.0.1:1/w"
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut cfg = Config::from_toml(text, &root.join("golden.toml")).unwrap();
     cfg.templates.dir = root.join("templates");
-    let renderer = Renderer::load(&cfg).unwrap();
+    let renderer = Renderer::load(&cfg, None).unwrap();
     let update = std::env::var("UPDATE_GOLDEN").is_ok();
     let mut mismatches = Vec::new();
     let mut n = 0;
@@ -43,9 +43,11 @@ url = "http://127.0.0.1:1/w"
         let channel = cfg.teams[0].channel(kind.as_str()).unwrap();
         for event in Event::ALL {
             let (job, tr) = render::sample_job(event);
-            let failure = deadline_notifier::triage::EVENTS
+            let failure = deadline_notifier::domain::failure::EVENTS
                 .contains(&event)
-                .then(|| deadline_notifier::triage::sample_failure(&job.key, renderer.monitor()));
+                .then(|| {
+                    deadline_notifier::domain::failure::sample_failure(&job.key, renderer.monitor())
+                });
             let payload = renderer
                 .payload_with("lighting", channel, &job, &tr, failure.as_ref())
                 .unwrap();

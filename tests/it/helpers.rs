@@ -1,6 +1,6 @@
-use deadline_notifier::deadline::simulator::{JobSpec, Simulator};
+use deadline_notifier::devkit::simulator::{JobSpec, Simulator};
+use deadline_notifier::devkit::sink::{Received, Sink};
 use deadline_notifier::domain::JobKey;
-use deadline_notifier::sink::{Received, Sink};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,9 +12,9 @@ pub const FX: &str = "fx-token-0123456789abcdef012345";
 
 /// Waits for `cond` to hold, checking every 50 ms, failing with `what` after `timeout`.
 pub async fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, mut cond: F) {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = deadline_notifier::clock::tokio_monotonic() + timeout;
     while !cond() {
-        if tokio::time::Instant::now() > deadline {
+        if deadline_notifier::clock::tokio_monotonic() > deadline {
             panic!("timed out after {timeout:?} waiting for: {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -263,7 +263,7 @@ impl Launcher {
             .expect("spawn deadline-notifier");
         let svc = Service { child, log };
         let url = format!("http://127.0.0.1:{}/healthz", self.api_port);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let deadline = deadline_notifier::clock::tokio_monotonic() + Duration::from_secs(20);
         loop {
             if reqwest::get(&url)
                 .await
@@ -271,7 +271,7 @@ impl Launcher {
             {
                 break;
             }
-            if tokio::time::Instant::now() > deadline {
+            if deadline_notifier::clock::tokio_monotonic() > deadline {
                 panic!("service did not become healthy; log:\n{}", svc.log_text());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,5 +1,5 @@
 use crate::helpers::*;
-use deadline_notifier::deadline::simulator::{Faults, JobSpec, Patch};
+use deadline_notifier::devkit::simulator::{Faults, JobSpec, Patch};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -177,7 +177,7 @@ async fn sigkill_after_detection_before_delivery_loses_nothing_and_detects_once(
         .await;
     env.observed(&job, 2).await;
     // The receiver is down: the message is detected and queued but cannot be delivered.
-    let until_cleared = std::time::Instant::now() + Duration::from_secs(3600);
+    let until_cleared = deadline_notifier::clock::monotonic() + Duration::from_secs(3600);
     env.sink.outage("/webhook/lighting", until_cleared, 503);
     env.sim.set_status(&job, "SUCCEEDED");
     wait_until(T, "a failed delivery attempt", || {
@@ -303,8 +303,8 @@ async fn deleted_job_ends_its_subscription() {
     );
     let client = reqwest::Client::new();
     let mut state = String::new();
-    let deadline = tokio::time::Instant::now() + T;
-    while state != "ended" && tokio::time::Instant::now() < deadline {
+    let deadline = deadline_notifier::clock::tokio_monotonic() + T;
+    while state != "ended" && deadline_notifier::clock::tokio_monotonic() < deadline {
         let v: Value = client
             .get(&url)
             .bearer_auth(LIGHTING)
@@ -329,7 +329,7 @@ async fn sigterm_exits_zero_and_undelivered_messages_survive() {
     env.subscribe_job(&job, json!({"channels": ["pipeline"]}))
         .await;
     env.observed(&job, 2).await;
-    let until_cleared = std::time::Instant::now() + Duration::from_secs(3600);
+    let until_cleared = deadline_notifier::clock::monotonic() + Duration::from_secs(3600);
     env.sink.outage("/webhook/lighting", until_cleared, 500);
     env.sim.set_status(&job, "CANCELED");
     wait_until(T, "an attempt", || {

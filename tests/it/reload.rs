@@ -244,7 +244,7 @@ async fn a_removed_channel_keeps_its_queue_until_it_returns() {
     // A message for fx/hook is queued while its receiver is down.
     env.sink.outage(
         "/webhook/fx",
-        std::time::Instant::now() + Duration::from_secs(3600),
+        deadline_notifier::clock::monotonic() + Duration::from_secs(3600),
         503,
     );
     let job = env.add_job("fx queued");

@@ -1,10 +1,10 @@
 //! Access and secrets: no cross-team reach, no panic on any input, no leaked secret.
 use crate::helpers::*;
-use deadline_notifier::api::{self, AppState};
 use deadline_notifier::config::Config;
-use deadline_notifier::deliver::Wakers;
-use deadline_notifier::sink::Answer;
+use deadline_notifier::devkit::sink::Answer;
+use deadline_notifier::http::api::{self, AppState};
 use deadline_notifier::store::Store;
+use deadline_notifier::store::Wakers;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -265,14 +265,14 @@ url = "http://127.0.0.1:9/y"
     let cfg = Config::from_toml(&text, std::path::Path::new("fuzz.toml")).unwrap();
     let store = Store::open(&cfg.store.path).unwrap();
     let wakers = Wakers::default();
-    let renderer = deadline_notifier::render::Renderer::load(&cfg).unwrap();
-    let sender = deadline_notifier::notify::Sender::new(&cfg.delivery).unwrap();
+    let renderer = deadline_notifier::render::Renderer::load(&cfg, None).unwrap();
+    let sender = deadline_notifier::notify::send::Sender::new(&cfg.delivery).unwrap();
     AppState::new(
         store,
-        deadline_notifier::reload::Live::new(cfg, renderer, sender),
+        deadline_notifier::app::live::Live::new(cfg, renderer, sender, None),
         deadline_notifier::clock::system(),
         wakers,
-        deadline_notifier::watcher::WatchHandle::detached(),
+        deadline_notifier::watch::WatchHandle::detached(),
     )
 }
 
@@ -601,7 +601,7 @@ async fn idle_and_slow_connections_cannot_starve_the_service() {
         .unwrap();
     let mut worst = Duration::ZERO;
     for _ in 0..5 {
-        let t = std::time::Instant::now();
+        let t = deadline_notifier::clock::monotonic();
         let r = client
             .get(format!("http://{addr}/healthz"))
             .send()

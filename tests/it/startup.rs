@@ -355,7 +355,7 @@ async fn metrics_match_what_the_sink_received() {
     env.observed_all(&jobs, 2).await;
     env.sink.script(
         "/webhook/lighting",
-        [deadline_notifier::sink::Answer {
+        [deadline_notifier::devkit::sink::Answer {
             status: 500,
             retry_after: None,
             body: String::new(),

@@ -3,7 +3,7 @@ use crate::helpers::*;
 use deadline_notifier::config::{DeadlineConfig, TriageConfig};
 use deadline_notifier::deadline::client::DeadlineClient;
 use deadline_notifier::deadline::logs::LogsClient;
-use deadline_notifier::deadline::simulator::{JobSpec, Patch, Simulator, StepSpec, TaskSpec};
+use deadline_notifier::devkit::simulator::{JobSpec, Patch, Simulator, StepSpec, TaskSpec};
 use deadline_notifier::domain::JobKey;
 use deadline_notifier::triage::Gatherer;
 use std::sync::Arc;
@@ -281,7 +281,7 @@ async fn throttled_triage_or_a_dead_logs_endpoint_still_delivers_saying_so() {
 
     // Logs down: frames, exit codes and hosts still come; the log lines do not.
     env.sim
-        .set_faults(deadline_notifier::deadline::simulator::Faults {
+        .set_faults(deadline_notifier::devkit::simulator::Faults {
             logs_down: true,
             ..Default::default()
         });
@@ -304,7 +304,7 @@ async fn throttled_triage_or_a_dead_logs_endpoint_still_delivers_saying_so() {
 
     // Every triage call throttled: the message goes out with what little is known.
     env.sim
-        .set_faults(deadline_notifier::deadline::simulator::Faults {
+        .set_faults(deadline_notifier::devkit::simulator::Faults {
             throttle_details: true,
             ..Default::default()
         });
@@ -340,7 +340,7 @@ async fn a_restart_between_detection_and_delivery_sends_the_same_triage() {
     let path = "/webhook/lighting";
     env.sink.outage(
         path,
-        std::time::Instant::now() + std::time::Duration::from_secs(120),
+        deadline_notifier::clock::monotonic() + std::time::Duration::from_secs(120),
         503,
     );
     fail_it(&env.sim, &key);
@@ -368,7 +368,8 @@ async fn a_restart_between_detection_and_delivery_sends_the_same_triage() {
     svc.kill();
     // Gathering again would now fail: the job is gone from Deadline Cloud.
     env.sim.remove(&key);
-    env.sink.outage(path, std::time::Instant::now(), 503);
+    env.sink
+        .outage(path, deadline_notifier::clock::monotonic(), 503);
     let _svc = env.start().await;
     wait_until(
         std::time::Duration::from_secs(30),

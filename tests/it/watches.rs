@@ -1,6 +1,6 @@
 //! Watches: new jobs in watched queues are subscribed by themselves (issue 12).
 use crate::helpers::*;
-use deadline_notifier::deadline::simulator::{Faults, JobSpec};
+use deadline_notifier::devkit::simulator::{Faults, JobSpec};
 use deadline_notifier::domain::JobKey;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -436,7 +436,7 @@ async fn a_job_created_later_by_script_is_found_when_it_appears() {
         name: "appears later".into(),
         created_by: Some(JANE.into()),
         create_after_ms: 1500,
-        script: vec![deadline_notifier::deadline::simulator::Patch {
+        script: vec![deadline_notifier::devkit::simulator::Patch {
             after_ms: 300,
             task_run_status: Some("SUCCEEDED".into()),
             ..Default::default()

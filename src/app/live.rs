@@ -2,7 +2,7 @@
 //! validated completely, then swapped in one step. Anything that fails leaves the
 //! running set in force, and the failure is logged, counted and returned.
 use crate::config::{Config, ConfigError};
-use crate::notify::{Sender, SenderError};
+use crate::notify::send::{Sender, SenderError};
 use crate::render::{RenderError, Renderer};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -48,10 +48,18 @@ pub struct Live {
     tx: Arc<watch::Sender<Arc<Active>>>,
     /// Serialises reloads, so two at once cannot interleave read and swap.
     gate: Arc<Mutex<()>>,
+    /// The AWS chain's region, resolved once at start-up: monitor links of every
+    /// reloaded set use it where `[deadline] region` is not set.
+    chain_region: Option<String>,
 }
 
 impl Live {
-    pub fn new(config: Config, renderer: Renderer, sender: Sender) -> Live {
+    pub fn new(
+        config: Config,
+        renderer: Renderer,
+        sender: Sender,
+        chain_region: Option<String>,
+    ) -> Live {
         let active = Active {
             config: Arc::new(config),
             renderer: Arc::new(renderer),
@@ -63,6 +71,7 @@ impl Live {
         Live {
             tx: Arc::new(watch::channel(Arc::new(active)).0),
             gate: Arc::new(Mutex::new(())),
+            chain_region,
         }
     }
 
@@ -79,7 +88,7 @@ impl Live {
     pub fn reload(&self, trigger: &'static str) -> Result<ReloadReport, ReloadError> {
         let _g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current();
-        let result = load_next(&old);
+        let result = load_next(&old, self.chain_region.as_deref());
         match &result {
             Ok((next, report)) => {
                 self.tx.send_replace(next.clone());
@@ -89,7 +98,7 @@ impl Live {
                 metrics::gauge!("deadline_notifier_config_generation")
                     .set(report.generation as f64);
                 metrics::gauge!("deadline_notifier_config_last_reload_success_timestamp_seconds")
-                    .set(chrono::Utc::now().timestamp() as f64);
+                    .set(crate::clock::wall_now().timestamp() as f64);
                 tracing::info!(
                     trigger,
                     generation = report.generation,
@@ -116,7 +125,10 @@ impl Live {
     }
 }
 
-fn load_next(old: &Active) -> Result<(Arc<Active>, ReloadReport), ReloadError> {
+fn load_next(
+    old: &Active,
+    chain_region: Option<&str>,
+) -> Result<(Arc<Active>, ReloadReport), ReloadError> {
     let config = Config::load(&old.config.path)?;
     let restart = restart_only_changes(&old.config, &config);
     if !restart.is_empty() {
@@ -125,7 +137,7 @@ fn load_next(old: &Active) -> Result<(Arc<Active>, ReloadReport), ReloadError> {
             keys: restart.join(", "),
         });
     }
-    let renderer = Renderer::load(&config)?;
+    let renderer = Renderer::load(&config, chain_region)?;
     let sender = Sender::new(&config.delivery)?;
     let report = diff_report(&old.config, &config, old.generation + 1);
     let next = Active {

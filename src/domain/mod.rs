@@ -5,11 +5,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-mod failure;
+pub mod failure;
+pub mod monitor;
+pub mod people;
 mod records;
+pub mod secret;
+pub mod text;
 pub use failure::{FailedStep, FailedTask, Failure};
 pub use records::{
-    ChannelState, DeadLetter, JobState, Notice, NoticeState, OutboxEntry, Subscription,
+    ChannelState, DeadLetter, JobState, Notice, NoticeState, OutboxEntry, Progress, Subscription,
     TEST_MESSAGE_PREFIX, Watch,
 };
 

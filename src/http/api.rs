@@ -1,13 +1,13 @@
 //! The HTTP API (axum). A bearer token decides the team; a team never sees or
 //! touches another team's data (it gets 404, as if the thing did not exist).
+use crate::app::live::Live;
 use crate::clock::SharedClock;
 use crate::config::{Team, TokenDigest};
-use crate::deliver::Wakers;
 use crate::domain::{ChannelState, Subscription};
 use crate::domain::{Event, JobKey};
-use crate::reload::Live;
+use crate::store::Wakers;
 use crate::store::{Store, StoreError};
-use crate::watcher::{Health, SubChange, WatchHandle};
+use crate::watch::{HealthView, SubChange, WatchHandle};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,7 @@ pub struct AppState {
     pub clock: SharedClock,
     pub wakers: Wakers,
     pub watch: WatchHandle,
-    pub health: Arc<Health>,
+    pub health: HealthView,
     pub backlogs: crate::deliver::Backlogs,
     limiter: Arc<RateLimiter>,
 }
@@ -48,13 +48,13 @@ impl AppState {
             clock,
             wakers,
             watch,
-            health: Arc::new(Health::default()),
+            health: HealthView::default(),
             backlogs: Default::default(),
             limiter,
         }
     }
 
-    pub fn with_health(mut self, health: Arc<Health>) -> AppState {
+    pub fn with_health(mut self, health: HealthView) -> AppState {
         self.health = health;
         self
     }
@@ -80,7 +80,7 @@ impl RateLimiter {
     }
 
     fn allow(&self, token: &TokenDigest) -> bool {
-        self.allow_at(token, tokio::time::Instant::now().into_std())
+        self.allow_at(token, crate::clock::tokio_monotonic().into_std())
     }
 
     /// The decision at `now` (tests drive it in manual time).
@@ -175,11 +175,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/watches", post(create_watch).get(list_watches))
         .route("/v1/watches/{id}", get(show_watch).delete(remove_watch))
         .route("/v1/channels/{name}/enable", post(enable))
-        .merge(crate::web::routes())
+        .merge(crate::http::web::routes())
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(json_errors))
-        .layer(axum::middleware::map_response(crate::web::security_headers))
+        .layer(axum::middleware::map_response(
+            crate::http::web::security_headers,
+        ))
         .with_state(state)
 }
 
@@ -195,10 +197,9 @@ pub fn metrics_router(state: AppState) -> Router {
 /// Ready when the store answers and, if any job is watched, a Deadline Cloud call
 /// succeeded within three poll intervals (at least a minute).
 async fn readyz(State(st): State<AppState>) -> Response {
-    use std::sync::atomic::Ordering;
     let store_ok = st.store.run(|s| Ok(s.verify_open())).await.unwrap_or(false);
-    let watched = st.health.watched_jobs.load(Ordering::Relaxed);
-    let last = st.health.last_deadline_ok_ms.load(Ordering::Relaxed);
+    let watched = st.health.watched_jobs();
+    let last = st.health.last_deadline_ok_ms();
     let window = (st.live.current().config.deadline.poll_interval * 3)
         .max(std::time::Duration::from_secs(60));
     let age_ms = st.clock.now().timestamp_millis() - last;
@@ -260,7 +261,7 @@ async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> 
         metrics::gauge!("deadline_notifier_channel_disabled", "team" => team, "channel" => channel)
             .set(if disabled { 1.0 } else { 0.0 });
     }
-    let handle = crate::telemetry::metrics();
+    let handle = crate::app::telemetry::metrics();
     handle.run_upkeep();
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -1010,9 +1011,9 @@ async fn preview(
     };
     let (job, tr) = crate::render::sample_job(event);
     let active = st.live.current();
-    let failure = crate::triage::EVENTS
+    let failure = crate::domain::failure::EVENTS
         .contains(&event)
-        .then(|| crate::triage::sample_failure(&job.key, active.renderer.monitor()));
+        .then(|| crate::domain::failure::sample_failure(&job.key, active.renderer.monitor()));
     let payload = active
         .renderer
         .payload_with(&team.name, &channel, &job, &tr, failure.as_ref())
@@ -1047,7 +1048,7 @@ mod limiter_tests {
     fn bucket_allows_bursts_of_twice_the_rate_and_refills() {
         let l = RateLimiter::new(2.0);
         let t = TokenDigest::of("some-token-0123456789");
-        let now = Instant::now();
+        let now = crate::clock::monotonic();
         let allowed = (0..10).filter(|_| l.allow_at(&t, now)).count();
         assert_eq!(allowed, 4, "burst of 2 × rate");
         assert!(!l.allow_at(&t, now + Duration::from_millis(100)));

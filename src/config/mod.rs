@@ -1,9 +1,12 @@
 //! Configuration: TOML, strict (`deny_unknown_fields`), validated once at start-up
 //! into [`Config`]. Every error names the file and the key.
+pub mod secret;
+mod validate;
+
+use crate::config::secret::SecretSource;
 use crate::domain::Event;
 use crate::notify::target;
 pub use crate::notify::{Channel, ChannelKind, DeliveryConfig};
-use crate::secret::SecretSource;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -96,7 +99,7 @@ pub struct ServerConfig {
     pub rate_limit: f64,
     /// Digests of the tokens allowed to call operator endpoints (`POST /-/reload`).
     pub admin_tokens: Vec<TokenDigest>,
-    /// `None`: sized from the open-file limit at start ([`crate::server::default_max_connections`]).
+    /// `None`: sized from the open-file limit at start ([`crate::http::server::default_max_connections`]).
     pub max_connections: Option<usize>,
     /// When set, `/metrics` is served on this address only.
     pub metrics_listen: Option<String>,
@@ -439,7 +442,7 @@ pub struct Config {
     pub triage: TriageConfig,
     pub teams: Vec<Team>,
     /// `[[people]]`: who a job's `createdBy` is in chat.
-    pub people: std::sync::Arc<crate::people::People>,
+    pub people: std::sync::Arc<crate::domain::people::People>,
 }
 
 #[derive(Debug, Clone)]
@@ -487,7 +490,7 @@ impl Config {
             path: path.into(),
             message: parse_message(&e, text),
         })?;
-        validate(raw, path)
+        validate::validate(raw, path)
     }
 
     pub fn team(&self, name: &str) -> Option<&Team> {
@@ -681,445 +684,19 @@ fn valid_name(s: &str) -> bool {
         && s != "default"
 }
 
-fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
-    let invalid = |key: String, message: String| ConfigError::Invalid {
-        path: path.into(),
-        key,
-        message,
-    };
-
-    if raw.deadline.poll_interval < Duration::from_millis(100) {
-        return Err(invalid(
-            "deadline.poll_interval".into(),
-            "must be at least 100ms".into(),
-        ));
-    }
-    if raw.deadline.discovery_interval < Duration::from_millis(100)
-        || raw.deadline.discovery_interval > Duration::from_secs(3600)
-    {
-        return Err(invalid(
-            "deadline.discovery_interval".into(),
-            "must be between 100ms and 1h".into(),
-        ));
-    }
-    if raw.deadline.discovery_overlap > Duration::from_secs(86_400) {
-        return Err(invalid(
-            "deadline.discovery_overlap".into(),
-            "must be at most 1 day".into(),
-        ));
-    }
-    if !(1..=10).contains(&raw.deadline.max_attempts) {
-        return Err(invalid(
-            "deadline.max_attempts".into(),
-            "must be between 1 and 10".into(),
-        ));
-    }
-    if let Some(u) = &raw.deadline.endpoint_url {
-        url::Url::parse(u)
-            .map_err(|e| invalid("deadline.endpoint_url".into(), format!("not a URL: {e}")))?;
-    }
-    if let Some(u) = &raw.deadline.monitor_url {
-        let parsed = url::Url::parse(u)
-            .map_err(|e| invalid("deadline.monitor_url".into(), format!("not a URL: {e}")))?;
-        if !matches!(parsed.scheme(), "https" | "http") {
-            return Err(invalid(
-                "deadline.monitor_url".into(),
-                "must be an http(s) URL".into(),
-            ));
-        }
-    }
-    if let Some(r) = &raw.deadline.region
-        && !crate::monitor::is_region(r)
-    {
-        return Err(invalid(
-            "deadline.region".into(),
-            format!("{r:?} is not an AWS region (like \"us-west-2\")"),
-        ));
-    }
-    for (farm, region) in &raw.deadline.farm_regions {
-        let key = format!("deadline.farm_regions.{farm:?}");
-        crate::domain::JobKey::parse(
-            farm,
-            &format!("queue-{}", "0".repeat(32)),
-            &format!("job-{}", "0".repeat(32)),
-        )
-        .map_err(|e| {
-            invalid(
-                key.clone(),
-                format!("not a farm id: must match {}", e.pattern),
-            )
-        })?;
-        if !crate::monitor::is_region(region) {
-            return Err(invalid(
-                key,
-                format!("{region:?} is not an AWS region (like \"eu-west-1\")"),
-            ));
-        }
-    }
-    let ms = &raw.deadline.progress_milestones;
-    if ms.iter().any(|m| !(1..=99).contains(m)) || ms.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(invalid(
-            "deadline.progress_milestones".into(),
-            format!("{ms:?}: percentages between 1 and 99, in increasing order"),
-        ));
-    }
-    if raw.deadline.stall_after < Duration::from_secs(1) {
-        return Err(invalid(
-            "deadline.stall_after".into(),
-            "must be at least 1s".into(),
-        ));
-    }
-    let t = &raw.triage;
-    if !(1..=100).contains(&t.max_tasks) {
-        return Err(invalid(
-            "triage.max_tasks".into(),
-            "must be between 1 and 100".into(),
-        ));
-    }
-    if !(1..=200).contains(&t.log_lines) {
-        return Err(invalid(
-            "triage.log_lines".into(),
-            "must be between 1 and 200".into(),
-        ));
-    }
-    if !(Duration::from_millis(100)..=Duration::from_secs(120)).contains(&t.timeout) {
-        return Err(invalid(
-            "triage.timeout".into(),
-            "must be between 100ms and 2m".into(),
-        ));
-    }
-    if !(t.max_requests_per_second.is_finite() && t.max_requests_per_second >= 0.1) {
-        return Err(invalid(
-            "triage.max_requests_per_second".into(),
-            "must be at least 0.1".into(),
-        ));
-    }
-    if !(raw.deadline.max_requests_per_second.is_finite()
-        && raw.deadline.max_requests_per_second >= 0.1)
-    {
-        return Err(invalid(
-            "deadline.max_requests_per_second".into(),
-            "must be at least 0.1".into(),
-        ));
-    }
-    for (k, v) in [
-        ("idle_factor", raw.deadline.idle_factor),
-        ("suspended_factor", raw.deadline.suspended_factor),
-        ("terminal_factor", raw.deadline.terminal_factor),
-    ] {
-        if !(1..=100).contains(&v) {
-            return Err(invalid(
-                format!("deadline.{k}"),
-                "must be between 1 and 100".into(),
-            ));
-        }
-    }
-    let delivery = DeliveryConfig::from_table(&raw.delivery)
-        .map_err(|e| invalid(format!("delivery.{}", e.key), e.message))?;
-    if delivery.retry_schedule.is_empty() {
-        return Err(invalid(
-            "delivery.retry_schedule".into(),
-            "needs at least one step".into(),
-        ));
-    }
-    if raw.server.listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(invalid(
-            "server.listen".into(),
-            format!(
-                "{:?} is not an address like 127.0.0.1:8080",
-                raw.server.listen
-            ),
-        ));
-    }
-    let rl = raw.server.rate_limit;
-    if !(rl.is_finite() && (rl == 0.0 || (0.1..=100_000.0).contains(&rl))) {
-        return Err(invalid(
-            "server.rate_limit".into(),
-            "must be 0 (off) or between 0.1 and 100000 requests per second".into(),
-        ));
-    }
-    if let Some(m) = &raw.server.metrics_listen
-        && (m.parse::<std::net::SocketAddr>().is_err() || *m == raw.server.listen)
-    {
-        return Err(invalid(
-            "server.metrics_listen".into(),
-            format!("{m:?} must be an address like 127.0.0.1:9090, other than server.listen"),
-        ));
-    }
-    if let Some(n) = raw.server.max_connections
-        && !(8..=100_000).contains(&n)
-    {
-        return Err(invalid(
-            "server.max_connections".into(),
-            "must be between 8 and 100000".into(),
-        ));
-    }
-    if raw.teams.is_empty() {
-        return Err(invalid(
-            "teams".into(),
-            "configure at least one [[teams]] entry".into(),
-        ));
-    }
-
-    let policy = target::TargetPolicy::from_config(&delivery)
-        .map_err(|m| invalid("delivery.allowed_cidrs".into(), m))?;
-    let mut team_names = HashSet::new();
-    let mut all_tokens = HashSet::new();
-    let mut admin_tokens = Vec::new();
-    for (i, src) in raw.server.admin_tokens.iter().enumerate() {
-        let key = format!("server.admin_tokens[{i}]");
-        let digest = src.digest().map_err(|m| invalid(key.clone(), m))?;
-        // A team token that is also an admin token would blur who may reload.
-        if !all_tokens.insert(digest.0) {
-            return Err(invalid(key, "this token is listed twice".into()));
-        }
-        admin_tokens.push(digest);
-    }
-    let mut teams = Vec::new();
-    for (ti, t) in raw.teams.into_iter().enumerate() {
-        let tk = format!("teams[{ti}]");
-        if !valid_name(&t.name) {
-            return Err(invalid(
-                format!("{tk}.name"),
-                format!(
-                    "{:?} must be 1-64 of [a-z0-9_-] and not \"default\" (it names a template directory)",
-                    t.name
-                ),
-            ));
-        }
-        if !team_names.insert(t.name.clone()) {
-            return Err(invalid(
-                format!("{tk}.name"),
-                format!("team {:?} is configured twice", t.name),
-            ));
-        }
-        if t.tokens.is_empty() {
-            return Err(invalid(
-                format!("{tk}.tokens"),
-                format!("team {:?} needs at least one API token", t.name),
-            ));
-        }
-        let mut tokens = Vec::new();
-        for (i, src) in t.tokens.iter().enumerate() {
-            let key = format!("{tk}.tokens[{i}]");
-            let digest = src.digest().map_err(|m| invalid(key.clone(), m))?;
-            if !all_tokens.insert(digest.0) {
-                return Err(invalid(
-                    key,
-                    "this token is already used (by this or another team, or as an admin token)"
-                        .into(),
-                ));
-            }
-            tokens.push(digest);
-        }
-        if t.channels.is_empty() {
-            return Err(invalid(
-                format!("{tk}.channels"),
-                format!("team {:?} has no [[teams.channels]]", t.name),
-            ));
-        }
-        let mut names = HashSet::new();
-        let mut channels = Vec::new();
-        for (ci, c) in t.channels.into_iter().enumerate() {
-            let ck = format!("{tk}.channels[{ci}]");
-            if !valid_name(&c.name) {
-                return Err(invalid(
-                    format!("{ck}.name"),
-                    format!("{:?} must be 1-64 of [a-z0-9_-]", c.name),
-                ));
-            }
-            if !names.insert(c.name.clone()) {
-                return Err(invalid(
-                    format!("{ck}.name"),
-                    format!(
-                        "channel {:?} is configured twice in team {:?}",
-                        c.name, t.name
-                    ),
-                ));
-            }
-            let kind = ChannelKind::named(&c.kind).ok_or_else(|| {
-                invalid(
-                    format!("{ck}.kind"),
-                    format!(
-                        "unknown kind {:?}; expected one of {}",
-                        c.kind,
-                        ChannelKind::names()
-                    ),
-                )
-            })?;
-            let url = c
-                .url
-                .resolve()
-                .map_err(|m| invalid(format!("{ck}.url"), m))?;
-            policy
-                .check_url(kind, url.expose())
-                .map_err(|m| invalid(format!("{ck}.url"), m))?;
-            let secret = match &c.secret {
-                None => None,
-                Some(src) => {
-                    let s = src
-                        .resolve()
-                        .map_err(|m| invalid(format!("{ck}.secret"), m))?;
-                    kind.check_secret(s.expose())
-                        .map_err(|m| invalid(format!("{ck}.secret"), m))?;
-                    Some(s)
-                }
-            };
-            if let Some(ev) = &c.events
-                && ev.is_empty()
-            {
-                return Err(invalid(
-                    format!("{ck}.events"),
-                    "an empty list would receive nothing; omit the key for all events".into(),
-                ));
-            }
-            channels.push(Channel {
-                name: c.name,
-                kind,
-                url,
-                secret,
-                events: c.events,
-                mention_owner: c
-                    .mention_owner
-                    .unwrap_or_else(|| crate::people::DEFAULT_MENTION_EVENTS.to_vec()),
-            });
-        }
-        for (list, key, prefix) in [
-            (&t.farm_ids, "farm_ids", "farm-"),
-            (&t.queue_ids, "queue_ids", "queue-"),
-        ] {
-            if let Some(ids) = list {
-                if ids.is_empty() {
-                    return Err(invalid(
-                        format!("{tk}.{key}"),
-                        "an empty list would admit nothing; omit the key to allow any".into(),
-                    ));
-                }
-                for (i, id) in ids.iter().enumerate() {
-                    let hex = id.strip_prefix(prefix).unwrap_or("");
-                    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(invalid(
-                            format!("{tk}.{key}[{i}]"),
-                            format!("{id:?} must be {prefix} followed by 32 hex digits"),
-                        ));
-                    }
-                }
-            }
-        }
-        let mut team = Team {
-            name: t.name,
-            tokens,
-            channels,
-            farm_ids: t.farm_ids,
-            queue_ids: t.queue_ids,
-            watches: Vec::new(),
-        };
-        let mut watch_names = HashSet::new();
-        for (wi, w) in t.watches.into_iter().enumerate() {
-            let wk = format!("{tk}.watches[{wi}]");
-            if !watch_names.insert(w.name.clone()) {
-                return Err(invalid(
-                    format!("{wk}.name"),
-                    format!("watch {:?} is declared twice in this team", w.name),
-                ));
-            }
-            let watch = check_watch(
-                &team,
-                crate::domain::Watch {
-                    id: crate::domain::Watch::config_id(&team.name, &w.name),
-                    team: team.name.clone(),
-                    name: w.name,
-                    farm_id: w.farm_id,
-                    queue_ids: w.queue_ids,
-                    created_by: w.created_by,
-                    name_matches: w.name_matches,
-                    events: w.events.unwrap_or_else(|| Event::DEFAULTS.to_vec()),
-                    channels: w
-                        .channels
-                        .unwrap_or_else(|| team.channels.iter().map(|c| c.name.clone()).collect()),
-                    source: "config".into(),
-                    created_at: chrono::DateTime::UNIX_EPOCH,
-                },
-            )
-            .map_err(|(field, m)| invalid(format!("{wk}.{field}"), m))?;
-            team.watches.push(watch);
-        }
-        teams.push(team);
-    }
-
-    let mut people = Vec::new();
-    let mut seen_ids = HashSet::new();
-    for (i, p) in raw.people.into_iter().enumerate() {
-        let pk = format!("people[{i}]");
-        if p.deadline.is_empty() {
-            return Err(invalid(
-                format!("{pk}.deadline"),
-                "list the createdBy values Deadline reports for this person".into(),
-            ));
-        }
-        for (j, d) in p.deadline.iter().enumerate() {
-            if d.trim().is_empty() || !seen_ids.insert(d.clone()) {
-                return Err(invalid(
-                    format!("{pk}.deadline[{j}]"),
-                    "must be non-empty and belong to one person only".into(),
-                ));
-            }
-        }
-        if let Some(s) = &p.slack
-            && !crate::people::valid_slack_id(s)
-        {
-            return Err(invalid(
-                format!("{pk}.slack"),
-                format!("{s:?} is not a Slack member ID (like U024BE7LH)"),
-            ));
-        }
-        if let Some(t) = &p.teams
-            && !crate::people::valid_teams_id(t)
-        {
-            return Err(invalid(
-                format!("{pk}.teams"),
-                "must be the user's principal name (jane@studio.com) or object id".into(),
-            ));
-        }
-        if !crate::people::valid_name(&p.name) {
-            return Err(invalid(
-                format!("{pk}.name"),
-                "must be 1-100 characters without control characters or < > &".into(),
-            ));
-        }
-        people.push(crate::people::Person {
-            deadline: p.deadline,
-            slack: p.slack,
-            teams: p.teams,
-            name: p.name,
-        });
-    }
-
-    let base = path.parent().unwrap_or(Path::new("."));
-    let mut templates = raw.templates;
-    if templates.dir.is_relative() && !templates.dir.exists() && base.join(&templates.dir).exists()
-    {
-        templates.dir = base.join(&templates.dir);
-    }
-
-    Ok(Config {
-        path: path.into(),
-        server: ServerConfig {
-            listen: raw.server.listen,
-            shutdown_grace: raw.server.shutdown_grace,
-            rate_limit: raw.server.rate_limit,
-            admin_tokens,
-            max_connections: raw.server.max_connections,
-            metrics_listen: raw.server.metrics_listen,
-        },
-        store: raw.store,
-        deadline: raw.deadline,
-        delivery,
-        templates,
-        triage: raw.triage,
-        teams,
-        people: std::sync::Arc::new(crate::people::People::new(people)),
-    })
+/// `us-west-2`, `eu-central-1`, `us-gov-west-1`, `cn-north-1` …
+pub fn is_region(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+        && parts
+            .last()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -1316,7 +893,7 @@ name = "Jane Doe"
         assert_eq!(c.people.owner("jane").unwrap().name, "Jane Doe");
         assert_eq!(
             c.teams[0].channels[0].mention_owner,
-            crate::people::DEFAULT_MENTION_EVENTS.to_vec()
+            crate::domain::people::DEFAULT_MENTION_EVENTS.to_vec()
         );
         let off = text.replacen(
             "kind = \"slack\"\n",
@@ -1339,5 +916,29 @@ name = "Jane Doe"
         }
         let e = err(&(text.clone() + "[[people]]\ndeadline = [\"jane\"]\nname = \"Other\"\n"));
         assert!(e.contains("people[1].deadline[0]"), "{e}");
+    }
+
+    #[test]
+    fn regions() {
+        for ok in [
+            "us-west-2",
+            "eu-central-1",
+            "us-gov-west-1",
+            "cn-north-1",
+            "ap-southeast-4",
+        ] {
+            assert!(is_region(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "us",
+            "us-west",
+            "US-WEST-2",
+            "us-west-2/..",
+            "us_west_2",
+            "us--2",
+        ] {
+            assert!(!is_region(bad), "{bad}");
+        }
     }
 }

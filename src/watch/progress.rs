@@ -5,23 +5,9 @@
 //!
 //! Growth is measured against the stored succeeded count: after a restart a larger
 //! count reads as growth "now", which can delay a stall but never invent one.
-use crate::domain::TaskRunStatus;
+use crate::domain::{Progress, TaskRunStatus};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Progress {
-    /// Succeeded tasks at the last look.
-    pub succeeded: i64,
-    /// When the succeeded count last grew (none seen yet: the job's start counts).
-    pub last_growth_at: Option<DateTime<Utc>>,
-    /// Highest milestone (percent) reached; each fires once.
-    pub milestone: u32,
-    /// A stall was announced and no task has succeeded since.
-    pub stalled: bool,
-}
 
 /// What one read of the job says about its progress.
 #[derive(Debug, Clone, Copy)]

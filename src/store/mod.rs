@@ -15,6 +15,9 @@
 //!   marker file beside sled's files remembers that the store was initialised and how
 //!   far its history reached, so an emptied or rolled-back data file is refused
 //!   instead of opening as a smaller store.
+mod wakers;
+pub use wakers::Wakers;
+
 use crate::domain::{
     ChannelState, DeadLetter, JobKey, JobState, Notice, NoticeState, OutboxEntry, Subscription,
 };
@@ -643,7 +646,7 @@ impl Store {
     fn mark_dirty(&self) {
         let mut st = self.inner.sync.lock();
         if st.dirty_since.is_none() {
-            st.dirty_since = Some(Instant::now());
+            st.dirty_since = Some(crate::clock::monotonic());
             drop(st);
             self.inner.sync.cv.notify_all();
         }
@@ -1071,7 +1074,7 @@ impl Store {
                 e.triage_until = None;
                 e.snapshot = None;
                 e.transition = None;
-                e.next_attempt_at = e.next_attempt_at.min(chrono::Utc::now());
+                e.next_attempt_at = e.next_attempt_at.min(crate::clock::wall_now());
                 t.insert(key.clone(), enc(&e))?;
                 Ok(true)
             })
@@ -1499,7 +1502,7 @@ fn syncer(sh: Arc<SyncShared>, db: sled::Db, meta: sled::Tree, path: PathBuf, ma
                 match st.dirty_since {
                     Some(t) => {
                         let due = t + GROUP_COMMIT;
-                        let now = Instant::now();
+                        let now = crate::clock::monotonic();
                         if now >= due {
                             break;
                         }
@@ -1543,7 +1546,7 @@ fn syncer(sh: Arc<SyncShared>, db: sled::Db, meta: sled::Tree, path: PathBuf, ma
         sh.cv.notify_all();
         match result {
             Ok(_) => {
-                let now = Instant::now();
+                let now = crate::clock::monotonic();
                 match candidate {
                     Some((e, at)) if now.duration_since(at) >= MARKER_TRAIL => {
                         if e > marker_epoch {
@@ -1567,7 +1570,9 @@ fn syncer(sh: Arc<SyncShared>, db: sled::Db, meta: sled::Tree, path: PathBuf, ma
                 tracing::error!(store = %path.display(), error = %e, "store sync failed; nothing new is sent until a sync succeeds");
                 // Retry soon rather than spin.
                 std::thread::sleep(GROUP_COMMIT);
-                sh.lock().dirty_since.get_or_insert(Instant::now());
+                sh.lock()
+                    .dirty_since
+                    .get_or_insert(crate::clock::monotonic());
             }
         }
     }
@@ -1595,9 +1600,9 @@ mod tests {
             kind: "webhook".into(),
             job,
             event: Event::Succeeded,
-            created_at: Utc::now(),
+            created_at: crate::clock::wall_now(),
             attempts: 0,
-            next_attempt_at: Utc::now(),
+            next_attempt_at: crate::clock::wall_now(),
             last_error: None,
             payload: serde_json::json!({}),
             triage_until: None,
@@ -1611,7 +1616,7 @@ mod tests {
         JobState {
             job: key(n),
             status: JobStatus::of(&JobSnapshot::sample(key(n), "a")),
-            since: Utc::now(),
+            since: crate::clock::wall_now(),
             terminal_since: None,
             progress: Default::default(),
         }
@@ -1624,7 +1629,7 @@ mod tests {
             job: key(n),
             channels: vec![],
             events: vec![],
-            created_at: Utc::now(),
+            created_at: crate::clock::wall_now(),
             state: "active".into(),
             ended_reason: None,
             watch: None,
@@ -1652,14 +1657,19 @@ mod tests {
         assert!(s.job_state(&key(1)).unwrap().is_some());
         assert_eq!(s.outbox_len(), 2);
         let head = s.outbox_head("t", "c").unwrap().unwrap();
-        s.delivered(&head, Utc::now()).unwrap();
+        s.delivered(&head, crate::clock::wall_now()).unwrap();
         assert!(s.was_delivered("msg_x").unwrap());
         let next = s.outbox_head("t", "c").unwrap().unwrap();
         assert!(next.seq > head.seq);
-        let dl = s.dead_letter(&next, "HTTP 400", Utc::now()).unwrap();
+        let dl = s
+            .dead_letter(&next, "HTTP 400", crate::clock::wall_now())
+            .unwrap();
         assert!(s.outbox_head("t", "c").unwrap().is_none());
         assert_eq!((s.outbox_len(), s.dead_letter_count()), (0, 1));
-        let back = s.replay_dead_letter(dl.id, Utc::now()).unwrap().unwrap();
+        let back = s
+            .replay_dead_letter(dl.id, crate::clock::wall_now())
+            .unwrap()
+            .unwrap();
         assert_eq!(back.webhook_id, "msg_x");
         assert!(s.dead_letters().unwrap().is_empty());
         assert_eq!((s.outbox_len(), s.dead_letter_count()), (1, 0));
@@ -1718,12 +1728,15 @@ mod tests {
             .commit_observation(&state(1), vec![entry("t", "c", key(1))])
             .unwrap();
         s.sync().unwrap();
-        s.delivered(&q[0], Utc::now()).unwrap();
+        s.delivered(&q[0], crate::clock::wall_now()).unwrap();
         // The syncer runs by itself (no caller waits): the dirty flag is cleared
         // once it has flushed.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = crate::clock::monotonic() + Duration::from_secs(10);
         while s.inner.sync.lock().dirty_since.is_some() {
-            assert!(Instant::now() < deadline, "group commit never ran");
+            assert!(
+                crate::clock::monotonic() < deadline,
+                "group commit never ran"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -1732,12 +1745,12 @@ mod tests {
     /// the file lock for a moment after a drop (a different process never sees
     /// this): wait for it, with a deadline.
     fn reopen(p: &Path) -> Result<Store, StoreError> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = crate::clock::monotonic() + Duration::from_secs(10);
         loop {
             match Store::open(p) {
                 Err(e)
                     if e.to_string().contains("could not acquire lock")
-                        && Instant::now() < deadline =>
+                        && crate::clock::monotonic() < deadline =>
                 {
                     std::thread::sleep(Duration::from_millis(20));
                 }

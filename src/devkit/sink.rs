@@ -156,7 +156,7 @@ async fn receive(
         let down = g
             .outages
             .get(&path)
-            .filter(|(until, _)| std::time::Instant::now() < *until)
+            .filter(|(until, _)| crate::clock::monotonic() < *until)
             .map(|(_, s)| *s);
         let flaky = g.flaky.get_mut(&path).and_then(|(rate, x)| {
             *x ^= *x << 13;
@@ -207,8 +207,8 @@ async fn receive(
         body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
         raw: body,
         status: answer.status,
-        at: Some(std::time::Instant::now()),
-        received_at: chrono::Utc::now(),
+        at: Some(crate::clock::monotonic()),
+        received_at: crate::clock::wall_now(),
     };
     sink.lock().received.push(rec.clone());
     let _ = sink.tx.send(rec);

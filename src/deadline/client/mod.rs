@@ -247,6 +247,9 @@ impl Observed {
 /// Polls jobs with BatchGetJob, falling back to GetJob when BatchGetJob is refused.
 pub struct DeadlineClient {
     client: dl::Client,
+    /// The region the AWS chain resolved (env, profile, IMDS), for monitor links
+    /// when `[deadline] region` is not set.
+    region: Option<String>,
     batch_refused: AtomicBool,
     /// Jobs whose record the SDK cannot decode: read alone with GetJob, so one bad
     /// record never blinds a batch of a hundred.
@@ -278,7 +281,6 @@ impl DeadlineClient {
             loader = loader.endpoint_url(url);
         }
         let sdk = loader.load().await;
-        crate::monitor::set_chain_region(sdk.region().map(|r| r.to_string()));
         Self::from_sdk_config(&sdk, cfg, custom_endpoint(cfg).is_some())
     }
 
@@ -298,6 +300,8 @@ impl DeadlineClient {
             .build();
         DeadlineClient {
             client: dl::Client::from_conf(conf),
+            // The endpoint's region is fixed; links follow the environment's.
+            region: super::region_from_env(),
             batch_refused: AtomicBool::new(false),
             undecodable: Default::default(),
         }
@@ -316,9 +320,15 @@ impl DeadlineClient {
         }
         DeadlineClient {
             client: dl::Client::from_conf(b.build()),
+            region: sdk.region().map(|r| r.to_string()),
             batch_refused: AtomicBool::new(false),
             undecodable: Default::default(),
         }
+    }
+
+    /// The region the AWS chain resolved when this client was built.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
     }
 
     /// Reads every job in `keys` (any mix of farms and queues).

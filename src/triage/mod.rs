@@ -7,16 +7,18 @@
 //! `triage_until`; it hands the job to [`run`], which gathers, re-renders each
 //! message with `failure`, stores payload and facts with the outbox entry (so a
 //! retry or a restart sends the same message) and wakes the channel's worker.
+pub mod redact;
+
+use crate::app::live::Live;
 use crate::config::TriageConfig;
 use crate::deadline::SourceError;
 use crate::deadline::client::DeadlineClient;
 use crate::deadline::logs::LogsClient;
-use crate::deliver::Wakers;
-use crate::domain::{Event, FailedStep, FailedTask, Failure, JobKey, JobSnapshot, Transition};
-use crate::monitor::Monitor;
-use crate::reload::Live;
-use crate::schedule::Budget;
+use crate::domain::monitor::Monitor;
+use crate::domain::{FailedStep, FailedTask, Failure, JobKey, JobSnapshot, Transition};
 use crate::store::Store;
+use crate::store::Wakers;
+use crate::watch::schedule::Budget;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,10 +26,6 @@ use tokio::sync::mpsc;
 
 /// Calls triage may make at once after a quiet spell: about two failed jobs' worth.
 const BURST: f64 = 16.0;
-
-/// The events whose messages always carry triage (others only when their template
-/// uses `failure`).
-pub const EVENTS: &[Event] = &[Event::Failed, Event::TasksFailed, Event::NotCompatible];
 
 /// Said in a message whose triage never finished (a crash, an outage).
 pub const NOT_GATHERED: &str = "details could not be gathered in time";
@@ -81,7 +79,7 @@ impl Gatherer {
             deadline,
             logs,
             budget: Mutex::new(Budget::with_burst(rate, 0, BURST)),
-            epoch: Instant::now(),
+            epoch: crate::clock::monotonic(),
         }
     }
 
@@ -151,7 +149,7 @@ impl Gatherer {
             failed_task_count: job.count("FAILED"),
             ..Default::default()
         };
-        let started = Instant::now();
+        let started = crate::clock::monotonic();
         let r = tokio::time::timeout(limit, self.collect(cfg, &job.key, monitor, &mut f)).await;
         match r {
             Ok(Ok(())) => {}
@@ -235,7 +233,7 @@ impl Gatherer {
             t.message = a
                 .progress_message
                 .as_deref()
-                .map(crate::redact::clean_line)
+                .map(crate::triage::redact::clean_line)
                 .filter(|m| !m.is_empty());
             windows.insert(i, (a.started_at, a.ended_at, a.session_id.clone()));
             sessions.entry(a.session_id).or_default().push(i);
@@ -249,7 +247,7 @@ impl Gatherer {
         let mut streams = HashMap::new();
         for s in found {
             for &i in sessions.get(&s.session_id).into_iter().flatten() {
-                f.tasks[i].host = s.host.as_deref().map(crate::redact::clean_line);
+                f.tasks[i].host = s.host.as_deref().map(crate::triage::redact::clean_line);
                 let group = s
                     .log_group
                     .clone()
@@ -268,7 +266,7 @@ impl Gatherer {
             let (start, end) = windows.get(&i).map_or((None, None), |w| (w.0, w.1));
             // CloudWatch Logs has its own quota: no Deadline budget spent here.
             match logs.tail(group, stream, start, end, cfg.log_lines).await {
-                Ok(lines) => f.tasks[i].log_tail = crate::redact::clean_tail(&lines),
+                Ok(lines) => f.tasks[i].log_tail = crate::triage::redact::clean_tail(&lines),
                 // The rest is still worth sending; one failure names the problem and
                 // spares the endpoint the other calls.
                 Err(e) => {
@@ -278,39 +276,6 @@ impl Gatherer {
             }
         }
         Ok(())
-    }
-}
-
-/// A sample failure for previews, template checks and golden files.
-pub fn sample_failure(key: &JobKey, monitor: Option<&Monitor>) -> Failure {
-    let step = format!("step-{}", "1".repeat(32));
-    let task = |n: usize, frame: &str| FailedTask {
-        step_id: step.clone(),
-        step_name: "Render".into(),
-        task_id: format!("task-{}-{n}", "1".repeat(32)),
-        parameters: [("Frame".to_string(), frame.to_string())].into(),
-        exit_code: Some(137),
-        message: Some("Render process was killed (out of memory)".into()),
-        retries: Some(2),
-        host: Some("render-042".into()),
-        log_tail: vec![
-            format!("Rendering frame {frame}"),
-            "Memory in use: 61.8 GiB of 64 GiB".into(),
-            "ERROR: std::bad_alloc".into(),
-            "Process exited with code 137".into(),
-        ],
-        link: monitor.and_then(|m| m.task(key, &step, &format!("task-{}-{n}", "1".repeat(32)))),
-    };
-    Failure {
-        failed_task_count: 2,
-        steps: vec![FailedStep {
-            step_id: step.clone(),
-            name: "Render".into(),
-            failed_count: 2,
-            link: monitor.and_then(|m| m.step(key, &step)),
-        }],
-        tasks: vec![task(41, "1042"), task(42, "1043")],
-        unavailable: None,
     }
 }
 
@@ -396,7 +361,9 @@ async fn one(
     gatherer.set_rate(active.config.triage_budget().max(0.1));
     // Only the time its messages still wait is worth spending: a triage that could
     // no longer reach them would take budget from one that can.
-    let left = (r.until - chrono::Utc::now()).to_std().unwrap_or_default();
+    let left = (r.until - crate::clock::wall_now())
+        .to_std()
+        .unwrap_or_default();
     if left < Duration::from_millis(200) {
         tracing::warn!(job = %r.job.key, "triage started after its messages stopped waiting; they go out without details");
         return;

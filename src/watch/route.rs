@@ -104,7 +104,7 @@ pub fn webhook_id(job: &JobKey, tr: &Transition, team: &str, channel: &str) -> S
 mod tests {
     use super::*;
     use crate::config::{ChannelKind, Team};
-    use crate::secret::Secret;
+    use crate::domain::secret::Secret;
 
     fn team(name: &str) -> Team {
         let ch = |n: &str, events: Option<Vec<Event>>| Channel {
@@ -136,7 +136,7 @@ mod tests {
             },
             channels: channels.iter().map(|s| s.to_string()).collect(),
             events: events.to_vec(),
-            created_at: chrono::Utc::now(),
+            created_at: crate::clock::wall_now(),
             state: "active".into(),
             ended_reason: None,
             watch: None,

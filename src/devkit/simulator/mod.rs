@@ -159,7 +159,7 @@ pub struct Simulator {
 }
 
 fn apply(snap: &mut JobSnapshot, p: &Patch) {
-    let now = Utc::now();
+    let now = crate::clock::wall_now();
     if let Some(s) = &p.task_run_status {
         let st = TaskRunStatus::from_wire(s);
         if st == TaskRunStatus::Running && snap.started_at.is_none() {
@@ -193,12 +193,12 @@ fn apply(snap: &mut JobSnapshot, p: &Patch) {
 impl SimJob {
     /// Whether the job exists yet (see `JobSpec::create_after_ms`).
     fn born(&self) -> bool {
-        Instant::now() >= self.created
+        crate::clock::monotonic() >= self.created
     }
 
     /// The job's wire JSON, with any raw override.
     fn wire(&self, with_location: bool) -> Value {
-        let mut v = super::wire::to_wire(&self.snap, with_location);
+        let mut v = crate::deadline::wire::to_wire(&self.snap, with_location);
         if let (Some(m), Some(raw)) = (v.as_object_mut(), &self.raw) {
             for (k, x) in raw {
                 m.insert(k.clone(), x.clone());
@@ -245,7 +245,8 @@ impl Simulator {
         };
         let mut snap = JobSnapshot::sample(key.clone(), &spec.name);
         let born_in = std::time::Duration::from_millis(spec.create_after_ms);
-        snap.created_at = Utc::now() + chrono::Duration::from_std(born_in).unwrap_or_default();
+        snap.created_at =
+            crate::clock::wall_now() + chrono::Duration::from_std(born_in).unwrap_or_default();
         snap.description = spec.description;
         snap.priority = spec.priority.unwrap_or(50);
         if let Some(c) = spec.created_by {
@@ -272,7 +273,7 @@ impl Simulator {
             SimJob {
                 snap,
                 script,
-                created: Instant::now() + born_in,
+                created: crate::clock::monotonic() + born_in,
                 hits: 0,
                 first_read: None,
                 raw: None,
@@ -321,7 +322,7 @@ impl Simulator {
 
     /// Adds `n` READY jobs (see [`Simulator::populated_key`]).
     pub fn populate(&self, n: usize, farms: usize, queues: usize) {
-        let now = Utc::now();
+        let now = crate::clock::wall_now();
         let mut g = self.lock();
         for i in 0..n {
             let key = Self::populated_key(i, farms, queues);
@@ -334,7 +335,7 @@ impl Simulator {
                 SimJob {
                     snap,
                     script: Vec::new(),
-                    created: Instant::now(),
+                    created: crate::clock::monotonic(),
                     hits: 0,
                     first_read: None,
                     raw: None,
@@ -848,8 +849,10 @@ async fn admin_get(
     };
     let g = sim.lock();
     match g.jobs.get(&key) {
-        Some(j) => Json(json!({"hits": j.hits, "job": super::wire::to_wire(&j.snap, true)}))
-            .into_response(),
+        Some(j) => {
+            Json(json!({"hits": j.hits, "job": crate::deadline::wire::to_wire(&j.snap, true)}))
+                .into_response()
+        }
         None => not_found(&key),
     }
 }

@@ -6,17 +6,24 @@
 //! up to 100, spread evenly over the poll interval, within a global request budget
 //! that backs off on throttling. Job state lives in memory in compact form; the store
 //! is written only when a job's state changes.
+mod health;
+pub use health::{Health, HealthView, SearchedQueues};
+pub mod diff;
+pub mod progress;
+pub mod route;
+pub mod schedule;
+
+use crate::app::live::{Active, Live};
 use crate::clock::SharedClock;
 use crate::deadline::client::{BATCH_LIMIT, DeadlineClient};
 use crate::deadline::{Fetched, Observed, SourceError};
-use crate::diff::diff;
 use crate::domain::Event;
 use crate::domain::{JobKey, JobStatus, TaskRunStatus, Transition};
 use crate::domain::{JobState, OutboxEntry, Subscription};
-use crate::reload::{Active, Live};
-use crate::route::{Interest, route, webhook_id};
-use crate::schedule::{Budget, Schedule};
 use crate::store::{Store, StoreError};
+use crate::watch::diff::diff;
+use crate::watch::route::{Interest, route, webhook_id};
+use crate::watch::schedule::{Budget, Schedule};
 use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,130 +35,6 @@ use tokio::time::Instant;
 pub enum SubChange {
     Added(Subscription),
     Removed(Subscription),
-}
-
-/// What readiness looks at: when the last Deadline call succeeded, how many jobs are watched.
-#[derive(Debug, Default)]
-pub struct Health {
-    pub last_deadline_ok_ms: std::sync::atomic::AtomicI64,
-    pub watched_jobs: std::sync::atomic::AtomicUsize,
-    /// Each watched job's name, status and task counts as last read (for the API).
-    pub views: std::sync::Mutex<std::collections::HashMap<Arc<JobKey>, crate::domain::CompactView>>,
-    /// Jobs whose last read failed, and why (shown on their subscriptions).
-    pub poll_errors: std::sync::Mutex<std::collections::HashMap<JobKey, String>>,
-    /// Discovery failures by (farm, queues searched together): message and since when.
-    pub discovery_errors:
-        std::sync::Mutex<std::collections::HashMap<SearchedQueues, DiscoveryError>>,
-    /// `createdBy` values seen that map to nobody in `[[people]]`, and when last.
-    pub unmapped:
-        std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
-}
-
-/// (farm, queues searched in one call).
-pub type SearchedQueues = (String, Vec<String>);
-/// Why a search failed, and since when.
-pub type DiscoveryError = (String, chrono::DateTime<chrono::Utc>);
-
-/// At most this many distinct unmapped `createdBy` values are remembered.
-const UNMAPPED_CAP: usize = 10_000;
-
-impl Health {
-    pub fn poll_error(&self, job: &JobKey) -> Option<String> {
-        self.poll_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(job)
-            .cloned()
-    }
-
-    /// Records a failed read; returns whether the error is new for this job.
-    fn set_poll_error(&self, job: &JobKey, reason: &str) -> bool {
-        let mut g = self.poll_errors.lock().unwrap_or_else(|e| e.into_inner());
-        match g.get(job) {
-            Some(r) if r == reason => false,
-            _ => {
-                g.insert(job.clone(), reason.to_string());
-                true
-            }
-        }
-    }
-
-    fn note_unmapped(&self, created_by: &str, now: chrono::DateTime<chrono::Utc>) {
-        let mut g = self.unmapped.lock().unwrap_or_else(|e| e.into_inner());
-        if g.len() >= UNMAPPED_CAP && !g.contains_key(created_by) {
-            let cutoff = now - chrono::Duration::days(30);
-            g.retain(|_, t| *t >= cutoff);
-            if g.len() >= UNMAPPED_CAP {
-                return;
-            }
-        }
-        g.insert(created_by.to_string(), now);
-    }
-
-    /// Unmapped `createdBy` values seen since `since`, most recent first.
-    pub fn unmapped_since(
-        &self,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
-        let g = self.unmapped.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = g
-            .iter()
-            .filter(|(_, t)| **t >= since)
-            .map(|(k, t)| (k.clone(), *t))
-            .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        v
-    }
-
-    /// The discovery error that affects `w`'s queues, if any: (message, since).
-    pub fn watch_error(
-        &self,
-        w: &crate::domain::Watch,
-    ) -> Option<(String, chrono::DateTime<chrono::Utc>)> {
-        let g = self
-            .discovery_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        g.iter()
-            .find(|((farm, queues), _)| {
-                *farm == w.farm_id && queues.iter().any(|q| w.queue_ids.contains(q))
-            })
-            .map(|(_, e)| e.clone())
-    }
-
-    pub fn view(&self, job: &JobKey) -> Option<crate::domain::JobView> {
-        self.views
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(job)
-            .map(crate::domain::CompactView::expand)
-    }
-
-    fn drop_view(&self, job: &JobKey) {
-        self.views
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(job);
-    }
-
-    fn refresh_view(
-        &self,
-        job: &Arc<JobKey>,
-        observed: &Observed,
-        now: chrono::DateTime<chrono::Utc>,
-    ) {
-        let mut g = self.views.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(new) = observed.refresh_view(g.get_mut(&**job), now) {
-            g.insert(job.clone(), new);
-        }
-    }
-
-    fn clear_poll_error(&self, job: &JobKey) {
-        let mut g = self.poll_errors.lock().unwrap_or_else(|e| e.into_inner());
-        if !g.is_empty() {
-            g.remove(job);
-        }
-    }
 }
 
 /// The API's side of the change channel.
@@ -203,7 +86,7 @@ struct Known {
     since: chrono::DateTime<chrono::Utc>,
     terminal_since: Option<chrono::DateTime<chrono::Utc>>,
     /// In memory at every read; stored when a milestone or stall fires or clears.
-    progress: crate::progress::Progress,
+    progress: crate::domain::Progress,
 }
 
 impl From<JobState> for Known {
@@ -255,7 +138,7 @@ impl Watcher {
 
 impl Loop {
     fn load(w: Watcher) -> Result<Loop, StoreError> {
-        let origin = Instant::now();
+        let origin = crate::clock::tokio_monotonic();
         let active = w.live.current();
         let budget = Budget::new(active.config.poll_budget(), 0);
         // Reading and decoding the two trees is most of start-up at 100k jobs; do
@@ -339,13 +222,13 @@ impl Loop {
             .get(job)
             .and_then(|t| t.state.as_ref())
             .and_then(|s| s.terminal_since);
-        crate::schedule::settled(since, self.w.clock.now(), &self.active.config.deadline)
+        crate::watch::schedule::settled(since, self.w.clock.now(), &self.active.config.deadline)
     }
 
     /// How many times less often than the base interval to poll this job.
     fn factor(&self, job: &JobKey) -> u32 {
         let st = self.tracked.get(job).and_then(|t| t.state.as_ref());
-        crate::schedule::poll_factor(
+        crate::watch::schedule::poll_factor(
             st.map(|s| &s.status),
             st.map_or(self.w.clock.now(), |s| s.since),
             self.w.clock.now(),
@@ -482,10 +365,7 @@ impl Loop {
             while let Ok(c) = self.w.changes.try_recv() {
                 self.apply(c)?;
             }
-            self.w
-                .health
-                .watched_jobs
-                .store(self.schedule.len(), std::sync::atomic::Ordering::Relaxed);
+            self.w.health.set_watched_jobs(self.schedule.len());
             metrics::gauge!("deadline_notifier_watched_jobs").set(self.schedule.len() as f64);
             let now = self.now_ms();
             if now >= self.next_discovery && self.budget.wait(now) == 0 {
@@ -539,10 +419,9 @@ impl Loop {
         match self.w.client.fetch(&keys).await {
             Ok(results) => {
                 self.budget.on_success();
-                self.w.health.last_deadline_ok_ms.store(
-                    self.w.clock.now().timestamp_millis(),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                self.w
+                    .health
+                    .deadline_ok(self.w.clock.now().timestamp_millis());
                 // The store's group commit makes these durable; workers pick the
                 // messages up only then.
                 blocking(|| -> Result<(), StoreError> {
@@ -686,14 +565,7 @@ impl Loop {
                             self.budget.take(self.now_ms());
                         }
                         self.discovery_backoff.remove(&key);
-                        let cleared = self
-                            .w
-                            .health
-                            .discovery_errors
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&key)
-                            .is_some();
+                        let cleared = self.w.health.clear_discovery_error(&key);
                         if cleared {
                             tracing::info!(farm, queues = %chunk.join(","), "discovery works again for these queues");
                         }
@@ -728,15 +600,8 @@ impl Loop {
                         let delay = (interval << failures.min(10)).min(600_000);
                         self.discovery_backoff
                             .insert(key.clone(), (failures, self.now_ms() + delay));
-                        let mut errs = self
-                            .w
-                            .health
-                            .discovery_errors
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner());
-                        if errs.get(&key).map(|e| &e.0) != Some(&msg) {
+                        if self.w.health.set_discovery_error(key, &msg, pass_start) {
                             tracing::warn!(farm, queues = %chunk.join(","), error = %msg, "discovery failed for these queues; retrying every pass");
-                            errs.insert(key, (msg, pass_start));
                         }
                     }
                 }
@@ -829,7 +694,7 @@ impl Loop {
         {
             return;
         }
-        self.last_lag_log = Some(Instant::now());
+        self.last_lag_log = Some(crate::clock::tokio_monotonic());
         tracing::warn!(
             configured_interval_ms = interval,
             effective_interval_ms = interval + lag_ms,
@@ -883,7 +748,7 @@ impl Loop {
         let prev = t.state.as_ref();
         let now = self.w.clock.now();
         let (succeeded, total, running, started_at) = observed.progress();
-        let seen = crate::progress::Seen {
+        let seen = crate::watch::progress::Seen {
             succeeded,
             total,
             running,
@@ -892,7 +757,7 @@ impl Loop {
         };
         let dl = &self.active.config.deadline;
         let (progress, fires, progress_changed) = match prev {
-            Some(p) => crate::progress::step(
+            Some(p) => crate::watch::progress::step(
                 &p.progress,
                 &seen,
                 now,
@@ -900,7 +765,7 @@ impl Loop {
                 &dl.progress_milestones,
             ),
             None => (
-                crate::progress::baseline(&seen, &dl.progress_milestones),
+                crate::watch::progress::baseline(&seen, &dl.progress_milestones),
                 Vec::new(),
                 false,
             ),
@@ -922,11 +787,11 @@ impl Loop {
         let (mut milestone, mut stalled_since) = (None, None);
         for f in &fires {
             match f {
-                crate::progress::Fire::Milestone(m) => {
+                crate::watch::progress::Fire::Milestone(m) => {
                     milestone = Some(*m);
                     events.push(Event::Progress);
                 }
-                crate::progress::Fire::Stalled { since } => {
+                crate::watch::progress::Fire::Stalled { since } => {
                     stalled_since = Some(*since);
                     events.push(Event::Stalled);
                 }

@@ -3,61 +3,32 @@
 //! `/<farm-region>/farms/<farm>/queues/<queue>`, and a job, step or task is
 //! *selected on the queue page* with `?jobId=…&stepId=…&taskId=…`. The farm's region
 //! (the path) can differ from the monitor's (the host).
-use crate::config::DeadlineConfig;
 use crate::domain::JobKey;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Monitor {
     base: url::Url,
-    /// `[deadline] region`, else the AWS region chain's.
+    /// `[deadline] region`, else the AWS region chain's (resolved once, at start-up).
     region: Option<String>,
     /// `[deadline] farm_regions`: farms that live elsewhere.
     farm_regions: BTreeMap<String, String>,
 }
 
-static CHAIN_REGION: OnceLock<Option<String>> = OnceLock::new();
-
-/// Records the region the AWS chain resolved at start-up (env, profile, IMDS), for
-/// links when `[deadline] region` is not set.
-pub fn set_chain_region(region: Option<String>) {
-    let _ = CHAIN_REGION.set(region);
-}
-
-fn chain_region() -> Option<String> {
-    match CHAIN_REGION.get() {
-        Some(r) => r.clone(),
-        // Not resolved (a command that never built a client): the chain's env part.
-        None => ["AWS_REGION", "AWS_DEFAULT_REGION"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())),
-    }
-}
-
-/// `us-west-2`, `eu-central-1`, `us-gov-west-1`, `cn-north-1` …
-pub fn is_region(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() >= 3
-        && parts[0].len() == 2
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
-        && parts
-            .last()
-            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
-}
-
 impl Monitor {
-    /// `None` when no `monitor_url` is configured (messages then carry no link).
-    pub fn from_config(cfg: &DeadlineConfig) -> Option<Monitor> {
-        let base = url::Url::parse(cfg.monitor_url.as_deref()?).ok()?;
+    /// `None` when there is no monitor URL (messages then carry no link) or it does
+    /// not parse. `region` is `[deadline] region`, else what the AWS region chain
+    /// resolved at start-up; `farm_regions` names farms that live elsewhere.
+    pub fn new(
+        monitor_url: Option<&str>,
+        region: Option<String>,
+        farm_regions: BTreeMap<String, String>,
+    ) -> Option<Monitor> {
+        let base = url::Url::parse(monitor_url?).ok()?;
         Some(Monitor {
             base,
-            region: cfg.region.clone().or_else(chain_region),
-            farm_regions: cfg.farm_regions.clone(),
+            region,
+            farm_regions,
         })
     }
 
@@ -175,29 +146,5 @@ mod tests {
         );
         let none = Monitor { region: None, ..m };
         assert_eq!(none.job(&key()), None);
-    }
-
-    #[test]
-    fn regions() {
-        for ok in [
-            "us-west-2",
-            "eu-central-1",
-            "us-gov-west-1",
-            "cn-north-1",
-            "ap-southeast-4",
-        ] {
-            assert!(is_region(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "us",
-            "us-west",
-            "US-WEST-2",
-            "us-west-2/..",
-            "us_west_2",
-            "us--2",
-        ] {
-            assert!(!is_region(bad), "{bad}");
-        }
     }
 }

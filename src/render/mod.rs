@@ -8,6 +8,8 @@
 //!
 //! The first line of the output is the title, the rest the body.
 use crate::config::Config;
+use crate::domain::monitor::Monitor;
+use crate::domain::text::sanitize;
 use crate::domain::{Event, JobKey, JobSnapshot, Transition};
 use crate::notify::{ChannelKind, Message, Rendered};
 use chrono::{DateTime, Utc};
@@ -36,34 +38,6 @@ pub fn embedded(rel: &str) -> Option<&'static str> {
     ChannelKind::named(kind).map(|k| k.default_template())
 }
 
-/// A job value as it may stand in a message: on one line (line breaks and tabs
-/// become one space, so a value can never move text into another line, header or
-/// block), without control characters, and without the direction overrides and
-/// invisible characters that could disguise it (U+202A–U+202E, U+2066–U+2069,
-/// U+200E, U+200F, U+200B, U+FEFF). ZWNJ and ZWJ stay: Persian, Indic scripts and
-/// emoji sequences need them. Webhook data fields keep the exact value (serde).
-pub fn sanitize(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\n' | '\r' | '\t' | '\u{0b}' | '\u{0c}' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
-                if !out.ends_with(' ') {
-                    out.push(' ');
-                }
-            }
-            '\u{202a}'..='\u{202e}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{200e}'
-            | '\u{200f}'
-            | '\u{200b}'
-            | '\u{feff}' => {}
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// All compiled templates. Built once at start-up; every template is compiled in
 /// strict mode and test-rendered, so a broken one fails start-up with its file name.
 pub struct Renderer {
@@ -72,8 +46,8 @@ pub struct Renderer {
     by_kind: HashMap<&'static str, Handlebars<'static>>,
     /// (team, kind, event) → template name.
     resolved: HashMap<(String, ChannelKind, Event), String>,
-    monitor: Option<crate::monitor::Monitor>,
-    people: std::sync::Arc<crate::people::People>,
+    monitor: Option<Monitor>,
+    people: std::sync::Arc<crate::domain::people::People>,
     /// Templates that use `failure` (their messages wait for triage whatever the event).
     uses_failure: std::collections::HashSet<String>,
 }
@@ -113,13 +87,22 @@ fn source_for(dir: &Path, rel: &str) -> Result<Option<(String, String)>, RenderE
 }
 
 impl Renderer {
-    pub fn load(cfg: &Config) -> Result<Renderer, RenderError> {
+    /// `chain_region` is the region the AWS chain resolved at start-up, used for
+    /// monitor links when `[deadline] region` is not set.
+    pub fn load(cfg: &Config, chain_region: Option<&str>) -> Result<Renderer, RenderError> {
         let dir = &cfg.templates.dir;
         let mut r = Renderer {
             plain: registry(sanitize),
             by_kind: HashMap::new(),
             resolved: HashMap::new(),
-            monitor: crate::monitor::Monitor::from_config(&cfg.deadline),
+            monitor: Monitor::new(
+                cfg.deadline.monitor_url.as_deref(),
+                cfg.deadline
+                    .region
+                    .clone()
+                    .or_else(|| chain_region.map(str::to_string)),
+                cfg.deadline.farm_regions.clone(),
+            ),
             people: cfg.people.clone(),
             uses_failure: Default::default(),
         };
@@ -206,7 +189,7 @@ impl Renderer {
         Ok(())
     }
 
-    pub fn monitor(&self) -> Option<&crate::monitor::Monitor> {
+    pub fn monitor(&self) -> Option<&Monitor> {
         self.monitor.as_ref()
     }
 
@@ -301,7 +284,7 @@ impl Renderer {
     /// Whether a message of this event on this channel waits for failure triage: the
     /// failure events always; others when their template uses `failure`.
     pub fn wants_failure(&self, team: &str, kind: ChannelKind, event: Event) -> bool {
-        crate::triage::EVENTS.contains(&event)
+        crate::domain::failure::EVENTS.contains(&event)
             || self
                 .resolved
                 .get(&(team.to_string(), kind, event))
@@ -410,8 +393,8 @@ pub fn context(
     channel: &str,
     job: &JobSnapshot,
     tr: &Transition,
-    monitor: Option<&crate::monitor::Monitor>,
-    owner: Option<&crate::people::Person>,
+    monitor: Option<&Monitor>,
+    owner: Option<&crate::domain::people::Person>,
 ) -> Value {
     let mut counts = serde_json::Map::new();
     for s in crate::domain::TaskRunStatus::KNOWN {
@@ -441,7 +424,8 @@ pub fn context(
         .collect();
     let (emoji, verb) = event_words(tr.event);
     let remaining = total - succeeded - failed - job.count("CANCELED");
-    let rate = crate::progress::throughput(succeeded, remaining, job.started_at, tr.detected_at);
+    let rate =
+        crate::watch::progress::throughput(succeeded, remaining, job.started_at, tr.detected_at);
     let progress_percent = (total > 0).then(|| succeeded * 100 / total);
     let link = monitor.and_then(|m| m.job(&job.key));
     let mut ctx = json!({
@@ -656,19 +640,14 @@ pub fn sample_job(event: Event) -> (JobSnapshot, Transition) {
 }
 
 /// The monitor samples link to when none is configured.
-pub fn sample_monitor() -> crate::monitor::Monitor {
-    crate::monitor::Monitor::fixed("https://monitor.example.com", "us-west-2")
+pub fn sample_monitor() -> Monitor {
+    Monitor::fixed("https://monitor.example.com", "us-west-2")
 }
 
 /// The template context of [`sample_job`].
-pub fn sample_context(
-    team: &str,
-    channel: &str,
-    event: Event,
-    monitor: Option<&crate::monitor::Monitor>,
-) -> Value {
+pub fn sample_context(team: &str, channel: &str, event: Event, monitor: Option<&Monitor>) -> Value {
     let (job, tr) = sample_job(event);
-    let owner = crate::people::Person {
+    let owner = crate::domain::people::Person {
         deadline: vec![job.created_by.clone()],
         slack: Some("U0000000".into()),
         teams: Some("jane@example.com".into()),
@@ -676,10 +655,12 @@ pub fn sample_context(
     };
     let monitor = monitor.cloned().unwrap_or_else(sample_monitor);
     let mut ctx = context(team, channel, &job, &tr, Some(&monitor), Some(&owner));
-    if crate::triage::EVENTS.contains(&event) {
-        ctx["failure"] =
-            serde_json::to_value(crate::triage::sample_failure(&job.key, Some(&monitor)))
-                .unwrap_or(Value::Null);
+    if crate::domain::failure::EVENTS.contains(&event) {
+        ctx["failure"] = serde_json::to_value(crate::domain::failure::sample_failure(
+            &job.key,
+            Some(&monitor),
+        ))
+        .unwrap_or(Value::Null);
     } else {
         ctx["failure"] = Value::Null;
     }

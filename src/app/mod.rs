@@ -1,15 +1,19 @@
 //! Start-up and shutdown: open the store, compile templates, build the clients, then
 //! run the watcher, the delivery workers and the API until told to stop.
-use crate::api::{self, AppState};
+pub mod live;
+pub mod telemetry;
+
+use crate::app::live::Live;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::deadline::client::DeadlineClient;
-use crate::deliver::{self, Wakers};
-use crate::notify::Sender;
-use crate::reload::Live;
+use crate::deliver;
+use crate::http::api::{self, AppState};
+use crate::notify::send::Sender;
 use crate::render::Renderer;
 use crate::store::Store;
-use crate::watcher::{Health, WatchHandle, Watcher};
+use crate::store::Wakers;
+use crate::watch::{Health, WatchHandle, Watcher};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +37,7 @@ impl App {
         client: Option<DeadlineClient>,
         clock: SharedClock,
     ) -> anyhow::Result<App> {
-        crate::telemetry::metrics();
+        crate::app::telemetry::metrics();
         // The client first: it resolves the AWS region chain, which monitor links use.
         let (client, logs) = match client {
             Some(c) => (c, None),
@@ -44,7 +48,9 @@ impl App {
                 )),
             ),
         };
-        let renderer = Renderer::load(&config).context("loading templates")?;
+        let chain_region = client.region().map(str::to_string);
+        let renderer =
+            Renderer::load(&config, chain_region.as_deref()).context("loading templates")?;
         if let Some(m) = renderer.monitor()
             && m.region_for("").is_none()
         {
@@ -56,7 +62,7 @@ impl App {
         for w in config.warnings() {
             tracing::warn!("{w}");
         }
-        let opened = std::time::Instant::now();
+        let opened = crate::clock::monotonic();
         let store = Store::open(&config.store.path)?;
         tracing::info!(
             store = %config.store.path.display(),
@@ -70,7 +76,7 @@ impl App {
                 format!("cannot listen on {} (server.listen)", config.server.listen)
             })?;
         Ok(App {
-            live: Live::new(config, renderer, sender),
+            live: Live::new(config, renderer, sender, chain_region),
             store,
             client: Arc::new(client),
             logs,
@@ -159,7 +165,7 @@ impl App {
             self.live.clone(),
             wakers.clone(),
         ));
-        let hup = tokio::spawn(crate::reload::on_sighup(self.live.clone()));
+        let hup = tokio::spawn(crate::app::live::on_sighup(self.live.clone()));
 
         let state = AppState::new(
             self.store.clone(),
@@ -168,11 +174,11 @@ impl App {
             wakers,
             watch_handle,
         )
-        .with_health(health)
+        .with_health(health.view())
         .with_backlogs(backlogs);
-        let fd_limit = crate::server::raise_fd_limit();
+        let fd_limit = crate::http::server::raise_fd_limit();
         let configured = self.live.current().config.server.max_connections;
-        let room = crate::server::default_max_connections(fd_limit);
+        let room = crate::http::server::default_max_connections(fd_limit);
         let max_connections = match configured {
             Some(n) if n > room => {
                 tracing::warn!(
@@ -192,17 +198,17 @@ impl App {
                 .await
                 .with_context(|| format!("cannot listen on {addr} (server.metrics_listen)"))?;
             tracing::info!(%addr, "serving /metrics on its own address");
-            tokio::spawn(crate::server::serve(
+            tokio::spawn(crate::http::server::serve(
                 listener,
                 api::metrics_router(state.clone()),
-                crate::server::Limits::with_max_connections(64),
+                crate::http::server::Limits::with_max_connections(64),
                 worker_rx.clone(),
             ));
         }
-        let server = crate::server::serve(
+        let server = crate::http::server::serve(
             self.listener,
             api::router(state),
-            crate::server::Limits::with_max_connections(max_connections),
+            crate::http::server::Limits::with_max_connections(max_connections),
             worker_rx.clone(),
         );
         let mut server_task = tokio::spawn(server);

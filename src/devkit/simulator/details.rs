@@ -613,7 +613,7 @@ pub(super) async fn logs(
             events.drain(..events.len() - limit);
         }
     }
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::clock::wall_now().timestamp_millis();
     let items: Vec<Value> = events
         .into_iter()
         .map(|(t, m)| json!({"timestamp": t, "message": m, "ingestionTime": now}))

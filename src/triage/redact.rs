@@ -73,7 +73,7 @@ pub fn redact(line: &str) -> String {
 pub fn clean_line(line: &str) -> String {
     let no_escapes = ansi().replace_all(line, "");
     let spaced = no_escapes.replace('\t', "    ");
-    let plain = crate::render::sanitize(&spaced);
+    let plain = crate::domain::text::sanitize(&spaced);
     let mut s = redact(&plain);
     while s.contains("```") {
         s = s.replace("```", "`\u{2009}`\u{2009}`");

@@ -1,12 +1,12 @@
 //! `deadline-notifier demo`: the simulator, a local sink and the service on embedded
 //! defaults; subscribes a few scripted jobs through the real API and prints every
 //! notification as it arrives.
-use crate::api_client::ApiClient;
 use crate::app::App;
 use crate::config::Config;
 use crate::deadline::client::DeadlineClient;
-use crate::deadline::simulator::{JobSpec, Patch, Simulator};
-use crate::sink::{Received, Sink};
+use crate::devkit::simulator::{JobSpec, Patch, Simulator};
+use crate::devkit::sink::{Received, Sink};
+use crate::http::client::ApiClient;
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -323,7 +323,7 @@ pub async fn run(stay: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     println!();
 
     let mut seen = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = crate::clock::tokio_monotonic() + Duration::from_secs(60);
     while seen < expected {
         match tokio::time::timeout_at(deadline, arrivals.recv()).await {
             Ok(Ok(r)) if (200..300).contains(&r.status) => {

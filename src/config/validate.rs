@@ -1,0 +1,558 @@
+//! The rules: each section of the raw config checked and turned into the types the
+//! service runs on. Every error names the file and the key. A rule fails fast, in the
+//! order of the sections below.
+use super::*;
+
+fn invalid(path: &Path, key: String, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        key,
+        message,
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    check_deadline(&raw.deadline, path)?;
+    check_triage(&raw.triage, path)?;
+    let delivery = DeliveryConfig::from_table(&raw.delivery)
+        .map_err(|e| invalid(path, format!("delivery.{}", e.key), e.message))?;
+    if delivery.retry_schedule.is_empty() {
+        return Err(invalid(
+            path,
+            "delivery.retry_schedule".into(),
+            "needs at least one step".into(),
+        ));
+    }
+    check_server(&raw, path)?;
+    let policy = target::TargetPolicy::from_config(&delivery)
+        .map_err(|m| invalid(path, "delivery.allowed_cidrs".into(), m))?;
+    // Every token, admin or team, is unique across the whole file.
+    let mut all_tokens = HashSet::new();
+    let admin_tokens = admin_tokens(&raw.server, &mut all_tokens, path)?;
+    let mut team_names = HashSet::new();
+    let mut teams = Vec::new();
+    for (ti, t) in raw.teams.into_iter().enumerate() {
+        teams.push(team(
+            t,
+            ti,
+            &policy,
+            &mut team_names,
+            &mut all_tokens,
+            path,
+        )?);
+    }
+    let people = people(raw.people, path)?;
+
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut templates = raw.templates;
+    if templates.dir.is_relative() && !templates.dir.exists() && base.join(&templates.dir).exists()
+    {
+        templates.dir = base.join(&templates.dir);
+    }
+
+    Ok(Config {
+        path: path.into(),
+        server: ServerConfig {
+            listen: raw.server.listen,
+            shutdown_grace: raw.server.shutdown_grace,
+            rate_limit: raw.server.rate_limit,
+            admin_tokens,
+            max_connections: raw.server.max_connections,
+            metrics_listen: raw.server.metrics_listen,
+        },
+        store: raw.store,
+        deadline: raw.deadline,
+        delivery,
+        templates,
+        triage: raw.triage,
+        teams,
+        people: std::sync::Arc::new(crate::domain::people::People::new(people)),
+    })
+}
+
+fn check_deadline(d: &DeadlineConfig, path: &Path) -> Result<(), ConfigError> {
+    if d.poll_interval < Duration::from_millis(100) {
+        return Err(invalid(
+            path,
+            "deadline.poll_interval".into(),
+            "must be at least 100ms".into(),
+        ));
+    }
+    if d.discovery_interval < Duration::from_millis(100)
+        || d.discovery_interval > Duration::from_secs(3600)
+    {
+        return Err(invalid(
+            path,
+            "deadline.discovery_interval".into(),
+            "must be between 100ms and 1h".into(),
+        ));
+    }
+    if d.discovery_overlap > Duration::from_secs(86_400) {
+        return Err(invalid(
+            path,
+            "deadline.discovery_overlap".into(),
+            "must be at most 1 day".into(),
+        ));
+    }
+    if !(1..=10).contains(&d.max_attempts) {
+        return Err(invalid(
+            path,
+            "deadline.max_attempts".into(),
+            "must be between 1 and 10".into(),
+        ));
+    }
+    if let Some(u) = &d.endpoint_url {
+        url::Url::parse(u).map_err(|e| {
+            invalid(
+                path,
+                "deadline.endpoint_url".into(),
+                format!("not a URL: {e}"),
+            )
+        })?;
+    }
+    check_links(d, path)?;
+    let ms = &d.progress_milestones;
+    if ms.iter().any(|m| !(1..=99).contains(m)) || ms.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(invalid(
+            path,
+            "deadline.progress_milestones".into(),
+            format!("{ms:?}: percentages between 1 and 99, in increasing order"),
+        ));
+    }
+    if d.stall_after < Duration::from_secs(1) {
+        return Err(invalid(
+            path,
+            "deadline.stall_after".into(),
+            "must be at least 1s".into(),
+        ));
+    }
+    if !(d.max_requests_per_second.is_finite() && d.max_requests_per_second >= 0.1) {
+        return Err(invalid(
+            path,
+            "deadline.max_requests_per_second".into(),
+            "must be at least 0.1".into(),
+        ));
+    }
+    for (k, v) in [
+        ("idle_factor", d.idle_factor),
+        ("suspended_factor", d.suspended_factor),
+        ("terminal_factor", d.terminal_factor),
+    ] {
+        if !(1..=100).contains(&v) {
+            return Err(invalid(
+                path,
+                format!("deadline.{k}"),
+                "must be between 1 and 100".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What monitor links are built from: the monitor's URL and the regions.
+fn check_links(d: &DeadlineConfig, path: &Path) -> Result<(), ConfigError> {
+    if let Some(u) = &d.monitor_url {
+        let parsed = url::Url::parse(u).map_err(|e| {
+            invalid(
+                path,
+                "deadline.monitor_url".into(),
+                format!("not a URL: {e}"),
+            )
+        })?;
+        if !matches!(parsed.scheme(), "https" | "http") {
+            return Err(invalid(
+                path,
+                "deadline.monitor_url".into(),
+                "must be an http(s) URL".into(),
+            ));
+        }
+    }
+    if let Some(r) = &d.region
+        && !is_region(r)
+    {
+        return Err(invalid(
+            path,
+            "deadline.region".into(),
+            format!("{r:?} is not an AWS region (like \"us-west-2\")"),
+        ));
+    }
+    for (farm, region) in &d.farm_regions {
+        let key = format!("deadline.farm_regions.{farm:?}");
+        crate::domain::JobKey::parse(
+            farm,
+            &format!("queue-{}", "0".repeat(32)),
+            &format!("job-{}", "0".repeat(32)),
+        )
+        .map_err(|e| {
+            invalid(
+                path,
+                key.clone(),
+                format!("not a farm id: must match {}", e.pattern),
+            )
+        })?;
+        if !is_region(region) {
+            return Err(invalid(
+                path,
+                key,
+                format!("{region:?} is not an AWS region (like \"eu-west-1\")"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_triage(t: &TriageConfig, path: &Path) -> Result<(), ConfigError> {
+    if !(1..=100).contains(&t.max_tasks) {
+        return Err(invalid(
+            path,
+            "triage.max_tasks".into(),
+            "must be between 1 and 100".into(),
+        ));
+    }
+    if !(1..=200).contains(&t.log_lines) {
+        return Err(invalid(
+            path,
+            "triage.log_lines".into(),
+            "must be between 1 and 200".into(),
+        ));
+    }
+    if !(Duration::from_millis(100)..=Duration::from_secs(120)).contains(&t.timeout) {
+        return Err(invalid(
+            path,
+            "triage.timeout".into(),
+            "must be between 100ms and 2m".into(),
+        ));
+    }
+    if !(t.max_requests_per_second.is_finite() && t.max_requests_per_second >= 0.1) {
+        return Err(invalid(
+            path,
+            "triage.max_requests_per_second".into(),
+            "must be at least 0.1".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_server(raw: &RawConfig, path: &Path) -> Result<(), ConfigError> {
+    if raw.server.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(invalid(
+            path,
+            "server.listen".into(),
+            format!(
+                "{:?} is not an address like 127.0.0.1:8080",
+                raw.server.listen
+            ),
+        ));
+    }
+    let rl = raw.server.rate_limit;
+    if !(rl.is_finite() && (rl == 0.0 || (0.1..=100_000.0).contains(&rl))) {
+        return Err(invalid(
+            path,
+            "server.rate_limit".into(),
+            "must be 0 (off) or between 0.1 and 100000 requests per second".into(),
+        ));
+    }
+    if let Some(m) = &raw.server.metrics_listen
+        && (m.parse::<std::net::SocketAddr>().is_err() || *m == raw.server.listen)
+    {
+        return Err(invalid(
+            path,
+            "server.metrics_listen".into(),
+            format!("{m:?} must be an address like 127.0.0.1:9090, other than server.listen"),
+        ));
+    }
+    if let Some(n) = raw.server.max_connections
+        && !(8..=100_000).contains(&n)
+    {
+        return Err(invalid(
+            path,
+            "server.max_connections".into(),
+            "must be between 8 and 100000".into(),
+        ));
+    }
+    if raw.teams.is_empty() {
+        return Err(invalid(
+            path,
+            "teams".into(),
+            "configure at least one [[teams]] entry".into(),
+        ));
+    }
+
+    Ok(())
+}
+
+fn admin_tokens(
+    server: &RawServer,
+    all_tokens: &mut HashSet<[u8; 32]>,
+    path: &Path,
+) -> Result<Vec<TokenDigest>, ConfigError> {
+    let mut admin_tokens = Vec::new();
+    for (i, src) in server.admin_tokens.iter().enumerate() {
+        let key = format!("server.admin_tokens[{i}]");
+        let digest = src.digest().map_err(|m| invalid(path, key.clone(), m))?;
+        // A team token that is also an admin token would blur who may reload.
+        if !all_tokens.insert(digest.0) {
+            return Err(invalid(path, key, "this token is listed twice".into()));
+        }
+        admin_tokens.push(digest);
+    }
+    Ok(admin_tokens)
+}
+
+fn team(
+    t: RawTeam,
+    ti: usize,
+    policy: &target::TargetPolicy,
+    team_names: &mut HashSet<String>,
+    all_tokens: &mut HashSet<[u8; 32]>,
+    path: &Path,
+) -> Result<Team, ConfigError> {
+    let tk = format!("teams[{ti}]");
+    if !valid_name(&t.name) {
+        return Err(invalid(
+            path,
+            format!("{tk}.name"),
+            format!(
+                "{:?} must be 1-64 of [a-z0-9_-] and not \"default\" (it names a template directory)",
+                t.name
+            ),
+        ));
+    }
+    if !team_names.insert(t.name.clone()) {
+        return Err(invalid(
+            path,
+            format!("{tk}.name"),
+            format!("team {:?} is configured twice", t.name),
+        ));
+    }
+    if t.tokens.is_empty() {
+        return Err(invalid(
+            path,
+            format!("{tk}.tokens"),
+            format!("team {:?} needs at least one API token", t.name),
+        ));
+    }
+    let mut tokens = Vec::new();
+    for (i, src) in t.tokens.iter().enumerate() {
+        let key = format!("{tk}.tokens[{i}]");
+        let digest = src.digest().map_err(|m| invalid(path, key.clone(), m))?;
+        if !all_tokens.insert(digest.0) {
+            return Err(invalid(
+                path,
+                key,
+                "this token is already used (by this or another team, or as an admin token)".into(),
+            ));
+        }
+        tokens.push(digest);
+    }
+    if t.channels.is_empty() {
+        return Err(invalid(
+            path,
+            format!("{tk}.channels"),
+            format!("team {:?} has no [[teams.channels]]", t.name),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut channels = Vec::new();
+    for (ci, c) in t.channels.into_iter().enumerate() {
+        let ck = format!("{tk}.channels[{ci}]");
+        if !names.insert(c.name.clone()) {
+            return Err(invalid(
+                path,
+                format!("{ck}.name"),
+                format!(
+                    "channel {:?} is configured twice in team {:?}",
+                    c.name, t.name
+                ),
+            ));
+        }
+        channels.push(channel(c, &ck, policy, path)?);
+    }
+    for (list, key, prefix) in [
+        (&t.farm_ids, "farm_ids", "farm-"),
+        (&t.queue_ids, "queue_ids", "queue-"),
+    ] {
+        if let Some(ids) = list {
+            if ids.is_empty() {
+                return Err(invalid(
+                    path,
+                    format!("{tk}.{key}"),
+                    "an empty list would admit nothing; omit the key to allow any".into(),
+                ));
+            }
+            for (i, id) in ids.iter().enumerate() {
+                let hex = id.strip_prefix(prefix).unwrap_or("");
+                if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(
+                        path,
+                        format!("{tk}.{key}[{i}]"),
+                        format!("{id:?} must be {prefix} followed by 32 hex digits"),
+                    ));
+                }
+            }
+        }
+    }
+    let mut team = Team {
+        name: t.name,
+        tokens,
+        channels,
+        farm_ids: t.farm_ids,
+        queue_ids: t.queue_ids,
+        watches: Vec::new(),
+    };
+    let mut watch_names = HashSet::new();
+    for (wi, w) in t.watches.into_iter().enumerate() {
+        let wk = format!("{tk}.watches[{wi}]");
+        if !watch_names.insert(w.name.clone()) {
+            return Err(invalid(
+                path,
+                format!("{wk}.name"),
+                format!("watch {:?} is declared twice in this team", w.name),
+            ));
+        }
+        let watch = check_watch(
+            &team,
+            crate::domain::Watch {
+                id: crate::domain::Watch::config_id(&team.name, &w.name),
+                team: team.name.clone(),
+                name: w.name,
+                farm_id: w.farm_id,
+                queue_ids: w.queue_ids,
+                created_by: w.created_by,
+                name_matches: w.name_matches,
+                events: w.events.unwrap_or_else(|| Event::DEFAULTS.to_vec()),
+                channels: w
+                    .channels
+                    .unwrap_or_else(|| team.channels.iter().map(|c| c.name.clone()).collect()),
+                source: "config".into(),
+                created_at: chrono::DateTime::UNIX_EPOCH,
+            },
+        )
+        .map_err(|(field, m)| invalid(path, format!("{wk}.{field}"), m))?;
+        team.watches.push(watch);
+    }
+    Ok(team)
+}
+
+fn channel(
+    c: RawChannel,
+    ck: &str,
+    policy: &target::TargetPolicy,
+    path: &Path,
+) -> Result<Channel, ConfigError> {
+    if !valid_name(&c.name) {
+        return Err(invalid(
+            path,
+            format!("{ck}.name"),
+            format!("{:?} must be 1-64 of [a-z0-9_-]", c.name),
+        ));
+    }
+    let kind = ChannelKind::named(&c.kind).ok_or_else(|| {
+        invalid(
+            path,
+            format!("{ck}.kind"),
+            format!(
+                "unknown kind {:?}; expected one of {}",
+                c.kind,
+                ChannelKind::names()
+            ),
+        )
+    })?;
+    let url = c
+        .url
+        .resolve()
+        .map_err(|m| invalid(path, format!("{ck}.url"), m))?;
+    policy
+        .check_url(kind, url.expose())
+        .map_err(|m| invalid(path, format!("{ck}.url"), m))?;
+    let secret = match &c.secret {
+        None => None,
+        Some(src) => {
+            let s = src
+                .resolve()
+                .map_err(|m| invalid(path, format!("{ck}.secret"), m))?;
+            kind.check_secret(s.expose())
+                .map_err(|m| invalid(path, format!("{ck}.secret"), m))?;
+            Some(s)
+        }
+    };
+    if let Some(ev) = &c.events
+        && ev.is_empty()
+    {
+        return Err(invalid(
+            path,
+            format!("{ck}.events"),
+            "an empty list would receive nothing; omit the key for all events".into(),
+        ));
+    }
+    Ok(Channel {
+        name: c.name,
+        kind,
+        url,
+        secret,
+        events: c.events,
+        mention_owner: c
+            .mention_owner
+            .unwrap_or_else(|| crate::domain::people::DEFAULT_MENTION_EVENTS.to_vec()),
+    })
+}
+
+fn people(
+    raw: Vec<RawPerson>,
+    path: &Path,
+) -> Result<Vec<crate::domain::people::Person>, ConfigError> {
+    let mut people = Vec::new();
+    let mut seen_ids = HashSet::new();
+    for (i, p) in raw.into_iter().enumerate() {
+        let pk = format!("people[{i}]");
+        if p.deadline.is_empty() {
+            return Err(invalid(
+                path,
+                format!("{pk}.deadline"),
+                "list the createdBy values Deadline reports for this person".into(),
+            ));
+        }
+        for (j, d) in p.deadline.iter().enumerate() {
+            if d.trim().is_empty() || !seen_ids.insert(d.clone()) {
+                return Err(invalid(
+                    path,
+                    format!("{pk}.deadline[{j}]"),
+                    "must be non-empty and belong to one person only".into(),
+                ));
+            }
+        }
+        if let Some(s) = &p.slack
+            && !crate::domain::people::valid_slack_id(s)
+        {
+            return Err(invalid(
+                path,
+                format!("{pk}.slack"),
+                format!("{s:?} is not a Slack member ID (like U024BE7LH)"),
+            ));
+        }
+        if let Some(t) = &p.teams
+            && !crate::domain::people::valid_teams_id(t)
+        {
+            return Err(invalid(
+                path,
+                format!("{pk}.teams"),
+                "must be the user's principal name (jane@studio.com) or object id".into(),
+            ));
+        }
+        if !crate::domain::people::valid_name(&p.name) {
+            return Err(invalid(
+                path,
+                format!("{pk}.name"),
+                "must be 1-100 characters without control characters or < > &".into(),
+            ));
+        }
+        people.push(crate::domain::people::Person {
+            deadline: p.deadline,
+            slack: p.slack,
+            teams: p.teams,
+            name: p.name,
+        });
+    }
+
+    Ok(people)
+}

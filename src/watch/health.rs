@@ -1,0 +1,168 @@
+//! What the poll loop knows that others may read: readiness (last good Deadline
+//! call, jobs watched), each watched job's view as last read, poll and discovery
+//! errors, unmapped `createdBy` values. The loop writes through `Health`; the API
+//! holds a [`HealthView`], which can only read, so no reader can change what the
+//! loop decided or hold its locks longer than one lookup.
+use crate::deadline::Observed;
+use crate::domain::{CompactView, JobKey, JobView, Watch};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// (farm, queues searched in one call).
+pub type SearchedQueues = (String, Vec<String>);
+/// Why a search failed, and since when.
+pub type DiscoveryError = (String, DateTime<Utc>);
+
+/// At most this many distinct unmapped `createdBy` values are remembered.
+const UNMAPPED_CAP: usize = 10_000;
+
+#[derive(Debug, Default)]
+pub struct Health {
+    last_deadline_ok_ms: AtomicI64,
+    watched_jobs: AtomicUsize,
+    /// Each watched job's name, status and task counts as last read. Readers take
+    /// the read side only, so page refreshes do not wait on each other.
+    views: RwLock<HashMap<Arc<JobKey>, CompactView>>,
+    /// Jobs whose last read failed, and why (shown on their subscriptions).
+    poll_errors: Mutex<HashMap<JobKey, String>>,
+    /// Discovery failures by (farm, queues searched together): message and since when.
+    discovery_errors: Mutex<HashMap<SearchedQueues, DiscoveryError>>,
+    /// `createdBy` values seen that map to nobody in `[[people]]`, and when last.
+    unmapped: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+fn read<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Health {
+    /// The read-only side, for the API.
+    pub fn view(self: &Arc<Self>) -> HealthView {
+        HealthView(self.clone())
+    }
+
+    pub(super) fn set_watched_jobs(&self, n: usize) {
+        self.watched_jobs.store(n, Ordering::Relaxed);
+    }
+
+    pub(super) fn deadline_ok(&self, at_ms: i64) {
+        self.last_deadline_ok_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// Records a failed read; returns whether the error is new for this job.
+    pub(super) fn set_poll_error(&self, job: &JobKey, reason: &str) -> bool {
+        let mut g = read(&self.poll_errors);
+        match g.get(job) {
+            Some(r) if r == reason => false,
+            _ => {
+                g.insert(job.clone(), reason.to_string());
+                true
+            }
+        }
+    }
+
+    pub(super) fn clear_poll_error(&self, job: &JobKey) {
+        let mut g = read(&self.poll_errors);
+        if !g.is_empty() {
+            g.remove(job);
+        }
+    }
+
+    /// Records a failed search; returns whether the message is new for these queues.
+    pub(super) fn set_discovery_error(
+        &self,
+        key: SearchedQueues,
+        message: &str,
+        since: DateTime<Utc>,
+    ) -> bool {
+        let mut g = read(&self.discovery_errors);
+        if g.get(&key).map(|e| e.0.as_str()) == Some(message) {
+            return false;
+        }
+        g.insert(key, (message.to_string(), since));
+        true
+    }
+
+    /// Returns whether there was an error to clear.
+    pub(super) fn clear_discovery_error(&self, key: &SearchedQueues) -> bool {
+        read(&self.discovery_errors).remove(key).is_some()
+    }
+
+    pub(super) fn note_unmapped(&self, created_by: &str, now: DateTime<Utc>) {
+        let mut g = read(&self.unmapped);
+        if g.len() >= UNMAPPED_CAP && !g.contains_key(created_by) {
+            let cutoff = now - chrono::Duration::days(30);
+            g.retain(|_, t| *t >= cutoff);
+            if g.len() >= UNMAPPED_CAP {
+                return;
+            }
+        }
+        g.insert(created_by.to_string(), now);
+    }
+
+    pub(super) fn drop_view(&self, job: &JobKey) {
+        self.views
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(job);
+    }
+
+    pub(super) fn refresh_view(&self, job: &Arc<JobKey>, observed: &Observed, now: DateTime<Utc>) {
+        let mut g = self.views.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(new) = observed.refresh_view(g.get_mut(&**job), now) {
+            g.insert(job.clone(), new);
+        }
+    }
+}
+
+/// Read-only access to what the poll loop knows.
+#[derive(Debug, Clone, Default)]
+pub struct HealthView(Arc<Health>);
+
+impl HealthView {
+    pub fn watched_jobs(&self) -> usize {
+        self.0.watched_jobs.load(Ordering::Relaxed)
+    }
+
+    /// When a Deadline Cloud call last succeeded (ms since the epoch; 0: never).
+    pub fn last_deadline_ok_ms(&self) -> i64 {
+        self.0.last_deadline_ok_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn poll_error(&self, job: &JobKey) -> Option<String> {
+        read(&self.0.poll_errors).get(job).cloned()
+    }
+
+    /// Unmapped `createdBy` values seen since `since`, most recent first.
+    pub fn unmapped_since(&self, since: DateTime<Utc>) -> Vec<(String, DateTime<Utc>)> {
+        let g = read(&self.0.unmapped);
+        let mut v: Vec<_> = g
+            .iter()
+            .filter(|(_, t)| **t >= since)
+            .map(|(k, t)| (k.clone(), *t))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v
+    }
+
+    /// The discovery error that affects `w`'s queues, if any: (message, since).
+    pub fn watch_error(&self, w: &Watch) -> Option<DiscoveryError> {
+        read(&self.0.discovery_errors)
+            .iter()
+            .find(|((farm, queues), _)| {
+                *farm == w.farm_id && queues.iter().any(|q| w.queue_ids.contains(q))
+            })
+            .map(|(_, e)| e.clone())
+    }
+
+    pub fn view(&self, job: &JobKey) -> Option<JobView> {
+        self.0
+            .views
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(job)
+            .map(CompactView::expand)
+    }
+}
