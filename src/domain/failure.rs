@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 /// uses `failure`).
 pub const EVENTS: &[Event] = &[Event::Failed, Event::TasksFailed, Event::NotCompatible];
 
+/// Said in a message whose triage never finished (a crash, an outage).
+pub const NOT_GATHERED: &str = "details could not be gathered in time";
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Failure {

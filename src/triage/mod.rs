@@ -15,7 +15,9 @@ use crate::deadline::SourceError;
 use crate::deadline::client::DeadlineClient;
 use crate::deadline::logs::LogsClient;
 use crate::domain::monitor::Monitor;
-use crate::domain::{FailedStep, FailedTask, Failure, JobKey, JobSnapshot, Transition};
+use crate::domain::{
+    FailedStep, FailedTask, Failure, JobKey, JobSnapshot, OutboxEntry, Transition,
+};
 use crate::store::Store;
 use crate::store::Wakers;
 use crate::watch::schedule::Budget;
@@ -27,8 +29,7 @@ use tokio::sync::mpsc;
 /// Calls triage may make at once after a quiet spell: about two failed jobs' worth.
 const BURST: f64 = 16.0;
 
-/// Said in a message whose triage never finished (a crash, an outage).
-pub const NOT_GATHERED: &str = "details could not be gathered in time";
+pub use crate::domain::failure::NOT_GATHERED;
 
 /// (team, channel, outbox seq): one message waiting for triage.
 pub type Waiting = (String, String, u64);
@@ -42,6 +43,28 @@ pub struct Request {
     pub until: chrono::DateTime<chrono::Utc>,
     /// (team, channel, outbox seq) of each waiting message.
     pub entries: Vec<Waiting>,
+}
+
+/// The triage requests for what an observation queued: one per event, listing
+/// every message of that event that waits for triage.
+pub fn requests(queued: &[OutboxEntry], job: &JobSnapshot) -> Vec<Request> {
+    let mut waiting: Vec<Request> = Vec::new();
+    for e in queued {
+        let (Some(tr), Some(until)) = (&e.transition, e.triage_until) else {
+            continue;
+        };
+        let at = (e.team.clone(), e.channel.clone(), e.seq);
+        match waiting.iter_mut().find(|r| r.transition.event == tr.event) {
+            Some(r) => r.entries.push(at),
+            None => waiting.push(Request {
+                job: job.clone(),
+                transition: tr.clone(),
+                until,
+                entries: vec![at],
+            }),
+        }
+    }
+    waiting
 }
 
 /// The watcher's side of the triage queue.

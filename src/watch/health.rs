@@ -3,6 +3,7 @@
 //! errors, unmapped `createdBy` values. The loop writes through `Health`; the API
 //! holds a [`HealthView`], which can only read, so no reader can change what the
 //! loop decided or hold its locks longer than one lookup.
+use super::discovery::SearchedQueues;
 use crate::deadline::Observed;
 use crate::domain::{CompactView, JobKey, JobView, Watch};
 use chrono::{DateTime, Utc};
@@ -10,8 +11,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-/// (farm, queues searched in one call).
-pub type SearchedQueues = (String, Vec<String>);
 /// Why a search failed, and since when.
 pub type DiscoveryError = (String, DateTime<Utc>);
 

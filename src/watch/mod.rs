@@ -7,8 +7,11 @@
 //! that backs off on throttling. Job state lives in memory in compact form; the store
 //! is written only when a job's state changes.
 mod health;
-pub use health::{Health, HealthView, SearchedQueues};
+pub use discovery::SearchedQueues;
+pub use health::{Health, HealthView};
 pub mod diff;
+pub mod discovery;
+pub mod plan;
 pub mod progress;
 pub mod route;
 pub mod schedule;
@@ -17,12 +20,11 @@ use crate::app::live::{Active, Live};
 use crate::clock::SharedClock;
 use crate::deadline::client::{BATCH_LIMIT, DeadlineClient};
 use crate::deadline::{Fetched, Observed, SourceError};
-use crate::domain::Event;
-use crate::domain::{JobKey, JobStatus, TaskRunStatus, Transition};
-use crate::domain::{JobState, OutboxEntry, Subscription};
+use crate::domain::{JobKey, JobStatus, TaskRunStatus};
+use crate::domain::{JobState, Subscription};
 use crate::store::{Store, StoreError};
-use crate::watch::diff::diff;
-use crate::watch::route::{Interest, route, webhook_id};
+use crate::watch::plan::Known;
+use crate::watch::route::Interest;
 use crate::watch::schedule::{Budget, Schedule};
 use foldhash::HashMap;
 use std::sync::Arc;
@@ -59,6 +61,23 @@ impl WatchHandle {
     }
 }
 
+/// What stays the same through one discovery pass.
+struct Pass<'a> {
+    start: chrono::DateTime<chrono::Utc>,
+    overlap: chrono::Duration,
+    interval: u64,
+    matchers: &'a [(crate::domain::Watch, Option<regex_lite::Regex>)],
+}
+
+/// What one search's answer means for the rest of the pass.
+enum Searched {
+    Done,
+    /// Refused for several queues at once: search each alone to find the bad one.
+    Split(Vec<String>),
+    /// Throttled: the rest of this farm waits for the next pass.
+    Throttled,
+}
+
 pub struct Watcher {
     pub store: Store,
     pub client: Arc<DeadlineClient>,
@@ -80,26 +99,6 @@ struct Tracked {
     factor: u32,
 }
 
-/// A job's last committed state, without its key (the map holds that).
-struct Known {
-    status: JobStatus,
-    since: chrono::DateTime<chrono::Utc>,
-    terminal_since: Option<chrono::DateTime<chrono::Utc>>,
-    /// In memory at every read; stored when a milestone or stall fires or clears.
-    progress: crate::domain::Progress,
-}
-
-impl From<JobState> for Known {
-    fn from(s: JobState) -> Known {
-        Known {
-            status: s.status,
-            since: s.since,
-            terminal_since: s.terminal_since,
-            progress: s.progress,
-        }
-    }
-}
-
 struct Loop {
     w: Watcher,
     active: Arc<Active>,
@@ -114,9 +113,9 @@ struct Loop {
     /// When (ms since `origin`) the next discovery pass is due.
     next_discovery: u64,
     /// (farm, queue) → when discovery last searched it (persisted).
-    last_pass: HashMap<(String, String), chrono::DateTime<chrono::Utc>>,
+    last_pass: discovery::LastPass,
     /// Searches that keep failing: (failures so far, not before this ms).
-    discovery_backoff: HashMap<SearchedQueues, (u32, u64)>,
+    discovery_backoff: discovery::Backoff,
 }
 
 /// Runs blocking store work from the poll loop without stalling the runtime's other
@@ -459,30 +458,17 @@ impl Loop {
         let interval = cfg.deadline.discovery_interval.as_millis() as u64;
         let store = self.w.store.clone();
         let api_watches = blocking(|| store.watches())?;
-        let watches: Vec<crate::domain::Watch> = cfg
-            .teams
-            .iter()
-            .flat_map(|t| t.watches.iter().cloned())
-            .chain(api_watches.into_iter().filter(|w| {
-                // A watch of a team a reload removed, or now outside its lists, rests.
-                cfg.team(&w.team).is_some_and(|t| {
-                    w.queue_ids.iter().all(|q| {
-                        t.admits(&JobKey {
-                            farm_id: w.farm_id.clone(),
-                            queue_id: q.clone(),
-                            job_id: String::new(),
-                        })
-                        .is_ok()
-                    })
-                })
-            }))
-            .collect();
-        if watches.is_empty() {
-            if !self.last_pass.is_empty() {
-                let stale: Vec<(String, String)> = self.last_pass.drain().map(|(k, _)| k).collect();
-                let store = self.w.store.clone();
-                blocking(|| store.remove_discovery_marks(&stale))?;
+        let watches = discovery::watches_in_force(&cfg, api_watches);
+        let by_farm = discovery::queues_by_farm(&watches);
+        let stale = discovery::stale_marks(&self.last_pass, &by_farm);
+        if !stale.is_empty() {
+            for k in &stale {
+                self.last_pass.remove(k);
             }
+            let store = self.w.store.clone();
+            blocking(|| store.remove_discovery_marks(&stale))?;
+        }
+        if watches.is_empty() {
             self.next_discovery = self.now_ms() + interval;
             return Ok(());
         }
@@ -491,119 +477,24 @@ impl Loop {
             .iter()
             .map(|w| (w.clone(), w.name_regex()))
             .collect();
-        let pass_start = self.w.clock.now();
-        let overlap = chrono::Duration::from_std(cfg.deadline.discovery_overlap)
-            .unwrap_or(chrono::Duration::zero());
-        let mut by_farm: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
-            Default::default();
-        for w in &watches {
-            by_farm
-                .entry(&w.farm_id)
-                .or_default()
-                .extend(w.queue_ids.iter().map(String::as_str));
-        }
-        let stale: Vec<(String, String)> = self
-            .last_pass
-            .keys()
-            .filter(|(f, q)| {
-                by_farm
-                    .get(f.as_str())
-                    .is_none_or(|qs| !qs.contains(q.as_str()))
-            })
-            .cloned()
-            .collect();
-        if !stale.is_empty() {
-            for k in &stale {
-                self.last_pass.remove(k);
-            }
-            let store = self.w.store.clone();
-            blocking(|| store.remove_discovery_marks(&stale))?;
-        }
+        let pass = Pass {
+            start: self.w.clock.now(),
+            overlap: chrono::Duration::from_std(cfg.deadline.discovery_overlap)
+                .unwrap_or(chrono::Duration::zero()),
+            interval,
+            matchers: &matchers,
+        };
         let mut marks = Vec::new();
-        for (farm, queues) in by_farm {
-            // A queue whose search keeps failing waits out its back-off alone, so it
-            // does not fail the searches of the queues it would share a call with.
-            let now = self.now_ms();
-            let queues: Vec<String> = queues
-                .into_iter()
-                .map(str::to_string)
-                .filter(|q| {
-                    self.discovery_backoff
-                        .get(&(farm.to_string(), vec![q.clone()]))
-                        .is_none_or(|(_, not_before)| now >= *not_before)
-                })
-                .collect();
-            // Queues shared by several watches are searched once; a refused call
-            // covering several queues is retried queue by queue to find the bad one.
-            let mut work: std::collections::VecDeque<Vec<String>> =
-                queues.chunks(10).map(<[String]>::to_vec).collect();
+        for (farm, queues) in &by_farm {
+            // A refused call covering several queues is retried queue by queue to
+            // find the bad one.
+            let mut work =
+                discovery::searches(farm, queues, &self.discovery_backoff, self.now_ms());
             while let Some(chunk) = work.pop_front() {
-                let chunk = chunk.as_slice();
-                let key = (farm.to_string(), chunk.to_vec());
-                if self
-                    .discovery_backoff
-                    .get(&key)
-                    .is_some_and(|(_, not_before)| self.now_ms() < *not_before)
-                {
-                    continue;
-                }
-                let since = chunk
-                    .iter()
-                    .map(|q| {
-                        self.last_pass
-                            .get(&(farm.to_string(), q.clone()))
-                            .copied()
-                            .unwrap_or(pass_start)
-                    })
-                    .min()
-                    .unwrap_or(pass_start)
-                    - overlap;
-                self.budget.take(self.now_ms());
-                match self.w.client.search_created_since(farm, chunk, since).await {
-                    Ok((jobs, calls)) => {
-                        for _ in 1..calls {
-                            self.budget.take(self.now_ms());
-                        }
-                        self.discovery_backoff.remove(&key);
-                        let cleared = self.w.health.clear_discovery_error(&key);
-                        if cleared {
-                            tracing::info!(farm, queues = %chunk.join(","), "discovery works again for these queues");
-                        }
-                        for job in jobs {
-                            self.adopt(&job, &matchers)?;
-                        }
-                        for q in chunk {
-                            self.last_pass
-                                .insert((farm.to_string(), q.clone()), pass_start);
-                            marks.push((farm.to_string(), q.clone(), pass_start));
-                        }
-                    }
-                    Err(SourceError::Throttled {
-                        retry_after,
-                        message,
-                    }) => {
-                        let now = self.now_ms();
-                        self.budget
-                            .on_throttle(now, retry_after.map(|d| d.as_millis() as u64));
-                        tracing::warn!(%message, "Deadline Cloud throttled discovery; trying again next pass");
-                        break;
-                    }
-                    Err(_) if chunk.len() > 1 => {
-                        work.extend(chunk.iter().map(|q| vec![q.clone()]));
-                    }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        metrics::counter!("deadline_notifier_discovery_errors_total").increment(1);
-                        // Retried with back-off (one interval, doubling, up to 10 min);
-                        // the other queues are searched as usual.
-                        let failures = self.discovery_backoff.get(&key).map_or(0, |b| b.0) + 1;
-                        let delay = (interval << failures.min(10)).min(600_000);
-                        self.discovery_backoff
-                            .insert(key.clone(), (failures, self.now_ms() + delay));
-                        if self.w.health.set_discovery_error(key, &msg, pass_start) {
-                            tracing::warn!(farm, queues = %chunk.join(","), error = %msg, "discovery failed for these queues; retrying every pass");
-                        }
-                    }
+                match self.search(&pass, farm, chunk, &mut marks).await? {
+                    Searched::Done => {}
+                    Searched::Split(chunk) => work.extend(chunk.into_iter().map(|q| vec![q])),
+                    Searched::Throttled => break,
                 }
             }
         }
@@ -613,6 +504,74 @@ impl Loop {
         }
         self.next_discovery = self.now_ms() + interval;
         Ok(())
+    }
+
+    /// One SearchJobs call (and its pages) for `chunk`, and what follows from its answer.
+    async fn search(
+        &mut self,
+        pass: &Pass<'_>,
+        farm: &str,
+        chunk: Vec<String>,
+        marks: &mut Vec<(String, String, chrono::DateTime<chrono::Utc>)>,
+    ) -> Result<Searched, StoreError> {
+        let key = (farm.to_string(), chunk.clone());
+        if discovery::backing_off(&self.discovery_backoff, &key, self.now_ms()) {
+            return Ok(Searched::Done);
+        }
+        let since =
+            discovery::search_since(&self.last_pass, farm, &chunk, pass.start, pass.overlap);
+        self.budget.take(self.now_ms());
+        match self
+            .w
+            .client
+            .search_created_since(farm, &chunk, since)
+            .await
+        {
+            Ok((jobs, calls)) => {
+                for _ in 1..calls {
+                    self.budget.take(self.now_ms());
+                }
+                self.discovery_backoff.remove(&key);
+                if self.w.health.clear_discovery_error(&key) {
+                    tracing::info!(farm, queues = %chunk.join(","), "discovery works again for these queues");
+                }
+                for job in jobs {
+                    self.adopt(&job, pass.matchers)?;
+                }
+                for q in &chunk {
+                    self.last_pass
+                        .insert((farm.to_string(), q.clone()), pass.start);
+                    marks.push((farm.to_string(), q.clone(), pass.start));
+                }
+                Ok(Searched::Done)
+            }
+            Err(SourceError::Throttled {
+                retry_after,
+                message,
+            }) => {
+                let now = self.now_ms();
+                self.budget
+                    .on_throttle(now, retry_after.map(|d| d.as_millis() as u64));
+                tracing::warn!(%message, "Deadline Cloud throttled discovery; trying again next pass");
+                Ok(Searched::Throttled)
+            }
+            Err(_) if chunk.len() > 1 => Ok(Searched::Split(chunk)),
+            Err(e) => {
+                let msg = e.to_string();
+                metrics::counter!("deadline_notifier_discovery_errors_total").increment(1);
+                // Retried with back-off; the other queues are searched as usual.
+                let next = discovery::after_failure(
+                    self.discovery_backoff.get(&key).copied(),
+                    pass.interval,
+                    self.now_ms(),
+                );
+                self.discovery_backoff.insert(key.clone(), next);
+                if self.w.health.set_discovery_error(key, &msg, pass.start) {
+                    tracing::warn!(farm, queues = %chunk.join(","), error = %msg, "discovery failed for these queues; retrying every pass");
+                }
+                Ok(Searched::Done)
+            }
+        }
     }
 
     /// Subscribes a discovered job for every watch that wants it, unless its team
@@ -755,25 +714,16 @@ impl Loop {
             status: observed.status.task_run_status.as_ref(),
             started_at,
         };
-        let dl = &self.active.config.deadline;
-        let (progress, fires, progress_changed) = match prev {
-            Some(p) => crate::watch::progress::step(
-                &p.progress,
-                &seen,
-                now,
-                dl.stall_after,
-                &dl.progress_milestones,
-            ),
-            None => (
-                crate::watch::progress::baseline(&seen, &dl.progress_milestones),
-                Vec::new(),
-                false,
-            ),
-        };
-        let same = prev.is_some_and(|p| p.status == observed.status);
-        if same && fires.is_empty() && !progress_changed {
+        let look = plan::look(
+            prev,
+            &observed.status,
+            &seen,
+            now,
+            &self.active.config.deadline,
+        );
+        if !look.changed {
             if let Some(k) = self.tracked.get_mut(key).and_then(|t| t.state.as_mut()) {
-                k.progress = progress;
+                k.progress = look.progress;
             }
             return Ok(());
         }
@@ -783,121 +733,30 @@ impl Loop {
         if self.active.config.people.owner(&snap.created_by).is_none() {
             self.w.health.note_unmapped(&snap.created_by, now);
         }
-        let mut events = diff(prev.map(|p| &p.status), &cur);
-        let (mut milestone, mut stalled_since) = (None, None);
-        for f in &fires {
-            match f {
-                crate::watch::progress::Fire::Milestone(m) => {
-                    milestone = Some(*m);
-                    events.push(Event::Progress);
-                }
-                crate::watch::progress::Fire::Stalled { since } => {
-                    stalled_since = Some(*since);
-                    events.push(Event::Stalled);
-                }
-            }
-        }
-        let terminal_since = if cur.is_terminal() {
-            prev.and_then(|p| p.terminal_since).or(Some(now))
-        } else {
-            None
-        };
-        let mut entries = Vec::new();
-        for d in route(key, &events, &t.subs, &self.active.config.teams) {
-            let tr = Transition {
-                event: d.event,
-                previous_task_run_status: prev.and_then(|p| p.status.task_run_status.clone()),
-                previous_lifecycle_status: prev.map_or(cur.lifecycle_status.clone(), |p| {
-                    p.status.lifecycle_status.clone()
-                }),
-                detected_at: now,
-                milestone: (d.event == Event::Progress).then_some(milestone).flatten(),
-                stalled_since: (d.event == Event::Stalled)
-                    .then_some(stalled_since)
-                    .flatten(),
-            };
-            // A failure's message waits (up to the triage timeout) for why it
-            // failed; meanwhile it holds a fallback that says details are missing.
-            let triage = &self.active.config.triage;
-            let wait = triage.enabled
-                && self
-                    .active
-                    .renderer
-                    .wants_failure(&d.team.name, d.channel.kind, d.event);
-            let fallback = wait.then(|| crate::domain::Failure {
-                failed_task_count: snap.count("FAILED"),
-                unavailable: Some(crate::triage::NOT_GATHERED.into()),
-                ..Default::default()
-            });
-            let (payload, last_error) = match self.active.renderer.payload_with(
-                &d.team.name,
-                d.channel,
-                &snap,
-                &tr,
-                fallback.as_ref(),
-            ) {
-                Ok(v) => (v, None),
-                // Kept, and dead-lettered by delivery with the reason: never dropped.
-                Err(e) => (serde_json::Value::Null, Some(e.to_string())),
-            };
-            let until =
-                wait.then(|| now + chrono::Duration::from_std(triage.timeout).unwrap_or_default());
-            entries.push(OutboxEntry {
-                seq: 0,
-                webhook_id: webhook_id(&snap.key, &tr, &d.team.name, &d.channel.name),
-                team: d.team.name.clone(),
-                channel: d.channel.name.clone(),
-                kind: d.channel.kind.as_str().to_string(),
-                job: snap.key.clone(),
-                event: d.event,
-                created_at: now,
-                attempts: 0,
-                next_attempt_at: until.unwrap_or(now),
-                last_error,
-                payload,
-                triage_until: until,
-                failure: None,
-                snapshot: wait.then(|| Box::new(snap.clone())),
-                transition: wait.then(|| tr.clone()),
-            });
-        }
-        let state = JobState {
-            job: snap.key.clone(),
-            status: cur,
-            // When the status last changed (a milestone alone does not change it).
-            since: prev.filter(|_| same).map_or(now, |p| p.since),
-            terminal_since,
-            progress,
-        };
-        let queued = self.w.store.commit_observation(&state, entries)?;
-        for e in &events {
+        let cfg = &self.active.config;
+        let plan = plan::plan(
+            prev,
+            cur,
+            &snap,
+            look,
+            &t.subs,
+            cfg,
+            &self.active.renderer,
+            now,
+        );
+        let queued = self.w.store.commit_observation(&plan.state, plan.entries)?;
+        for e in &plan.events {
             tracing::info!(job = %snap.key, event = %e, "transition detected");
         }
         for e in &queued {
             tracing::info!(job = %snap.key, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "notification queued");
         }
         // After the commit: a crash from here on finds the entries and triages again.
-        let mut waiting: Vec<crate::triage::Request> = Vec::new();
-        for e in queued.iter().filter(|e| e.triage_until.is_some()) {
-            let (Some(tr), Some(until)) = (&e.transition, e.triage_until) else {
-                continue;
-            };
-            let at = (e.team.clone(), e.channel.clone(), e.seq);
-            match waiting.iter_mut().find(|r| r.transition.event == tr.event) {
-                Some(r) => r.entries.push(at),
-                None => waiting.push(crate::triage::Request {
-                    job: snap.clone(),
-                    transition: tr.clone(),
-                    until,
-                    entries: vec![at],
-                }),
-            }
-        }
-        for r in waiting {
+        for r in crate::triage::requests(&queued, &snap) {
             self.w.triage.submit(r);
         }
         if let Some(t) = self.tracked.get_mut(&snap.key) {
-            t.state = Some(Known::from(state));
+            t.state = Some(Known::from(plan.state));
         }
         Ok(())
     }
