@@ -176,34 +176,9 @@ impl App {
         )
         .with_health(health.view())
         .with_backlogs(backlogs);
-        let fd_limit = crate::http::server::raise_fd_limit();
-        let configured = self.live.current().config.server.max_connections;
-        let room = crate::http::server::default_max_connections(fd_limit);
-        let max_connections = match configured {
-            Some(n) if n > room => {
-                tracing::warn!(
-                    configured = n,
-                    fd_limit,
-                    used = room,
-                    "server.max_connections is above what the open-file limit allows with descriptors kept for deliveries and the store; using the lower value"
-                );
-                room
-            }
-            Some(n) => n,
-            None => room,
-        };
-        tracing::info!(fd_limit, max_connections, "API connection limits");
+        let max_connections = connection_cap(self.live.current().config.server.max_connections);
         if let Some(addr) = self.live.current().config.server.metrics_listen.clone() {
-            let listener = tokio::net::TcpListener::bind(&addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (server.metrics_listen)"))?;
-            tracing::info!(%addr, "serving /metrics on its own address");
-            tokio::spawn(crate::http::server::serve(
-                listener,
-                api::metrics_router(state.clone()),
-                crate::http::server::Limits::with_max_connections(64),
-                worker_rx.clone(),
-            ));
+            serve_metrics(&addr, state.clone(), worker_rx.clone()).await?;
         }
         let server = crate::http::server::serve(
             self.listener,
@@ -232,33 +207,88 @@ impl App {
         hup.abort();
         // Unfinished triage is redone at the next start (its entries are stored).
         triage_task.abort();
-        let grace = self.live.current().config.server.shutdown_grace;
-        let drained = tokio::time::timeout(grace, async {
-            while let Some(r) = tasks.join_next().await {
-                match r {
-                    Ok(Err(e)) => {
-                        tracing::error!(error = format!("{e:#}"), "task stopped with an error")
-                    }
-                    Err(e) => tracing::error!(error = %e, "task panicked"),
-                    Ok(Ok(())) => {}
-                }
-            }
-            let _ = server_task.await;
-        })
+        drain(
+            tasks,
+            server_task,
+            self.live.current().config.server.shutdown_grace,
+        )
         .await;
-        if drained.is_err() {
-            tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "shutdown grace elapsed; unfinished messages stay in the outbox"
-            );
-            tasks.abort_all();
-        }
         self.store.flush().await?;
         tracing::info!(outbox = self.store.outbox_len(), "stopped");
         match failure {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// `/metrics` on its own address (`server.metrics_listen`), until `stop`.
+async fn serve_metrics(
+    addr: &str,
+    state: AppState,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (server.metrics_listen)"))?;
+    tracing::info!(%addr, "serving /metrics on its own address");
+    tokio::spawn(crate::http::server::serve(
+        listener,
+        api::metrics_router(state),
+        crate::http::server::Limits::with_max_connections(64),
+        stop,
+    ));
+    Ok(())
+}
+
+/// The API's connection cap: `server.max_connections`, but never more than the
+/// open-file limit allows with descriptors kept for deliveries and the store.
+fn connection_cap(configured: Option<usize>) -> usize {
+    let fd_limit = crate::http::server::raise_fd_limit();
+    let room = crate::http::server::default_max_connections(fd_limit);
+    let max_connections = match configured {
+        Some(n) if n > room => {
+            tracing::warn!(
+                configured = n,
+                fd_limit,
+                used = room,
+                "server.max_connections is above what the open-file limit allows with descriptors kept for deliveries and the store; using the lower value"
+            );
+            room
+        }
+        Some(n) => n,
+        None => room,
+    };
+    tracing::info!(fd_limit, max_connections, "API connection limits");
+    max_connections
+}
+
+/// Waits up to `grace` for the tasks and the server to finish what they hold;
+/// what is unfinished then stays in the outbox for the next start.
+async fn drain(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    server_task: tokio::task::JoinHandle<()>,
+    grace: std::time::Duration,
+) {
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Err(e)) => {
+                    tracing::error!(error = format!("{e:#}"), "task stopped with an error")
+                }
+                Err(e) => tracing::error!(error = %e, "task panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+        let _ = server_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "shutdown grace elapsed; unfinished messages stay in the outbox"
+        );
+        tasks.abort_all();
     }
 }
 

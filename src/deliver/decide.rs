@@ -307,6 +307,44 @@ impl WarnGate {
     }
 }
 
+/// What to do with a queued message before any attempt to send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeforeSend {
+    /// The channel was disabled (its destination is gone or revoked): dead-letter
+    /// with this reason rather than send.
+    ChannelDisabled(String),
+    /// Rendering failed when it was queued: dead-letter with the render error.
+    Unrenderable(String),
+    /// A copy with the same `webhook-id` was delivered (a replay): record it as
+    /// delivered and send nothing. At least once, never twice on purpose.
+    Duplicate,
+    /// Send it. `without_triage`: it was held for triage and triage missed its
+    /// deadline, so it goes out as its fallback and stops waiting for details.
+    Send { without_triage: bool },
+}
+
+/// The checks before a send, in the order they apply.
+pub fn before_send(
+    disabled_reason: Option<&str>,
+    e: &OutboxEntry,
+    already_delivered: bool,
+) -> BeforeSend {
+    if let Some(reason) = disabled_reason {
+        return BeforeSend::ChannelDisabled(format!("channel disabled: {reason}"));
+    }
+    if e.payload.is_null() {
+        return BeforeSend::Unrenderable(
+            e.last_error.clone().unwrap_or_else(|| "no payload".into()),
+        );
+    }
+    if already_delivered {
+        return BeforeSend::Duplicate;
+    }
+    BeforeSend::Send {
+        without_triage: e.triage_until.is_some(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,5 +596,40 @@ mod tests {
         // 120 s of warnings: the first line, the 503, the 429 again right after it, then one a minute.
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(lines[2] == 0 && lines.iter().sum::<u64>() < 600);
+    }
+
+    #[test]
+    fn before_a_send_disabled_then_unrenderable_then_duplicate_then_fallback() {
+        let mut e = entry(1, 1, 0);
+        assert_eq!(
+            before_send(None, &e, false),
+            BeforeSend::Send {
+                without_triage: false
+            }
+        );
+        assert_eq!(
+            before_send(Some("HTTP 410"), &e, true),
+            BeforeSend::ChannelDisabled("channel disabled: HTTP 410".into())
+        );
+        assert_eq!(before_send(None, &e, true), BeforeSend::Duplicate);
+        // Still held for triage when its turn came: triage missed the deadline.
+        e.triage_until = Some(t0());
+        assert_eq!(
+            before_send(None, &e, false),
+            BeforeSend::Send {
+                without_triage: true
+            }
+        );
+        e.payload = serde_json::Value::Null;
+        e.last_error = Some("template x failed to render".into());
+        assert_eq!(
+            before_send(None, &e, true),
+            BeforeSend::Unrenderable("template x failed to render".into())
+        );
+        e.last_error = None;
+        assert_eq!(
+            before_send(None, &e, false),
+            BeforeSend::Unrenderable("no payload".into())
+        );
     }
 }

@@ -10,7 +10,7 @@ use crate::notify::Channel;
 use crate::notify::retry::Verdict;
 use crate::store::{Store, StoreError, Wakers, channel_key};
 use chrono::{DateTime, Utc};
-use decide::{Decision, Destinations, Next, Queue};
+use decide::{BeforeSend, Decision, Destinations, Next, Queue};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -337,38 +337,39 @@ impl Worker {
             return Ok(());
         };
         let now = self.clock.now();
-        if let Some(reason) = st.disabled_reason {
-            let dl = self
-                .dead_letter(&e, format!("channel disabled: {reason}"), now)
-                .await?;
-            queue.remove(seq);
-            tracing::warn!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl, "channel is disabled; message dead-lettered");
-            self.count(&e, "dead_letter", "channel_disabled".into());
-            return Ok(());
-        }
-        if e.payload.is_null() {
-            let reason = e.last_error.clone().unwrap_or_else(|| "no payload".into());
-            let dl = self.dead_letter(&e, reason.clone(), now).await?;
-            queue.remove(seq);
-            tracing::error!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl, %reason, "message could not be rendered; dead-lettered");
-            self.count(&e, "dead_letter", "render_error".into());
-            return Ok(());
-        }
-        if already {
-            // Already sent (e.g. a replayed copy): at-least-once, but not twice on purpose.
-            let done = e.clone();
-            self.store.run(move |s| s.delivered(&done, now)).await?;
-            queue.remove(seq);
-            tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "duplicate suppressed");
-            self.count(&e, "duplicate", "already_delivered".into());
-            return Ok(());
-        }
-        if e.triage_until.take().is_some() {
-            // Triage missed its deadline: this message is the fallback from now on, so
-            // a retry sends what this attempt sent.
-            e.snapshot = None;
-            e.transition = None;
-            tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, "failure details not gathered in time; sending without them");
+        match decide::before_send(st.disabled_reason.as_deref(), &e, already) {
+            BeforeSend::ChannelDisabled(reason) => {
+                let dl = self.dead_letter(&e, reason, now).await?;
+                queue.remove(seq);
+                tracing::warn!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl, "channel is disabled; message dead-lettered");
+                self.count(&e, "dead_letter", "channel_disabled".into());
+                return Ok(());
+            }
+            BeforeSend::Unrenderable(reason) => {
+                let dl = self.dead_letter(&e, reason.clone(), now).await?;
+                queue.remove(seq);
+                tracing::error!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl, %reason, "message could not be rendered; dead-lettered");
+                self.count(&e, "dead_letter", "render_error".into());
+                return Ok(());
+            }
+            BeforeSend::Duplicate => {
+                let done = e.clone();
+                self.store.run(move |s| s.delivered(&done, now)).await?;
+                queue.remove(seq);
+                tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "duplicate suppressed");
+                self.count(&e, "duplicate", "already_delivered".into());
+                return Ok(());
+            }
+            BeforeSend::Send { without_triage } => {
+                if without_triage {
+                    // From now on this message is its fallback, so a retry sends
+                    // what this attempt sends.
+                    e.triage_until = None;
+                    e.snapshot = None;
+                    e.transition = None;
+                    tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, "failure details not gathered in time; sending without them");
+                }
+            }
         }
         let body = serde_json::to_vec(&e.payload).unwrap_or_default();
         let verdict = active.sender.send(target, &e.webhook_id, &body).await;
@@ -383,6 +384,24 @@ impl Worker {
         };
         let decision =
             decide::after_attempt(verdict, &e, now, &active.config.delivery, rand::random());
+        self.carry_out(active, decision, e, seq, queue, url, now, reason_label)
+            .await
+    }
+
+    /// Carries out what [`decide::after_attempt`] decided: store, queue, pacing, logs
+    /// and metrics.
+    #[allow(clippy::too_many_arguments)] // the attempt's context, passed through whole
+    async fn carry_out(
+        &self,
+        active: &Active,
+        decision: Decision,
+        mut e: OutboxEntry,
+        seq: u64,
+        queue: &mut Queue,
+        url: &str,
+        now: DateTime<Utc>,
+        reason_label: String,
+    ) -> Result<(), StoreError> {
         let (job, team, channel, event) = (
             e.job.to_string(),
             e.team.clone(),

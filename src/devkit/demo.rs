@@ -191,52 +191,11 @@ pub fn describe(r: &Received) -> String {
     out
 }
 
-/// Runs the scripted demo; with `stay`, keeps the service up afterwards on that address.
-pub async fn run(stay: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
-    let sim = Simulator::new();
-    let (sim_addr, _s) = sim
-        .serve(([127, 0, 0, 1], 0).into())
-        .await
-        .context("starting the simulator")?;
-    let sink = Sink::new();
-    let (sink_addr, _k) = sink
-        .serve(([127, 0, 0, 1], 0).into())
-        .await
-        .context("starting the sink")?;
-    let dir = tempfile::tempdir().context("creating a temporary store directory")?;
-    let listen = stay.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
-    let text = demo_config(
-        &sink_addr.to_string(),
-        &dir.path().join("notifier.sled"),
-        &listen,
-    );
-    let config = Config::from_toml(&text, std::path::Path::new("(embedded demo config)"))?;
-    let client = DeadlineClient::local(&format!("http://{sim_addr}"), &config.deadline);
-    let app = App::build(config, Some(client), crate::clock::system())
-        .await
-        .with_context(|| format!("starting the service on {listen}"))?
-        .with_logs(crate::deadline::logs::LogsClient::local(&format!(
-            "http://{sim_addr}"
-        )));
-    let api = format!("http://{}", app.local_addr());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(app.run(async move {
-        let _ = stop_rx.await;
-    }));
-
-    println!("deadline-notifier demo");
-    println!(
-        "  simulator  http://{sim_addr}   (Deadline Cloud API, reached through aws-sdk-deadline)"
-    );
-    println!(
-        "  sink       http://{sink_addr}  (stands in for Slack, Teams and a webhook receiver)"
-    );
-    println!("  API        {api}");
-    println!("  page       {api}/   (sign in with the team token {TOKEN})");
-    println!();
-
+/// The subscribed jobs the demo plays, with the events each subscribes to
+/// (null: the defaults): a success, a failure, hostile markup, a bad bundle.
+fn scripted_jobs() -> Vec<(JobSpec, Value)> {
     let ok = [("SUCCEEDED", 600)];
-    let jobs = vec![
+    vec![
         (
             JobSpec {
                 name: "shot_010 comp v3".into(),
@@ -282,7 +241,54 @@ pub async fn run(stay: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
             },
             Value::Null,
         ),
-    ];
+    ]
+}
+
+/// Runs the scripted demo; with `stay`, keeps the service up afterwards on that address.
+pub async fn run(stay: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    let sim = Simulator::new();
+    let (sim_addr, _s) = sim
+        .serve(([127, 0, 0, 1], 0).into())
+        .await
+        .context("starting the simulator")?;
+    let sink = Sink::new();
+    let (sink_addr, _k) = sink
+        .serve(([127, 0, 0, 1], 0).into())
+        .await
+        .context("starting the sink")?;
+    let dir = tempfile::tempdir().context("creating a temporary store directory")?;
+    let listen = stay.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
+    let text = demo_config(
+        &sink_addr.to_string(),
+        &dir.path().join("notifier.sled"),
+        &listen,
+    );
+    let config = Config::from_toml(&text, std::path::Path::new("(embedded demo config)"))?;
+    let client = DeadlineClient::local(&format!("http://{sim_addr}"), &config.deadline);
+    let app = App::build(config, Some(client), crate::clock::system())
+        .await
+        .with_context(|| format!("starting the service on {listen}"))?
+        .with_logs(crate::deadline::logs::LogsClient::local(&format!(
+            "http://{sim_addr}"
+        )));
+    let api = format!("http://{}", app.local_addr());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(app.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    println!("deadline-notifier demo");
+    println!(
+        "  simulator  http://{sim_addr}   (Deadline Cloud API, reached through aws-sdk-deadline)"
+    );
+    println!(
+        "  sink       http://{sink_addr}  (stands in for Slack, Teams and a webhook receiver)"
+    );
+    println!("  API        {api}");
+    println!("  page       {api}/   (sign in with the team token {TOKEN})");
+    println!();
+
+    let jobs = scripted_jobs();
     // started + succeeded, failed, succeeded, create_failed, and jane's watched
     // failure: 6 events × 3 channels.
     let expected = 6 * 3;
