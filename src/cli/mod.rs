@@ -343,7 +343,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
 }
 
 fn check_config(config: &std::path::Path) -> anyhow::Result<()> {
-    let cfg = Config::load(&config)?;
+    let cfg = Config::load(config)?;
     Renderer::load(&cfg, crate::deadline::region_from_env().as_deref())?;
     for w in cfg.warnings() {
         eprintln!("warning: {w}");
@@ -367,15 +367,15 @@ async fn render(
     job: Option<PathBuf>,
     job_id: Option<String>,
 ) -> anyhow::Result<()> {
-    let cfg = Config::load(&config)?;
+    let cfg = Config::load(config)?;
     let renderer = Renderer::load(&cfg, crate::deadline::region_from_env().as_deref())?;
     let t = cfg
-        .team(&team)
+        .team(team)
         .with_context(|| format!("no team {team:?} in {}", config.display()))?;
     let ch = t
-        .channel(&channel)
+        .channel(channel)
         .with_context(|| format!("team {team:?} has no channel {channel:?}"))?;
-    let ev = Event::parse(&event).with_context(|| format!("unknown event {event:?}"))?;
+    let ev = Event::parse(event).with_context(|| format!("unknown event {event:?}"))?;
     let snap = match (job, job_id) {
         (Some(job), _) => {
             let text = std::fs::read_to_string(&job)
@@ -461,9 +461,9 @@ async fn watch(action: WatchAction) -> anyhow::Result<()> {
 
 /// Reads an export file into the store; subscriptions already there are kept.
 async fn import(config: &std::path::Path, file: &std::path::Path) -> anyhow::Result<()> {
-    let cfg = Config::load(&config)?;
+    let cfg = Config::load(config)?;
     let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     #[derive(serde::Deserialize)]
     struct Export {
         subscriptions: Vec<Subscription>,

@@ -558,7 +558,7 @@ mod tests {
         }
     }
 
-    /// Finding 1: a worker that is already running must not send an entry whose
+    /// A worker that is already running must not send an entry whose
     /// commit has not been synced, however it is woken.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nothing_leaves_before_its_commit_is_durable() {

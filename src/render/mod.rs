@@ -769,9 +769,28 @@ mod tests {
                 2 => format!("{before}{{{{#if x}}}}{ws1}{{{{{{{ws2}{field}}}}}}}{{{{/if}}}}"),
                 _ => format!("{before}\\\\{{{{{{{ws2}{field}}}}}}}"),
             };
-            // Only templates handlebars accepts matter: the others fail registration.
-            if handlebars::template::Template::compile(&t).is_ok() {
-                proptest::prop_assert!(lint(&t).is_err(), "{:?} passed", t);
+            // Refused either way: handlebars fails to register it, or lint refuses it.
+            let compiles = handlebars::template::Template::compile(&t).is_ok();
+            proptest::prop_assert!(!compiles || lint(&t).is_err(), "{:?} passed", t);
+        }
+    }
+
+    /// The property above is not vacuous: every form, plainly spelled, is one that
+    /// handlebars accepts, so it is lint that must refuse it.
+    #[test]
+    fn each_unescaped_form_compiles_and_is_refused_by_lint() {
+        for field in ["name", "description", "createdBy", "parameters.Frames"] {
+            for t in [
+                format!("{{{{{{{field}}}}}}}"),
+                format!("{{{{&{field}}}}}"),
+                format!("{{{{#if x}}}}{{{{{{{field}}}}}}}{{{{/if}}}}"),
+                format!("\\\\{{{{{{{field}}}}}}}"),
+            ] {
+                assert!(
+                    handlebars::template::Template::compile(&t).is_ok(),
+                    "{t:?} must compile"
+                );
+                assert!(lint(&t).is_err(), "{t:?} passed lint");
             }
         }
     }

@@ -165,7 +165,7 @@ async fn req(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// Issue 13's API additions: mute, channel test, preview; team-scoped, with
+/// Mute, channel test and preview are team-scoped, with
 /// 401/404/400 like the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mute_test_message_and_preview() {

@@ -581,7 +581,7 @@ async fn a_burst_is_paced_per_destination() {
     assert_eq!(env.sink.received().len(), 8, "no retries were needed");
 }
 
-/// Finding 7: a flaky receiver (15 % of requests answered 503) must not freeze a
+/// A flaky receiver (15 % of requests answered 503) must not freeze a
 /// channel: every message arrives, in order per job, and nothing waits minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flaky_receiver_delays_messages_but_keeps_order_per_job() {

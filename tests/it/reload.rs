@@ -297,7 +297,7 @@ async fn a_removed_channel_keeps_its_queue_until_it_returns() {
     assert_eq!(sent[0].body["type"], "job.failed");
 }
 
-/// Issue 11 item 7: per-team allow-lists. Outside them a subscription is a 403
+/// Per-team allow-lists: outside them a subscription is a 403
 /// naming the farm or queue; a reload that narrows them ends the subscriptions now
 /// outside, with the reason, and they stop notifying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +375,7 @@ async fn allow_lists_refuse_and_a_narrowing_reload_ends_subscriptions() {
     // polled, and a job outside the lists is never routed to the team.
 }
 
-/// Issue 11 item 4: a config error in a secret-bearing key never echoes the secret:
+/// A config error in a secret-bearing key never echoes the secret:
 /// not in the reload answer (a 400), not in the log, not from check-config.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_secret_key_is_reported_without_its_value() {

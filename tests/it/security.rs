@@ -530,7 +530,7 @@ fn regex_replace_fx(cfg: &str, url: &str) -> String {
     out.join("\n")
 }
 
-/// Issue 11 item 1: thousands of idle and slow connections under a 4,096 fd limit
+/// Thousands of idle and slow connections under a 4,096 fd limit
 /// neither starve deliveries nor keep a new client waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_and_slow_connections_cannot_starve_the_service() {
@@ -631,7 +631,7 @@ async fn idle_and_slow_connections_cannot_starve_the_service() {
     }
 }
 
-/// Issue 11 item 8: over-long request lines and header blocks get JSON errors at the
+/// Over-long request lines and header blocks get JSON errors at the
 /// service's own limits; `/metrics` can live on its own address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_limits_answer_json_and_metrics_can_move() {

@@ -1,4 +1,4 @@
-//! Failure triage (issue 14): what a failed job's messages say about why.
+//! Failure triage: what a failed job's messages say about why.
 use crate::helpers::*;
 use deadline_notifier::config::{DeadlineConfig, TriageConfig};
 use deadline_notifier::deadline::client::DeadlineClient;

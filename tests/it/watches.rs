@@ -1,4 +1,4 @@
-//! Watches: new jobs in watched queues are subscribed by themselves (issue 12).
+//! Watches: new jobs in watched queues are subscribed by themselves.
 use crate::helpers::*;
 use deadline_notifier::devkit::simulator::{Faults, JobSpec};
 use deadline_notifier::domain::JobKey;
@@ -76,7 +76,7 @@ fn job_by(env: &Env, name: &str, who: &str) -> JobKey {
     })
 }
 
-/// Done-means 1 and 3: jane's failing job is announced with her mentions without
+/// Jane's failing job is announced with her mentions without
 /// any subscribe call, even when it fails before its first poll; bob's is not
 /// subscribed by a watch limited to jane.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +123,7 @@ async fn a_watched_queue_subscribes_janes_jobs_and_mentions_her() {
     assert_eq!(env.delivered_for(&janes).len(), 3);
 }
 
-/// Done-means 2: a job that shows in search only a while after creation is still
+/// A job that shows in search only a while after creation is still
 /// picked up; one created while the service is down is picked up after restart;
 /// nothing is subscribed twice across restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +181,7 @@ async fn call(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// Done-means 5: the watch API, team-scoped like subscriptions; an API watch
+/// The watch API, team-scoped like subscriptions; an API watch
 /// subscribes new jobs like a config one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_api() {
@@ -451,7 +451,7 @@ async fn a_job_created_later_by_script_is_found_when_it_appears() {
     .await;
 }
 
-/// Done-means 2, literally: a job that shows in search a full minute after its
+/// A job that shows in search a full minute after its
 /// creation is still picked up (the overlap window covers it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_shows_in_search_a_minute_late_is_picked_up() {

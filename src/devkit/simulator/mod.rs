@@ -561,7 +561,7 @@ async fn get_job(
         Some(j) => {
             j.advance();
             j.hits += 1;
-            j.first_read.get_or_insert_with(Instant::now);
+            j.first_read.get_or_insert_with(crate::clock::monotonic);
             Json(j.wire(false)).into_response()
         }
         None => not_found(&key),
@@ -614,7 +614,7 @@ async fn batch_get_job(State(sim): State<Simulator>, body: axum::body::Bytes) ->
             Some(j) => {
                 j.advance();
                 j.hits += 1;
-                j.first_read.get_or_insert_with(Instant::now);
+                j.first_read.get_or_insert_with(crate::clock::monotonic);
                 jobs.push(j.wire(true));
             }
             None => errors.push(json!({
