@@ -26,6 +26,8 @@ pub struct App {
     /// CloudWatch Logs, for the log tails of failed tasks.
     logs: Option<Arc<crate::deadline::logs::LogsClient>>,
     listener: tokio::net::TcpListener,
+    /// `/metrics` on its own address, when `server.metrics_listen` is set.
+    metrics_listener: Option<tokio::net::TcpListener>,
     clock: SharedClock,
 }
 
@@ -70,17 +72,19 @@ impl App {
             "store opened"
         );
         let sender = Sender::new(&config.delivery)?;
-        let listener = tokio::net::TcpListener::bind(&config.server.listen)
-            .await
-            .with_context(|| {
-                format!("cannot listen on {} (server.listen)", config.server.listen)
-            })?;
+        let mut inherited = listenfd::ListenFd::from_env();
+        let listener = listen_on(&mut inherited, 0, &config.server.listen, "server.listen").await?;
+        let metrics_listener = match &config.server.metrics_listen {
+            Some(addr) => Some(listen_on(&mut inherited, 1, addr, "server.metrics_listen").await?),
+            None => None,
+        };
         Ok(App {
             live: Live::new(config, renderer, sender, chain_region),
             store,
             client: Arc::new(client),
             logs,
             listener,
+            metrics_listener,
             clock,
         })
     }
@@ -177,8 +181,8 @@ impl App {
         .with_health(health.view())
         .with_backlogs(backlogs);
         let max_connections = connection_cap(self.live.current().config.server.max_connections);
-        if let Some(addr) = self.live.current().config.server.metrics_listen.clone() {
-            serve_metrics(&addr, state.clone(), worker_rx.clone()).await?;
+        if let Some(listener) = self.metrics_listener {
+            serve_metrics(listener, state.clone(), worker_rx.clone());
         }
         let server = crate::http::server::serve(
             self.listener,
@@ -223,14 +227,10 @@ impl App {
 }
 
 /// `/metrics` on its own address (`server.metrics_listen`), until `stop`.
-async fn serve_metrics(
-    addr: &str,
-    state: AppState,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (server.metrics_listen)"))?;
+fn serve_metrics(listener: tokio::net::TcpListener, state: AppState, stop: watch::Receiver<bool>) {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(%addr, "serving /metrics on its own address");
     tokio::spawn(crate::http::server::serve(
         listener,
@@ -238,7 +238,33 @@ async fn serve_metrics(
         crate::http::server::Limits::with_max_connections(64),
         stop,
     ));
-    Ok(())
+}
+
+/// A listening socket: the one handed over at `index` by whoever started the
+/// process (systemd socket activation, `LISTEN_FDS`: the API's first, `/metrics`
+/// second), else `addr` bound now. A handed-over socket is never re-bound, so a
+/// supervisor (or a test) can restart the service on it without a window in which
+/// the port is free.
+async fn listen_on(
+    inherited: &mut listenfd::ListenFd,
+    index: usize,
+    addr: &str,
+    key: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let handed = inherited
+        .take_tcp_listener(index)
+        .with_context(|| format!("LISTEN_FDS socket {index} (for {key}) is not a TCP listener"))?;
+    match handed {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tracing::info!(key, addr = %l.local_addr()?, "listening on a socket handed over by the parent (LISTEN_FDS); {key} is not bound");
+            Ok(l)
+        }
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({key})")),
+    }
 }
 
 /// The API's connection cap: `server.max_connections`, but never more than the

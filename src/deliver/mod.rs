@@ -623,15 +623,23 @@ url = "http://{addr}/hook"
         // Every way a worker can be woken, while the sync is held back.
         for _ in 0..20 {
             wakers.wake("lighting", "pipeline");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::task::yield_now().await;
         }
         assert_eq!(
             sink.received().len(),
             1,
             "a message left before its commit was synced"
         );
+        // The control: releasing the sync lets the message go. It must arrive after
+        // the release, never before it.
+        let released = crate::clock::monotonic();
         drop(hold);
         wait_for(2).await;
+        let arrived = sink.received()[1].at.expect("arrival time");
+        assert!(
+            arrived >= released,
+            "a message left before its commit was synced"
+        );
         let ids: Vec<_> = sink
             .delivered()
             .iter()

@@ -174,6 +174,9 @@ struct SyncState {
     done: u64,
     last_error: Option<String>,
     holds: usize,
+    /// The newest `requested` ticket the syncer saw and held back because of a
+    /// hold: what lets a test know it looked, instead of pausing and hoping it did.
+    held_back: u64,
     stop: bool,
 }
 
@@ -1493,6 +1496,8 @@ fn syncer(sh: Arc<SyncShared>, db: sled::Db, meta: sled::Tree, path: PathBuf, ma
                     return;
                 }
                 if st.holds > 0 {
+                    st.held_back = st.requested;
+                    sh.cv.notify_all();
                     st = sh.cv.wait(st).unwrap_or_else(|e| e.into_inner());
                     continue;
                 }
@@ -1713,10 +1718,39 @@ mod tests {
         let q = s
             .commit_observation(&state(1), vec![entry("t", "c", key(1))])
             .unwrap();
-        std::thread::sleep(GROUP_COMMIT * 3);
+        // A caller waits for a flush: without the hold the syncer would flush now.
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiter = {
+            let (s, released) = (s.clone(), released.clone());
+            std::thread::spawn(move || {
+                s.sync().unwrap();
+                assert!(
+                    released.load(std::sync::atomic::Ordering::SeqCst),
+                    "a flush ran while the sync was held"
+                );
+            })
+        };
+        // The control: the syncer has seen that request and held it back.
+        {
+            let sh = &s.inner.sync;
+            let deadline = crate::clock::monotonic() + Duration::from_secs(10);
+            let mut st = sh.lock();
+            while !(st.requested > st.done && st.held_back == st.requested) {
+                assert!(
+                    crate::clock::monotonic() < deadline,
+                    "the syncer never looked at the request"
+                );
+                st = sh
+                    .cv
+                    .wait_timeout(st, Duration::from_millis(100))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
         assert_eq!(*s.durable().borrow(), before, "published while held");
+        released.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(hold);
-        s.sync().unwrap();
+        waiter.join().unwrap();
         assert!(*s.durable().borrow() >= q[0].seq);
     }
 

@@ -218,4 +218,35 @@ mod tests {
             ]
         );
     }
+
+    /// Passes every 30 s (the default interval) with the default 120 s overlap: a
+    /// job that shows in search up to the overlap after its creation is inside the
+    /// window of the first pass that can see it; later than that, it is not.
+    #[test]
+    fn a_job_visible_late_is_found_while_the_delay_is_within_the_overlap() {
+        let overlap = chrono::Duration::seconds(120);
+        let found = |delay_s: i64| -> bool {
+            let created = t(5);
+            let visible_from = created + chrono::Duration::seconds(delay_s);
+            let queues = ["q1".to_string()];
+            let mut last = LastPass::default();
+            for n in 0..40 {
+                let pass = t(n * 30);
+                let since = search_since(&last, "f1", &queues, pass, overlap);
+                // SearchJobs answers jobs created since `since` that it shows by now.
+                if pass >= visible_from && created >= since {
+                    return true;
+                }
+                last.insert(("f1".into(), "q1".into()), pass);
+            }
+            false
+        };
+        for delay in [0, 29, 60, 90, 120] {
+            assert!(found(delay), "a job {delay} s late must be found");
+        }
+        assert!(
+            !found(150),
+            "past the overlap a job is missed: the overlap is what covers it"
+        );
+    }
 }

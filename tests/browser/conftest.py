@@ -6,10 +6,17 @@ import pathlib
 import sys
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from stack import CHROMIUM, CHROMIUM_ARGS, OTHER_TOKEN, TOKEN, Stack  # noqa: E402
+
+# Nearly every check waits on another process (the page's fetch, the service, the
+# simulator's next poll), and a loaded 2-core machine can take seconds for that:
+# Playwright's 5 s default failed there once. A generous ceiling costs a passing
+# test nothing; it only waits longer before calling a failure.
+CROSS_PROCESS_TIMEOUT_MS = 30_000
+expect.set_options(timeout=CROSS_PROCESS_TIMEOUT_MS)
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +62,7 @@ def watched(browser, stack, request):
     viewport = getattr(request, "param", {"width": 1280, "height": 900})
     ctx = browser.new_context(viewport=viewport)
     page = ctx.new_page()
+    page.set_default_timeout(CROSS_PROCESS_TIMEOUT_MS)
     w = Watched(page)
     yield w
     try:

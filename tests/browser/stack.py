@@ -3,7 +3,7 @@ process from the project's binary, for browser tests and the screenshot script."
 import json
 import os
 import pathlib
-import socket
+import re
 import subprocess
 import tempfile
 import time
@@ -36,10 +36,7 @@ def wait_until(check, what, timeout=30.0):
         time.sleep(0.05)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def http(method, url, body=None, token=None):
@@ -62,7 +59,7 @@ def http(method, url, body=None, token=None):
 
 CONFIG = """
 [server]
-listen = "127.0.0.1:{api_port}"
+listen = "127.0.0.1:0"
 rate_limit = 0
 [store]
 path = "{store}"
@@ -113,26 +110,38 @@ class Stack:
         self.dir = tempfile.TemporaryDirectory()
         tmp = pathlib.Path(self.dir.name)
         self.procs = []
-        sim_port, sink_port, api_port = free_port(), free_port(), free_port()
-        self.sim = f"http://127.0.0.1:{sim_port}"
-        self.sink = f"http://127.0.0.1:{sink_port}"
-        self.api = f"http://127.0.0.1:{api_port}"
-        self._start("simulator", ["simulate", "--listen", f"127.0.0.1:{sim_port}"], tmp)
-        self._start("sink", ["sink", "--listen", f"127.0.0.1:{sink_port}"], tmp)
+        # Each process binds port 0 and says where it listens; nothing picks a port
+        # for another process to take later.
+        self._start("simulator", ["simulate", "--listen", "127.0.0.1:0"], tmp)
+        self._start("sink", ["sink", "--listen", "127.0.0.1:0"], tmp)
+        self.sim = "http://" + self.address("simulator", r"simulator on http://(127\.0\.0\.1:\d+)")
+        self.sink = "http://" + self.address("sink", r"sink on http://(127\.0\.0\.1:\d+)")
+        sink_port = self.sink.rsplit(":", 1)[1]
         wait_until(lambda: http("GET", f"{self.sim}/_sim/stats")[0] == 200, "the simulator")
         wait_until(lambda: http("GET", f"{self.sink}/_sink/received")[0] == 200, "the sink")
         config = tmp / "notifier.toml"
-        config.write_text(CONFIG.format(api_port=api_port, sink_port=sink_port, store=tmp / "store.sled",
+        config.write_text(CONFIG.format(sink_port=sink_port, store=tmp / "store.sled",
                                         token=TOKEN, other=OTHER_TOKEN, farm=FARM, dddd="d" * 32))
         env = dict(os.environ, AWS_ENDPOINT_URL_DEADLINE=self.sim, AWS_ACCESS_KEY_ID="AKIDBROWSER",
                    AWS_SECRET_ACCESS_KEY="browser", AWS_REGION="us-west-2", AWS_EC2_METADATA_DISABLED="true")
         self._start("service", ["serve", "--config", str(config)], tmp, env)
+        self.api = "http://" + self.address("service", r"started.*?addr=(127\.0\.0\.1:\d+)", timeout=60)
         wait_until(lambda: http("GET", f"{self.api}/healthz")[0] == 200, "the service", timeout=60)
 
     def _start(self, name, args, tmp, env=None):
         log = open(tmp / f"{name}.log", "wb")
         p = subprocess.Popen([str(BIN), *args], stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs.append((name, p))
+
+    def address(self, name, pattern, timeout=30):
+        """The address a process logged that it listens on."""
+        rx = re.compile(pattern)
+
+        def found():
+            m = rx.search(ANSI.sub("", self.log(name)))
+            return m and m.group(1)
+
+        return wait_until(found, f"{name} to say where it listens", timeout=timeout)
 
     def log(self, name):
         return (pathlib.Path(self.dir.name) / f"{name}.log").read_text(errors="replace")

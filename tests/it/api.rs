@@ -327,18 +327,11 @@ async fn mute_test_message_and_preview() {
 
 /// GETs `url` (as lighting) until `done` holds for the answer; returns that answer.
 async fn get_until(url: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = deadline_notifier::clock::tokio_monotonic() + Duration::from_secs(30);
-    loop {
+    wait_for(Duration::from_secs(30), what, || async {
         let (_, v) = req(reqwest::Method::GET, url, Some(LIGHTING), None).await;
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            deadline_notifier::clock::tokio_monotonic() < deadline,
-            "timed out waiting for {what}; last answer: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if done(&v) { Ok(v) } else { Err(v) }
+    })
+    .await
 }
 
 /// What the page reads: who the token is, each subscription's job as last read, and

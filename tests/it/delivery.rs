@@ -300,14 +300,15 @@ async fn gone_channel_is_disabled_then_enable_and_replay_deliver() {
                 .unwrap()
         }
     };
-    let mut dls = Value::Null;
-    for _ in 0..200 {
-        dls = get(format!("{api}/v1/dead-letters")).await;
-        if dls["deadLetters"].as_array().is_some_and(|a| !a.is_empty()) {
-            break;
+    let dls = wait_for(Duration::from_secs(20), "the first dead letter", || async {
+        let v = get(format!("{api}/v1/dead-letters")).await;
+        if v["deadLetters"].as_array().is_some_and(|a| !a.is_empty()) {
+            Ok(v)
+        } else {
+            Err(v)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     assert!(
         dls["deadLetters"][0]["reason"]
             .as_str()
@@ -328,13 +329,19 @@ async fn gone_channel_is_disabled_then_enable_and_replay_deliver() {
     // While disabled, new messages go straight to dead letters without a request.
     let before = env.sink.received().len();
     env.sim.set_status(&b, "SUCCEEDED");
-    for _ in 0..200 {
-        dls = get(format!("{api}/v1/dead-letters")).await;
-        if dls["deadLetters"].as_array().unwrap().len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let dls = wait_for(
+        Duration::from_secs(20),
+        "the second dead letter",
+        || async {
+            let v = get(format!("{api}/v1/dead-letters")).await;
+            if v["deadLetters"].as_array().is_some_and(|a| a.len() == 2) {
+                Ok(v)
+            } else {
+                Err(v)
+            }
+        },
+    )
+    .await;
     let list = dls["deadLetters"].as_array().unwrap().clone();
     assert_eq!(list.len(), 2);
     assert!(

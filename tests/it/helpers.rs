@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const LIGHTING: &str = "lighting-token-0123456789abcdef";
@@ -21,6 +22,30 @@ pub async fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, mut c
     }
 }
 
+/// Polls `probe` until it answers `Ok`, and returns that answer. At the deadline it
+/// fails naming `what` and the last thing the probe saw (`Err`).
+pub async fn wait_for<T, Seen, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Fut,
+) -> T
+where
+    Fut: std::future::Future<Output = Result<T, Seen>>,
+    Seen: std::fmt::Debug,
+{
+    let deadline = deadline_notifier::clock::tokio_monotonic() + timeout;
+    loop {
+        let seen = match probe().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        if deadline_notifier::clock::tokio_monotonic() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}; last seen: {seen:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub struct Env {
     pub sim: Simulator,
     pub sim_addr: SocketAddr,
@@ -28,14 +53,18 @@ pub struct Env {
     pub sink_addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub api_port: u16,
+    /// Handed to each service: the API's socket, then `/metrics`' if any.
+    pub sockets: Vec<Arc<std::net::TcpListener>>,
     pub runs: usize,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// A listening socket on a port the system picks. The test keeps it for its
+/// whole life and hands it to every service it starts (`LISTEN_FDS`), so the port
+/// is never free for another process to take between runs.
+pub fn socket() -> (Arc<std::net::TcpListener>, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = l.local_addr().expect("bound address").port();
+    (Arc::new(l), port)
 }
 
 impl Env {
@@ -50,7 +79,7 @@ impl Env {
         let sink = Sink::new();
         let (sink_addr, _) = sink.serve(([127, 0, 0, 1], 0).into()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let api_port = free_port();
+        let (api_socket, api_port) = socket();
         let cfg = format!(
             r#"
 [server]
@@ -103,8 +132,17 @@ url = "http://{sink_addr}/webhook/fx"
             sink_addr,
             dir,
             api_port,
+            sockets: vec![api_socket],
             runs: 0,
         }
+    }
+
+    /// A second socket, handed to the service for `server.metrics_listen`; its port.
+    pub fn metrics_socket(&mut self) -> u16 {
+        let (s, port) = socket();
+        self.sockets.truncate(1);
+        self.sockets.push(s);
+        port
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -129,6 +167,7 @@ url = "http://{sink_addr}/webhook/fx"
             dir: self.dir.path().to_path_buf(),
             sim_addr: self.sim_addr,
             api_port: self.api_port,
+            sockets: self.sockets.clone(),
         }
     }
 
@@ -204,6 +243,7 @@ pub struct Launcher {
     pub dir: PathBuf,
     pub sim_addr: SocketAddr,
     pub api_port: u16,
+    pub sockets: Vec<Arc<std::net::TcpListener>>,
 }
 
 impl Launcher {
@@ -240,6 +280,7 @@ impl Launcher {
     pub async fn start_with(&self, run: usize, nofile: Option<u64>) -> Service {
         let log = self.dir.join(format!("run{run}.log"));
         let mut cmd = self.command(&["serve"]);
+        pass_sockets(&mut cmd, &self.sockets);
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe and only touches the child.
@@ -277,6 +318,38 @@ impl Launcher {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         svc
+    }
+}
+
+/// Hands `sockets` to the child as fds 3, 4, … with `LISTEN_FDS` (systemd's
+/// socket activation), which the service takes instead of binding its addresses.
+fn pass_sockets(cmd: &mut Command, sockets: &[Arc<std::net::TcpListener>]) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fds: Vec<i32> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+    cmd.env("LISTEN_FDS", fds.len().to_string());
+    // SAFETY: only dup/dup2/close between fork and exec, which are
+    // async-signal-safe, on descriptors this process owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Moved out of the way first, so that no source is overwritten by an
+            // earlier target; dup2 clears close-on-exec on the targets.
+            let mut high = Vec::with_capacity(fds.len());
+            for fd in &fds {
+                let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
+                if h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high.push(h);
+            }
+            for (i, h) in high.iter().enumerate() {
+                if libc::dup2(*h, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(*h);
+            }
+            Ok(())
+        });
     }
 }
 

@@ -465,9 +465,8 @@ async fn an_undecodable_job_is_isolated_and_the_rest_keep_being_polled() {
         subs[17]["id"].as_str().unwrap()
     );
     let client = reqwest::Client::new();
-    let mut shown = Value::Null;
-    for _ in 0..200 {
-        shown = client
+    let shown = wait_for(T, "the subscription to say why it is not read", || async {
+        let v: Value = client
             .get(&url)
             .bearer_auth(LIGHTING)
             .send()
@@ -476,11 +475,13 @@ async fn an_undecodable_job_is_isolated_and_the_rest_keep_being_polled() {
             .json()
             .await
             .unwrap();
-        if shown["pollError"].is_string() {
-            break;
+        if v["pollError"].is_string() {
+            Ok(v)
+        } else {
+            Err(v)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     assert!(
         shown["pollError"].as_str().unwrap_or("").contains("decode"),
         "{shown}"

@@ -64,36 +64,36 @@ async fn authorization_matrix_has_no_cross_team_reach() {
     .await;
     env.observed(&job, 2).await;
     env.sim.set_status(&job, "FAILED");
-    let mut dls = (Value::Null, Value::Null);
     wait_until(Duration::from_secs(30), "a dead letter per team", || {
         let got = env.sink.received();
         got.iter().any(|r| r.path == "/webhook/lighting")
             && got.iter().any(|r| r.path == "/webhook/fx")
     })
     .await;
-    for _ in 0..100 {
-        dls.0 = call(
-            "GET",
-            &format!("{api}/v1/dead-letters"),
-            Some(LIGHTING),
-            None,
-        )
-        .await
-        .1;
-        dls.1 = call("GET", &format!("{api}/v1/dead-letters"), Some(FX), None)
+    let dls = wait_for(
+        Duration::from_secs(30),
+        "one dead letter per team",
+        || async {
+            let mine = call(
+                "GET",
+                &format!("{api}/v1/dead-letters"),
+                Some(LIGHTING),
+                None,
+            )
             .await
             .1;
-        if dls.0["deadLetters"]
-            .as_array()
-            .is_some_and(|a| a.len() == 1)
-            && dls.1["deadLetters"]
-                .as_array()
-                .is_some_and(|a| a.len() == 1)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            let theirs = call("GET", &format!("{api}/v1/dead-letters"), Some(FX), None)
+                .await
+                .1;
+            let one = |v: &Value| v["deadLetters"].as_array().is_some_and(|a| a.len() == 1);
+            if one(&mine) && one(&theirs) {
+                Ok((mine, theirs))
+            } else {
+                Err((mine, theirs))
+            }
+        },
+    )
+    .await;
     struct Owned {
         token: &'static str,
         sub: String,
@@ -389,15 +389,18 @@ async fn redirects_are_not_followed() {
     );
     env.sim.set_status(&job, "FAILED");
     let url = format!("{}/v1/dead-letters", env.api());
-    let mut reason = String::new();
-    for _ in 0..200 {
-        let v = call("GET", &url, Some(LIGHTING), None).await.1;
-        if let Some(r) = v["deadLetters"][0]["reason"].as_str() {
-            reason = r.to_string();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let reason = wait_for(
+        Duration::from_secs(20),
+        "a dead letter with its reason",
+        || async {
+            let v = call("GET", &url, Some(LIGHTING), None).await.1;
+            match v["deadLetters"][0]["reason"].as_str() {
+                Some(r) => Ok(r.to_string()),
+                None => Err(v),
+            }
+        },
+    )
+    .await;
     assert!(
         reason.contains("302") && reason.contains("redirects are not followed"),
         "{reason}"
@@ -636,7 +639,7 @@ async fn idle_and_slow_connections_cannot_starve_the_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_limits_answer_json_and_metrics_can_move() {
     let mut env = Env::new().await;
-    let metrics_port = free_port();
+    let metrics_port = env.metrics_socket();
     let text = std::fs::read_to_string(env.config_path())
         .unwrap()
         .replacen(
