@@ -226,11 +226,6 @@ impl DeliveryConfig {
             .copied()
             .unwrap_or_else(|| kind.default_interval())
     }
-
-    /// Sets `<kind>_interval` (benchmarks and tests).
-    pub fn set_interval(&mut self, kind: ChannelKind, d: Duration) {
-        self.intervals.insert(kind.as_str(), d);
-    }
 }
 
 impl PartialEq for DeliveryConfig {

@@ -135,18 +135,9 @@ pub struct Observed {
 enum Raw {
     Item(Box<dl::types::BatchGetJobItem>),
     Output(Box<dl::operation::get_job::GetJobOutput>),
-    Snapshot(Box<JobSnapshot>),
 }
 
 impl Observed {
-    /// From a snapshot (other sources, tests).
-    pub fn from_snapshot(s: JobSnapshot) -> Observed {
-        Observed {
-            status: JobStatus::of(&s),
-            raw: Raw::Snapshot(Box::new(s)),
-        }
-    }
-
     /// Refreshes the job's in-memory view in place (allocating only when the name
     /// changed or the view is new).
     pub fn refresh_view(
@@ -163,14 +154,6 @@ impl Observed {
             Raw::Output(o) => {
                 fill(&mut counts, o.task_run_status_counts());
                 o.name()
-            }
-            Raw::Snapshot(s) => {
-                for (k, v) in &s.task_run_status_counts {
-                    if let Some(i) = CompactView::slot(k) {
-                        counts[i] = u32::try_from(*v).unwrap_or(0);
-                    }
-                }
-                &s.name
             }
         };
         fn fill(counts: &mut [u32; 12], m: Option<&HashMap<dl::types::TaskRunStatus, i32>>) {
@@ -226,12 +209,6 @@ impl Observed {
         match &self.raw {
             Raw::Item(o) => of(o.task_run_status_counts(), o.started_at()),
             Raw::Output(o) => of(o.task_run_status_counts(), o.started_at()),
-            Raw::Snapshot(s) => (
-                s.count("SUCCEEDED"),
-                s.task_run_status_counts.values().sum(),
-                s.count("RUNNING"),
-                s.started_at,
-            ),
         }
     }
 
@@ -239,7 +216,6 @@ impl Observed {
         match self.raw {
             Raw::Item(o) => snapshot!(o, key),
             Raw::Output(o) => snapshot!(o, key),
-            Raw::Snapshot(s) => *s,
         }
     }
 }

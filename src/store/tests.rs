@@ -1,0 +1,319 @@
+//! The store's own tests: atomic commits, the group commit, damage detection.
+use super::*;
+use crate::domain::{Event, JobSnapshot, JobStatus};
+
+fn key(n: u8) -> JobKey {
+    JobKey {
+        farm_id: format!("farm-{}", "a".repeat(32)),
+        queue_id: format!("queue-{}", "b".repeat(32)),
+        job_id: format!("job-{:032x}", n),
+    }
+}
+
+fn entry(team: &str, ch: &str, job: JobKey) -> OutboxEntry {
+    OutboxEntry {
+        seq: 0,
+        webhook_id: "msg_x".into(),
+        team: team.into(),
+        channel: ch.into(),
+        kind: "webhook".into(),
+        job,
+        event: Event::Succeeded,
+        created_at: crate::clock::wall_now(),
+        attempts: 0,
+        next_attempt_at: crate::clock::wall_now(),
+        last_error: None,
+        payload: serde_json::json!({}),
+        triage_until: None,
+        failure: None,
+        snapshot: None,
+        transition: None,
+    }
+}
+
+fn state(n: u8) -> JobState {
+    JobState {
+        job: key(n),
+        status: JobStatus::of(&JobSnapshot::sample(key(n), "a")),
+        since: crate::clock::wall_now(),
+        terminal_since: None,
+        progress: Default::default(),
+    }
+}
+
+fn sub(id: &str, team: &str, n: u8) -> Subscription {
+    Subscription {
+        id: id.into(),
+        team: team.into(),
+        job: key(n),
+        channels: vec![],
+        events: vec![],
+        created_at: crate::clock::wall_now(),
+        state: "active".into(),
+        ended_reason: None,
+        watch: None,
+        muted: false,
+    }
+}
+
+#[test]
+fn state_and_outbox_commit_together_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("db");
+    {
+        let s = Store::open(&p).unwrap();
+        let q = s
+            .commit_observation(
+                &state(1),
+                vec![entry("t", "c", key(1)), entry("t", "c", key(1))],
+            )
+            .unwrap();
+        assert!(q[0].seq < q[1].seq);
+        s.sync().unwrap();
+        assert!(*s.durable().borrow() >= q[1].seq);
+    }
+    let s = reopen(&p).unwrap();
+    assert!(s.job_state(&key(1)).unwrap().is_some());
+    assert_eq!(s.outbox_len(), 2);
+    let head = s.outbox_head("t", "c").unwrap().unwrap();
+    s.delivered(&head, crate::clock::wall_now()).unwrap();
+    assert!(s.was_delivered("msg_x").unwrap());
+    let next = s.outbox_head("t", "c").unwrap().unwrap();
+    assert!(next.seq > head.seq);
+    let dl = s
+        .dead_letter(&next, "HTTP 400", crate::clock::wall_now())
+        .unwrap();
+    assert!(s.outbox_head("t", "c").unwrap().is_none());
+    assert_eq!((s.outbox_len(), s.dead_letter_count()), (0, 1));
+    let back = s
+        .replay_dead_letter(dl.id, crate::clock::wall_now())
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.webhook_id, "msg_x");
+    assert!(s.dead_letters().unwrap().is_empty());
+    assert_eq!((s.outbox_len(), s.dead_letter_count()), (1, 0));
+}
+
+#[test]
+fn one_subscription_per_team_and_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("db")).unwrap();
+    assert!(s.insert_subscription(sub("a", "t1", 2)).unwrap().1);
+    let (existing, created) = s.insert_subscription(sub("b", "t1", 2)).unwrap();
+    assert!(!created);
+    assert_eq!(existing.id, "a");
+    assert!(s.insert_subscription(sub("c", "t2", 2)).unwrap().1);
+    assert_eq!(s.subscription_count(), 2);
+    s.delete_subscription(&existing).unwrap();
+    assert_eq!(s.subscription_count(), 1);
+    assert!(s.insert_subscription(sub("d", "t1", 2)).unwrap().1);
+    assert_eq!(s.subscription_count(), 2);
+}
+
+#[test]
+fn second_process_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("db");
+    let _a = Store::open(&p).unwrap();
+    // sled holds an exclusive file lock; a second open in the same process also fails.
+    let err = Store::open(&p)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains(&p.display().to_string()), "{err}");
+}
+
+#[test]
+fn nothing_is_durable_while_the_sync_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("db")).unwrap();
+    let before = *s.durable().borrow();
+    let hold = s.hold_syncs();
+    let q = s
+        .commit_observation(&state(1), vec![entry("t", "c", key(1))])
+        .unwrap();
+    // A caller waits for a flush: without the hold the syncer would flush now.
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waiter = {
+        let (s, released) = (s.clone(), released.clone());
+        std::thread::spawn(move || {
+            s.sync().unwrap();
+            assert!(
+                released.load(std::sync::atomic::Ordering::SeqCst),
+                "a flush ran while the sync was held"
+            );
+        })
+    };
+    // The control: the syncer has seen that request and held it back.
+    {
+        let sh = &s.inner.sync;
+        let deadline = crate::clock::monotonic() + Duration::from_secs(10);
+        let mut st = sh.lock();
+        while !(st.requested > st.done && st.held_back == st.requested) {
+            assert!(
+                crate::clock::monotonic() < deadline,
+                "the syncer never looked at the request"
+            );
+            st = sh
+                .cv
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+    assert_eq!(*s.durable().borrow(), before, "published while held");
+    released.store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(hold);
+    waiter.join().unwrap();
+    assert!(*s.durable().borrow() >= q[0].seq);
+}
+
+#[test]
+fn delivered_is_synced_by_the_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("db")).unwrap();
+    let q = s
+        .commit_observation(&state(1), vec![entry("t", "c", key(1))])
+        .unwrap();
+    s.sync().unwrap();
+    s.delivered(&q[0], crate::clock::wall_now()).unwrap();
+    // The syncer runs by itself (no caller waits): the dirty flag is cleared
+    // once it has flushed.
+    let deadline = crate::clock::monotonic() + Duration::from_secs(10);
+    while s.inner.sync.lock().dirty_since.is_some() {
+        assert!(
+            crate::clock::monotonic() < deadline,
+            "group commit never ran"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Opens a store just closed in this process. sled's background I/O may hold
+/// the file lock for a moment after a drop (a different process never sees
+/// this): wait for it, with a deadline.
+fn reopen(p: &Path) -> Result<Store, StoreError> {
+    let deadline = crate::clock::monotonic() + Duration::from_secs(10);
+    loop {
+        match Store::open(p) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && crate::clock::monotonic() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn reopen_err(p: &Path) -> String {
+    reopen(p).err().map(|e| e.to_string()).unwrap_or_default()
+}
+
+#[test]
+fn a_damaged_value_is_refused_naming_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("db");
+    {
+        let s = Store::open(&p).unwrap();
+        s.insert_subscription(sub("a", "t", 1)).unwrap();
+        s.damage_subscription_for_tests("a").unwrap();
+        let e = s.subscription("a").unwrap_err().to_string();
+        assert!(
+            e.contains("checksum") && e.contains(&p.display().to_string()),
+            "{e}"
+        );
+    }
+    let e = reopen_err(&p);
+    assert!(
+        e.contains("checksum") && e.contains(&p.display().to_string()),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_record_is_a_count_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("db");
+    {
+        let s = Store::open(&p).unwrap();
+        s.insert_subscription(sub("a", "t", 1)).unwrap();
+        s.insert_subscription(sub("b", "t", 2)).unwrap();
+        // Behind the store's back, as lost data would be.
+        s.inner.subs.remove(b"a").unwrap();
+        s.inner.db.flush().unwrap();
+    }
+    let e = reopen_err(&p);
+    assert!(
+        e.contains("the store is corrupt") && e.contains("export"),
+        "{e}"
+    );
+    assert!(e.contains("subscriptions holds 1 records but 2"), "{e}");
+}
+
+#[test]
+fn an_emptied_data_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("db");
+    {
+        let s = Store::open(&p).unwrap();
+        s.insert_subscription(sub("a", "t", 1)).unwrap();
+    }
+    for entry in std::fs::read_dir(&p).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != MARKER_FILE {
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
+    let e = reopen_err(&p);
+    assert!(e.contains("holds nothing"), "{e}");
+}
+
+#[test]
+fn a_rolled_back_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("db");
+    {
+        let _s = Store::open(&p).unwrap();
+    }
+    let m: Marker = serde_json::from_slice(&std::fs::read(p.join(MARKER_FILE)).unwrap()).unwrap();
+    write_marker_file(
+        &p,
+        &Marker {
+            store_id: m.store_id,
+            epoch: m.epoch + 1000,
+        },
+    )
+    .unwrap();
+    let e = reopen_err(&p);
+    assert!(e.contains("rolled back"), "{e}");
+}
+
+#[test]
+fn a_store_from_before_checksums_is_sealed_on_first_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("db");
+    {
+        let db = sled::Config::new()
+            .path(&p)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let subs = db.open_tree("subscriptions").unwrap();
+        subs.insert(b"a", serde_json::to_vec(&sub("a", "t", 1)).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    {
+        let s = reopen(&p).unwrap();
+        assert_eq!(s.subscription_count(), 1);
+        assert_eq!(s.subscription("a").unwrap().unwrap().team, "t");
+    }
+    let s = reopen(&p).unwrap();
+    assert_eq!(s.verify().unwrap().subscriptions, 1);
+}
