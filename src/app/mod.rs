@@ -1,5 +1,9 @@
 //! Start-up and shutdown: open the store, compile templates, build the clients, then
 //! run the watcher, the delivery workers and the API until told to stop.
+//!
+//! This file is the top of the service (layer "app"): it may import everything but
+//! `cli` and `devkit`. Its two children sit low, because the loops share them:
+//! `live` (the current config, templates and HTTP client) and `telemetry`.
 pub mod live;
 pub mod telemetry;
 

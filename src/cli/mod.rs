@@ -1,5 +1,5 @@
 //! The command line: parsing, the commands, and the edge where errors become exit
-//! codes (the only place `anyhow` is used).
+//! codes (the only place `anyhow` is used). The top layer: may import anything.
 use crate::{
     app::telemetry::{self, LogFormat},
     app::{self, App},

@@ -1,5 +1,9 @@
 //! Configuration: TOML, strict (`deny_unknown_fields`), validated once at start-up
 //! into [`Config`]. Every error names the file and the key.
+//!
+//! Here: the raw serde shapes and the validated types with their accessors. The
+//! rules, one function per section, are in `validate`; where secrets come from is
+//! `secret`. Imports `domain` and `notify` (whose types the settings are read into).
 pub mod secret;
 mod validate;
 

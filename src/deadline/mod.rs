@@ -1,5 +1,6 @@
-//! Deadline Cloud: the SDK client (the only code that sees SDK types) and the local
-//! simulator that speaks the same wire format.
+//! Deadline Cloud: the SDK clients (the only code that sees SDK types) and the
+//! GetJob JSON shape (`wire`) that the simulator in `devkit` also speaks. An adapter:
+//! imports `domain` and `config` only.
 pub mod client;
 pub mod logs;
 pub mod wire;

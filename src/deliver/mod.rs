@@ -1,6 +1,9 @@
 //! Delivery workers: one per channel. A worker sends only what the store has made
 //! durable, keeps order per (channel, job), and leaves every decision to
 //! [`decide`]; this file holds the effects (store, HTTP, metrics, logs).
+//!
+//! `decide` is pure (layer "decisions": `domain`, `notify` only); this loop may also
+//! import the store, `notify::send` and `app::{live, telemetry}`.
 pub mod decide;
 
 use crate::app::live::{Active, Live};

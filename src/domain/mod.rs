@@ -1,5 +1,8 @@
 //! Our own domain types. The AWS SDK's types stop at `deadline::client`; everything
 //! else speaks in these.
+//!
+//! The ground floor (pure): imports nothing of this crate but itself, so every
+//! other module can use it.
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -1,10 +1,12 @@
 //! Outbound delivery. Each channel kind is one file implementing [`Kind`] (its
 //! config keys, allowed hosts, escaping, payload, signing, pacing, response
-//! classification and default template) and one line in [`KINDS`]. The [`Sender`]
-//! posts a payload; [`retry`] holds the one retry policy.
+//! classification and default template) and one line in [`KINDS`].
+//! `send::Sender` posts a payload; [`retry`] holds the one retry policy.
 //!
-//! This module depends on no configuration code: `config` reads its settings into
-//! the types defined here ([`Channel`], [`DeliveryConfig`]).
+//! The kinds are pure (layer "channel kinds": they import only `domain`); `send`
+//! alone does HTTP and sits with the adapters. This module depends on no
+//! configuration code: `config` reads its settings into the types defined here
+//! ([`Channel`], [`DeliveryConfig`]).
 pub mod retry;
 pub mod send;
 pub mod settings;

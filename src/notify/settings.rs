@@ -1,5 +1,5 @@
 //! `[delivery]` settings. Common keys are listed here; each kind adds
-//! `<kind>_hosts` and `<kind>_interval` with the defaults its [`Kind`] gives.
+//! `<kind>_hosts` and `<kind>_interval` with the defaults its [`Kind`](super::Kind) gives.
 use super::ChannelKind;
 use std::collections::BTreeMap;
 use std::time::Duration;

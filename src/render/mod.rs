@@ -7,6 +7,9 @@
 //! same `default/` files embedded in the binary.
 //!
 //! The first line of the output is the title, the rest the body.
+//!
+//! Layer "decisions": imports `domain`, `notify` (the kinds' escaping and payloads),
+//! `config` and `watch::progress`; never the store, the network or the loops.
 use crate::config::Config;
 use crate::domain::monitor::Monitor;
 use crate::domain::text::sanitize;

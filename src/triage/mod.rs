@@ -7,6 +7,10 @@
 //! `triage_until`; it hands the job to [`run`], which gathers, re-renders each
 //! message with `failure`, stores payload and facts with the outbox entry (so a
 //! retry or a restart sends the same message) and wakes the channel's worker.
+//!
+//! `redact` is pure (layer "decisions"); this loop may import the Deadline and
+//! CloudWatch Logs clients, the store, `app::live` and `watch::schedule`'s budget,
+//! never delivery.
 pub mod redact;
 
 use crate::app::live::Live;

@@ -6,6 +6,13 @@
 //! up to 100, spread evenly over the poll interval, within a global request budget
 //! that backs off on throttling. Job state lives in memory in compact form; the store
 //! is written only when a job's state changes.
+//!
+//! Owns: this loop (a layer "loops" module) and its pure steps, each a layer
+//! "decisions" module that imports only `domain`, `notify`, `config`, `render` and
+//! its siblings: `diff`, `route`, `progress`, `schedule`, `plan` (what a read means),
+//! `discovery` (which queues to search, from when). `health` is what the loop lets
+//! the API read. The loop may import the adapters (`store`, `deadline`), `app::live`
+//! and `triage`.
 mod health;
 pub use discovery::SearchedQueues;
 pub use health::{Health, HealthView};
