@@ -1,0 +1,210 @@
+//! `/v1/subscriptions`: subscribe a job, list, show, mute, unsubscribe; a team sees only its own.
+use super::*;
+
+pub(super) async fn create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let team = team_for(&st, &headers)?;
+    let obj = json_object(&body, &["farmId", "queueId", "jobId", "channels", "events"])?;
+    let job = JobKey::parse(
+        field_str(&obj, "farmId")?,
+        field_str(&obj, "queueId")?,
+        field_str(&obj, "jobId")?,
+    )
+    .map_err(|e| ApiError::BadRequest(format!("field `{}` must match {}", e.field, e.pattern)))?;
+    team.admits(&job).map_err(ApiError::Forbidden)?;
+    let channels = match field_list(&obj, "channels")? {
+        None => team.channels.iter().map(|c| c.name.clone()).collect(),
+        Some(list) if list.is_empty() => {
+            return Err(ApiError::BadRequest(
+                "field `channels` must not be empty".into(),
+            ));
+        }
+        Some(list) => {
+            for c in &list {
+                if team.channel(c).is_none() {
+                    let names: Vec<_> = team.channels.iter().map(|c| c.name.as_str()).collect();
+                    return Err(ApiError::BadRequest(format!(
+                        "field `channels`: team {:?} has no channel {:?} (it has: {})",
+                        team.name,
+                        c,
+                        names.join(", ")
+                    )));
+                }
+            }
+            // Each channel once, in the order given (["a", "b", "a"] is ["a", "b"]).
+            let mut seen = std::collections::HashSet::new();
+            list.into_iter()
+                .filter(|c| seen.insert(c.clone()))
+                .collect()
+        }
+    };
+    let events = match field_list(&obj, "events")? {
+        None => Event::DEFAULTS.to_vec(),
+        Some(list) if list.is_empty() => {
+            return Err(ApiError::BadRequest(
+                "field `events` must not be empty".into(),
+            ));
+        }
+        Some(list) => list
+            .iter()
+            .map(|s| {
+                Event::parse(s).ok_or_else(|| {
+                    let all: Vec<_> = Event::ALL.iter().map(|e| e.as_str()).collect();
+                    ApiError::BadRequest(format!(
+                        "field `events`: unknown event {s:?}; expected one of {}",
+                        all.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .fold(Vec::new(), |mut acc, e| {
+                if !acc.contains(&e) {
+                    acc.push(e);
+                }
+                acc
+            }),
+    };
+    let sub = Subscription {
+        id: format!("sub-{}", uuid::Uuid::new_v4().simple()),
+        team: team.name.clone(),
+        job,
+        channels,
+        events,
+        created_at: st.clock.now(),
+        state: "active".into(),
+        ended_reason: None,
+        watch: None,
+        muted: false,
+    };
+    let (sub, created) = st.store.run(move |s| s.insert_subscription(sub)).await?;
+    if created {
+        tracing::info!(team = %sub.team, job = %sub.job, subscription = %sub.id, "subscribed");
+        st.watch.notify(SubChange::Added(sub.clone()));
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(sub)).into_response())
+}
+
+pub(super) async fn list(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let team = team_for(&st, &headers)?;
+    let name = team.name.clone();
+    let subs = st
+        .store
+        .run(move |s| {
+            s.subscriptions()?
+                .into_iter()
+                .filter(|s| s.team == name)
+                .map(|sub| Ok((s.notices(&sub.team, &sub.job)?, sub)))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await?;
+    let subs: Vec<_> = subs
+        .into_iter()
+        .map(|(notices, s)| sub_json(&st, s, notices))
+        .collect();
+    Ok(Json(json!({"subscriptions": subs})))
+}
+
+/// A subscription as the API shows it, with what is known of its job: `job` (name,
+/// status and task counts as last read), `pollError` when the last read failed,
+/// `notifications` (the latest per channel) and `lastNotification` (the latest of those).
+pub(super) fn sub_json(
+    st: &AppState,
+    s: Subscription,
+    mut notices: Vec<crate::domain::Notice>,
+) -> Value {
+    let err = st.health.poll_error(&s.job);
+    let view = st.health.view(&s.job);
+    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        if let Some(err) = err {
+            m.insert("pollError".into(), Value::String(err));
+        }
+        m.insert("job".into(), json!(view));
+        notices.sort_by_key(|n| n.at);
+        m.insert("lastNotification".into(), json!(notices.last()));
+        m.insert("notifications".into(), json!(notices));
+    }
+    v
+}
+
+pub(super) async fn sub_with_notices(st: &AppState, s: Subscription) -> Result<Value, ApiError> {
+    let (team, job) = (s.team.clone(), s.job.clone());
+    let notices = st.store.run(move |x| x.notices(&team, &job)).await?;
+    Ok(sub_json(st, s, notices))
+}
+
+pub(super) async fn owned(st: &AppState, team: &Team, id: &str) -> Result<Subscription, ApiError> {
+    let id = id.to_string();
+    match st.store.run(move |s| s.subscription(&id)).await? {
+        Some(s) if s.team == team.name => Ok(s),
+        _ => Err(ApiError::NotFound("subscription")),
+    }
+}
+
+pub(super) async fn show(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let team = team_for(&st, &headers)?;
+    let sub = owned(&st, &team, &id).await?;
+    Ok(Json(sub_with_notices(&st, sub).await?))
+}
+
+pub(super) async fn remove(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let team = team_for(&st, &headers)?;
+    let sub = owned(&st, &team, &id).await?;
+    let gone = sub.clone();
+    st.store.run(move |s| s.delete_subscription(&gone)).await?;
+    tracing::info!(team = %sub.team, job = %sub.job, subscription = %sub.id, "unsubscribed");
+    st.watch.notify(SubChange::Removed(sub.clone()));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PATCH /v1/subscriptions/{id}` with `{"muted": bool}`: a muted subscription keeps
+/// following its job but sends nothing.
+pub(super) async fn patch_subscription(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let team = team_for(&st, &headers)?;
+    let obj = json_object(&body, &["muted"])?;
+    let muted = match obj.get("muted") {
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "field `muted` must be true or false".into(),
+            ));
+        }
+        None => return Err(ApiError::BadRequest("field `muted` is required".into())),
+    };
+    let mut sub = owned(&st, &team, &id).await?;
+    if sub.muted != muted {
+        sub.muted = muted;
+        let saved = sub.clone();
+        st.store.run(move |s| s.update_subscription(&saved)).await?;
+        if sub.is_active() {
+            st.watch.notify(SubChange::Added(sub.clone()));
+        }
+        tracing::info!(team = %team.name, subscription = %sub.id, muted, "subscription muted state changed");
+    }
+    Ok(Json(sub_with_notices(&st, sub).await?))
+}
