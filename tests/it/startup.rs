@@ -368,19 +368,27 @@ async fn metrics_match_what_the_sink_received() {
         env.sink.delivered().len() == 9
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let text = reqwest::get(format!("{}/metrics", env.api()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let sum = |name: &str, needle: &[&str]| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(name) && needle.iter().all(|n| l.contains(n)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    // A delivery is counted just after the sink has answered it.
+    let url = format!("{}/metrics", env.api());
+    let text = wait_for(
+        std::time::Duration::from_secs(30),
+        "/metrics to count the 9 deliveries",
+        || async {
+            let t = reqwest::get(&url).await.unwrap().text().await.unwrap();
+            let counted = metric_sum(
+                &t,
+                "deadline_notifier_deliveries_total{",
+                &["outcome=\"delivered\""],
+            );
+            if counted == 9.0 && metric_sum(&t, "deadline_notifier_outbox_depth", &[]) == 0.0 {
+                Ok(t)
+            } else {
+                Err(t)
+            }
+        },
+    )
+    .await;
+    let sum = |name: &str, needle: &[&str]| metric_sum(&text, name, needle);
     let delivered = sum(
         "deadline_notifier_deliveries_total{",
         &["outcome=\"delivered\""],
@@ -411,4 +419,12 @@ async fn metrics_match_what_the_sink_received() {
     assert_eq!(sum("deadline_notifier_outbox_depth", &[]), 0.0);
     assert!(text.contains("deadline_notifier_delivery_latency_seconds_bucket"));
     assert!(text.contains("deadline_notifier_channel_disabled{"));
+}
+
+/// The sum of the Prometheus samples named `name` whose labels contain every `needle`.
+fn metric_sum(text: &str, name: &str, needle: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && needle.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
