@@ -12,8 +12,12 @@ use std::time::Duration;
 /// The AWS region chain's environment part (`AWS_REGION`, `AWS_DEFAULT_REGION`), for
 /// commands that build no client but still print monitor links.
 pub fn region_from_env() -> Option<String> {
-    ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .iter()
+    first_env(&["AWS_REGION", "AWS_DEFAULT_REGION"])
+}
+
+/// The first of `keys` set to a non-empty value, as the AWS chain reads them.
+fn first_env(keys: &[&str]) -> Option<String> {
+    keys.iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
 }
 

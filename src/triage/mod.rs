@@ -49,28 +49,6 @@ pub struct Request {
     pub entries: Vec<Waiting>,
 }
 
-/// The triage requests for what an observation queued: one per event, listing
-/// every message of that event that waits for triage.
-pub fn requests(queued: &[OutboxEntry], job: &JobSnapshot) -> Vec<Request> {
-    let mut waiting: Vec<Request> = Vec::new();
-    for e in queued {
-        let (Some(tr), Some(until)) = (&e.transition, e.triage_until) else {
-            continue;
-        };
-        let at = (e.team.clone(), e.channel.clone(), e.seq);
-        match waiting.iter_mut().find(|r| r.transition.event == tr.event) {
-            Some(r) => r.entries.push(at),
-            None => waiting.push(Request {
-                job: job.clone(),
-                transition: tr.clone(),
-                until,
-                entries: vec![at],
-            }),
-        }
-    }
-    waiting
-}
-
 /// The watcher's side of the triage queue.
 #[derive(Clone)]
 pub struct Handle(mpsc::UnboundedSender<Request>);
@@ -320,7 +298,7 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     match store.run(|s| s.outbox_awaiting_triage()).await {
         Ok(left) => {
-            for r in group(left) {
+            for r in requests_for(left) {
                 tracing::info!(job = %r.job.key, "triage left unfinished by the last run; gathering again");
                 tasks.spawn(one(
                     gatherer.clone(),
@@ -348,11 +326,13 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
 }
 
-/// Entries awaiting triage, grouped by the transition they announce.
-fn group(entries: Vec<crate::domain::OutboxEntry>) -> Vec<Request> {
+/// Entries awaiting triage, grouped by the transition they announce: one request
+/// per (job, event, detection), listing every message that waits for it. Used for
+/// what an observation just queued and for what a previous run left unfinished.
+pub fn requests_for(entries: Vec<OutboxEntry>) -> Vec<Request> {
     let mut by: HashMap<String, Request> = HashMap::new();
     for e in entries {
-        let (Some(job), Some(tr)) = (e.snapshot.clone(), e.transition.clone()) else {
+        let (Some(job), Some(tr)) = (e.snapshot, e.transition) else {
             continue;
         };
         let k = format!(
@@ -370,7 +350,7 @@ fn group(entries: Vec<crate::domain::OutboxEntry>) -> Vec<Request> {
                 entries: Vec::new(),
             })
             .entries
-            .push((e.team.clone(), e.channel.clone(), e.seq));
+            .push((e.team, e.channel, e.seq));
     }
     by.into_values().collect()
 }

@@ -32,7 +32,7 @@ pub struct Health {
     unmapped: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
-fn read<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -52,7 +52,7 @@ impl Health {
 
     /// Records a failed read; returns whether the error is new for this job.
     pub(super) fn set_poll_error(&self, job: &JobKey, reason: &str) -> bool {
-        let mut g = read(&self.poll_errors);
+        let mut g = locked(&self.poll_errors);
         match g.get(job) {
             Some(r) if r == reason => false,
             _ => {
@@ -63,7 +63,7 @@ impl Health {
     }
 
     pub(super) fn clear_poll_error(&self, job: &JobKey) {
-        let mut g = read(&self.poll_errors);
+        let mut g = locked(&self.poll_errors);
         if !g.is_empty() {
             g.remove(job);
         }
@@ -76,7 +76,7 @@ impl Health {
         message: &str,
         since: DateTime<Utc>,
     ) -> bool {
-        let mut g = read(&self.discovery_errors);
+        let mut g = locked(&self.discovery_errors);
         if g.get(&key).map(|e| e.0.as_str()) == Some(message) {
             return false;
         }
@@ -86,11 +86,11 @@ impl Health {
 
     /// Returns whether there was an error to clear.
     pub(super) fn clear_discovery_error(&self, key: &SearchedQueues) -> bool {
-        read(&self.discovery_errors).remove(key).is_some()
+        locked(&self.discovery_errors).remove(key).is_some()
     }
 
     pub(super) fn note_unmapped(&self, created_by: &str, now: DateTime<Utc>) {
-        let mut g = read(&self.unmapped);
+        let mut g = locked(&self.unmapped);
         if g.len() >= UNMAPPED_CAP && !g.contains_key(created_by) {
             let cutoff = now - chrono::Duration::days(30);
             g.retain(|_, t| *t >= cutoff);
@@ -131,12 +131,12 @@ impl HealthView {
     }
 
     pub fn poll_error(&self, job: &JobKey) -> Option<String> {
-        read(&self.0.poll_errors).get(job).cloned()
+        locked(&self.0.poll_errors).get(job).cloned()
     }
 
     /// Unmapped `createdBy` values seen since `since`, most recent first.
     pub fn unmapped_since(&self, since: DateTime<Utc>) -> Vec<(String, DateTime<Utc>)> {
-        let g = read(&self.0.unmapped);
+        let g = locked(&self.0.unmapped);
         let mut v: Vec<_> = g
             .iter()
             .filter(|(_, t)| **t >= since)
@@ -148,7 +148,7 @@ impl HealthView {
 
     /// The discovery error that affects `w`'s queues, if any: (message, since).
     pub fn watch_error(&self, w: &Watch) -> Option<DiscoveryError> {
-        read(&self.0.discovery_errors)
+        locked(&self.0.discovery_errors)
             .iter()
             .find(|((farm, queues), _)| {
                 *farm == w.farm_id && queues.iter().any(|q| w.queue_ids.contains(q))

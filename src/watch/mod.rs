@@ -759,7 +759,7 @@ impl Loop {
             tracing::info!(job = %snap.key, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "notification queued");
         }
         // After the commit: a crash from here on finds the entries and triages again.
-        for r in crate::triage::requests(&queued, &snap) {
+        for r in crate::triage::requests_for(queued) {
             self.w.triage.submit(r);
         }
         if let Some(t) = self.tracked.get_mut(&snap.key) {

@@ -13,13 +13,11 @@ pub const FX: &str = "fx-token-0123456789abcdef012345";
 
 /// Waits for `cond` to hold, checking every 50 ms, failing with `what` after `timeout`.
 pub async fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, mut cond: F) {
-    let deadline = deadline_notifier::clock::tokio_monotonic() + timeout;
-    while !cond() {
-        if deadline_notifier::clock::tokio_monotonic() > deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(timeout, what, || {
+        let done = cond();
+        async move { if done { Ok(()) } else { Err("not yet") } }
+    })
+    .await
 }
 
 /// Polls `probe` until it answers `Ok`, and returns that answer. At the deadline it

@@ -239,9 +239,7 @@ fn custom_endpoint(cfg: &DeadlineConfig) -> Option<String> {
         if ignore {
             return None;
         }
-        ["AWS_ENDPOINT_URL_DEADLINE", "AWS_ENDPOINT_URL"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        super::first_env(&["AWS_ENDPOINT_URL_DEADLINE", "AWS_ENDPOINT_URL"])
     })
 }
 
