@@ -93,6 +93,32 @@ struct RawServer {
     max_connections: Option<usize>,
     /// Serve `/metrics` here instead of on the API's address.
     metrics_listen: Option<String>,
+    #[serde(default = "default_max_watches")]
+    max_watches_per_team: usize,
+    #[serde(default = "default_max_subscriptions")]
+    max_subscriptions_per_team: usize,
+    #[serde(default = "default_max_watched_queues")]
+    max_watched_queues_per_team: usize,
+    tls: Option<TlsConfig>,
+}
+
+/// `[server] tls`: PEM files for the API and the page (re-read on reload).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn default_max_watches() -> usize {
+    50
+}
+fn default_max_subscriptions() -> usize {
+    20_000
+}
+fn default_max_watched_queues() -> usize {
+    100
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +133,14 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
     /// When set, `/metrics` is served on this address only.
     pub metrics_listen: Option<String>,
+    /// Watches a team may create through the API.
+    pub max_watches_per_team: usize,
+    /// Active subscriptions a team may hold (API and watches together).
+    pub max_subscriptions_per_team: usize,
+    /// Distinct queues over all of a team's watches.
+    pub max_watched_queues_per_team: usize,
+    /// Serve HTTPS instead of HTTP on `listen`.
+    pub tls: Option<TlsConfig>,
 }
 
 fn default_rate_limit() -> f64 {
@@ -129,6 +163,10 @@ impl Default for RawServer {
             admin_tokens: Vec::new(),
             max_connections: None,
             metrics_listen: None,
+            max_watches_per_team: default_max_watches(),
+            max_subscriptions_per_team: default_max_subscriptions(),
+            max_watched_queues_per_team: default_max_watched_queues(),
+            tls: None,
         }
     }
 }
@@ -204,6 +242,14 @@ pub struct DeadlineConfig {
         deserialize_with = "duration::de"
     )]
     pub discovery_overlap: Duration,
+    /// SearchJobs calls per second for discovery: its own bucket, at most a quarter
+    /// of `max_requests_per_second`, so polling is never starved by watches.
+    #[serde(default = "default_discovery_rps")]
+    pub discovery_max_requests_per_second: f64,
+}
+
+fn default_discovery_rps() -> f64 {
+    0.5
 }
 
 fn default_stall_after() -> Duration {
@@ -313,6 +359,7 @@ impl Default for DeadlineConfig {
             terminal_factor: default_factor(),
             discovery_interval: default_discovery_interval(),
             discovery_overlap: default_discovery_overlap(),
+            discovery_max_requests_per_second: default_discovery_rps(),
         }
     }
 }
@@ -350,6 +397,13 @@ struct RawTeam {
     queue_ids: Option<Vec<String>>,
     #[serde(default)]
     watches: Vec<RawWatch>,
+    /// Share of polling when teams compete for the request budget.
+    #[serde(default = "default_weight")]
+    weight: f64,
+}
+
+fn default_weight() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Deserialize)]
@@ -461,23 +515,34 @@ pub struct Team {
     pub queue_ids: Option<Vec<String>>,
     /// `[[teams.watches]]`: new jobs to subscribe automatically.
     pub watches: Vec<crate::domain::Watch>,
+    /// Polling share relative to other teams when the budget is short (default 1).
+    pub weight: f64,
 }
 
 impl Config {
+    /// SearchJobs calls per second for discovery: its own share of the global
+    /// budget, at most a quarter of it.
+    pub fn discovery_budget(&self) -> f64 {
+        self.deadline
+            .discovery_max_requests_per_second
+            .min(self.deadline.max_requests_per_second / 4.0)
+    }
+
     /// Deadline calls per second triage may make: its share of the global budget
-    /// (at most half of it), none when triage is off.
+    /// (what discovery leaves of one half), none when triage is off.
     pub fn triage_budget(&self) -> f64 {
         if !self.triage.enabled {
             return 0.0;
         }
         self.triage
             .max_requests_per_second
-            .min(self.deadline.max_requests_per_second / 2.0)
+            .min(self.deadline.max_requests_per_second / 2.0 - self.discovery_budget())
     }
 
-    /// What polling and discovery share: the global budget less triage's share.
+    /// Polling's share: the global budget less triage's and discovery's, so never
+    /// less than half of it.
     pub fn poll_budget(&self) -> f64 {
-        self.deadline.max_requests_per_second - self.triage_budget()
+        self.deadline.max_requests_per_second - self.triage_budget() - self.discovery_budget()
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -504,6 +569,18 @@ impl Config {
     /// Advice that does not stop start-up (printed by `check-config`, logged at start).
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        if let Ok(addr) = self.server.listen.parse::<std::net::SocketAddr>()
+            && !addr.ip().is_loopback()
+            && self.server.tls.is_none()
+        {
+            w.push(format!(
+                "{}: server.listen {} is not a loopback address and server.tls is not set: team and admin \
+                 tokens would cross the network in clear text (set [server] tls, or terminate TLS at a proxy \
+                 or ingress in front of the service)",
+                self.path.display(),
+                addr
+            ));
+        }
         if self.teams.len() > 1 {
             for t in self.teams.iter().filter(|t| !t.has_allow_list()) {
                 w.push(format!(
@@ -605,6 +682,10 @@ fn redact_quoted(m: &str) -> String {
     out
 }
 
+/// `created_by` values a watch may list, and characters each.
+pub const MAX_CREATED_BY: usize = 50;
+pub const MAX_CREATED_BY_LEN: usize = 256;
+
 /// Validates a watch for `team` (config or API); the error names the field
 /// (`name`, `farm_id`, `queue_ids`, `created_by`, `name_matches`, `events`, `channels`).
 pub fn check_watch(
@@ -627,7 +708,9 @@ pub fn check_watch(
             "must list 1 to 10 queues (SearchJobs takes at most 10 per call)".into(),
         ));
     }
-    w.queue_ids.dedup();
+    // Every repeat, not only neighbours: each queue id is searched once.
+    let mut seen_q = HashSet::new();
+    w.queue_ids.retain(|q| seen_q.insert(q.clone()));
     for q in &w.queue_ids {
         if !id_ok(q, "queue-") {
             return Err((
@@ -648,13 +731,28 @@ pub fn check_watch(
             }
         })?;
     }
-    if let Some(c) = &w.created_by
-        && (c.is_empty() || c.iter().any(|x| x.trim().is_empty()))
-    {
-        return Err((
-            "created_by",
-            "list the createdBy values to match, or omit the key for everyone".into(),
-        ));
+    if let Some(c) = &w.created_by {
+        if c.is_empty() || c.iter().any(|x| x.trim().is_empty()) {
+            return Err((
+                "created_by",
+                "list the createdBy values to match, or omit the key for everyone".into(),
+            ));
+        }
+        if c.len() > MAX_CREATED_BY {
+            return Err((
+                "created_by",
+                format!("lists {} values; at most {MAX_CREATED_BY}", c.len()),
+            ));
+        }
+        if let Some(x) = c.iter().find(|x| x.chars().count() > MAX_CREATED_BY_LEN) {
+            return Err((
+                "created_by",
+                format!(
+                    "a value of {} characters; at most {MAX_CREATED_BY_LEN} each",
+                    x.chars().count()
+                ),
+            ));
+        }
     }
     if let Some(re) = &w.name_matches
         && let Err(e) = regex_lite::Regex::new(re)
@@ -769,6 +867,45 @@ events = ["job.failed", "job.succeeded"]
             e.contains("teams[0].tokens[0]") && e.contains("DN_UNSET_TOKEN_VAR"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn shares_of_the_deadline_budget_leave_polling_half() {
+        let c = Config::from_toml(GOOD, Path::new("x.toml")).unwrap();
+        // Defaults: 5/s global, discovery 0.5, triage 2.5 → 2.0, polling 2.5.
+        assert_eq!(c.discovery_budget(), 0.5);
+        assert_eq!(c.triage_budget(), 2.0);
+        assert_eq!(c.poll_budget(), 2.5);
+        assert_eq!(c.server.max_watches_per_team, 50);
+        assert_eq!(c.server.max_subscriptions_per_team, 20_000);
+        assert_eq!(c.server.max_watched_queues_per_team, 100);
+        assert_eq!(c.teams[0].weight, 1.0);
+        let c = Config::from_toml(
+            &GOOD.replace(
+                "poll_interval = \"1s\"",
+                "poll_interval = \"1s\"\nmax_requests_per_second = 1\ndiscovery_max_requests_per_second = 5",
+            ),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.discovery_budget(), 0.25, "at most a quarter");
+        assert!(c.poll_budget() >= 0.5, "{}", c.poll_budget());
+        let e = err(&GOOD.replace("[server]", "[server]\nmax_watches_per_team = 0"));
+        assert!(e.contains("server.max_watches_per_team"), "{e}");
+        let e = err(&GOOD.replace("name = \"lighting\"", "name = \"lighting\"\nweight = 0"));
+        assert!(e.contains("teams[0].weight"), "{e}");
+        let e = err(&GOOD.replace(
+            "[server]",
+            "[server]\ntls = { cert = \"missing.pem\", key = \"missing.key\" }",
+        ));
+        assert!(e.contains("server.tls.cert"), "{e}");
+        let w = Config::from_toml(
+            &GOOD.replace("127.0.0.1:0", "0.0.0.0:8080"),
+            Path::new("x.toml"),
+        )
+        .unwrap()
+        .warnings();
+        assert!(w.iter().any(|w| w.contains("server.tls")), "{w:?}");
     }
 
     #[test]

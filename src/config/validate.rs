@@ -59,6 +59,13 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             admin_tokens,
             max_connections: raw.server.max_connections,
             metrics_listen: raw.server.metrics_listen,
+            max_watches_per_team: raw.server.max_watches_per_team,
+            max_subscriptions_per_team: raw.server.max_subscriptions_per_team,
+            max_watched_queues_per_team: raw.server.max_watched_queues_per_team,
+            tls: raw.server.tls.map(|t| TlsConfig {
+                cert: relative_to(path, t.cert),
+                key: relative_to(path, t.key),
+            }),
         },
         store: raw.store,
         deadline: raw.deadline,
@@ -131,6 +138,14 @@ fn check_deadline(d: &DeadlineConfig, path: &Path) -> Result<(), ConfigError> {
             path,
             "deadline.max_requests_per_second".into(),
             "must be at least 0.1".into(),
+        ));
+    }
+    let dr = d.discovery_max_requests_per_second;
+    if !(dr.is_finite() && dr >= 0.01) {
+        return Err(invalid(
+            path,
+            "deadline.discovery_max_requests_per_second".into(),
+            "must be at least 0.01 (it is capped at a quarter of max_requests_per_second)".into(),
         ));
     }
     for (k, v) in [
@@ -270,6 +285,43 @@ fn check_server(raw: &RawConfig, path: &Path) -> Result<(), ConfigError> {
             "must be between 8 and 100000".into(),
         ));
     }
+    for (key, n, range) in [
+        (
+            "max_watches_per_team",
+            raw.server.max_watches_per_team,
+            1..=10_000,
+        ),
+        (
+            "max_subscriptions_per_team",
+            raw.server.max_subscriptions_per_team,
+            1..=10_000_000,
+        ),
+        (
+            "max_watched_queues_per_team",
+            raw.server.max_watched_queues_per_team,
+            1..=100_000,
+        ),
+    ] {
+        if !range.contains(&n) {
+            return Err(invalid(
+                path,
+                format!("server.{key}"),
+                format!("must be between {} and {}", range.start(), range.end()),
+            ));
+        }
+    }
+    if let Some(tls) = &raw.server.tls {
+        for (key, file) in [("cert", &tls.cert), ("key", &tls.key)] {
+            let file = relative_to(path, file.clone());
+            if let Err(e) = std::fs::metadata(&file) {
+                return Err(invalid(
+                    path,
+                    format!("server.tls.{key}"),
+                    format!("cannot read {}: {e}", file.display()),
+                ));
+            }
+        }
+    }
     if raw.teams.is_empty() {
         return Err(invalid(
             path,
@@ -392,7 +444,15 @@ fn team(
             }
         }
     }
+    if !(t.weight.is_finite() && (0.1..=100.0).contains(&t.weight)) {
+        return Err(invalid(
+            path,
+            format!("{tk}.weight"),
+            format!("{} must be between 0.1 and 100 (default 1)", t.weight),
+        ));
+    }
     let mut team = Team {
+        weight: t.weight,
         name: t.name,
         tokens,
         channels,
@@ -555,4 +615,13 @@ fn people(
     }
 
     Ok(people)
+}
+
+/// A path from the config file, relative to the file's directory when relative.
+fn relative_to(config: &Path, p: PathBuf) -> PathBuf {
+    if p.is_relative() {
+        config.parent().unwrap_or(Path::new(".")).join(p)
+    } else {
+        p
+    }
 }

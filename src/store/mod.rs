@@ -29,6 +29,7 @@ mod wakers;
 mod watches;
 
 use integrity::{Marker, write_marker_file};
+pub use subscriptions::Inserted;
 use subscriptions::note;
 #[cfg(test)]
 pub use sync::SyncHold;
@@ -153,10 +154,16 @@ struct Inner {
     discovery: sled::Tree,
     /// Watches created through the API, by id.
     watches: sled::Tree,
+    /// `team\0name` → watch id: a new watch's name is looked up, not searched for.
+    watch_names: sled::Tree,
     /// `team\0job\0channel` → the latest [`Notice`] of that subscription and channel.
     notices: sled::Tree,
     /// In-memory mirror of the `meta` counts (what `/metrics` reads).
     counts: [AtomicI64; 4],
+    /// Active subscriptions per team (the per-team cap), counted at open and kept
+    /// up to date by every write that starts or ends one. Its lock also orders
+    /// capped inserts, so concurrent subscribes cannot pass the cap together.
+    active: Mutex<foldhash::HashMap<String, usize>>,
     sync: Arc<SyncShared>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -321,8 +328,10 @@ impl Store {
             meta: t("meta")?,
             discovery: t("discovery")?,
             watches: t("watches")?,
+            watch_names: t("watch_names")?,
             notices: t("notices")?,
             counts: Default::default(),
+            active: Default::default(),
             sync,
             syncer: Mutex::new(None),
             db,
@@ -332,6 +341,8 @@ impl Store {
             inner: Arc::new(inner),
         };
         let marker = store.check_integrity()?;
+        store.count_active()?;
+        store.index_watch_names()?;
         let s = store.inner.clone();
         let handle = std::thread::Builder::new()
             .name("store-sync".into())

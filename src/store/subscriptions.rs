@@ -37,6 +37,16 @@ pub(super) fn note(
     Ok(())
 }
 
+/// What a capped insert did.
+#[derive(Debug)]
+pub enum Inserted {
+    Created(Subscription),
+    /// The team already subscribes the job (this one is returned).
+    Existing(Subscription),
+    /// The team holds `cap` active subscriptions already; nothing was written.
+    OverCap(usize),
+}
+
 impl Store {
     /// Inserts `sub` unless the team already subscribes the job; returns the stored
     /// subscription and whether it was created.
@@ -44,28 +54,83 @@ impl Store {
         &self,
         sub: Subscription,
     ) -> Result<(Subscription, bool), StoreError> {
+        match self.insert_subscription_capped(sub, usize::MAX)? {
+            Inserted::Created(s) => Ok((s, true)),
+            Inserted::Existing(s) => Ok((s, false)),
+            Inserted::OverCap(_) => unreachable!("no team holds usize::MAX subscriptions"),
+        }
+    }
+
+    /// Counts the active subscriptions of every team (at open).
+    pub(super) fn count_active(&self) -> Result<(), StoreError> {
+        let mut by_team = foldhash::HashMap::default();
+        for sub in self.subscriptions()? {
+            if sub.is_active() {
+                *by_team.entry(sub.team).or_insert(0) += 1;
+            }
+        }
+        *self.active() = by_team;
+        Ok(())
+    }
+
+    fn active(&self) -> MutexGuard<'_, foldhash::HashMap<String, usize>> {
+        self.inner.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn active_delta(&self, team: &str, delta: i64) {
+        let mut a = self.active();
+        let n = a.entry(team.to_string()).or_insert(0);
+        *n = (*n as i64 + delta).max(0) as usize;
+    }
+
+    /// The team's active subscriptions: O(1).
+    pub fn active_subscriptions(&self, team: &str) -> usize {
+        self.active().get(team).copied().unwrap_or(0)
+    }
+
+    /// [`Store::insert_subscription`], refused when the team already holds `cap`
+    /// active subscriptions (an existing subscription to the job is still returned).
+    pub fn insert_subscription_capped(
+        &self,
+        sub: Subscription,
+        cap: usize,
+    ) -> Result<Inserted, StoreError> {
         let ik = index_key(&sub.team, &sub.job);
         let s = &self.inner;
+        let mut active = self.active();
+        let held = active.get(&sub.team).copied().unwrap_or(0);
         let res = (&s.subs, &s.sub_index, &s.meta).transaction(
-            |(subs, idx, meta)| -> TxResult<(Subscription, bool)> {
+            |(subs, idx, meta)| -> TxResult<Inserted> {
                 if let Some(id) = idx.get(&ik)?
                     && let Some(existing) = subs.get(&id)?
                 {
                     let existing: Subscription = decode_in_tx(&existing)?;
                     if existing.is_active() {
-                        return Ok((existing, false));
+                        return Ok(Inserted::Existing(existing));
+                    }
+                    if held >= cap {
+                        return Ok(Inserted::OverCap(cap));
                     }
                     subs.remove(&id)?;
                     bump(meta, Counted::Subscriptions, -1)?;
+                } else if held >= cap {
+                    return Ok(Inserted::OverCap(cap));
                 }
                 if subs.insert(sub.id.as_bytes(), enc(&sub))?.is_none() {
                     bump(meta, Counted::Subscriptions, 1)?;
                 }
                 idx.insert(ik.clone(), sub.id.as_bytes())?;
-                Ok((sub.clone(), true))
+                Ok(Inserted::Created(sub.clone()))
             },
         );
         let r = res.map_err(|e| self.tx_err(e))?;
+        if !matches!(r, Inserted::Created(_)) {
+            return Ok(r);
+        }
+        if sub.is_active() {
+            *active.entry(sub.team.clone()).or_insert(0) += 1;
+        }
+        drop(active);
         self.recount(Counted::Subscriptions)?;
         self.mark_dirty();
         // A 201 promises the subscription survives a crash.
@@ -100,6 +165,7 @@ impl Store {
                 .map_err(|e| self.tx_err(e))?;
         }
         self.recount(Counted::Subscriptions)?;
+        self.count_active()?;
         self.mark_dirty();
         self.sync()
     }
@@ -134,9 +200,12 @@ impl Store {
         let ik = index_key(&sub.team, &sub.job);
         let s = &self.inner;
         let removed = (&s.subs, &s.sub_index, &s.meta)
-            .transaction(|(subs, idx, meta)| -> TxResult<bool> {
-                let removed = subs.remove(sub.id.as_bytes())?.is_some();
-                if removed {
+            .transaction(|(subs, idx, meta)| -> TxResult<Option<bool>> {
+                let removed = match subs.remove(sub.id.as_bytes())? {
+                    Some(old) => Some(decode_in_tx::<Subscription>(&old)?.is_active()),
+                    None => None,
+                };
+                if removed.is_some() {
                     bump(meta, Counted::Subscriptions, -1)?;
                 }
                 if idx.get(&ik)?.as_deref() == Some(sub.id.as_bytes()) {
@@ -145,8 +214,11 @@ impl Store {
                 Ok(removed)
             })
             .map_err(|e| self.tx_err(e))?;
-        if removed {
+        if let Some(was_active) = removed {
             self.adjust(Counted::Subscriptions, -1);
+            if was_active {
+                self.active_delta(&sub.team, -1);
+            }
         }
         let mut prefix = ik;
         prefix.push(0);
@@ -203,7 +275,13 @@ impl Store {
 
     /// Replaces a stored subscription (same id), and syncs.
     pub fn update_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        let was_active = self.subscription(&sub.id)?.map(|s| s.is_active());
         self.replace_existing(&self.inner.subs, sub.id.as_bytes().to_vec(), enc(sub))?;
+        if let Some(was) = was_active
+            && was != sub.is_active()
+        {
+            self.active_delta(&sub.team, if was { -1 } else { 1 });
+        }
         self.sync()
     }
 
@@ -224,6 +302,7 @@ impl Store {
                     .subs
                     .insert(s.id.as_bytes(), enc(&s))
                     .map_err(|e| self.eng(e))?;
+                self.active_delta(&s.team, -1);
                 n += 1;
             }
         }

@@ -317,3 +317,72 @@ fn a_store_from_before_checksums_is_sealed_on_first_open() {
     let s = reopen(&p).unwrap();
     assert_eq!(s.verify().unwrap().subscriptions, 1);
 }
+
+#[test]
+fn the_per_team_cap_counts_active_subscriptions_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    {
+        let s = Store::open(&path).unwrap();
+        for n in 0..3 {
+            assert!(matches!(
+                s.insert_subscription_capped(sub(&format!("a{n}"), "t", n), 3)
+                    .unwrap(),
+                Inserted::Created(_)
+            ));
+        }
+        assert!(matches!(
+            s.insert_subscription_capped(sub("a9", "t", 9), 3).unwrap(),
+            Inserted::OverCap(3)
+        ));
+        // The job already subscribed is answered, cap or not; other teams count apart.
+        assert!(matches!(
+            s.insert_subscription_capped(sub("again", "t", 0), 3)
+                .unwrap(),
+            Inserted::Existing(_)
+        ));
+        assert!(matches!(
+            s.insert_subscription_capped(sub("o", "other", 9), 3)
+                .unwrap(),
+            Inserted::Created(_)
+        ));
+        // Ending and deleting free places.
+        s.end_subscriptions_by_id(&["a0".into()], "gone").unwrap();
+        assert_eq!(s.active_subscriptions("t"), 2);
+        let a1 = s.subscription("a1").unwrap().unwrap();
+        s.delete_subscription(&a1).unwrap();
+        assert_eq!(s.active_subscriptions("t"), 1);
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.active_subscriptions("t"), 1);
+    assert_eq!(s.active_subscriptions("other"), 1);
+}
+
+#[test]
+fn watches_are_found_by_name_and_deleted_with_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s")).unwrap();
+    let w = |id: &str, team: &str, name: &str| crate::domain::Watch {
+        id: id.into(),
+        team: team.into(),
+        name: name.into(),
+        farm_id: "f".into(),
+        queue_ids: vec!["q".into()],
+        created_by: None,
+        name_matches: None,
+        events: vec![Event::Succeeded],
+        channels: vec!["c".into()],
+        source: "api".into(),
+        created_at: crate::clock::wall_now(),
+    };
+    assert!(s.insert_watch(w("w1", "t", "a")).unwrap().1);
+    let (kept, created) = s.insert_watch(w("w2", "t", "a")).unwrap();
+    assert!(!created);
+    assert_eq!(kept.id, "w1");
+    assert!(s.insert_watch(w("w3", "u", "a")).unwrap().1);
+    assert_eq!(s.team_watches("t").unwrap().len(), 1);
+    s.delete_watch("w1").unwrap();
+    assert!(s.team_watches("t").unwrap().is_empty());
+    assert!(s.insert_watch(w("w4", "t", "a")).unwrap().1);
+    assert_eq!(s.watches().unwrap().len(), 2);
+}

@@ -2,6 +2,10 @@
 //! channel's state (disabled or not).
 use super::*;
 
+fn watch_name_key(team: &str, name: &str) -> Vec<u8> {
+    format!("{team}\0{name}").into_bytes()
+}
+
 impl Store {
     /// Every watch created through the API.
     pub fn watches(&self) -> Result<Vec<crate::domain::Watch>, StoreError> {
@@ -19,36 +23,75 @@ impl Store {
         &self,
         w: crate::domain::Watch,
     ) -> Result<(crate::domain::Watch, bool), StoreError> {
-        let _g = self
-            .inner
-            .sync
-            .commit_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = self
-            .watches()?
-            .into_iter()
-            .find(|x| x.team == w.team && x.name == w.name)
-        {
+        let s = &self.inner;
+        let name_key = watch_name_key(&w.team, &w.name);
+        let existing = (&s.watches, &s.watch_names)
+            .transaction(
+                |(watches, names)| -> TxResult<Option<crate::domain::Watch>> {
+                    if let Some(id) = names.get(&name_key)?
+                        && let Some(v) = watches.get(&id)?
+                    {
+                        return Ok(Some(decode_in_tx(&v)?));
+                    }
+                    watches.insert(w.id.as_bytes(), enc(&w))?;
+                    names.insert(name_key.clone(), w.id.as_bytes())?;
+                    Ok(None)
+                },
+            )
+            .map_err(|e| self.tx_err(e))?;
+        if let Some(existing) = existing {
             return Ok((existing, false));
         }
-        self.inner
-            .watches
-            .insert(w.id.as_bytes(), enc(&w))
-            .map_err(|e| self.eng(e))?;
-        drop(_g);
         self.mark_dirty();
         self.sync()?;
         Ok((w, true))
     }
 
+    /// The API watches of one team (a prefix read of the name index).
+    pub fn team_watches(&self, team: &str) -> Result<Vec<crate::domain::Watch>, StoreError> {
+        let mut prefix = team.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for id in self.inner.watch_names.scan_prefix(prefix).values() {
+            let id = id.map_err(|e| self.eng(e))?;
+            if let Some(v) = self.inner.watches.get(&id).map_err(|e| self.eng(e))? {
+                out.push(self.dec("watches", &v)?);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn delete_watch(&self, id: &str) -> Result<(), StoreError> {
-        self.inner
-            .watches
-            .remove(id.as_bytes())
-            .map_err(|e| self.eng(e))?;
+        let s = &self.inner;
+        (&s.watches, &s.watch_names)
+            .transaction(|(watches, names)| -> TxResult<()> {
+                if let Some(v) = watches.remove(id.as_bytes())? {
+                    let w: crate::domain::Watch = decode_in_tx(&v)?;
+                    let k = watch_name_key(&w.team, &w.name);
+                    if names.get(&k)?.as_deref() == Some(id.as_bytes()) {
+                        names.remove(k)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))?;
         self.mark_dirty();
         self.sync()
+    }
+
+    /// Builds the name index of a store written before it existed.
+    pub(super) fn index_watch_names(&self) -> Result<(), StoreError> {
+        let s = &self.inner;
+        if !s.watch_names.is_empty() || s.watches.is_empty() {
+            return Ok(());
+        }
+        for w in self.watches()? {
+            s.watch_names
+                .insert(watch_name_key(&w.team, &w.name), w.id.as_bytes())
+                .map_err(|e| self.eng(e))?;
+        }
+        self.mark_dirty();
+        Ok(())
     }
 
     /// When discovery last searched each (farm, queue).

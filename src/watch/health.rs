@@ -28,6 +28,8 @@ pub struct Health {
     poll_errors: Mutex<HashMap<JobKey, String>>,
     /// Discovery failures by (farm, queues searched together): message and since when.
     discovery_errors: Mutex<HashMap<SearchedQueues, DiscoveryError>>,
+    /// Watches that could not subscribe what they found (a limit reached), by id.
+    watch_errors: Mutex<HashMap<String, DiscoveryError>>,
     /// `createdBy` values seen that map to nobody in `[[people]]`, and when last.
     unmapped: Mutex<HashMap<String, DateTime<Utc>>>,
 }
@@ -89,6 +91,22 @@ impl Health {
         locked(&self.discovery_errors).remove(key).is_some()
     }
 
+    /// Records why a watch could not subscribe; returns whether the message is new.
+    pub(super) fn set_watch_error(&self, id: &str, message: &str, since: DateTime<Utc>) -> bool {
+        let mut g = locked(&self.watch_errors);
+        if g.get(id).map(|e| e.0.as_str()) == Some(message) {
+            return false;
+        }
+        g.insert(id.to_string(), (message.to_string(), since));
+        true
+    }
+
+    /// Returns whether there was an error to clear.
+    pub(super) fn clear_watch_error(&self, id: &str) -> bool {
+        let mut g = locked(&self.watch_errors);
+        !g.is_empty() && g.remove(id).is_some()
+    }
+
     pub(super) fn note_unmapped(&self, created_by: &str, now: DateTime<Utc>) {
         let mut g = locked(&self.unmapped);
         if g.len() >= UNMAPPED_CAP && !g.contains_key(created_by) {
@@ -146,8 +164,12 @@ impl HealthView {
         v
     }
 
-    /// The discovery error that affects `w`'s queues, if any: (message, since).
+    /// What keeps `w` from working, if anything: a limit its subscriptions hit,
+    /// or a discovery error of its queues: (message, since).
     pub fn watch_error(&self, w: &Watch) -> Option<DiscoveryError> {
+        if let Some(e) = locked(&self.0.watch_errors).get(&w.id) {
+            return Some(e.clone());
+        }
         locked(&self.0.discovery_errors)
             .iter()
             .find(|((farm, queues), _)| {

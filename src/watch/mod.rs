@@ -13,6 +13,7 @@
 //! `discovery` (which queues to search, from when). `health` is what the loop lets
 //! the API read. The loop may import the adapters (`store`, `deadline`), `app::live`
 //! and `triage`.
+mod discover;
 mod health;
 pub use discovery::SearchedQueues;
 pub use health::{Health, HealthView};
@@ -32,7 +33,7 @@ use crate::domain::{JobState, Subscription};
 use crate::store::{Store, StoreError};
 use crate::watch::plan::Known;
 use crate::watch::route::Interest;
-use crate::watch::schedule::{Budget, Schedule};
+use crate::watch::schedule::{Budget, Lanes};
 use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,8 @@ use tokio::time::Instant;
 pub enum SubChange {
     Added(Subscription),
     Removed(Subscription),
+    /// A watch was created or deleted through the API.
+    Watches,
 }
 
 /// The API's side of the change channel.
@@ -66,23 +69,6 @@ impl WatchHandle {
             let _ = tx.send(change);
         }
     }
-}
-
-/// What stays the same through one discovery pass.
-struct Pass<'a> {
-    start: chrono::DateTime<chrono::Utc>,
-    overlap: chrono::Duration,
-    interval: u64,
-    matchers: &'a [(crate::domain::Watch, Option<regex_lite::Regex>)],
-}
-
-/// What one search's answer means for the rest of the pass.
-enum Searched {
-    Done,
-    /// Refused for several queues at once: search each alone to find the bad one.
-    Split(Vec<String>),
-    /// Throttled: the rest of this farm waits for the next pass.
-    Throttled,
 }
 
 pub struct Watcher {
@@ -111,8 +97,18 @@ struct Loop {
     active: Arc<Active>,
     /// Keys shared with the schedule (`Arc`): one copy per watched job.
     tracked: HashMap<Arc<JobKey>, Tracked>,
-    schedule: Schedule,
+    /// Due jobs, by team.
+    schedule: Lanes,
+    /// Polling's share of the Deadline budget.
     budget: Budget,
+    /// Discovery's own share (SearchJobs).
+    discovery_budget: Budget,
+    /// The discovery pass under way, searched one call per turn.
+    pass: Option<discover::Pass>,
+    /// API watches as last read; `None` after one changed (read again at the next pass).
+    api_watches: Option<Vec<crate::domain::Watch>>,
+    /// `name_matches` patterns compiled, while a watch in force uses them.
+    patterns: HashMap<String, regex_lite::Regex>,
     origin: Instant,
     /// Σ 1/factor over scheduled jobs: how many job-checks one interval needs.
     load: f64,
@@ -147,6 +143,7 @@ impl Loop {
         let origin = crate::clock::tokio_monotonic();
         let active = w.live.current();
         let budget = Budget::new(active.config.poll_budget(), 0);
+        let discovery_budget = Budget::new(active.config.discovery_budget(), 0);
         // Reading and decoding the two trees is most of start-up at 100k jobs; do
         // them side by side.
         let (states, subs) = blocking(|| {
@@ -182,8 +179,12 @@ impl Loop {
             w,
             active,
             tracked,
-            schedule: Schedule::default(),
+            schedule: Lanes::default(),
             budget,
+            discovery_budget,
+            pass: None,
+            api_watches: None,
+            patterns: HashMap::default(),
             origin,
             load: 0.0,
             last_lag_log: None,
@@ -263,7 +264,20 @@ impl Loop {
             t.factor = factor;
         }
         self.load += 1.0 / f64::from(factor);
-        self.schedule.set(&key, due);
+        let (team, weight) = self.lane_of(&key);
+        self.schedule.set(&key, &team, weight, due);
+    }
+
+    /// The lane a job is polled in: the first of its teams by name, and its weight.
+    fn lane_of(&self, job: &JobKey) -> (String, f64) {
+        let team = self
+            .tracked
+            .get(job)
+            .and_then(|t| t.subs.iter().map(|s| &*s.team).min())
+            .unwrap_or("")
+            .to_string();
+        let weight = self.active.config.team(&team).map_or(1.0, |t| t.weight);
+        (team, weight)
     }
 
     fn unschedule(&mut self, job: &JobKey) {
@@ -300,6 +314,7 @@ impl Loop {
                 let now = self.now_ms();
                 self.reschedule(&job, now, false);
             }
+            SubChange::Watches => self.api_watches = None,
             SubChange::Removed(sub) => {
                 let empty = self.tracked.get_mut(&sub.job).is_some_and(|t| {
                     t.subs.retain(|s| *s.id != *sub.id);
@@ -322,6 +337,13 @@ impl Loop {
         if rps != self.active.config.poll_budget() {
             self.budget.set_max(rps);
         }
+        let rps = active.config.discovery_budget();
+        if rps != self.active.config.discovery_budget() {
+            self.discovery_budget.set_max(rps);
+        }
+        let cfg = active.config.clone();
+        self.schedule
+            .set_weights(|team| cfg.team(team).map(|t| t.weight));
         self.active = active;
         self.enforce_allow_lists()
     }
@@ -374,34 +396,43 @@ impl Loop {
             self.w.health.set_watched_jobs(self.schedule.len());
             metrics::gauge!("deadline_notifier_watched_jobs").set(self.schedule.len() as f64);
             let now = self.now_ms();
-            if now >= self.next_discovery && self.budget.wait(now) == 0 {
-                self.discover().await?;
-                continue;
+            if self.pass.is_none() && now >= self.next_discovery {
+                self.start_pass()?;
             }
-            let wait = match self.schedule.next_due() {
-                None => Duration::from_secs(3600),
-                Some(next) => {
-                    // Batches go out every interval / (calls one interval needs); when the
-                    // earliest job is due, the batch also takes the jobs due before the
-                    // next one would go out: full batches, evenly spread.
-                    let calls = (self.load / BATCH_LIMIT as f64).ceil().max(1.0);
-                    let spacing = (self.interval_ms() as f64 / calls) as u64;
-                    if next <= now {
-                        match self.budget.wait(now) {
-                            0 => {
-                                self.poll_batch(now + spacing).await?;
-                                continue;
-                            }
-                            ms => Duration::from_millis(ms),
+            // Polling and discovery draw on separate buckets, so neither can use up
+            // the other's share; polling goes first when both may go.
+            let mut wait = Duration::from_secs(3600);
+            if let Some(next) = self.schedule.next_due() {
+                // Batches go out every interval / (calls one interval needs); when the
+                // earliest job is due, the batch also takes the jobs due before the
+                // next one would go out: full batches, evenly spread.
+                let calls = (self.load / BATCH_LIMIT as f64).ceil().max(1.0);
+                let spacing = (self.interval_ms() as f64 / calls) as u64;
+                if next <= now {
+                    match self.budget.wait(now) {
+                        0 => {
+                            self.poll_batch(now + spacing).await?;
+                            continue;
                         }
-                    } else {
-                        Duration::from_millis(next - now)
+                        ms => wait = Duration::from_millis(ms),
                     }
+                } else {
+                    wait = Duration::from_millis(next - now);
                 }
-            };
-            let wait = wait.min(Duration::from_millis(
-                self.next_discovery.saturating_sub(now).max(1),
-            ));
+            }
+            if self.pass.is_some() {
+                match self.discovery_budget.wait(now) {
+                    0 => {
+                        self.discover_step().await?;
+                        continue;
+                    }
+                    ms => wait = wait.min(Duration::from_millis(ms)),
+                }
+            } else {
+                wait = wait.min(Duration::from_millis(
+                    self.next_discovery.saturating_sub(now).max(1),
+                ));
+            }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 Some(c) = self.w.changes.recv() => self.apply(c)?,
@@ -452,194 +483,6 @@ impl Loop {
                 for k in &keys {
                     self.reschedule(k, 0, true);
                 }
-            }
-        }
-        Ok(())
-    }
-
-    /// One discovery pass: search every watched queue (once, however many watches
-    /// share it) for jobs created since its last pass minus the overlap, and
-    /// subscribe the ones a watch wants. Shares the request budget with polling.
-    async fn discover(&mut self) -> Result<(), StoreError> {
-        let cfg = self.active.config.clone();
-        let interval = cfg.deadline.discovery_interval.as_millis() as u64;
-        let store = self.w.store.clone();
-        let api_watches = blocking(|| store.watches())?;
-        let watches = discovery::watches_in_force(&cfg, api_watches);
-        let by_farm = discovery::queues_by_farm(&watches);
-        let stale = discovery::stale_marks(&self.last_pass, &by_farm);
-        if !stale.is_empty() {
-            for k in &stale {
-                self.last_pass.remove(k);
-            }
-            let store = self.w.store.clone();
-            blocking(|| store.remove_discovery_marks(&stale))?;
-        }
-        if watches.is_empty() {
-            self.next_discovery = self.now_ms() + interval;
-            return Ok(());
-        }
-        // Each watch's name pattern is compiled once a pass, not once per job.
-        let matchers: Vec<(crate::domain::Watch, Option<regex_lite::Regex>)> = watches
-            .iter()
-            .map(|w| (w.clone(), w.name_regex()))
-            .collect();
-        let pass = Pass {
-            start: self.w.clock.now(),
-            overlap: chrono::Duration::from_std(cfg.deadline.discovery_overlap)
-                .unwrap_or(chrono::Duration::zero()),
-            interval,
-            matchers: &matchers,
-        };
-        let mut marks = Vec::new();
-        for (farm, queues) in &by_farm {
-            // A refused call covering several queues is retried queue by queue to
-            // find the bad one.
-            let mut work =
-                discovery::searches(farm, queues, &self.discovery_backoff, self.now_ms());
-            while let Some(chunk) = work.pop_front() {
-                match self.search(&pass, farm, chunk, &mut marks).await? {
-                    Searched::Done => {}
-                    Searched::Split(chunk) => work.extend(chunk.into_iter().map(|q| vec![q])),
-                    Searched::Throttled => break,
-                }
-            }
-        }
-        if !marks.is_empty() {
-            let store = self.w.store.clone();
-            blocking(|| store.set_discovery_marks(&marks))?;
-        }
-        self.next_discovery = self.now_ms() + interval;
-        Ok(())
-    }
-
-    /// One SearchJobs call (and its pages) for `chunk`, and what follows from its answer.
-    async fn search(
-        &mut self,
-        pass: &Pass<'_>,
-        farm: &str,
-        chunk: Vec<String>,
-        marks: &mut Vec<(String, String, chrono::DateTime<chrono::Utc>)>,
-    ) -> Result<Searched, StoreError> {
-        let key = (farm.to_string(), chunk.clone());
-        if discovery::backing_off(&self.discovery_backoff, &key, self.now_ms()) {
-            return Ok(Searched::Done);
-        }
-        let since =
-            discovery::search_since(&self.last_pass, farm, &chunk, pass.start, pass.overlap);
-        self.budget.take(self.now_ms());
-        match self
-            .w
-            .client
-            .search_created_since(farm, &chunk, since)
-            .await
-        {
-            Ok((jobs, calls)) => {
-                for _ in 1..calls {
-                    self.budget.take(self.now_ms());
-                }
-                self.discovery_backoff.remove(&key);
-                if self.w.health.clear_discovery_error(&key) {
-                    tracing::info!(farm, queues = %chunk.join(","), "discovery works again for these queues");
-                }
-                for job in jobs {
-                    self.adopt(&job, pass.matchers)?;
-                }
-                for q in &chunk {
-                    self.last_pass
-                        .insert((farm.to_string(), q.clone()), pass.start);
-                    marks.push((farm.to_string(), q.clone(), pass.start));
-                }
-                Ok(Searched::Done)
-            }
-            Err(SourceError::Throttled {
-                retry_after,
-                message,
-            }) => {
-                let now = self.now_ms();
-                self.budget
-                    .on_throttle(now, retry_after.map(|d| d.as_millis() as u64));
-                tracing::warn!(%message, "Deadline Cloud throttled discovery; trying again next pass");
-                Ok(Searched::Throttled)
-            }
-            Err(_) if chunk.len() > 1 => Ok(Searched::Split(chunk)),
-            Err(e) => {
-                let msg = e.to_string();
-                metrics::counter!("deadline_notifier_discovery_errors_total").increment(1);
-                // Retried with back-off; the other queues are searched as usual.
-                let next = discovery::after_failure(
-                    self.discovery_backoff.get(&key).copied(),
-                    pass.interval,
-                    self.now_ms(),
-                );
-                self.discovery_backoff.insert(key.clone(), next);
-                if self.w.health.set_discovery_error(key, &msg, pass.start) {
-                    tracing::warn!(farm, queues = %chunk.join(","), error = %msg, "discovery failed for these queues; retrying every pass");
-                }
-                Ok(Searched::Done)
-            }
-        }
-    }
-
-    /// Subscribes a discovered job for every watch that wants it, unless its team
-    /// already subscribes the job. A job nobody tracked yet starts from the state
-    /// every new job starts in, so one that already started, failed or succeeded
-    /// before its first poll is still announced.
-    fn adopt(
-        &mut self,
-        job: &crate::deadline::NewJob,
-        watches: &[(crate::domain::Watch, Option<regex_lite::Regex>)],
-    ) -> Result<(), StoreError> {
-        for w in watches
-            .iter()
-            .filter(|(w, re)| w.wants(&job.key, &job.name, &job.created_by, re.as_ref()))
-            .map(|(w, _)| w)
-        {
-            let team_has = self
-                .tracked
-                .get(&job.key)
-                .is_some_and(|t| t.subs.iter().any(|s| *s.team == *w.team));
-            if team_has {
-                continue;
-            }
-            if let Some(team) = self.active.config.team(&w.team)
-                && team.admits(&job.key).is_err()
-            {
-                continue;
-            }
-            let now = self.w.clock.now();
-            let store = self.w.store.clone();
-            if !self.tracked.contains_key(&job.key)
-                && blocking(|| store.job_state(&job.key))?.is_none()
-            {
-                let mut start = crate::domain::JobSnapshot::sample(job.key.clone(), &job.name);
-                start.lifecycle_status = crate::domain::LifecycleStatus::CreateInProgress;
-                start.task_run_status = Some(TaskRunStatus::Ready);
-                let state = JobState {
-                    job: job.key.clone(),
-                    status: JobStatus::of(&start),
-                    since: job.created_at,
-                    terminal_since: None,
-                    progress: Default::default(),
-                };
-                blocking(|| store.commit_observation(&state, Vec::new()))?;
-            }
-            let sub = Subscription {
-                id: format!("sub-{}", uuid::Uuid::new_v4().simple()),
-                team: w.team.clone(),
-                job: job.key.clone(),
-                channels: w.channels.clone(),
-                events: w.events.clone(),
-                created_at: now,
-                state: "active".into(),
-                ended_reason: None,
-                watch: Some(w.id.clone()),
-                muted: false,
-            };
-            let (stored, created) = blocking(|| store.insert_subscription(sub))?;
-            if created {
-                tracing::info!(job = %job.key, team = %w.team, watch = %w.name, created_by = %job.created_by, "subscribed by watch");
-                self.apply(SubChange::Added(stored))?;
             }
         }
         Ok(())

@@ -122,6 +122,7 @@ mod tests {
             farm_ids: None,
             queue_ids: None,
             watches: vec![],
+            weight: 1.0,
         }
     }
 

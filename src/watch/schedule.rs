@@ -85,6 +85,125 @@ impl Schedule {
     }
 }
 
+/// Due jobs by team, so that one team's many jobs slow that team and not the
+/// others: each lane (a team) keeps its own earliest-due order, and a batch is
+/// filled by weighted round-robin over the lanes that have jobs due (deficit
+/// round-robin: a lane's unused share carries over while it has jobs waiting).
+/// A job shared by several teams is in one lane, the first of its teams by name.
+#[derive(Default)]
+pub struct Lanes {
+    lanes: Vec<Lane>,
+    lane_of: HashMap<Arc<JobKey>, u32>,
+    /// The lane that fills first in the next batch (rotates).
+    next: usize,
+}
+
+struct Lane {
+    team: Box<str>,
+    weight: f64,
+    deficit: f64,
+    schedule: Schedule,
+}
+
+impl Lanes {
+    pub fn len(&self) -> usize {
+        self.lane_of.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lane_of.is_empty()
+    }
+
+    pub fn contains(&self, job: &JobKey) -> bool {
+        self.lane_of.contains_key(job)
+    }
+
+    /// Each lane's share from its team's `weight` (teams unknown to `weight`: 1).
+    pub fn set_weights(&mut self, weight: impl Fn(&str) -> Option<f64>) {
+        for l in &mut self.lanes {
+            l.weight = weight(&l.team).unwrap_or(1.0);
+        }
+    }
+
+    fn lane(&mut self, team: &str, weight: f64) -> u32 {
+        if let Some(i) = self.lanes.iter().position(|l| *l.team == *team) {
+            return i as u32;
+        }
+        self.lanes.push(Lane {
+            team: team.into(),
+            weight,
+            deficit: 0.0,
+            schedule: Schedule::default(),
+        });
+        (self.lanes.len() - 1) as u32
+    }
+
+    /// Adds or moves `job` (in `team`'s lane, created with `weight` if new) to be due at `at`.
+    pub fn set(&mut self, job: &Arc<JobKey>, team: &str, weight: f64, at: u64) {
+        let li = self.lane(team, weight);
+        if let Some(&old) = self.lane_of.get(&**job)
+            && old != li
+        {
+            self.lanes[old as usize].schedule.remove(job);
+        }
+        self.lane_of.insert(job.clone(), li);
+        self.lanes[li as usize].schedule.set(job, at);
+    }
+
+    pub fn remove(&mut self, job: &JobKey) {
+        if let Some(li) = self.lane_of.remove(job) {
+            self.lanes[li as usize].schedule.remove(job);
+        }
+    }
+
+    /// When the earliest job of any lane is due.
+    pub fn next_due(&self) -> Option<u64> {
+        self.lanes
+            .iter()
+            .filter_map(|l| l.schedule.next_due())
+            .min()
+    }
+
+    /// Up to `max` jobs due at or before `until`, shared among the lanes with jobs
+    /// due in proportion to their weights, each lane's earliest first.
+    pub fn due_by(&mut self, until: u64, max: usize) -> Vec<(JobKey, u64)> {
+        let n = self.lanes.len();
+        let mut queues: Vec<std::collections::VecDeque<(JobKey, u64)>> = self
+            .lanes
+            .iter()
+            .map(|l| l.schedule.due_by(until, max).into())
+            .collect();
+        let mut out = Vec::new();
+        while out.len() < max && queues.iter().any(|q| !q.is_empty()) {
+            for k in 0..n {
+                let i = (self.next + k) % n;
+                let lane = &mut self.lanes[i];
+                let q = &mut queues[i];
+                if q.is_empty() {
+                    lane.deficit = 0.0;
+                    continue;
+                }
+                lane.deficit += lane.weight;
+                while lane.deficit >= 1.0 && out.len() < max {
+                    let Some(job) = q.pop_front() else { break };
+                    out.push(job);
+                    lane.deficit -= 1.0;
+                }
+                if q.is_empty() {
+                    lane.deficit = 0.0;
+                }
+                if out.len() >= max {
+                    break;
+                }
+            }
+        }
+        if n > 0 {
+            self.next = (self.next + 1) % n;
+        }
+        out
+    }
+}
+
 /// The global API request budget: a token bucket whose rate adapts to throttling
 /// (halved on each ThrottlingException, recovering additively on success, never
 /// above the configured maximum) and which honours `retryAfterSeconds`.
@@ -239,6 +358,65 @@ mod tests {
         assert_eq!(s.len(), 5);
         assert_eq!(s.next_due(), Some(1));
         assert_eq!(s.due_by(1000, 100).len(), 5);
+    }
+
+    fn team_key(team: &str, n: u32) -> Arc<JobKey> {
+        Arc::new(JobKey {
+            farm_id: "f".into(),
+            queue_id: team.into(),
+            job_id: format!("j{n}"),
+        })
+    }
+
+    #[test]
+    fn a_team_with_many_due_jobs_does_not_crowd_out_another() {
+        let mut l = Lanes::default();
+        for n in 0..10_000 {
+            l.set(&team_key("big", n), "big", 1.0, n as u64);
+        }
+        for n in 0..10 {
+            l.set(&team_key("small", n), "small", 1.0, 5_000 + n as u64);
+        }
+        // Every small job is due, and overdue long after most big ones: the next
+        // batch still carries all of them.
+        let batch = l.due_by(10_000, 100);
+        assert_eq!(batch.len(), 100);
+        let small = batch.iter().filter(|(k, _)| k.queue_id == "small").count();
+        assert_eq!(small, 10, "{batch:?}");
+        // The big team's share is its earliest jobs.
+        assert!(
+            batch
+                .iter()
+                .filter(|(k, _)| k.queue_id == "big")
+                .all(|(_, due)| *due < 90)
+        );
+    }
+
+    #[test]
+    fn weights_share_a_batch_and_moves_between_lanes_keep_one_entry() {
+        let mut l = Lanes::default();
+        for n in 0..1000 {
+            l.set(&team_key("a", n), "a", 3.0, 0);
+            l.set(&team_key("b", n), "b", 1.0, 0);
+        }
+        let mut a = 0;
+        for _ in 0..10 {
+            let batch = l.due_by(0, 100);
+            a += batch.iter().filter(|(k, _)| k.queue_id == "a").count();
+            for (k, _) in batch {
+                let team = k.queue_id.clone();
+                l.set(&Arc::new(k), &team, 1.0, 10);
+            }
+        }
+        assert!((700..=800).contains(&a), "weight 3 against 1: {a} of 1000");
+        let k = team_key("a", 0);
+        l.set(&k, "b", 1.0, 0);
+        assert_eq!(l.len(), 2000);
+        l.remove(&k);
+        assert_eq!(l.len(), 1999);
+        assert!(!l.contains(&k));
+        l.set_weights(|_| None);
+        assert_eq!(l.next_due(), Some(0));
     }
 
     #[test]

@@ -230,6 +230,8 @@ pub struct DeadlineClient {
     /// Jobs whose record the SDK cannot decode: read alone with GetJob, so one bad
     /// record never blinds a batch of a hundred.
     undecodable: std::sync::Mutex<std::collections::HashSet<JobKey>>,
+    /// Whether a search answer held an id that is not a Deadline id (logged once).
+    invalid_id_seen: AtomicBool,
 }
 
 fn custom_endpoint(cfg: &DeadlineConfig) -> Option<String> {
@@ -278,6 +280,7 @@ impl DeadlineClient {
             region: super::region_from_env(),
             batch_refused: AtomicBool::new(false),
             undecodable: Default::default(),
+            invalid_id_seen: AtomicBool::new(false),
         }
     }
 
@@ -297,6 +300,7 @@ impl DeadlineClient {
             region: sdk.region().map(|r| r.to_string()),
             batch_refused: AtomicBool::new(false),
             undecodable: Default::default(),
+            invalid_id_seen: AtomicBool::new(false),
         }
     }
 
@@ -531,12 +535,20 @@ impl DeadlineClient {
                 let (Some(job_id), Some(queue_id)) = (j.job_id(), j.queue_id()) else {
                     continue;
                 };
+                // The ids become store keys and URL paths: only Deadline's own shape.
+                let key = match JobKey::parse(farm_id, queue_id, job_id) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        metrics::counter!("deadline_notifier_discovery_invalid_ids_total")
+                            .increment(1);
+                        if !self.invalid_id_seen.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(farm = farm_id, error = %e, "SearchJobs answered a job id that is not a Deadline id; skipping it (and any later ones, counted in deadline_notifier_discovery_invalid_ids_total)");
+                        }
+                        continue;
+                    }
+                };
                 out.push(super::NewJob {
-                    key: JobKey {
-                        farm_id: farm_id.into(),
-                        queue_id: queue_id.into(),
-                        job_id: job_id.into(),
-                    },
+                    key,
                     name: j.name().unwrap_or_default().into(),
                     created_by: j.created_by().unwrap_or_default().into(),
                     created_at: j.created_at().map(time).unwrap_or(since),

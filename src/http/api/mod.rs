@@ -132,6 +132,12 @@ pub enum ApiError {
     Conflict(String),
     #[error("too many requests for this token; slow down")]
     RateLimited,
+    /// A configured limit is reached; `key` names the setting.
+    #[error("{message}")]
+    Limit { key: &'static str, message: String },
+    /// Asked again too soon: retry after this many seconds.
+    #[error("{message}")]
+    TooSoon { retry_after: u64, message: String },
     #[error("internal error")]
     Store(#[from] StoreError),
 }
@@ -144,16 +150,25 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited | ApiError::TooSoon { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Limit { .. } => StatusCode::CONFLICT,
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store error while serving the API");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let mut r = (status, Json(json!({"error": self.to_string()}))).into_response();
+        let body = match &self {
+            ApiError::Limit { key, .. } => json!({"error": self.to_string(), "limit": key}),
+            _ => json!({"error": self.to_string()}),
+        };
+        let mut r = (status, Json(body)).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
+            let secs = match &self {
+                ApiError::TooSoon { retry_after, .. } => (*retry_after).max(1),
+                _ => 1,
+            };
             r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(

@@ -1,5 +1,6 @@
 //! `/v1/subscriptions`: subscribe a job, list, show, mute, unsubscribe; a team sees only its own.
 use super::*;
+use crate::store::Inserted;
 
 pub(super) async fn create(
     State(st): State<AppState>,
@@ -80,7 +81,25 @@ pub(super) async fn create(
         watch: None,
         muted: false,
     };
-    let (sub, created) = st.store.run(move |s| s.insert_subscription(sub)).await?;
+    let cap = st.live.current().config.server.max_subscriptions_per_team;
+    let (sub, created) = match st
+        .store
+        .run(move |s| s.insert_subscription_capped(sub, cap))
+        .await?
+    {
+        Inserted::Created(s) => (s, true),
+        Inserted::Existing(s) => (s, false),
+        Inserted::OverCap(cap) => {
+            return Err(ApiError::Limit {
+                key: "server.max_subscriptions_per_team",
+                message: format!(
+                    "team {:?} already has {cap} active subscriptions, the limit set by \
+                     [server] max_subscriptions_per_team; unsubscribe finished jobs or raise the limit",
+                    team.name
+                ),
+            });
+        }
+    };
     if created {
         tracing::info!(team = %sub.team, job = %sub.job, subscription = %sub.id, "subscribed");
         st.watch.notify(SubChange::Added(sub.clone()));

@@ -85,8 +85,12 @@ pub(super) async fn create_watch(
             st.live.current().config.path.display()
         )));
     }
+    check_watch_limits(&st, &team, &w).await?;
     let asked = w.clone();
     let (stored, created) = st.store.run(move |s| s.insert_watch(w)).await?;
+    if created {
+        st.watch.notify(SubChange::Watches);
+    }
     if !created && !same_watch(&stored, &asked) {
         return Err(ApiError::Conflict(format!(
             "a watch named {:?} already exists with other settings; delete it first",
@@ -102,6 +106,50 @@ pub(super) async fn create_watch(
         StatusCode::OK
     };
     Ok((status, Json(watch_json(&st, &stored))).into_response())
+}
+
+/// A new watch within `[server] max_watches_per_team` and
+/// `max_watched_queues_per_team` (a watch of the same name is left to the insert,
+/// which answers with the stored one).
+async fn check_watch_limits(
+    st: &AppState,
+    team: &Team,
+    w: &crate::domain::Watch,
+) -> Result<(), ApiError> {
+    let server = st.live.current().config.server.clone();
+    let existing = team_watches(st, team).await?;
+    if existing.iter().any(|x| x.name == w.name) {
+        return Ok(());
+    }
+    let api = existing.iter().filter(|x| x.source == "api").count();
+    if api >= server.max_watches_per_team {
+        return Err(ApiError::Limit {
+            key: "server.max_watches_per_team",
+            message: format!(
+                "team {:?} already has {api} watches, the limit set by [server] max_watches_per_team; \
+                 delete one or raise the limit",
+                team.name
+            ),
+        });
+    }
+    let queues: std::collections::HashSet<(&str, &str)> = existing
+        .iter()
+        .chain(std::iter::once(w))
+        .flat_map(|x| x.queue_ids.iter().map(|q| (x.farm_id.as_str(), q.as_str())))
+        .collect();
+    if queues.len() > server.max_watched_queues_per_team {
+        return Err(ApiError::Limit {
+            key: "server.max_watched_queues_per_team",
+            message: format!(
+                "this watch would bring team {:?} to {} distinct watched queues, over the limit of {} \
+                 set by [server] max_watched_queues_per_team",
+                team.name,
+                queues.len(),
+                server.max_watched_queues_per_team
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Same settings (ids and times aside).
@@ -130,13 +178,7 @@ pub(super) async fn team_watches(
 ) -> Result<Vec<crate::domain::Watch>, ApiError> {
     let name = team.name.clone();
     let mut all = team.watches.clone();
-    all.extend(
-        st.store
-            .run(move |s| s.watches())
-            .await?
-            .into_iter()
-            .filter(|w| w.team == name),
-    );
+    all.extend(st.store.run(move |s| s.team_watches(&name)).await?);
     Ok(all)
 }
 
@@ -191,6 +233,7 @@ pub(super) async fn remove_watch(
         )));
     }
     st.store.run(move |s| s.delete_watch(&id)).await?;
+    st.watch.notify(SubChange::Watches);
     tracing::info!(team = %team.name, watch = %w.name, "watch deleted; its subscriptions run to their end");
     Ok(StatusCode::NO_CONTENT)
 }
