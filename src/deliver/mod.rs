@@ -370,7 +370,11 @@ impl Worker {
                     e.triage_until = None;
                     e.snapshot = None;
                     e.transition = None;
-                    tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, "failure details not gathered in time; sending without them");
+                    if e.failure.is_some() {
+                        tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, "failure details partly gathered in time; sending what was gathered");
+                    } else {
+                        tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, "failure details not gathered in time; sending without them");
+                    }
                 }
             }
         }

@@ -86,8 +86,8 @@ fn log_blocks(f: &crate::domain::Failure, budget: usize) -> Vec<Value> {
     let head = format!(
         "Last {} log lines of {} ({}):",
         t.log_tail.len(),
-        t.label(),
-        t.step_name
+        crate::domain::text::sanitize(&t.label()),
+        crate::domain::text::sanitize(&t.step_name)
     );
     let log = super::tail_within(&t.log_tail, budget.min(4000));
     vec![
@@ -165,5 +165,29 @@ pub fn payload_with(
             return v;
         }
         budget /= 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_heading_is_one_clean_line() {
+        let key = crate::domain::JobKey {
+            farm_id: "f".into(),
+            queue_id: "q".into(),
+            job_id: "j".into(),
+        };
+        let mut f = crate::domain::failure::sample_failure(&key, None);
+        f.tasks[0].step_name = "Ren\u{202e}der\nInjected line".into();
+        f.tasks[0].parameters =
+            [("Frame\u{2060}".to_string(), "10\r\n42\u{e0041}".to_string())].into();
+        let blocks = log_blocks(&f, 4000);
+        let head = blocks[0]["inlines"][0]["text"].as_str().unwrap();
+        assert_eq!(
+            head,
+            "Last 4 log lines of Frame=10 42 (Render Injected line):"
+        );
     }
 }

@@ -186,6 +186,38 @@ impl Store {
         Ok(done)
     }
 
+    /// Stores what triage has gathered so far as a waiting message's payload: it
+    /// keeps waiting for the rest, and goes out with this if the rest is late.
+    pub fn stage_triage(
+        &self,
+        team: &str,
+        channel: &str,
+        seq: u64,
+        payload: serde_json::Value,
+        failure: crate::domain::Failure,
+    ) -> Result<bool, StoreError> {
+        let key = outbox_key(team, channel, seq);
+        let done = self
+            .inner
+            .outbox
+            .transaction(|t| -> TxResult<bool> {
+                let Some(v) = t.get(&key)? else {
+                    return Ok(false);
+                };
+                let mut e: OutboxEntry = decode_in_tx(&v)?;
+                if e.triage_until.is_none() {
+                    return Ok(false);
+                }
+                e.payload = payload.clone();
+                e.failure = Some(failure.clone());
+                t.insert(key.clone(), enc(&e))?;
+                Ok(true)
+            })
+            .map_err(|e| self.tx_err(e))?;
+        self.mark_dirty();
+        Ok(done)
+    }
+
     /// The oldest pending entry of a channel.
     pub fn outbox_head(
         &self,

@@ -139,32 +139,33 @@ impl Gatherer {
         job: &JobSnapshot,
         monitor: Option<&Monitor>,
     ) -> Failure {
-        self.gather_within(cfg, cfg.timeout, job, monitor).await
+        self.gather_within(cfg, cfg.timeout, job, monitor, &mut |_| {})
+            .await
     }
 
     /// [`Gatherer::gather`] within `limit` (what is left of the messages' wait).
+    /// `facts` receives the failure as far as gathered once Deadline Cloud's part
+    /// (steps, tasks, exit codes, hosts) is in, before the logs are read: what
+    /// goes out if the rest does not arrive in time.
     pub async fn gather_within(
         &self,
         cfg: &TriageConfig,
         limit: Duration,
         job: &JobSnapshot,
         monitor: Option<&Monitor>,
+        facts: &mut (dyn FnMut(&Failure) + Send),
     ) -> Failure {
         let mut f = Failure {
             failed_task_count: job.count("FAILED"),
             ..Default::default()
         };
         let started = crate::clock::monotonic();
-        let r = tokio::time::timeout(limit, self.collect(cfg, &job.key, monitor, &mut f)).await;
+        let r =
+            tokio::time::timeout(limit, self.collect(cfg, &job.key, monitor, &mut f, facts)).await;
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => f.unavailable = Some(e.to_string()),
-            Err(_) => {
-                f.unavailable = Some(format!(
-                    "gathering took longer than {}",
-                    humantime::format_duration(Duration::from_millis(limit.as_millis() as u64))
-                ))
-            }
+            Err(_) => f.unavailable = Some(took_longer(limit)),
         }
         metrics::histogram!("deadline_notifier_triage_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -179,6 +180,7 @@ impl Gatherer {
         key: &JobKey,
         monitor: Option<&Monitor>,
         f: &mut Failure,
+        facts: &mut (dyn FnMut(&Failure) + Send),
     ) -> Result<(), SourceError> {
         self.token().await;
         let steps = self.noted(self.deadline.steps(key).await)?;
@@ -187,7 +189,9 @@ impl Gatherer {
             .filter(|s| s.failed > 0)
             .map(|s| FailedStep {
                 step_id: s.step_id.clone(),
-                name: s.name.clone(),
+                // Free text from whoever submitted the job: one line, no format
+                // characters, before any channel sees it.
+                name: crate::domain::text::sanitize(&s.name),
                 failed_count: s.failed,
                 link: monitor.and_then(|m| m.step(key, &s.step_id)),
             })
@@ -215,7 +219,16 @@ impl Gatherer {
                     step_id: step.step_id.clone(),
                     step_name: step.name.clone(),
                     task_id: t.task_id,
-                    parameters: t.parameters,
+                    parameters: t
+                        .parameters
+                        .into_iter()
+                        .map(|(k, v)| {
+                            (
+                                crate::domain::text::sanitize(&k),
+                                crate::domain::text::sanitize(&v),
+                            )
+                        })
+                        .collect(),
                     retries: t.retries,
                     ..Default::default()
                 });
@@ -264,6 +277,11 @@ impl Gatherer {
         let Some(logs) = self.logs.as_ref().filter(|_| cfg.logs) else {
             return Ok(());
         };
+        if !streams.is_empty() {
+            let mut so_far = f.clone();
+            so_far.unavailable = Some("log lines were not read in time".into());
+            facts(&so_far);
+        }
         let mut order: Vec<usize> = streams.keys().copied().collect();
         order.sort_unstable();
         for i in order {
@@ -282,6 +300,13 @@ impl Gatherer {
         }
         Ok(())
     }
+}
+
+fn took_longer(limit: Duration) -> String {
+    format!(
+        "gathering took longer than {}",
+        humantime::format_duration(Duration::from_millis(limit.as_millis() as u64))
+    )
 }
 
 /// Runs triage requests as they come (and those a restart left), a few at a time.
@@ -375,17 +400,47 @@ async fn one(
         tracing::warn!(job = %r.job.key, "triage started after its messages stopped waiting; they go out without details");
         return;
     }
-    let failure = gatherer
-        .gather_within(
-            &active.config.triage,
-            left.min(active.config.triage.timeout),
-            &r.job,
-            active.renderer.monitor(),
-        )
-        .await;
+    // Stop gathering a little before the messages stop waiting: the render and
+    // the store write must land before a worker sends the fallback.
+    let margin = (left / 5).min(Duration::from_secs(1));
+    let (staged_tx, mut staged_rx) = mpsc::unbounded_channel::<Failure>();
+    let mut stage = move |f: &Failure| {
+        let _ = staged_tx.send(f.clone());
+    };
+    let gather = gatherer.gather_within(
+        &active.config.triage,
+        (left - margin).min(active.config.triage.timeout),
+        &r.job,
+        active.renderer.monitor(),
+        &mut stage,
+    );
+    tokio::pin!(gather);
+    // What arrives before the end is stored with the messages at once (they keep
+    // waiting), so a slow log read can no longer cost the facts already in.
+    let failure = loop {
+        tokio::select! {
+            f = &mut gather => break f,
+            Some(partial) = staged_rx.recv() => {
+                store_failure(&r, &partial, &active, &store, &wakers, false).await;
+            }
+        }
+    };
     if let Some(why) = &failure.unavailable {
         tracing::warn!(job = %r.job.key, reason = %why, "failure details partly unavailable; sending what was gathered");
     }
+    store_failure(&r, &failure, &active, &store, &wakers, true).await;
+}
+
+/// Renders each waiting message of `r` with `failure` and stores it: `last`
+/// releases the messages; otherwise they keep waiting with this as their fallback.
+async fn store_failure(
+    r: &Request,
+    failure: &Failure,
+    active: &crate::app::live::Active,
+    store: &Store,
+    wakers: &Wakers,
+    last: bool,
+) {
     for (team, channel, seq) in &r.entries {
         let Some(ch) = active
             .config
@@ -400,7 +455,7 @@ async fn one(
             &ch,
             &r.job,
             &r.transition,
-            Some(&failure),
+            Some(failure),
         ) {
             Ok(p) => p,
             Err(e) => {
@@ -409,11 +464,18 @@ async fn one(
             }
         };
         let (t, c, s, f) = (team.clone(), channel.clone(), *seq, failure.clone());
-        match store
-            .run(move |st| st.finish_triage(&t, &c, s, payload, f))
-            .await
-        {
-            Ok(_) => wakers.wake(team, channel),
+        let stored = if last {
+            store
+                .run(move |st| st.finish_triage(&t, &c, s, payload, f))
+                .await
+        } else {
+            store
+                .run(move |st| st.stage_triage(&t, &c, s, payload, f))
+                .await
+        };
+        match stored {
+            Ok(_) if last => wakers.wake(team, channel),
+            Ok(_) => {}
             Err(e) => {
                 tracing::error!(job = %r.job.key, %team, %channel, error = %e, "cannot store the triaged message; it goes out with its fallback")
             }

@@ -326,6 +326,50 @@ async fn throttled_triage_or_a_dead_logs_endpoint_still_delivers_saying_so() {
     assert!(r.body["data"]["summary"].is_string());
 }
 
+/// The logs endpoint hangs past the triage timeout: the message still carries
+/// the frames and exit codes that arrived before, and says what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_logs_endpoint_still_sends_the_frames_and_exit_codes() {
+    let mut env = Env::new().await;
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        text.replacen(
+            "[delivery]\n",
+            "[triage]\ntimeout = \"2s\"\n[delivery]\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let _svc = env.start().await;
+    let job = env.sim.add_job(failing_render(&[]));
+    env.subscribe_job(&job, serde_json::json!({"channels": ["pipeline", "slack"]}))
+        .await;
+    env.observed(&job, 2).await;
+    env.sim
+        .set_faults(deadline_notifier::devkit::simulator::Faults {
+            logs_latency_ms: 600_000,
+            ..Default::default()
+        });
+    fail_it(&env.sim, &job);
+    wait_until(std::time::Duration::from_secs(30), "both messages", || {
+        env.delivered_for(&job).len() == 2
+    })
+    .await;
+    let got = env.delivered_for(&job);
+    let hook = got.iter().find(|r| r.path.starts_with("/webhook")).unwrap();
+    let f = &hook.body["data"]["failure"];
+    assert_eq!(f["tasks"][0]["exitCode"], 137, "{f}");
+    assert_eq!(f["tasks"][0]["parameters"]["Frame"], "1042", "{f}");
+    assert!(f["unavailable"].is_string(), "{f}");
+    let slack = got.iter().find(|r| r.path.starts_with("/slack")).unwrap();
+    assert!(
+        slack.raw.contains("1042") && slack.raw.contains("137"),
+        "{}",
+        slack.raw
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_between_detection_and_delivery_sends_the_same_triage() {
     let mut env = Env::new().await;
