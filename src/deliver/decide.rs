@@ -100,6 +100,8 @@ struct Pending {
     job: JobKey,
     due: DateTime<Utc>,
     created_at: DateTime<Utc>,
+    /// A test message: it yields to every real one.
+    test: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +119,7 @@ impl Queue {
                 job: e.job.clone(),
                 due: e.next_attempt_at,
                 created_at: e.created_at,
+                test: e.is_test(),
             },
         );
     }
@@ -147,9 +150,13 @@ impl Queue {
         self.entries.is_empty()
     }
 
-    /// The oldest queued message (always its job's first).
+    /// The oldest queued message (always its job's first), real ones before tests.
     pub fn first(&self) -> Option<u64> {
-        self.entries.keys().next().copied()
+        self.entries
+            .iter()
+            .find(|(_, p)| !p.test)
+            .or_else(|| self.entries.iter().next())
+            .map(|(seq, _)| *seq)
     }
 
     /// Creation time of the oldest queued message. Entries are queued in creation
@@ -161,20 +168,26 @@ impl Queue {
 
     /// Order is kept per job: only a job's oldest queued message may go, so its
     /// "started" never arrives after its "failed"; different jobs never wait for
-    /// each other. Among sendable messages the oldest goes first.
+    /// each other. Among sendable messages the oldest goes first. A test message
+    /// goes only when no real message is queued: it never takes a real one's turn.
     pub fn next(&self, now: DateTime<Utc>) -> Next {
-        let mut seen: HashSet<&JobKey> = HashSet::new();
-        let mut soonest: Option<DateTime<Utc>> = None;
-        for (seq, p) in &self.entries {
-            if !seen.insert(&p.job) {
-                continue;
+        for tests in [false, true] {
+            let mut seen: HashSet<&JobKey> = HashSet::new();
+            let mut soonest: Option<DateTime<Utc>> = None;
+            for (seq, p) in self.entries.iter().filter(|(_, p)| p.test == tests) {
+                if !seen.insert(&p.job) {
+                    continue;
+                }
+                if p.due <= now {
+                    return Next::Send(*seq);
+                }
+                soonest = Some(soonest.map_or(p.due, |s| s.min(p.due)));
             }
-            if p.due <= now {
-                return Next::Send(*seq);
+            if let Some(s) = soonest {
+                return Next::WaitUntil(s);
             }
-            soonest = Some(soonest.map_or(p.due, |s| s.min(p.due)));
         }
-        soonest.map_or(Next::Idle, Next::WaitUntil)
+        Next::Idle
     }
 }
 
@@ -401,6 +414,20 @@ mod tests {
         assert_eq!(q.next(t0() + secs(60)), Next::Send(2));
         q.remove(2);
         assert_eq!(q.next(t0()), Next::Idle);
+    }
+
+    #[test]
+    fn a_test_message_never_goes_ahead_of_a_real_one() {
+        let mut q = Queue::default();
+        let mut test = entry(1, 9, 0);
+        test.webhook_id = format!("{}x", crate::domain::TEST_MESSAGE_PREFIX);
+        q.insert(&test);
+        q.insert(&entry(2, 1, 30)); // a real message backing off
+        assert_eq!(q.next(t0()), Next::WaitUntil(t0() + secs(30)));
+        assert_eq!(q.first(), Some(2));
+        assert_eq!(q.next(t0() + secs(30)), Next::Send(2));
+        q.remove(2);
+        assert_eq!(q.next(t0()), Next::Send(1));
     }
 
     #[test]

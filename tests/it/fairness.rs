@@ -234,3 +234,66 @@ async fn limits_are_refused_with_the_key_named() {
         .await;
     assert_eq!(s, 201, "{v}");
 }
+
+/// A hundred test-message requests at once queue one; the rest are told when to
+/// try again; a real transition on that channel goes out as if none were asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_messages_cannot_flood_a_channel() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let job = env.add_job("shot_020 lighting");
+    env.subscribe_job(&job, json!({"channels": ["slack"]}))
+        .await;
+    env.observed(&job, 2).await;
+    let url = format!("{}/v1/channels/slack/test", env.api());
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let url = url.clone();
+        set.spawn(async move {
+            let r = reqwest::Client::new()
+                .post(&url)
+                .bearer_auth(LIGHTING)
+                .send()
+                .await
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            (r.status().as_u16(), retry, r.json::<Value>().await.unwrap())
+        });
+    }
+    let mut accepted = 0;
+    while let Some(r) = set.join_next().await {
+        let (status, retry, body) = r.unwrap();
+        match status {
+            202 => accepted += 1,
+            429 => {
+                assert!(matches!(retry, Some(1..=10)), "{retry:?}");
+                assert!(
+                    body["error"].as_str().unwrap().contains("test message"),
+                    "{body}"
+                );
+            }
+            s => panic!("{s}: {body}"),
+        }
+    }
+    assert_eq!(accepted, 1);
+    env.sim.set_status(&job, "SUCCEEDED");
+    wait_until(T, "the real message and the one test message", || {
+        let slack: Vec<_> = env
+            .sink
+            .delivered()
+            .into_iter()
+            .filter(|r| r.path.starts_with("/slack"))
+            .collect();
+        slack.iter().any(|r| r.raw.contains(&job.job_id))
+            && slack
+                .iter()
+                .filter(|r| !r.raw.contains(&job.job_id))
+                .count()
+                == 1
+    })
+    .await;
+}

@@ -91,10 +91,78 @@ pub(super) async fn test_channel(
         snapshot: None,
         transition: None,
     };
-    let queued = st.store.run(move |s| s.enqueue(vec![entry])).await?;
+    let key = (team.name.clone(), channel.name.clone());
+    admit_test(&st, &key).await?;
+    let queued = match st.store.run(move |s| s.enqueue(vec![entry])).await {
+        Ok(q) => q,
+        Err(e) => {
+            st.tests().remove(&key);
+            return Err(e.into());
+        }
+    };
+    if let Some(t) = st.tests().get_mut(&key) {
+        t.seq = queued.first().map(|e| e.seq);
+    }
     st.wakers.wake(&team.name, &channel.name);
     tracing::info!(team = %team.name, channel = %channel.name, "test message queued");
     Ok((StatusCode::ACCEPTED, Json(json!(queued.first()))).into_response())
+}
+
+/// A test message at least this long after the last one accepted for a channel.
+pub(super) const TEST_MESSAGE_GAP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// At most one test message waits per channel, and one is accepted at most every
+/// [`TEST_MESSAGE_GAP`]: a channel cannot be flooded with them. Reserves the
+/// channel's turn when it admits one.
+async fn admit_test(st: &AppState, key: &(String, String)) -> Result<(), ApiError> {
+    let last = st.tests().get(key).copied();
+    if let Some(last) = last {
+        let since = crate::clock::monotonic().saturating_duration_since(last.at);
+        if since < TEST_MESSAGE_GAP {
+            let wait = (TEST_MESSAGE_GAP - since).as_secs_f64().ceil() as u64;
+            return Err(ApiError::TooSoon {
+                retry_after: wait,
+                message: format!(
+                    "a test message was sent to channel {:?} less than {}s ago; try again in {wait}s",
+                    key.1,
+                    TEST_MESSAGE_GAP.as_secs()
+                ),
+            });
+        }
+        if let Some(seq) = last.seq {
+            let (t, c) = key.clone();
+            if st
+                .store
+                .run(move |s| s.outbox_entry(&t, &c, seq))
+                .await?
+                .is_some()
+            {
+                return Err(ApiError::TooSoon {
+                    retry_after: TEST_MESSAGE_GAP.as_secs(),
+                    message: format!(
+                        "a test message for channel {:?} is still waiting to be delivered",
+                        key.1
+                    ),
+                });
+            }
+        }
+    }
+    let mut tests = st.tests();
+    // Another request may have taken the turn while the store was read.
+    if tests.get(key).map(|t| t.at) != last.map(|t| t.at) {
+        return Err(ApiError::TooSoon {
+            retry_after: TEST_MESSAGE_GAP.as_secs(),
+            message: format!("a test message for channel {:?} was just queued", key.1),
+        });
+    }
+    tests.insert(
+        key.clone(),
+        TestMessage {
+            at: crate::clock::monotonic(),
+            seq: None,
+        },
+    );
+    Ok(())
 }
 
 /// `GET /v1/preview?channel=…&event=…`: the exact payload the team's template

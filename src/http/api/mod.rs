@@ -47,9 +47,23 @@ pub struct AppState {
     pub health: HealthView,
     pub backlogs: crate::deliver::Backlogs,
     limiter: Arc<RateLimiter>,
+    /// The last test message accepted per (team, channel): when, and its outbox seq.
+    tests: Arc<std::sync::Mutex<HashMap<(String, String), TestMessage>>>,
+}
+
+/// A test message accepted for a channel.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TestMessage {
+    pub at: std::time::Instant,
+    /// `None` while it is being queued.
+    pub seq: Option<u64>,
 }
 
 impl AppState {
+    fn tests(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), TestMessage>> {
+        self.tests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn new(
         store: Store,
         live: Live,
@@ -67,6 +81,7 @@ impl AppState {
             health: HealthView::default(),
             backlogs: Default::default(),
             limiter,
+            tests: Default::default(),
         }
     }
 
