@@ -80,6 +80,8 @@ enum Phase {
 struct ConnState {
     phase: Mutex<Phase>,
     close: Notify,
+    /// Responses our service has produced on this connection.
+    answered: AtomicU64,
 }
 
 impl ConnState {
@@ -94,10 +96,57 @@ impl ConnState {
     }
 }
 
-/// The socket, noting when a request head starts to arrive.
+/// The socket, noting when a request head starts to arrive, and putting our own
+/// answer (JSON, security headers) in place of the bare error response hyper
+/// writes for a request it could not parse.
 struct Watched<S> {
     inner: S,
     state: Arc<ConnState>,
+    /// Status lines written so far.
+    responses: u64,
+    /// Bytes of a replacement response still to write.
+    pending: Vec<u8>,
+}
+
+impl<S: AsyncWrite + Unpin> Watched<S> {
+    /// Writes what is left of a replacement; Ready once it is all out.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.pending.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.pending.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The response hyper writes on its own for a request head it refuses, as
+/// (status, reason, what our body says).
+fn hyper_error(buf: &[u8]) -> Option<(u16, &'static str, &'static str)> {
+    let line = buf.strip_prefix(b"HTTP/1.1 ")?;
+    Some(match line.get(..3)? {
+        b"400" => (400, "Bad Request", "malformed HTTP request"),
+        b"414" => (414, "URI Too Long", "request line too long"),
+        b"431" => (
+            431,
+            "Request Header Fields Too Large",
+            "request headers too large",
+        ),
+        b"505" => (
+            505,
+            "HTTP Version Not Supported",
+            "HTTP version not supported",
+        ),
+        [b'4' | b'5', _, _] => (400, "Bad Request", "malformed HTTP request"),
+        _ => return None,
+    })
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -123,13 +172,41 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        match this.drain(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        // Interim answers (100 Continue) are not responses to count.
+        if buf.starts_with(b"HTTP/1.") && buf.get(9) != Some(&b'1') {
+            let ours = this.state.answered.load(Ordering::Relaxed);
+            this.responses += 1;
+            // A status line our service did not produce is hyper's own answer to
+            // a request it could not parse: ours goes out instead, and the
+            // connection closes after it as hyper's would.
+            if this.responses > ours
+                && let Some((status, reason, message)) = hyper_error(buf)
+            {
+                this.state.answered.fetch_add(1, Ordering::Relaxed);
+                this.pending = crate::http::web::raw_error(status, reason, message);
+                let _ = this.drain(cx);
+                return Poll::Ready(Ok(buf.len()));
+            }
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match self.drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_flush(cx),
+            other => other,
+        }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        match self.drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_shutdown(cx),
+            other => other,
+        }
     }
 }
 
@@ -148,9 +225,28 @@ fn json_error(status: StatusCode, message: &str) -> Response<Body> {
         .unwrap_or_default()
 }
 
+/// Whether a query string carries a `token` (or `access_token`) parameter, in
+/// any case, percent-encoded or not.
+fn token_in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).any(|(name, _)| {
+            let n = name.trim().to_ascii_lowercase();
+            n == "token" || n == "access_token"
+        })
+    })
+}
+
 /// Our own limits on the request head, answered in JSON (hyper's own, higher ones
 /// would answer with an empty body).
 fn head_error(req: &Request<hyper::body::Incoming>, limits: &Limits) -> Option<Response<Body>> {
+    // A token in a URL ends up in history, proxy logs and Referer headers: refused
+    // on every path, before anything routes or logs the request.
+    if token_in_query(req.uri().query()) {
+        return Some(json_error(
+            StatusCode::BAD_REQUEST,
+            "a token was sent in the URL; send it only in the Authorization header (Bearer), and treat this one as exposed",
+        ));
+    }
     let line = req.method().as_str().len() + req.uri().to_string().len() + 10;
     if line > limits.max_request_line {
         return Some(json_error(
@@ -222,11 +318,14 @@ pub async fn serve(
         let state = Arc::new(ConnState {
             phase: Mutex::new(Phase::Idle(crate::clock::monotonic())),
             close: Notify::new(),
+            answered: AtomicU64::new(0),
         });
         lock(&registry).insert(id, state.clone());
         let io = TokioIo::new(Watched {
             inner: stream,
             state: state.clone(),
+            responses: 0,
+            pending: Vec::new(),
         });
         let router = router.clone();
         let limits2 = limits.clone();
@@ -237,13 +336,16 @@ pub async fn serve(
             let limits = limits2.clone();
             async move {
                 st.set(Phase::Busy(crate::clock::monotonic()));
-                let resp = match head_error(&req, &limits) {
+                let mut resp = match head_error(&req, &limits) {
                     Some(r) => r,
                     None => router
                         .oneshot(req.map(Body::new))
                         .await
                         .unwrap_or_else(|e| match e {}),
                 };
+                // Every answer of every listener, whichever route or limit made it.
+                crate::http::web::secure(resp.headers_mut());
+                st.answered.fetch_add(1, Ordering::Relaxed);
                 st.set(Phase::Idle(crate::clock::monotonic()));
                 Ok::<_, std::convert::Infallible>(resp)
             }
@@ -348,6 +450,29 @@ mod tests {
         assert!(!expired(Phase::Idle(t), now, &l));
         let now = now + Duration::from_secs(30);
         assert!(expired(Phase::Idle(t), now, &l));
+    }
+
+    #[test]
+    fn tokens_in_the_query_are_recognised() {
+        for q in [
+            "token=abc",
+            "a=1&token=x",
+            "TOKEN=x",
+            "%74oken=x",
+            "access_token=x",
+            "token",
+        ] {
+            assert!(token_in_query(Some(q)), "{q}");
+        }
+        for q in [
+            "tokens=1",
+            "cursor=abc",
+            "q=token",
+            "channel=slack&event=job.failed",
+        ] {
+            assert!(!token_in_query(Some(q)), "{q}");
+        }
+        assert!(!token_in_query(None));
     }
 
     #[test]

@@ -508,4 +508,28 @@ async fn page_is_served_with_strict_headers_and_etags() {
     let html = c.get(env.api()).send().await.unwrap().text().await.unwrap();
     assert!(!html.contains(" style=") && !html.contains("<style"));
     assert!(!html.contains("<script>"), "inline script");
+    // Without the script, a form posts nowhere that keeps anything: no field of
+    // the sign-in form has a name, so a token never leaves in a URL or a body.
+    let token_input = html
+        .split("<input")
+        .find(|i| i.contains("id=\"token\""))
+        .unwrap();
+    assert!(
+        !token_input.split('>').next().unwrap().contains("name="),
+        "{token_input}"
+    );
+    for form in html.split("<form").skip(1) {
+        let tag = form.split('>').next().unwrap();
+        assert!(tag.contains("method=\"post\""), "{tag}");
+    }
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(env.api())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/");
 }

@@ -679,3 +679,164 @@ async fn head_limits_answer_json_and_metrics_can_move() {
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("deadline_notifier_"));
 }
+
+/// The headers every answer carries, whichever listener, route or limit made it.
+fn assert_secure(status: u16, h: &reqwest::header::HeaderMap) {
+    for (name, want) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(
+            h.get(name).and_then(|v| v.to_str().ok()),
+            Some(want),
+            "{status}: {name} in {h:?}"
+        );
+    }
+    assert!(h.contains_key("content-security-policy"), "{status}: {h:?}");
+    if h.get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+    {
+        assert_eq!(h["cache-control"], "no-store", "{status}: {h:?}");
+    }
+}
+
+/// Sends raw bytes and returns the status, the header block and the body.
+async fn raw(port: u16, request: &[u8]) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Every status the server answers (400 malformed, 404, 405, 413, 414, 429, 431,
+/// 505, and the metrics listener's) carries the security headers and a JSON body;
+/// a token in the query is refused on any path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_the_security_headers() {
+    let mut env = Env::new().await;
+    let metrics_port = env.metrics_socket();
+    let text = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replacen(
+            "[server]\n",
+            &format!("[server]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
+            1,
+        );
+    std::fs::write(env.config_path(), text).unwrap();
+    let svc = env.start().await;
+    let c = reqwest::Client::new();
+    let api = env.api();
+    let mut seen = Vec::new();
+    let mut check = |r: &reqwest::Response, want: u16| {
+        assert_eq!(r.status().as_u16(), want);
+        assert_secure(want, r.headers());
+        seen.push(want);
+    };
+    check(&c.get(format!("{api}/healthz")).send().await.unwrap(), 200);
+    check(&c.get(format!("{api}/nope")).send().await.unwrap(), 404);
+    check(
+        &c.delete(format!("{api}/healthz")).send().await.unwrap(),
+        405,
+    );
+    check(
+        &c.get(format!("{api}/v1/subscriptions"))
+            .send()
+            .await
+            .unwrap(),
+        401,
+    );
+    let r = c
+        .post(format!("{api}/v1/subscriptions"))
+        .bearer_auth(LIGHTING)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    check(&r, 413);
+    let r = c
+        .get(format!("{api}/healthz?{}", "a".repeat(9 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    check(&r, 414);
+    let r = c
+        .get(format!("{api}/healthz"))
+        .header("x-big", "b".repeat(20 * 1024))
+        .send()
+        .await
+        .unwrap();
+    check(&r, 431);
+    let test = format!("{api}/v1/channels/pipeline/test");
+    check(
+        &c.post(&test).bearer_auth(LIGHTING).send().await.unwrap(),
+        202,
+    );
+    check(
+        &c.post(&test).bearer_auth(LIGHTING).send().await.unwrap(),
+        429,
+    );
+    // A token in the URL, on any path, with or without a valid one in the header.
+    for path in ["/", "/healthz", "/v1/subscriptions?state=active&token=x"] {
+        let url = if path.contains('?') {
+            format!("{api}{path}")
+        } else {
+            format!("{api}{path}?token={LIGHTING}")
+        };
+        let r = c.get(&url).bearer_auth(LIGHTING).send().await.unwrap();
+        check(&r, 400);
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains("Authorization"),
+            "{v}"
+        );
+    }
+    // The metrics listener: its answers and its 404.
+    let m = format!("http://127.0.0.1:{metrics_port}");
+    check(&c.get(format!("{m}/metrics")).send().await.unwrap(), 200);
+    check(&c.get(format!("{m}/nope")).send().await.unwrap(), 404);
+    assert!(seen.len() >= 12);
+    // What hyper refuses before any route: ours answers instead, in JSON.
+    for (port, request, want) in [
+        (env.api_port, &b"GARBAGE\r\n\r\n"[..], 400),
+        (
+            env.api_port,
+            &b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n"[..],
+            400,
+        ),
+        (env.api_port, &b"GET / HTTP/3.0\r\nHost: x\r\n\r\n"[..], 400),
+        (
+            metrics_port,
+            &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"[..],
+            400,
+        ),
+    ] {
+        let (status, head, body) = raw(port, request).await;
+        assert_eq!(status, want, "{head}\n{body}");
+        for h in [
+            "x-content-type-options: nosniff",
+            "x-frame-options: deny",
+            "content-security-policy:",
+            "cache-control: no-store",
+            "content-type: application/json",
+        ] {
+            assert!(head.contains(h), "{h} missing from {head}");
+        }
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(v["error"].is_string(), "{body}");
+    }
+    // No token from a refused URL reaches the log.
+    assert!(!svc.log_text().contains(LIGHTING));
+}

@@ -77,10 +77,20 @@ fn etags() -> &'static [String] {
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     let mut r = Router::new();
     for (i, a) in ASSETS.iter().enumerate() {
-        r = r.route(
-            a.path,
-            get(move |headers: HeaderMap| async move { serve(i, &headers) }),
-        );
+        let get_asset = get(move |headers: HeaderMap| async move { serve(i, &headers) });
+        // The page's forms post here when its script has not run: nothing is
+        // read, nothing kept; the browser is sent back to the page.
+        let route = if a.path == "/" {
+            get_asset.post(|| async {
+                (
+                    StatusCode::SEE_OTHER,
+                    [(header::LOCATION, HeaderValue::from_static("/"))],
+                )
+            })
+        } else {
+            get_asset
+        };
+        r = r.route(a.path, route);
     }
     r
 }
@@ -107,7 +117,19 @@ fn serve(i: usize, headers: &HeaderMap) -> Response {
 
 /// Adds the security headers to a response (every response of the API port).
 pub async fn security_headers(mut resp: Response) -> Response {
-    let h = resp.headers_mut();
+    secure(resp.headers_mut());
+    resp
+}
+
+/// The security headers every response of every listener carries; JSON answers
+/// (team data) are never stored by a browser or a proxy.
+pub fn secure(h: &mut axum::http::HeaderMap) {
+    let json = h
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),
@@ -129,5 +151,25 @@ pub async fn security_headers(mut resp: Response) -> Response {
         "cross-origin-resource-policy",
         HeaderValue::from_static("same-origin"),
     );
-    resp
+}
+
+/// A whole HTTP/1.1 error response in bytes, with the security headers: what the
+/// server writes in place of the bare one hyper answers a request it cannot parse.
+pub fn raw_error(status: u16, reason: &str, message: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut h = axum::http::HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    secure(&mut h);
+    let mut out = format!("HTTP/1.1 {status} {reason}\r\n");
+    for (k, v) in &h {
+        out.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap_or("")));
+    }
+    out.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    out.into_bytes()
 }
