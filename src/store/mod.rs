@@ -156,6 +156,8 @@ struct Inner {
     watches: sled::Tree,
     /// `team\0name` → watch id: a new watch's name is looked up, not searched for.
     watch_names: sled::Tree,
+    /// `createdBy` values that map to nobody in `[[people]]` → when last seen.
+    unmapped: sled::Tree,
     /// `team\0job\0channel` → the latest [`Notice`] of that subscription and channel.
     notices: sled::Tree,
     /// In-memory mirror of the `meta` counts (what `/metrics` reads).
@@ -329,6 +331,7 @@ impl Store {
             discovery: t("discovery")?,
             watches: t("watches")?,
             watch_names: t("watch_names")?,
+            unmapped: t("unmapped_people")?,
             notices: t("notices")?,
             counts: Default::default(),
             active: Default::default(),

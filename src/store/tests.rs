@@ -386,3 +386,30 @@ fn watches_are_found_by_name_and_deleted_with_their_name() {
     assert!(s.insert_watch(w("w4", "t", "a")).unwrap().1);
     assert_eq!(s.watches().unwrap().len(), 2);
 }
+
+#[test]
+fn unmapped_people_survive_reopen_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let now = crate::clock::wall_now();
+    {
+        let s = Store::open(&path).unwrap();
+        s.note_unmapped("bob", now).unwrap();
+        s.note_unmapped("old", now - chrono::Duration::days(31))
+            .unwrap();
+        s.sync().unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    let cutoff = now - chrono::Duration::days(30);
+    assert_eq!(
+        s.unmapped_people(cutoff).unwrap(),
+        vec![("bob".to_string(), now)]
+    );
+    // The expired one is gone for good, not only filtered.
+    assert_eq!(
+        s.unmapped_people(now - chrono::Duration::days(60))
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -141,6 +141,45 @@ impl Store {
         Ok(())
     }
 
+    /// Remembers an unmapped `createdBy` as seen at `at` (rides the group commit:
+    /// losing one only means it is listed from its next sighting).
+    pub fn note_unmapped(&self, created_by: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.inner
+            .unmapped
+            .insert(created_by.as_bytes(), enc(&at))
+            .map_err(|e| self.eng(e))?;
+        self.mark_dirty();
+        Ok(())
+    }
+
+    /// The unmapped `createdBy` values seen since `cutoff`; older ones are forgotten.
+    pub fn unmapped_people(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let mut keep = Vec::new();
+        let mut expired = sled::Batch::default();
+        let mut any = false;
+        for kv in self.inner.unmapped.iter() {
+            let (k, v) = kv.map_err(|e| self.eng(e))?;
+            let at: DateTime<Utc> = self.dec("unmapped_people", &v)?;
+            if at < cutoff {
+                expired.remove(k);
+                any = true;
+            } else {
+                keep.push((String::from_utf8_lossy(&k).into_owned(), at));
+            }
+        }
+        if any {
+            self.inner
+                .unmapped
+                .apply_batch(expired)
+                .map_err(|e| self.eng(e))?;
+            self.mark_dirty();
+        }
+        Ok(keep)
+    }
+
     pub fn channel_state(&self, team: &str, channel: &str) -> Result<ChannelState, StoreError> {
         match self
             .inner

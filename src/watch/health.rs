@@ -16,6 +16,8 @@ pub type DiscoveryError = (String, DateTime<Utc>);
 
 /// At most this many distinct unmapped `createdBy` values are remembered.
 const UNMAPPED_CAP: usize = 10_000;
+/// How long an unmapped `createdBy` is remembered after it was last seen.
+pub const UNMAPPED_DAYS: i64 = 30;
 
 #[derive(Debug, Default)]
 pub struct Health {
@@ -30,8 +32,9 @@ pub struct Health {
     discovery_errors: Mutex<HashMap<SearchedQueues, DiscoveryError>>,
     /// Watches that could not subscribe what they found (a limit reached), by id.
     watch_errors: Mutex<HashMap<String, DiscoveryError>>,
-    /// `createdBy` values seen that map to nobody in `[[people]]`, and when last.
-    unmapped: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// `createdBy` values seen that map to nobody in `[[people]]`: when last seen,
+    /// and when that was last written to the store.
+    unmapped: Mutex<HashMap<String, (DateTime<Utc>, DateTime<Utc>)>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,16 +110,34 @@ impl Health {
         !g.is_empty() && g.remove(id).is_some()
     }
 
-    pub(super) fn note_unmapped(&self, created_by: &str, now: DateTime<Utc>) {
+    /// Notes an unmapped `createdBy`; returns whether the store should be told
+    /// (a new value, or one last written more than an hour ago).
+    pub(super) fn note_unmapped(&self, created_by: &str, now: DateTime<Utc>) -> bool {
         let mut g = locked(&self.unmapped);
         if g.len() >= UNMAPPED_CAP && !g.contains_key(created_by) {
-            let cutoff = now - chrono::Duration::days(30);
-            g.retain(|_, t| *t >= cutoff);
+            let cutoff = now - chrono::Duration::days(UNMAPPED_DAYS);
+            g.retain(|_, t| t.0 >= cutoff);
             if g.len() >= UNMAPPED_CAP {
-                return;
+                return false;
             }
         }
-        g.insert(created_by.to_string(), now);
+        let write = g
+            .get(created_by)
+            .is_none_or(|(_, written)| now - *written > chrono::Duration::hours(1));
+        let written = match g.get(created_by) {
+            Some((_, w)) if !write => *w,
+            _ => now,
+        };
+        g.insert(created_by.to_string(), (now, written));
+        write
+    }
+
+    /// What the store kept from earlier runs.
+    pub(super) fn load_unmapped(&self, seen: Vec<(String, DateTime<Utc>)>) {
+        let mut g = locked(&self.unmapped);
+        for (k, t) in seen.into_iter().take(UNMAPPED_CAP) {
+            g.insert(k, (t, t));
+        }
     }
 
     pub(super) fn drop_view(&self, job: &JobKey) {
@@ -157,8 +178,8 @@ impl HealthView {
         let g = locked(&self.0.unmapped);
         let mut v: Vec<_> = g
             .iter()
-            .filter(|(_, t)| **t >= since)
-            .map(|(k, t)| (k.clone(), *t))
+            .filter(|(_, t)| t.0 >= since)
+            .map(|(k, t)| (k.clone(), t.0))
             .collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v

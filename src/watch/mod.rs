@@ -195,6 +195,9 @@ impl Loop {
         for (farm, queue, at) in blocking(|| l.w.store.discovery_marks())? {
             l.last_pass.insert((farm, queue), at);
         }
+        let cutoff = l.w.clock.now() - chrono::Duration::days(health::UNMAPPED_DAYS);
+        let unmapped = blocking(|| l.w.store.unmapped_people(cutoff))?;
+        l.w.health.load_unmapped(unmapped);
         l.enforce_allow_lists()?;
         // Spread the first round over one interval instead of a burst at start-up.
         let interval = l.interval_ms();
@@ -580,8 +583,10 @@ impl Loop {
         // Changed (or first seen): only now is the full snapshot built.
         let cur = observed.status.clone();
         let snap = observed.snapshot(key.clone());
-        if self.active.config.people.owner(&snap.created_by).is_none() {
-            self.w.health.note_unmapped(&snap.created_by, now);
+        if self.active.config.people.owner(&snap.created_by).is_none()
+            && self.w.health.note_unmapped(&snap.created_by, now)
+        {
+            self.w.store.note_unmapped(&snap.created_by, now)?;
         }
         let cfg = &self.active.config;
         let plan = plan::plan(

@@ -537,7 +537,7 @@ name = "Jane Doe"
 "#
     );
     std::fs::write(env.config_path(), text).unwrap();
-    let _svc = env.start().await;
+    let mut svc = env.start().await;
     let hostile = "<@U0BADBAD> <!channel> <at>Boss</at>";
     let janes = env.sim.add_job(JobSpec {
         name: hostile.into(),
@@ -634,6 +634,21 @@ name = "Jane Doe"
         .map(|u| u["createdBy"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(who, ["bob"], "{v}");
+    // Kept in the store: a restart still lists bob.
+    svc.terminate();
+    let _svc = env.start().await;
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/people/unmapped", env.api()))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    let after: Value = r.json().await.unwrap();
+    assert_eq!(
+        after["unmapped"][0]["createdBy"], "bob",
+        "after a restart: {after}"
+    );
+    assert_eq!(after["unmapped"].as_array().unwrap().len(), 1, "{after}");
     let r = reqwest::Client::new()
         .get(format!("{}/v1/people/unmapped", env.api()))
         .bearer_auth(LIGHTING)
