@@ -11,6 +11,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+/// An unmapped `createdBy`: last seen, and last written to the store.
+type Sighting = (DateTime<Utc>, DateTime<Utc>);
+
 /// Why a search failed, and since when.
 pub type DiscoveryError = (String, DateTime<Utc>);
 
@@ -34,7 +37,7 @@ pub struct Health {
     watch_errors: Mutex<HashMap<String, DiscoveryError>>,
     /// `createdBy` values seen that map to nobody in `[[people]]`: when last seen,
     /// and when that was last written to the store.
-    unmapped: Mutex<HashMap<String, (DateTime<Utc>, DateTime<Utc>)>>,
+    unmapped: Mutex<HashMap<String, Sighting>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
