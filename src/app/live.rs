@@ -14,6 +14,8 @@ pub struct Active {
     pub config: Arc<Config>,
     pub renderer: Arc<Renderer>,
     pub sender: Sender,
+    /// `[server] tls`, read from its PEM files: what new API connections use.
+    pub tls: Option<Arc<ServerTls>>,
     /// 1 for the set loaded at start-up, +1 per successful reload.
     pub generation: u64,
 }
@@ -26,6 +28,8 @@ pub enum ReloadError {
     Templates(#[from] RenderError),
     #[error("{0}")]
     Sender(#[from] SenderError),
+    #[error("{0}")]
+    Tls(String),
     #[error(
         "{path}: {keys} changed, which takes effect only on restart; nothing was reloaded (restore the old value or restart)"
     )]
@@ -58,12 +62,14 @@ impl Live {
         config: Config,
         renderer: Renderer,
         sender: Sender,
+        tls: Option<Arc<ServerTls>>,
         chain_region: Option<String>,
     ) -> Live {
         let active = Active {
             config: Arc::new(config),
             renderer: Arc::new(renderer),
             sender,
+            tls,
             generation: 1,
         };
         metrics::gauge!("deadline_notifier_config_generation").set(1.0);
@@ -125,6 +131,54 @@ impl Live {
     }
 }
 
+pub use tokio_rustls::rustls::ServerConfig as ServerTls;
+
+/// Reads `[server] tls`: the certificate chain and its private key (PEM), checked
+/// to belong together. The error names the key and the file.
+pub fn load_tls(config: &Config) -> Result<Option<Arc<ServerTls>>, ReloadError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(tls) = &config.server.tls else {
+        return Ok(None);
+    };
+    let err = |key: &str, file: &std::path::Path, m: String| {
+        ReloadError::Tls(format!(
+            "{}: key `server.tls.{key}`: {}: {m}",
+            config.path.display(),
+            file.display()
+        ))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            err(
+                "cert",
+                &tls.cert,
+                format!("not a PEM certificate chain: {e}"),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(err("cert", &tls.cert, "holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| err("key", &tls.key, format!("not a PEM private key: {e}")))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let mut server = ServerTls::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err("cert", &tls.cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            err(
+                "key",
+                &tls.key,
+                format!("does not fit the certificate: {e}"),
+            )
+        })?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(server)))
+}
+
 fn load_next(
     old: &Active,
     chain_region: Option<&str>,
@@ -139,11 +193,15 @@ fn load_next(
     }
     let renderer = Renderer::load(&config, chain_region)?;
     let sender = Sender::new(&config.delivery)?;
+    // The files are read again even when the config names the same ones: a renewed
+    // certificate is taken up by a reload.
+    let tls = load_tls(&config)?;
     let report = diff_report(&old.config, &config, old.generation + 1);
     let next = Active {
         config: Arc::new(config),
         renderer: Arc::new(renderer),
         sender,
+        tls,
         generation: old.generation + 1,
     };
     Ok((Arc::new(next), report))

@@ -76,6 +76,7 @@ impl App {
             "store opened"
         );
         let sender = Sender::new(&config.delivery)?;
+        let tls = crate::app::live::load_tls(&config)?;
         let mut inherited = listenfd::ListenFd::from_env();
         let listener = listen_on(&mut inherited, 0, &config.server.listen, "server.listen").await?;
         let metrics_listener = match &config.server.metrics_listen {
@@ -83,7 +84,7 @@ impl App {
             None => None,
         };
         Ok(App {
-            live: Live::new(config, renderer, sender, chain_region),
+            live: Live::new(config, renderer, sender, tls, chain_region),
             store,
             client: Arc::new(client),
             logs,
@@ -188,10 +189,13 @@ impl App {
         if let Some(listener) = self.metrics_listener {
             serve_metrics(listener, state.clone(), worker_rx.clone());
         }
+        let live = self.live.clone();
+        let tls: crate::http::server::TlsSource = Arc::new(move || live.current().tls.clone());
         let server = crate::http::server::serve(
             self.listener,
             api::router(state),
             crate::http::server::Limits::with_max_connections(max_connections),
+            Some(tls),
             worker_rx.clone(),
         );
         let mut server_task = tokio::spawn(server);
@@ -240,6 +244,7 @@ fn serve_metrics(listener: tokio::net::TcpListener, state: AppState, stop: watch
         listener,
         api::metrics_router(state),
         crate::http::server::Limits::with_max_connections(64),
+        None,
         stop,
     ));
 }

@@ -22,6 +22,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
+/// Where each new connection's TLS settings come from (the set in force, so a
+/// reloaded certificate serves new connections at once); `None` inside: plain HTTP.
+pub type TlsSource = Arc<dyn Fn() -> Option<Arc<tokio_rustls::rustls::ServerConfig>> + Send + Sync>;
+
+/// What a connection's bytes travel over: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
 /// Descriptors kept free of API connections: outbound deliveries, the Deadline
 /// client, the store, logs.
 pub const FD_RESERVE: u64 = 512;
@@ -277,6 +285,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<TlsSource>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let registry: Registry = Arc::default();
@@ -321,12 +330,7 @@ pub async fn serve(
             answered: AtomicU64::new(0),
         });
         lock(&registry).insert(id, state.clone());
-        let io = TokioIo::new(Watched {
-            inner: stream,
-            state: state.clone(),
-            responses: 0,
-            pending: Vec::new(),
-        });
+        let tls_config = tls.as_ref().and_then(|f| f());
         let router = router.clone();
         let limits2 = limits.clone();
         let svc_state = state.clone();
@@ -354,7 +358,34 @@ pub async fn serve(
         let all_closed2 = all_closed.clone();
         let mut conn_shutdown = shutdown.clone();
         let idle_timeout = limits.idle_timeout;
+        let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
+            let stream: Box<dyn Stream> = match tls_config {
+                None => Box::new(stream),
+                Some(cfg) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => Box::new(s),
+                        // Plain HTTP, a scanner, or a client that never finishes:
+                        // nothing to answer over.
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            forget(&registry2, id, &all_closed2);
+                            return;
+                        }
+                        Err(_) => {
+                            forget(&registry2, id, &all_closed2);
+                            return;
+                        }
+                    }
+                }
+            };
+            let io = TokioIo::new(Watched {
+                inner: stream,
+                state: state.clone(),
+                responses: 0,
+                pending: Vec::new(),
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 // Our sweeper enforces the head deadline from the first byte; hyper's
@@ -372,11 +403,7 @@ pub async fn serve(
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
-            let mut reg = lock(&registry2);
-            reg.remove(&id);
-            if reg.is_empty() {
-                all_closed2.notify_waiters();
-            }
+            forget(&registry2, id, &all_closed2);
         });
     }
     sweeper.abort();
@@ -395,6 +422,15 @@ pub async fn serve(
             return;
         }
         notified.await;
+    }
+}
+
+/// A connection is over: out of the registry, and the last one out says so.
+fn forget(registry: &Registry, id: u64, all_closed: &Notify) {
+    let mut reg = lock(registry);
+    reg.remove(&id);
+    if reg.is_empty() {
+        all_closed.notify_waiters();
     }
 }
 

@@ -301,13 +301,20 @@ impl Launcher {
             .spawn()
             .expect("spawn deadline-notifier");
         let svc = Service { child, log };
-        let url = format!("http://127.0.0.1:{}/healthz", self.api_port);
+        // Plain HTTP, or HTTPS with one of the test certificates (`tests/tls`).
+        let client = tls_client(&["a.pem", "b.pem"]);
+        let urls = ["http", "https"].map(|s| format!("{s}://127.0.0.1:{}/healthz", self.api_port));
         let deadline = deadline_notifier::clock::tokio_monotonic() + Duration::from_secs(20);
         loop {
-            if reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
+            let mut up = false;
+            for url in &urls {
+                up |= client
+                    .get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+            }
+            if up {
                 break;
             }
             if deadline_notifier::clock::tokio_monotonic() > deadline {
@@ -433,4 +440,18 @@ pub fn event_of(r: &Received) -> String {
         }
     }
     "unknown".into()
+}
+
+/// A client that trusts only the named test certificates of `tests/tls`, and opens
+/// a new connection for every request (so a renewed certificate is seen at once).
+pub fn tls_client(certs: &[&str]) -> reqwest::Client {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let certs = certs
+        .iter()
+        .map(|c| reqwest::Certificate::from_pem(&std::fs::read(dir.join(c)).unwrap()).unwrap());
+    reqwest::Client::builder()
+        .tls_certs_only(certs)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
 }

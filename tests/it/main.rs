@@ -11,5 +11,6 @@ mod redaction;
 mod reload;
 mod security;
 mod startup;
+mod tls;
 mod triage;
 mod watches;

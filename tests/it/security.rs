@@ -269,7 +269,7 @@ url = "http://127.0.0.1:9/y"
     let sender = deadline_notifier::notify::send::Sender::new(&cfg.delivery).unwrap();
     AppState::new(
         store,
-        deadline_notifier::app::live::Live::new(cfg, renderer, sender, None),
+        deadline_notifier::app::live::Live::new(cfg, renderer, sender, None, None),
         deadline_notifier::clock::system(),
         wakers,
         deadline_notifier::watch::WatchHandle::detached(),
