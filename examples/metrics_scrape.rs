@@ -99,7 +99,7 @@ url = "http://127.0.0.1:9/hook"
     store.sync().unwrap();
     let renderer = Renderer::load(&config, None).unwrap();
     let sender = Sender::new(&config.delivery).unwrap();
-    let live = Live::new(config, renderer, sender, None);
+    let live = Live::new(config, renderer, sender, None, None);
     let state = AppState::new(
         store.clone(),
         live,
