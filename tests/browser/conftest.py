@@ -60,7 +60,8 @@ class Watched:
 @pytest.fixture
 def watched(browser, stack, request):
     viewport = getattr(request, "param", {"width": 1280, "height": 900})
-    ctx = browser.new_context(viewport=viewport)
+    # The service's test certificate is self-signed (tests/tls).
+    ctx = browser.new_context(viewport=viewport, ignore_https_errors=True)
     page = ctx.new_page()
     page.set_default_timeout(CROSS_PROCESS_TIMEOUT_MS)
     w = Watched(page)

@@ -2,6 +2,7 @@
 process from the project's binary, for browser tests and the screenshot script."""
 import json
 import os
+import ssl
 import pathlib
 import re
 import subprocess
@@ -17,6 +18,12 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-default-apps", "--disable-extensions"]
+
+# The page is served over HTTPS with a test certificate (tests/tls), as a studio
+# would serve it; scripts trust that certificate, Chromium is told to accept it.
+CERT = ROOT / "tests" / "tls" / "a.pem"
+KEY = ROOT / "tests" / "tls" / "a.key"
+TLS = ssl.create_default_context(cafile=str(CERT))
 
 TOKEN = "browser-lighting-token-0123456789"
 OTHER_TOKEN = "browser-fx-token-0123456789abc"
@@ -47,7 +54,8 @@ def http(method, url, body=None, token=None):
     if token:
         req.add_header("authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
+        context = TLS if url.startswith("https:") else None
+        with urllib.request.urlopen(req, timeout=10, context=context) as r:
             text = r.read().decode()
             return r.status, (json.loads(text) if text else None)
     except urllib.error.HTTPError as e:
@@ -61,6 +69,7 @@ CONFIG = """
 [server]
 listen = "127.0.0.1:0"
 rate_limit = 0
+tls = {{ cert = "{cert}", key = "{key}" }}
 [store]
 path = "{store}"
 [deadline]
@@ -121,11 +130,12 @@ class Stack:
         wait_until(lambda: http("GET", f"{self.sink}/_sink/received")[0] == 200, "the sink")
         config = tmp / "notifier.toml"
         config.write_text(CONFIG.format(sink_port=sink_port, store=tmp / "store.sled",
-                                        token=TOKEN, other=OTHER_TOKEN, farm=FARM, dddd="d" * 32))
+                                        token=TOKEN, other=OTHER_TOKEN, farm=FARM, dddd="d" * 32,
+                                        cert=CERT, key=KEY))
         env = dict(os.environ, AWS_ENDPOINT_URL_DEADLINE=self.sim, AWS_ACCESS_KEY_ID="AKIDBROWSER",
                    AWS_SECRET_ACCESS_KEY="browser", AWS_REGION="us-west-2", AWS_EC2_METADATA_DISABLED="true")
         self._start("service", ["serve", "--config", str(config)], tmp, env)
-        self.api = "http://" + self.address("service", r"started.*?addr=(127\.0\.0\.1:\d+)", timeout=60)
+        self.api = "https://" + self.address("service", r"started.*?addr=(127\.0\.0\.1:\d+)", timeout=60)
         wait_until(lambda: http("GET", f"{self.api}/healthz")[0] == 200, "the service", timeout=60)
 
     def _start(self, name, args, tmp, env=None):

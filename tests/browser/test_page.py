@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from playwright.sync_api import expect
 
-from stack import FARM, QUEUE, TOKEN, wait_until
+from stack import FARM, QUEUE, TLS, TOKEN, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIGURES = ROOT / "target" / "browser-figures.json"
@@ -260,7 +260,7 @@ def test_security_headers_and_no_inline_code(stack):
                         ("/v1/subscriptions", "application/json")]:
         req = urllib.request.Request(f"{stack.api}{path}", headers={"Origin": "https://evil.example"})
         try:
-            resp = urllib.request.urlopen(req, timeout=10)
+            resp = urllib.request.urlopen(req, timeout=10, context=TLS)
         except urllib.error.HTTPError as e:  # the API without a token: 401, same headers
             resp = e
         h = resp.headers
@@ -272,7 +272,7 @@ def test_security_headers_and_no_inline_code(stack):
         assert h["X-Content-Type-Options"] == "nosniff"
         assert h["Referrer-Policy"] == "no-referrer"
         assert h["Access-Control-Allow-Origin"] is None, "the API must stay closed to other origins"
-    html = urllib.request.urlopen(f"{stack.api}/", timeout=10).read().decode()
+    html = urllib.request.urlopen(f"{stack.api}/", timeout=10, context=TLS).read().decode()
     assert " style=" not in html and "<style" not in html
     assert "<script>" not in html and " on" not in html.replace(" only", "")
 
@@ -297,7 +297,7 @@ def test_phone_width_and_keyboard_alone(watched, stack):
 
 
 def test_first_load_weight_and_accessibility(browser, stack):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True, ignore_https_errors=True)
     page = ctx.new_page()
     sizes = []
     page.on("requestfinished", lambda r: sizes.append((r.url, r.sizes())))
@@ -319,6 +319,6 @@ def test_first_load_weight_and_accessibility(browser, stack):
                    "help": v["help"]} for v in result["violations"]]
     figure("axe_violations", violations)
     figure("axe_passes", len(result.get("passes", [])))
-    serious = [v for v in violations if v["impact"] in ("serious", "critical")]
-    assert serious == [], f"accessibility violations: {serious}"
+    # With the preview drawn: no violation of any impact.
+    assert violations == [], f"accessibility violations: {violations}"
     ctx.close()
