@@ -185,20 +185,15 @@ impl App {
         )
         .with_health(health.view())
         .with_backlogs(backlogs);
-        let max_connections = connection_cap(self.live.current().config.server.max_connections);
         if let Some(listener) = self.metrics_listener {
             serve_metrics(listener, state.clone(), worker_rx.clone());
         }
-        let live = self.live.clone();
-        let tls: crate::http::server::TlsSource = Arc::new(move || live.current().tls.clone());
-        let server = crate::http::server::serve(
+        let mut server_task = tokio::spawn(serve_api(
             self.listener,
-            api::router(state),
-            crate::http::server::Limits::with_max_connections(max_connections),
-            Some(tls),
+            self.live.clone(),
+            state,
             worker_rx.clone(),
-        );
-        let mut server_task = tokio::spawn(server);
+        ));
 
         let mut stop = Box::pin(stop);
         let mut failure: Option<anyhow::Error> = None;
@@ -232,6 +227,26 @@ impl App {
             None => Ok(()),
         }
     }
+}
+
+/// The API and the page, over TLS when `[server] tls` is set (each new connection
+/// takes the certificate in force, so a reload renews it), until `stop`.
+async fn serve_api(
+    listener: tokio::net::TcpListener,
+    live: Live,
+    state: AppState,
+    stop: watch::Receiver<bool>,
+) {
+    let max_connections = connection_cap(live.current().config.server.max_connections);
+    let tls: crate::http::server::TlsSource = Arc::new(move || live.current().tls.clone());
+    crate::http::server::serve(
+        listener,
+        api::router(state),
+        crate::http::server::Limits::with_max_connections(max_connections),
+        Some(tls),
+        stop,
+    )
+    .await
 }
 
 /// `/metrics` on its own address (`server.metrics_listen`), until `stop`.

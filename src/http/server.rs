@@ -335,24 +335,7 @@ pub async fn serve(
         let limits2 = limits.clone();
         let svc_state = state.clone();
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let router = router.clone();
-            let st = svc_state.clone();
-            let limits = limits2.clone();
-            async move {
-                st.set(Phase::Busy(crate::clock::monotonic()));
-                let mut resp = match head_error(&req, &limits) {
-                    Some(r) => r,
-                    None => router
-                        .oneshot(req.map(Body::new))
-                        .await
-                        .unwrap_or_else(|e| match e {}),
-                };
-                // Every answer of every listener, whichever route or limit made it.
-                crate::http::web::secure(resp.headers_mut());
-                st.answered.fetch_add(1, Ordering::Relaxed);
-                st.set(Phase::Idle(crate::clock::monotonic()));
-                Ok::<_, std::convert::Infallible>(resp)
-            }
+            answer(router.clone(), svc_state.clone(), limits2.clone(), req)
         });
         let registry2 = registry.clone();
         let all_closed2 = all_closed.clone();
@@ -360,25 +343,9 @@ pub async fn serve(
         let idle_timeout = limits.idle_timeout;
         let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            let stream: Box<dyn Stream> = match tls_config {
-                None => Box::new(stream),
-                Some(cfg) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => Box::new(s),
-                        // Plain HTTP, a scanner, or a client that never finishes:
-                        // nothing to answer over.
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            forget(&registry2, id, &all_closed2);
-                            return;
-                        }
-                        Err(_) => {
-                            forget(&registry2, id, &all_closed2);
-                            return;
-                        }
-                    }
-                }
+            let Some(stream) = handshake(stream, tls_config, handshake_timeout).await else {
+                forget(&registry2, id, &all_closed2);
+                return;
             };
             let io = TokioIo::new(Watched {
                 inner: stream,
@@ -422,6 +389,50 @@ pub async fn serve(
             return;
         }
         notified.await;
+    }
+}
+
+/// One request: our head limits, else the router; then the headers every answer
+/// of every listener carries, whichever route or limit made it.
+async fn answer(
+    router: Router,
+    st: Arc<ConnState>,
+    limits: Limits,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    st.set(Phase::Busy(crate::clock::monotonic()));
+    let mut resp = match head_error(&req, &limits) {
+        Some(r) => r,
+        None => router
+            .oneshot(req.map(Body::new))
+            .await
+            .unwrap_or_else(|e| match e {}),
+    };
+    crate::http::web::secure(resp.headers_mut());
+    st.answered.fetch_add(1, Ordering::Relaxed);
+    st.set(Phase::Idle(crate::clock::monotonic()));
+    Ok(resp)
+}
+
+/// The connection's byte stream: TLS when configured, within `timeout`. `None`:
+/// plain HTTP on a TLS port, a scanner, or a client that never finishes the
+/// handshake; there is nothing to answer over.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    timeout: Duration,
+) -> Option<Box<dyn Stream>> {
+    let Some(cfg) = tls else {
+        return Some(Box::new(stream));
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(Box::new(s)),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
     }
 }
 

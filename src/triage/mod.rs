@@ -282,6 +282,34 @@ impl Gatherer {
             so_far.unavailable = Some("log lines were not read in time".into());
             facts(&so_far);
         }
+        self.read_logs(cfg, logs, &streams, &windows, f).await;
+        Ok(())
+    }
+}
+
+/// (session log group, stream) of each described task, by its index in `tasks`.
+type Streams = HashMap<usize, (String, String)>;
+/// (run start, run end, session id) of each described task, by its index.
+type Windows = HashMap<
+    usize,
+    (
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<chrono::DateTime<chrono::Utc>>,
+        String,
+    ),
+>;
+
+impl Gatherer {
+    /// The log tail of each described task, in task order; the first failure ends
+    /// the reading (the rest is still worth sending) and is named in `unavailable`.
+    async fn read_logs(
+        &self,
+        cfg: &TriageConfig,
+        logs: &LogsClient,
+        streams: &Streams,
+        windows: &Windows,
+        f: &mut Failure,
+    ) {
         let mut order: Vec<usize> = streams.keys().copied().collect();
         order.sort_unstable();
         for i in order {
@@ -290,15 +318,12 @@ impl Gatherer {
             // CloudWatch Logs has its own quota: no Deadline budget spent here.
             match logs.tail(group, stream, start, end, cfg.log_lines).await {
                 Ok(lines) => f.tasks[i].log_tail = crate::triage::redact::clean_tail(&lines),
-                // The rest is still worth sending; one failure names the problem and
-                // spares the endpoint the other calls.
                 Err(e) => {
                     f.unavailable = Some(format!("log lines unavailable: {e}"));
                     break;
                 }
             }
         }
-        Ok(())
     }
 }
 
