@@ -481,3 +481,51 @@ async fn a_job_that_shows_in_search_many_passes_late_is_picked_up() {
     })
     .await;
 }
+
+/// A search answer holding an id that is not Deadline's shape is skipped, counted
+/// and logged once; the good jobs of the same answer are subscribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_ids_that_are_not_deadline_ids_are_skipped() {
+    let mut env = Env::new().await;
+    configure(&env, "");
+    let svc = env.start().await;
+    for odd in [
+        "job-odd/../../x?y=1",
+        "job-0123",
+        "job-ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ",
+    ] {
+        env.sim.add_job(JobSpec {
+            job_id: Some(odd.into()),
+            name: "odd".into(),
+            created_by: Some(JANE.into()),
+            ..Default::default()
+        });
+    }
+    let good = job_by(&env, "shot_030", JANE);
+    wait_for(T, "the good job subscribed", || async {
+        let subs = subscriptions(&env).await;
+        if subs.iter().any(|s| s["jobId"] == json!(good.job_id)) {
+            Ok(subs)
+        } else {
+            Err(subs.len())
+        }
+    })
+    .await;
+    let subs = subscriptions(&env).await;
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    let metrics = reqwest::get(format!("{}/metrics", env.api()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let n: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("deadline_notifier_discovery_invalid_ids_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(n >= 3.0, "{n}");
+    let log = svc.log_text();
+    assert_eq!(log.matches("not a Deadline id").count(), 1, "logged once");
+}
