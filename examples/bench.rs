@@ -221,6 +221,8 @@ fn run_populate(n: usize, path: &str) {
             ended_reason: None,
             watch: None,
             muted: false,
+            finished_at: None,
+            job_name: None,
         })
         .collect();
     store.insert_subscriptions_bulk(&subs).unwrap();

@@ -65,6 +65,8 @@ url = "http://127.0.0.1:9/hook"
             ended_reason: None,
             watch: None,
             muted: false,
+            finished_at: None,
+            job_name: None,
         })
         .collect();
     store.insert_subscriptions_bulk(&subs).unwrap();

@@ -175,6 +175,13 @@ impl App {
             wakers.clone(),
         ));
         let hup = tokio::spawn(crate::app::live::on_sighup(self.live.clone()));
+        let sweep = tokio::spawn(crate::watch::retention::run(
+            self.store.clone(),
+            self.live.clone(),
+            self.clock.clone(),
+            watch_handle.clone(),
+            worker_rx.clone(),
+        ));
 
         let state = AppState::new(
             self.store.clone(),
@@ -212,6 +219,7 @@ impl App {
         }
         let _ = tx.send(true);
         hup.abort();
+        sweep.abort();
         // Unfinished triage is redone at the next start (its entries are stored).
         triage_task.abort();
         drain(

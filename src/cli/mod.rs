@@ -152,10 +152,13 @@ enum Command {
         api: ApiArgs,
         id: String,
     },
-    /// List your team's subscriptions.
+    /// List your team's subscriptions (every page).
     Subscriptions {
         #[command(flatten)]
         api: ApiArgs,
+        /// `active` (default), `finished` (finished and ended) or `all`.
+        #[arg(long, default_value = "active", value_parser = ["active", "finished", "all"])]
+        state: String,
     },
     /// List your team's dead letters.
     DeadLetters {
@@ -276,10 +279,10 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             println!("unsubscribed {id}");
             Ok(())
         }
-        Command::Subscriptions { api } => {
+        Command::Subscriptions { api, state } => {
             print(
                 &ApiClient::new(&api.server, &api.token)
-                    .subscriptions()
+                    .subscriptions(&state)
                     .await?,
             );
             Ok(())
@@ -287,7 +290,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::DeadLetters { api } => {
             print(
                 &ApiClient::new(&api.server, &api.token)
-                    .get("/v1/dead-letters")
+                    .get_all("/v1/dead-letters?limit=500", "deadLetters")
                     .await?,
             );
             Ok(())
@@ -444,7 +447,7 @@ async fn watch(action: WatchAction) -> anyhow::Result<()> {
         WatchAction::List { api } => {
             print(
                 &ApiClient::new(&api.server, &api.token)
-                    .get("/v1/watches")
+                    .get_all("/v1/watches?limit=500", "watches")
                     .await?,
             );
             Ok(())

@@ -176,6 +176,73 @@ impl Default for RawServer {
 pub struct StoreConfig {
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// How long a finished (or ended) subscription is kept, with its job state and
+    /// notices, after it finished: `"30d"`, `"0"` (none), `"forever"`.
+    #[serde(default = "default_keep", deserialize_with = "keep::de")]
+    pub keep_finished: Keep,
+    /// How long a dead letter is kept.
+    #[serde(default = "default_keep", deserialize_with = "keep::de")]
+    pub keep_dead_letters: Keep,
+}
+
+/// A retention period: `For(d)` (zero keeps nothing), or `Forever`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    For(Duration),
+    Forever,
+}
+
+impl Keep {
+    /// What is older than this (finished or dead before it) goes; `None`: nothing.
+    pub fn cutoff(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Keep::Forever => None,
+            Keep::For(d) => {
+                Some(now - chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX))
+            }
+        }
+    }
+
+    /// How often a sweep runs: at least once a minute and ten times per period,
+    /// never more than once a second.
+    pub fn sweep_every(&self) -> Duration {
+        match self {
+            Keep::Forever => Duration::from_secs(60),
+            Keep::For(d) => (*d / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        }
+    }
+}
+
+fn default_keep() -> Keep {
+    Keep::For(Duration::from_secs(30 * 86_400))
+}
+
+mod keep {
+    use super::Keep;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Keep, D::Error> {
+        let s = String::deserialize(d)?;
+        let t = s.trim();
+        if t == "forever" {
+            return Ok(Keep::Forever);
+        }
+        if t == "0" {
+            return Ok(Keep::For(std::time::Duration::ZERO));
+        }
+        match humantime::parse_duration(t) {
+            Ok(d) if d >= std::time::Duration::from_secs(1) => Ok(Keep::For(d)),
+            Ok(_) => Err(serde::de::Error::custom(format!(
+                "{s:?} is shorter than 1s; write \"0\" to keep nothing"
+            ))),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. \"30d\", \"12h\", \"0\" or \"forever\""
+            ))),
+        }
+    }
 }
 
 fn default_store_path() -> PathBuf {
@@ -186,6 +253,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: default_store_path(),
+            keep_finished: default_keep(),
+            keep_dead_letters: default_keep(),
         }
     }
 }
@@ -246,6 +315,14 @@ pub struct DeadlineConfig {
     /// of `max_requests_per_second`, so polling is never starved by watches.
     #[serde(default = "default_discovery_rps")]
     pub discovery_max_requests_per_second: f64,
+    /// A finished job (terminal for `terminal_grace`) is read this often, from what
+    /// the budget leaves over, so a requeue is still seen.
+    #[serde(default = "default_finished_poll", deserialize_with = "duration::de")]
+    pub finished_poll_interval: Duration,
+}
+
+fn default_finished_poll() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_discovery_rps() -> f64 {
@@ -360,6 +437,7 @@ impl Default for DeadlineConfig {
             discovery_interval: default_discovery_interval(),
             discovery_overlap: default_discovery_overlap(),
             discovery_max_requests_per_second: default_discovery_rps(),
+            finished_poll_interval: default_finished_poll(),
         }
     }
 }

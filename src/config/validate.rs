@@ -140,6 +140,13 @@ fn check_deadline(d: &DeadlineConfig, path: &Path) -> Result<(), ConfigError> {
             "must be at least 0.1".into(),
         ));
     }
+    if d.finished_poll_interval < Duration::from_millis(100) {
+        return Err(invalid(
+            path,
+            "deadline.finished_poll_interval".into(),
+            "must be at least 100ms".into(),
+        ));
+    }
     let dr = d.discovery_max_requests_per_second;
     if !(dr.is_finite() && dr >= 0.01) {
         return Err(invalid(

@@ -26,6 +26,12 @@ pub struct Subscription {
     /// Muted: the job is still followed (its state kept) but nothing is sent.
     #[serde(default)]
     pub muted: bool,
+    /// When it became `finished` or `ended`: `[store] keep_finished` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The job's name as last known (searchable after the job stops being read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
 }
 
 fn active() -> String {
@@ -33,8 +39,19 @@ fn active() -> String {
 }
 
 impl Subscription {
+    /// Followed and polled at the normal pace.
     pub fn is_active(&self) -> bool {
         self.state == "active"
+    }
+
+    /// Terminal for `terminal_grace`: read only once per `finished_poll_interval`.
+    pub fn is_finished(&self) -> bool {
+        self.state == "finished"
+    }
+
+    /// Still followed (active or finished), so a requeue is seen.
+    pub fn is_followed(&self) -> bool {
+        self.is_active() || self.is_finished()
     }
 }
 

@@ -84,10 +84,39 @@ impl ApiClient {
         .map(|_| ())
     }
 
-    pub async fn subscriptions(&self) -> Result<Value, ClientError> {
-        self.call(reqwest::Method::GET, "/v1/subscriptions", None)
-            .await
-            .map(|(_, v)| v)
+    /// Every subscription in `state` (`active`, `finished` or `all`), following
+    /// the pages to the end.
+    pub async fn subscriptions(&self, state: &str) -> Result<Value, ClientError> {
+        self.get_all(
+            &format!("/v1/subscriptions?state={state}&limit=500"),
+            "subscriptions",
+        )
+        .await
+    }
+
+    /// A paged list whole: follows `next` until the last page, gathering `key`.
+    pub async fn get_all(&self, path: &str, key: &str) -> Result<Value, ClientError> {
+        let mut all = Vec::new();
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut next: Option<String> = None;
+        loop {
+            let url = match &next {
+                None => path.to_string(),
+                Some(c) => format!(
+                    "{path}{sep}cursor={}",
+                    url::form_urlencoded::byte_serialize(c.as_bytes()).collect::<String>()
+                ),
+            };
+            let page = self.get(&url).await?;
+            if let Some(items) = page.get(key).and_then(Value::as_array) {
+                all.extend(items.iter().cloned());
+            }
+            match page.get("next").and_then(Value::as_str) {
+                Some(c) if !c.is_empty() => next = Some(c.to_string()),
+                _ => break,
+            }
+        }
+        Ok(serde_json::json!({ key: all }))
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {

@@ -22,6 +22,7 @@
 //! (`integrity`), worker wake-ups (`wakers`). May import `domain` and `clock` only.
 mod dead_letters;
 mod integrity;
+mod lifecycle;
 mod outbox;
 mod subscriptions;
 mod sync;
@@ -29,6 +30,7 @@ mod wakers;
 mod watches;
 
 use integrity::{Marker, write_marker_file};
+pub use lifecycle::{Page, PageFrom, SubClass};
 pub use subscriptions::Inserted;
 use subscriptions::note;
 #[cfg(test)]
@@ -158,6 +160,13 @@ struct Inner {
     watch_names: sled::Tree,
     /// `createdBy` values that map to nobody in `[[people]]` → when last seen.
     unmapped: sled::Tree,
+    /// `team\0class\0newest-first time‖id` → (): a team's subscriptions in page
+    /// order, `a` for active ones, `f` for finished and ended ones.
+    sub_order: sled::Tree,
+    /// `finished time‖id` → (): what the sweep removes first.
+    finished: sled::Tree,
+    /// `team\0job` → when its subscription was removed: a watch never takes it up again.
+    removed: sled::Tree,
     /// `team\0job\0channel` → the latest [`Notice`] of that subscription and channel.
     notices: sled::Tree,
     /// In-memory mirror of the `meta` counts (what `/metrics` reads).
@@ -332,6 +341,9 @@ impl Store {
             watches: t("watches")?,
             watch_names: t("watch_names")?,
             unmapped: t("unmapped_people")?,
+            sub_order: t("subscription_order")?,
+            finished: t("finished_subscriptions")?,
+            removed: t("removed_subscriptions")?,
             notices: t("notices")?,
             counts: Default::default(),
             active: Default::default(),

@@ -61,23 +61,25 @@ impl Store {
         }
     }
 
-    /// Counts the active subscriptions of every team (at open).
+    /// Counts the active subscriptions of every team, and builds the page and
+    /// sweep indexes of a store written before them (one walk, at open).
     pub(super) fn count_active(&self) -> Result<(), StoreError> {
         let mut by_team = foldhash::HashMap::default();
-        for sub in self.subscriptions()? {
+        let subs = self.subscriptions()?;
+        for sub in &subs {
             if sub.is_active() {
-                *by_team.entry(sub.team).or_insert(0) += 1;
+                *by_team.entry(sub.team.clone()).or_insert(0) += 1;
             }
         }
         *self.active() = by_team;
-        Ok(())
+        self.index_subscriptions(&subs)
     }
 
     fn active(&self) -> MutexGuard<'_, foldhash::HashMap<String, usize>> {
         self.inner.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn active_delta(&self, team: &str, delta: i64) {
+    pub(super) fn active_delta(&self, team: &str, delta: i64) {
         let mut a = self.active();
         let n = a.entry(team.to_string()).or_insert(0);
         *n = (*n as i64 + delta).max(0) as usize;
@@ -99,13 +101,14 @@ impl Store {
         let s = &self.inner;
         let mut active = self.active();
         let held = active.get(&sub.team).copied().unwrap_or(0);
-        let res = (&s.subs, &s.sub_index, &s.meta).transaction(
-            |(subs, idx, meta)| -> TxResult<Inserted> {
+        let res = (&s.subs, &s.sub_index, &s.meta, &s.sub_order, &s.finished).transaction(
+            |(subs, idx, meta, order, finished)| -> TxResult<Inserted> {
                 if let Some(id) = idx.get(&ik)?
                     && let Some(existing) = subs.get(&id)?
                 {
                     let existing: Subscription = decode_in_tx(&existing)?;
-                    if existing.is_active() {
+                    // A finished one is still followed: the job is the same.
+                    if existing.is_followed() {
                         return Ok(Inserted::Existing(existing));
                     }
                     if held >= cap {
@@ -113,6 +116,7 @@ impl Store {
                     }
                     subs.remove(&id)?;
                     bump(meta, Counted::Subscriptions, -1)?;
+                    super::lifecycle::reindex(order, finished, Some(&existing), None)?;
                 } else if held >= cap {
                     return Ok(Inserted::OverCap(cap));
                 }
@@ -120,6 +124,7 @@ impl Store {
                     bump(meta, Counted::Subscriptions, 1)?;
                 }
                 idx.insert(ik.clone(), sub.id.as_bytes())?;
+                super::lifecycle::reindex(order, finished, None, Some(&sub))?;
                 Ok(Inserted::Created(sub.clone()))
             },
         );
@@ -151,13 +156,19 @@ impl Store {
     pub fn insert_subscriptions_bulk(&self, subs: &[Subscription]) -> Result<(), StoreError> {
         let s = &self.inner;
         for chunk in subs.chunks(2000) {
-            (&s.subs, &s.sub_index, &s.meta)
-                .transaction(|(t_subs, t_idx, meta)| -> TxResult<()> {
+            (&s.subs, &s.sub_index, &s.meta, &s.sub_order, &s.finished)
+                .transaction(|(t_subs, t_idx, meta, order, finished)| -> TxResult<()> {
                     let mut added = 0;
                     for sub in chunk {
-                        if t_subs.insert(sub.id.as_bytes(), enc(sub))?.is_none() {
-                            added += 1;
+                        let old = t_subs.insert(sub.id.as_bytes(), enc(sub))?;
+                        match &old {
+                            None => added += 1,
+                            Some(v) => {
+                                let old: Subscription = decode_in_tx(v)?;
+                                super::lifecycle::reindex(order, finished, Some(&old), None)?;
+                            }
                         }
+                        super::lifecycle::reindex(order, finished, None, Some(sub))?;
                         t_idx.insert(index_key(&sub.team, &sub.job), sub.id.as_bytes())?;
                     }
                     bump(meta, Counted::Subscriptions, added)
@@ -199,20 +210,26 @@ impl Store {
     pub fn delete_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
         let ik = index_key(&sub.team, &sub.job);
         let s = &self.inner;
-        let removed = (&s.subs, &s.sub_index, &s.meta)
-            .transaction(|(subs, idx, meta)| -> TxResult<Option<bool>> {
-                let removed = match subs.remove(sub.id.as_bytes())? {
-                    Some(old) => Some(decode_in_tx::<Subscription>(&old)?.is_active()),
-                    None => None,
-                };
-                if removed.is_some() {
-                    bump(meta, Counted::Subscriptions, -1)?;
-                }
-                if idx.get(&ik)?.as_deref() == Some(sub.id.as_bytes()) {
-                    idx.remove(ik.clone())?;
-                }
-                Ok(removed)
-            })
+        let removed = (&s.subs, &s.sub_index, &s.meta, &s.sub_order, &s.finished)
+            .transaction(
+                |(subs, idx, meta, order, finished)| -> TxResult<Option<bool>> {
+                    let removed = match subs.remove(sub.id.as_bytes())? {
+                        Some(old) => {
+                            let old = decode_in_tx::<Subscription>(&old)?;
+                            super::lifecycle::reindex(order, finished, Some(&old), None)?;
+                            Some(old.is_active())
+                        }
+                        None => None,
+                    };
+                    if removed.is_some() {
+                        bump(meta, Counted::Subscriptions, -1)?;
+                    }
+                    if idx.get(&ik)?.as_deref() == Some(sub.id.as_bytes()) {
+                        idx.remove(ik.clone())?;
+                    }
+                    Ok(removed)
+                },
+            )
             .map_err(|e| self.tx_err(e))?;
         if let Some(was_active) = removed {
             self.adjust(Counted::Subscriptions, -1);
@@ -275,39 +292,41 @@ impl Store {
 
     /// Replaces a stored subscription (same id), and syncs.
     pub fn update_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
-        let was_active = self.subscription(&sub.id)?.map(|s| s.is_active());
-        self.replace_existing(&self.inner.subs, sub.id.as_bytes().to_vec(), enc(sub))?;
-        if let Some(was) = was_active
-            && was != sub.is_active()
+        let s = &self.inner;
+        let old = (&s.subs, &s.sub_order, &s.finished)
+            .transaction(
+                |(subs, order, finished)| -> TxResult<Option<Subscription>> {
+                    let Some(v) = subs.get(sub.id.as_bytes())? else {
+                        return Ok(None);
+                    };
+                    let old: Subscription = decode_in_tx(&v)?;
+                    subs.insert(sub.id.as_bytes(), enc(sub))?;
+                    super::lifecycle::reindex(order, finished, Some(&old), Some(sub))?;
+                    Ok(Some(old))
+                },
+            )
+            .map_err(|e| self.tx_err(e))?;
+        if let Some(old) = old
+            && old.is_active() != sub.is_active()
         {
-            self.active_delta(&sub.team, if was { -1 } else { 1 });
+            self.active_delta(&sub.team, if old.is_active() { -1 } else { 1 });
         }
+        self.mark_dirty();
         self.sync()
     }
 
-    /// Ends the given subscriptions (e.g. now outside their team's allow-lists).
+    /// Ends the given subscriptions (the job is gone, or now outside their team's
+    /// allow-lists): they are listed as finished and removed on its clock.
     pub fn end_subscriptions_by_id(
         &self,
         ids: &[String],
         reason: &str,
     ) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for id in ids {
-            if let Some(mut s) = self.subscription(id)?
-                && s.is_active()
-            {
-                s.state = "ended".into();
-                s.ended_reason = Some(reason.into());
-                self.inner
-                    .subs
-                    .insert(s.id.as_bytes(), enc(&s))
-                    .map_err(|e| self.eng(e))?;
-                self.active_delta(&s.team, -1);
-                n += 1;
-            }
-        }
+        let now = crate::clock::wall_now();
+        let n = self
+            .set_subscription_states(ids, "ended", now, None, Some(reason))?
+            .len();
         if n > 0 {
-            self.mark_dirty();
             self.sync()?;
         }
         Ok(n)

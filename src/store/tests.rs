@@ -53,6 +53,8 @@ fn sub(id: &str, team: &str, n: u8) -> Subscription {
         ended_reason: None,
         watch: None,
         muted: false,
+        finished_at: None,
+        job_name: None,
     }
 }
 

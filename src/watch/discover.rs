@@ -228,6 +228,10 @@ impl Loop {
             }
             let now = self.w.clock.now();
             let store = self.w.store.clone();
+            // Removed by the retention sweep: it stays removed.
+            if blocking(|| store.was_removed(&w.team, &job.key))? {
+                continue;
+            }
             if store.active_subscriptions(&w.team) >= cap {
                 self.over_cap(w, cap, now);
                 continue;
@@ -258,6 +262,8 @@ impl Loop {
                 ended_reason: None,
                 watch: Some(w.id.clone()),
                 muted: false,
+                finished_at: None,
+                job_name: Some(job.name.clone()),
             };
             match blocking(|| store.insert_subscription_capped(sub, cap))? {
                 crate::store::Inserted::Created(stored) => {

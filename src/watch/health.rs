@@ -143,6 +143,15 @@ impl Health {
         }
     }
 
+    /// The job's name as last read.
+    pub(super) fn name(&self, job: &JobKey) -> Option<String> {
+        self.views
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(job)
+            .map(|v| v.expand().name)
+    }
+
     pub(super) fn drop_view(&self, job: &JobKey) {
         self.views
             .write()

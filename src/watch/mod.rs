@@ -21,6 +21,7 @@ pub mod diff;
 pub mod discovery;
 pub mod plan;
 pub mod progress;
+pub mod retention;
 pub mod route;
 pub mod schedule;
 
@@ -45,6 +46,9 @@ use tokio::time::Instant;
 pub enum SubChange {
     Added(Subscription),
     Removed(Subscription),
+    /// Removed by the retention sweep: when nothing follows its job any more, the
+    /// job's state goes too.
+    Retired(Subscription),
     /// A watch was created or deleted through the API.
     Watches,
 }
@@ -90,6 +94,9 @@ struct Tracked {
     state: Option<Known>,
     /// Poll-interval multiplier currently applied (adaptive intervals).
     factor: u32,
+    /// Its subscriptions are `finished`: read once per `finished_poll_interval`,
+    /// from what the budget leaves over.
+    finished: bool,
 }
 
 struct Loop {
@@ -160,20 +167,37 @@ impl Loop {
             states?.into_iter().map(|s| (s.job.clone(), s)).collect();
         let mut tracked: HashMap<Arc<JobKey>, Tracked> = HashMap::default();
         for s in subs? {
-            if s.is_active() {
-                tracked
+            if s.is_followed() {
+                let t = tracked
                     .entry(Arc::new(s.job.clone()))
                     .or_insert_with(|| Tracked {
                         subs: Vec::new(),
                         state: None,
                         factor: 1,
-                    })
-                    .subs
-                    .push(Interest::from(&s));
+                        finished: true,
+                    });
+                // One active subscription makes the job active.
+                t.finished &= s.is_finished();
+                t.subs.push(Interest::from(&s));
             }
         }
         for (job, t) in tracked.iter_mut() {
             t.state = states.remove(job).map(Known::from);
+        }
+        // States nothing follows: their subscriptions were removed (or ended) and a
+        // stop came before the state went.
+        let orphans: Vec<JobKey> = states.into_keys().collect();
+        if !orphans.is_empty() {
+            blocking(|| -> Result<(), StoreError> {
+                for job in &orphans {
+                    w.store.delete_job_state(job)?;
+                }
+                Ok(())
+            })?;
+            tracing::info!(
+                jobs = orphans.len(),
+                "job states nothing follows any more were removed"
+            );
         }
         let mut l = Loop {
             w,
@@ -204,7 +228,12 @@ impl Loop {
         let jobs: Vec<Arc<JobKey>> = l.tracked.keys().cloned().collect();
         let n = jobs.len().max(1) as u64;
         for (i, job) in jobs.iter().enumerate() {
-            if !l.settled(job) {
+            let finished = l.tracked.get(&**job).is_some_and(|t| t.finished);
+            if finished {
+                // Spread over the finished interval too.
+                let every = l.finished_interval_ms();
+                l.reschedule(job, i as u64 * every / n, false);
+            } else if !l.settled(job) {
                 l.reschedule(job, i as u64 * interval / n, false);
             }
         }
@@ -225,7 +254,16 @@ impl Loop {
         self.active.config.deadline.poll_interval.as_millis().max(1) as u64
     }
 
-    /// Terminal for longer than the grace period: no longer polled.
+    fn finished_interval_ms(&self) -> u64 {
+        self.active
+            .config
+            .deadline
+            .finished_poll_interval
+            .as_millis()
+            .max(1) as u64
+    }
+
+    /// Terminal for longer than the grace period: finished.
     fn settled(&self, job: &JobKey) -> bool {
         let since = self
             .tracked
@@ -237,6 +275,10 @@ impl Loop {
 
     /// How many times less often than the base interval to poll this job.
     fn factor(&self, job: &JobKey) -> u32 {
+        if self.tracked.get(job).is_some_and(|t| t.finished) {
+            return (self.finished_interval_ms() / self.interval_ms()).clamp(1, u32::MAX as u64)
+                as u32;
+        }
         let st = self.tracked.get(job).and_then(|t| t.state.as_ref());
         crate::watch::schedule::poll_factor(
             st.map(|s| &s.status),
@@ -268,7 +310,8 @@ impl Loop {
         }
         self.load += 1.0 / f64::from(factor);
         let (team, weight) = self.lane_of(&key);
-        self.schedule.set(&key, &team, weight, due);
+        let background = self.tracked.get(job).is_some_and(|t| t.finished);
+        self.schedule.set(&key, &team, weight, due, background);
     }
 
     /// The lane a job is polled in: the first of its teams by name, and its weight.
@@ -306,28 +349,42 @@ impl Loop {
                             subs: Vec::new(),
                             state,
                             factor: 1,
+                            finished: false,
                         },
                     );
                 }
                 if let Some(t) = self.tracked.get_mut(&job) {
                     t.subs.retain(|s| *s.id != *sub.id);
                     t.subs.push(Interest::from(&sub));
+                    // A new active subscriber reads the job at the normal pace; it
+                    // finishes again after its next read if it is still settled.
+                    t.finished = false;
                 }
                 // A new subscriber wants a fresh look, even at a settled job.
                 let now = self.now_ms();
                 self.reschedule(&job, now, false);
             }
             SubChange::Watches => self.api_watches = None,
-            SubChange::Removed(sub) => {
-                let empty = self.tracked.get_mut(&sub.job).is_some_and(|t| {
-                    t.subs.retain(|s| *s.id != *sub.id);
-                    t.subs.is_empty()
-                });
-                if empty {
-                    self.unschedule(&sub.job);
-                    self.tracked.remove(&sub.job);
-                    self.w.health.drop_view(&sub.job);
-                }
+            SubChange::Removed(sub) => self.drop_sub(&sub, false)?,
+            SubChange::Retired(sub) => self.drop_sub(&sub, true)?,
+        }
+        Ok(())
+    }
+
+    /// A subscription is gone (unsubscribed, or `retired` by the sweep); a job
+    /// nothing follows any more is dropped, and a retired one's state with it.
+    fn drop_sub(&mut self, sub: &Subscription, retired: bool) -> Result<(), StoreError> {
+        let empty = self.tracked.get_mut(&sub.job).is_none_or(|t| {
+            t.subs.retain(|s| *s.id != *sub.id);
+            t.subs.is_empty()
+        });
+        if empty {
+            self.unschedule(&sub.job);
+            self.tracked.remove(&sub.job);
+            self.w.health.drop_view(&sub.job);
+            if retired {
+                let store = self.w.store.clone();
+                blocking(|| store.delete_job_state(&sub.job))?;
             }
         }
         Ok(())
@@ -517,6 +574,28 @@ impl Loop {
         );
     }
 
+    /// The job has been terminal for `terminal_grace` (`finished`), or a finished
+    /// one moves again (a requeue): its subscriptions change state, and its reads
+    /// move to the finished pace, or back.
+    fn set_finished(&mut self, key: &JobKey, finished: bool) -> Result<(), StoreError> {
+        let Some(t) = self.tracked.get_mut(key) else {
+            return Ok(());
+        };
+        t.finished = finished;
+        let ids: Vec<String> = t.subs.iter().map(|s| s.id.to_string()).collect();
+        let name = self.w.health.name(key);
+        let (state, now) = (
+            if finished { "finished" } else { "active" },
+            self.w.clock.now(),
+        );
+        let changed =
+            self.w
+                .store
+                .set_subscription_states(&ids, state, now, name.as_deref(), None)?;
+        tracing::info!(job = %key, subscriptions = changed.len(), state, "subscriptions {state}");
+        Ok(())
+    }
+
     fn handle(&mut self, key: &JobKey, fetched: Fetched) -> Result<(), StoreError> {
         match fetched {
             Fetched::Found(snap) => {
@@ -527,16 +606,23 @@ impl Loop {
                         .refresh_view(shared, &snap, self.w.clock.now());
                 }
                 self.observe(key, *snap)?;
-                if self.settled(key) {
-                    self.unschedule(key);
-                } else {
-                    self.reschedule(key, 0, true);
+                let finished = self.tracked.get(key).is_some_and(|t| t.finished);
+                match (self.settled(key), finished) {
+                    (true, false) => self.set_finished(key, true)?,
+                    (false, true) => self.set_finished(key, false)?,
+                    _ => {}
                 }
+                self.reschedule(key, 0, true);
             }
             Fetched::Gone(reason) => {
                 self.w.health.clear_poll_error(key);
+                let ids: Vec<String> = self
+                    .tracked
+                    .get(key)
+                    .map(|t| t.subs.iter().map(|s| s.id.to_string()).collect())
+                    .unwrap_or_default();
                 self.w.health.drop_view(key);
-                let n = self.w.store.end_subscriptions(key, &reason)?;
+                let n = self.w.store.end_subscriptions_by_id(&ids, &reason)?;
                 tracing::warn!(job = %key, subscriptions = n, %reason, "job no longer exists in Deadline Cloud; subscription ended");
                 self.unschedule(key);
                 self.tracked.remove(key);

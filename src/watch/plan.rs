@@ -253,6 +253,8 @@ url = "http://127.0.0.1:9/hook"
             ended_reason: None,
             watch: None,
             muted,
+            finished_at: None,
+            job_name: None,
         })
     }
 

@@ -142,6 +142,8 @@ mod tests {
             ended_reason: None,
             watch: None,
             muted: false,
+            finished_at: None,
+            job_name: None,
         }
     }
 

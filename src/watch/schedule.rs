@@ -96,6 +96,8 @@ pub struct Lanes {
     lane_of: HashMap<Arc<JobKey>, u32>,
     /// The lane that fills first in the next batch (rotates).
     next: usize,
+    /// Finished jobs: read only with what the team lanes leave of a batch.
+    background: Schedule,
 }
 
 struct Lane {
@@ -107,15 +109,15 @@ struct Lane {
 
 impl Lanes {
     pub fn len(&self) -> usize {
-        self.lane_of.len()
+        self.lane_of.len() + self.background.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lane_of.is_empty()
+        self.len() == 0
     }
 
     pub fn contains(&self, job: &JobKey) -> bool {
-        self.lane_of.contains_key(job)
+        self.lane_of.contains_key(job) || self.background.contains(job)
     }
 
     /// Each lane's share from its team's `weight` (teams unknown to `weight`: 1).
@@ -138,8 +140,17 @@ impl Lanes {
         (self.lanes.len() - 1) as u32
     }
 
-    /// Adds or moves `job` (in `team`'s lane, created with `weight` if new) to be due at `at`.
-    pub fn set(&mut self, job: &Arc<JobKey>, team: &str, weight: f64, at: u64) {
+    /// Adds or moves `job` (in `team`'s lane, created with `weight` if new; or in
+    /// the background lane) to be due at `at`.
+    pub fn set(&mut self, job: &Arc<JobKey>, team: &str, weight: f64, at: u64, background: bool) {
+        if background {
+            if let Some(old) = self.lane_of.remove(&**job) {
+                self.lanes[old as usize].schedule.remove(job);
+            }
+            self.background.set(job, at);
+            return;
+        }
+        self.background.remove(job);
         let li = self.lane(team, weight);
         if let Some(&old) = self.lane_of.get(&**job)
             && old != li
@@ -154,6 +165,7 @@ impl Lanes {
         if let Some(li) = self.lane_of.remove(job) {
             self.lanes[li as usize].schedule.remove(job);
         }
+        self.background.remove(job);
     }
 
     /// When the earliest job of any lane is due.
@@ -161,6 +173,7 @@ impl Lanes {
         self.lanes
             .iter()
             .filter_map(|l| l.schedule.next_due())
+            .chain(self.background.next_due())
             .min()
     }
 
@@ -199,6 +212,9 @@ impl Lanes {
         }
         if n > 0 {
             self.next = (self.next + 1) % n;
+        }
+        if out.len() < max {
+            out.extend(self.background.due_by(until, max - out.len()));
         }
         out
     }
@@ -372,10 +388,10 @@ mod tests {
     fn a_team_with_many_due_jobs_does_not_crowd_out_another() {
         let mut l = Lanes::default();
         for n in 0..10_000 {
-            l.set(&team_key("big", n), "big", 1.0, n as u64);
+            l.set(&team_key("big", n), "big", 1.0, n as u64, false);
         }
         for n in 0..10 {
-            l.set(&team_key("small", n), "small", 1.0, 5_000 + n as u64);
+            l.set(&team_key("small", n), "small", 1.0, 5_000 + n as u64, false);
         }
         // Every small job is due, and overdue long after most big ones: the next
         // batch still carries all of them.
@@ -396,8 +412,8 @@ mod tests {
     fn weights_share_a_batch_and_moves_between_lanes_keep_one_entry() {
         let mut l = Lanes::default();
         for n in 0..1000 {
-            l.set(&team_key("a", n), "a", 3.0, 0);
-            l.set(&team_key("b", n), "b", 1.0, 0);
+            l.set(&team_key("a", n), "a", 3.0, 0, false);
+            l.set(&team_key("b", n), "b", 1.0, 0, false);
         }
         let mut a = 0;
         for _ in 0..10 {
@@ -405,12 +421,12 @@ mod tests {
             a += batch.iter().filter(|(k, _)| k.queue_id == "a").count();
             for (k, _) in batch {
                 let team = k.queue_id.clone();
-                l.set(&Arc::new(k), &team, 1.0, 10);
+                l.set(&Arc::new(k), &team, 1.0, 10, false);
             }
         }
         assert!((700..=800).contains(&a), "weight 3 against 1: {a} of 1000");
         let k = team_key("a", 0);
-        l.set(&k, "b", 1.0, 0);
+        l.set(&k, "b", 1.0, 0, false);
         assert_eq!(l.len(), 2000);
         l.remove(&k);
         assert_eq!(l.len(), 1999);

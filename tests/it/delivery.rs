@@ -344,8 +344,9 @@ async fn gone_channel_is_disabled_then_enable_and_replay_deliver() {
     .await;
     let list = dls["deadLetters"].as_array().unwrap().clone();
     assert_eq!(list.len(), 2);
+    // Newest first.
     assert!(
-        list[1]["reason"]
+        list[0]["reason"]
             .as_str()
             .unwrap()
             .contains("channel disabled")

@@ -1,19 +1,33 @@
 //! `/v1/dead-letters`: what will not be sent, and replaying it.
 use super::*;
 
+/// `GET /v1/dead-letters?limit=&cursor=`: the team's dead letters, newest first.
 pub(super) async fn dead_letters(
     State(st): State<AppState>,
     headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let team = team_for(&st, &headers)?;
-    let items: Vec<_> = st
+    let limit = paging::limit(&q)?;
+    let before = match q.get("cursor").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(
+            paging::decode(&st, &team.name, "dead-letters", c)
+                .await?
+                .parse::<u64>()
+                .map_err(|_| ApiError::BadRequest("query parameter `cursor` is damaged".into()))?,
+        ),
+    };
+    let name = team.name.clone();
+    let (items, next) = st
         .store
-        .run(|s| s.dead_letters())
-        .await?
-        .into_iter()
-        .filter(|d| d.entry.team == team.name)
-        .collect();
-    Ok(Json(json!({"deadLetters": items})))
+        .run(move |s| s.dead_letters_page(&name, before, limit))
+        .await?;
+    let next = match next {
+        Some(id) => Some(paging::encode(&st, &team.name, "dead-letters", &id.to_string()).await?),
+        None => None,
+    };
+    Ok(Json(json!({"deadLetters": items, "next": next})))
 }
 
 pub(super) async fn replay(

@@ -7,6 +7,7 @@
 mod admin;
 mod channels;
 mod dead_letters;
+mod paging;
 mod subscriptions;
 mod watches;
 

@@ -80,6 +80,8 @@ pub(super) async fn create(
         ended_reason: None,
         watch: None,
         muted: false,
+        finished_at: None,
+        job_name: None,
     };
     let cap = st.live.current().config.server.max_subscriptions_per_team;
     let (sub, created) = match st
@@ -112,27 +114,93 @@ pub(super) async fn create(
     Ok((status, Json(sub)).into_response())
 }
 
+/// `GET /v1/subscriptions?state=active|finished|all&limit=&cursor=&q=`: one page
+/// of the team's subscriptions, newest first, and the cursor of the next page.
 pub(super) async fn list(
     State(st): State<AppState>,
     headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
+    use crate::store::{PageFrom, SubClass};
     let team = team_for(&st, &headers)?;
-    let name = team.name.clone();
-    let subs = st
+    let state = q.get("state").map_or("active", String::as_str);
+    let classes: &'static [SubClass] = match state {
+        "active" => &[SubClass::Active],
+        "finished" => &[SubClass::Finished],
+        "all" => &[SubClass::Active, SubClass::Finished],
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "query parameter `state`: {other:?} is not one of active, finished, all"
+            )));
+        }
+    };
+    let limit = paging::limit(&q)?;
+    let list = format!("subscriptions/{state}");
+    let from = match q.get("cursor").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => {
+            let payload = paging::decode(&st, &team.name, &list, c).await?;
+            let (ts, id) = payload.split_once(':').ok_or_else(|| {
+                ApiError::BadRequest("query parameter `cursor` is damaged".into())
+            })?;
+            Some(PageFrom {
+                newest_first: ts.parse().map_err(|_| {
+                    ApiError::BadRequest("query parameter `cursor` is damaged".into())
+                })?,
+                id: id.to_string(),
+            })
+        }
+    };
+    let needle = match q.get("q").map(|s| s.trim().to_lowercase()) {
+        Some(n) if n.chars().count() > 200 => {
+            return Err(ApiError::BadRequest(
+                "query parameter `q` is longer than 200 characters".into(),
+            ));
+        }
+        Some(n) if !n.is_empty() => Some(n),
+        _ => None,
+    };
+    let (name, health) = (team.name.clone(), st.health.clone());
+    let (rows, next) = st
         .store
         .run(move |s| {
-            s.subscriptions()?
+            let wanted = |sub: &Subscription| match &needle {
+                None => true,
+                Some(n) => {
+                    sub.job.job_id.to_lowercase().contains(n.as_str())
+                        || health
+                            .view(&sub.job)
+                            .map(|v| v.name)
+                            .or_else(|| sub.job_name.clone())
+                            .is_some_and(|name| name.to_lowercase().contains(n.as_str()))
+                }
+            };
+            let page = s.subscriptions_page(&name, classes, from.as_ref(), limit, &wanted)?;
+            let rows = page
+                .items
                 .into_iter()
-                .filter(|s| s.team == name)
                 .map(|sub| Ok((s.notices(&sub.team, &sub.job)?, sub)))
-                .collect::<Result<Vec<_>, StoreError>>()
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok((rows, page.next))
         })
         .await?;
-    let subs: Vec<_> = subs
+    let subs: Vec<_> = rows
         .into_iter()
         .map(|(notices, s)| sub_json(&st, s, notices))
         .collect();
-    Ok(Json(json!({"subscriptions": subs})))
+    let next = match next {
+        Some(p) => Some(
+            paging::encode(
+                &st,
+                &team.name,
+                &list,
+                &format!("{}:{}", p.newest_first, p.id),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    Ok(Json(json!({"subscriptions": subs, "next": next})))
 }
 
 /// A subscription as the API shows it, with what is known of its job: `job` (name,

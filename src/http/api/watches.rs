@@ -195,17 +195,42 @@ pub(super) async fn owned_watch(
         .ok_or(ApiError::NotFound("watch"))
 }
 
+/// `GET /v1/watches?limit=&cursor=`: config-declared watches first, then the
+/// API's, newest first.
 pub(super) async fn list_watches(
     State(st): State<AppState>,
     headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let team = team_for(&st, &headers)?;
-    let list: Vec<Value> = team_watches(&st, &team)
-        .await?
+    let limit = paging::limit(&q)?;
+    let skip = match q.get("cursor").filter(|c| !c.is_empty()) {
+        None => 0,
+        Some(c) => paging::decode(&st, &team.name, "watches", c)
+            .await?
+            .parse::<usize>()
+            .map_err(|_| ApiError::BadRequest("query parameter `cursor` is damaged".into()))?,
+    };
+    let mut all = team_watches(&st, &team).await?;
+    // Config watches keep their file order; the API's are newest first.
+    let split = all.iter().filter(|w| w.source == "config").count();
+    all[split..].sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let list: Vec<Value> = all
         .iter()
+        .skip(skip)
+        .take(limit)
         .map(|w| watch_json(&st, w))
         .collect();
-    Ok(Json(json!({"watches": list})))
+    let next = if skip + limit < all.len() {
+        Some(paging::encode(&st, &team.name, "watches", &(skip + limit).to_string()).await?)
+    } else {
+        None
+    };
+    Ok(Json(json!({"watches": list, "next": next})))
 }
 
 pub(super) async fn show_watch(

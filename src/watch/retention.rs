@@ -1,0 +1,123 @@
+//! The retention sweep: finished and ended subscriptions leave `[store]
+//! keep_finished` after they finished, with their notices (and, through the
+//! watcher, their job state); dead letters leave `keep_dead_letters` after they
+//! died. It runs at least once a minute and ten times per period, in small batches
+//! on the blocking pool, so polling and delivery never wait for it.
+use crate::app::live::Live;
+use crate::clock::SharedClock;
+use crate::store::Store;
+use crate::watch::{SubChange, WatchHandle};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Records removed per store call: a batch holds the store's write path only briefly.
+pub const BATCH: usize = 256;
+
+/// How long a removed subscription's tombstone is kept: longer than any search
+/// window can reach back (a watch searches from its last pass minus the overlap).
+fn tombstone_life(cfg: &crate::config::DeadlineConfig) -> chrono::Duration {
+    let window = cfg.discovery_overlap + cfg.discovery_interval * 4;
+    chrono::Duration::from_std(window.max(Duration::from_secs(86_400)))
+        .unwrap_or(chrono::Duration::days(1))
+}
+
+/// Sweeps until `shutdown` turns true.
+pub async fn run(
+    store: Store,
+    live: Live,
+    clock: SharedClock,
+    changes: WatchHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let cfg = live.current().config.clone();
+        let every = cfg
+            .store
+            .keep_finished
+            .sweep_every()
+            .min(cfg.store.keep_dead_letters.sweep_every());
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let now = clock.now();
+        if let Some(cutoff) = cfg.store.keep_finished.cutoff(now) {
+            let n = sweep_finished(&store, &changes, cutoff, now, &shutdown).await;
+            if n > 0 {
+                tracing::info!(
+                    subscriptions = n,
+                    "finished subscriptions past store.keep_finished removed"
+                );
+                metrics::counter!("deadline_notifier_retired_subscriptions_total")
+                    .increment(n as u64);
+            }
+        }
+        let before = now - tombstone_life(&cfg.deadline);
+        if let Err(e) = store
+            .run(move |s| s.prune_removed(before, 10 * BATCH))
+            .await
+        {
+            tracing::error!(error = %e, "cannot prune removed-subscription marks");
+        }
+        if let Some(cutoff) = cfg.store.keep_dead_letters.cutoff(now) {
+            loop {
+                match store
+                    .run(move |s| s.sweep_dead_letters(cutoff, BATCH))
+                    .await
+                {
+                    Ok(n) if n == BATCH => continue,
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::info!(
+                                dead_letters = n,
+                                "dead letters past store.keep_dead_letters removed"
+                            );
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "dead-letter sweep failed; trying again next round");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Removes what finished before `cutoff`, a batch at a time; tells the watcher of
+/// each removal. A stop between batches leaves the rest to the next sweep.
+async fn sweep_finished(
+    store: &Store,
+    changes: &WatchHandle,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+    shutdown: &watch::Receiver<bool>,
+) -> usize {
+    let mut total = 0;
+    while !*shutdown.borrow() {
+        match store
+            .run(move |s| s.sweep_finished(cutoff, BATCH, now))
+            .await
+        {
+            Ok(removed) => {
+                let n = removed.len();
+                total += n;
+                for sub in removed {
+                    changes.notify(SubChange::Retired(sub));
+                }
+                if n < BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "retention sweep failed; trying again next round");
+                break;
+            }
+        }
+    }
+    total
+}
