@@ -113,7 +113,7 @@ url = "http://127.0.0.1:{sink_port}/slack/T000/B000/fx"
 
 
 class Stack:
-    def __init__(self):
+    def __init__(self, deadline_extra=""):
         if not BIN.exists():
             subprocess.run(["cargo", "build", "--locked", "--bin", "deadline-notifier"], cwd=ROOT, check=True)
         self.dir = tempfile.TemporaryDirectory()
@@ -131,7 +131,7 @@ class Stack:
         config = tmp / "notifier.toml"
         config.write_text(CONFIG.format(sink_port=sink_port, store=tmp / "store.sled",
                                         token=TOKEN, other=OTHER_TOKEN, farm=FARM, dddd="d" * 32,
-                                        cert=CERT, key=KEY))
+                                        cert=CERT, key=KEY).replace("[deadline]\n", "[deadline]\n" + deadline_extra, 1))
         env = dict(os.environ, AWS_ENDPOINT_URL_DEADLINE=self.sim, AWS_ACCESS_KEY_ID="AKIDBROWSER",
                    AWS_SECRET_ACCESS_KEY="browser", AWS_REGION="us-west-2", AWS_EC2_METADATA_DISABLED="true")
         self._start("service", ["serve", "--config", str(config)], tmp, env)

@@ -242,7 +242,7 @@ def test_a_refresh_keeps_typing_and_focus(watched, stack):
     field.type("job-half-typ")
 
     for _ in range(2):  # two refreshes go by
-        with page.expect_response(lambda r: r.url.endswith("/v1/subscriptions") and r.request.method == "GET",
+        with page.expect_response(lambda r: "/v1/subscriptions?" in r.url and r.request.method == "GET",
                                   timeout=20_000):
             pass
     expect(field).to_have_value("job-half-typ")
@@ -321,4 +321,57 @@ def test_first_load_weight_and_accessibility(browser, stack):
     figure("axe_passes", len(result.get("passes", [])))
     # With the preview drawn: no violation of any impact.
     assert violations == [], f"accessibility violations: {violations}"
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def quick_stack():
+    """A second service whose finished jobs finish fast: terminal for 1 s."""
+    from stack import Stack
+    s = Stack(deadline_extra='terminal_grace = "1s"\nfinished_poll_interval = "1s"\n')
+    yield s
+    s.stop()
+
+
+def test_finished_tab_show_more_and_search(browser, quick_stack):
+    s = quick_stack
+    subscribe = lambda k: s.call("POST", "/v1/subscriptions", {x: k[x] for x in ("farmId", "queueId", "jobId")})
+    for i in range(60):
+        k = s.add_job(name=f"done_{i:03d} comp", taskRunStatus="SUCCEEDED", taskRunStatusCounts={"SUCCEEDED": 4})
+        assert subscribe(k)[0] == 201
+    active = s.add_job(name="still_running hero", taskRunStatus="RUNNING", taskRunStatusCounts={"RUNNING": 4})
+    assert subscribe(active)[0] == 201
+    wait_until(lambda: len(s.call("GET", "/v1/subscriptions?state=finished&limit=500")[1]["subscriptions"]) == 60,
+               "60 finished subscriptions", timeout=60)
+
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, ignore_https_errors=True)
+    page = ctx.new_page()
+    page.goto(f"{s.api}/")
+    page.get_by_label("Team token").fill(TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    expect(row(page, "still_running hero")).to_be_visible()
+    expect(row(page, "done_")).to_have_count(0)
+    # Events and channels are summarised, with the lists on demand.
+    expect(row(page, "still_running hero")).to_contain_text("events · 3 channels")
+
+    page.get_by_role("tab", name="Finished").click()
+    expect(page.get_by_role("tab", name="Finished")).to_have_attribute("aria-selected", "true")
+    expect(row(page, "done_")).to_have_count(50)
+    expect(row(page, "still_running hero")).to_have_count(0)
+    expect(row(page, "done_059 comp")).to_contain_text("FINISHED")
+    page.get_by_role("button", name="Show more").click()
+    expect(row(page, "done_")).to_have_count(60)
+    expect(page.get_by_role("button", name="Show more")).to_be_hidden()
+
+    page.get_by_label("Search jobs by name").fill("done_007")
+    expect(row(page, "done_")).to_have_count(1)
+    expect(row(page, "done_007 comp")).to_be_visible()
+    page.get_by_label("Search jobs by name").fill("")
+    expect(row(page, "done_")).to_have_count(50)
+
+    page.get_by_role("tab", name="Active").click()
+    expect(row(page, "still_running hero")).to_be_visible()
+    # The status badge and its words are separate words to assistive technology.
+    status = row(page, "still_running hero").locator("td").nth(1)
+    assert "RUNNING " in status.inner_text() or "RUNNING\n" in status.inner_text() or "RUNNING " in status.text_content()
     ctx.close()

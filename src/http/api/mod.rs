@@ -229,6 +229,13 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_response(
             crate::http::web::security_headers,
         ))
+        // gzip or br as the client asks (the page's modules and long lists shrink
+        // 4–6×); small answers and events are left as they are.
+        .layer(
+            tower_http::compression::CompressionLayer::new()
+                .gzip(true)
+                .br(true),
+        )
         .with_state(state)
 }
 

@@ -52,7 +52,29 @@ const state = {
   fastUntil: 0,
   farmTouched: false,
   generation: 0,
+  // Which list the jobs table shows, what it is searched for, and how many pages
+  // of it "Show more" has asked for.
+  view: "active",
+  query: "",
+  pages: 1,
 };
+
+const PAGE_SIZE = { active: 100, finished: 50 };
+
+/** The jobs table's rows: `state.pages` pages of the current view, following the cursor. */
+async function loadSubs() {
+  const q = state.query ? `&q=${encodeURIComponent(state.query)}` : "";
+  const base = `/v1/subscriptions?state=${state.view}&limit=${PAGE_SIZE[state.view]}${q}`;
+  let rows = [];
+  let next = null;
+  for (let i = 0; i < state.pages; i++) {
+    const page = await api("GET", next ? `${base}&cursor=${encodeURIComponent(next)}` : base);
+    rows = rows.concat(page.subscriptions);
+    next = page.next;
+    if (!next) break;
+  }
+  return { subscriptions: rows, next };
+}
 
 function el(tag, cls, text) {
   const n = document.createElement(tag);
@@ -182,7 +204,7 @@ async function refresh() {
   const gen = state.generation;
   try {
     const [subs, channels, watches, dead] = await Promise.all([
-      api("GET", "/v1/subscriptions"),
+      loadSubs(),
       api("GET", "/v1/channels"),
       api("GET", "/v1/watches"),
       api("GET", "/v1/dead-letters"),
@@ -191,6 +213,7 @@ async function refresh() {
     state.channels = channels.channels;
     state.watches = watches.watches;
     renderSubs(subs.subscriptions);
+    $("subs-more").hidden = !subs.next;
     if (!subs.subscriptions.some((s) => s.state === "active" && !s.job && !s.pollError)) state.fastUntil = 0;
     renderChannels(channels.channels);
     renderWatches(watches.watches);
@@ -220,8 +243,12 @@ function counts(view) {
 function statusCell(cell, sub) {
   const v = sub.job;
   const parts = [];
-  if (sub.state !== "active") {
+  if (sub.state === "ended") {
     parts.push(el("span", "badge ended", "ENDED"), el("span", "friendly", sub.endedReason ?? ""));
+  } else if (sub.state === "finished") {
+    const run = v?.taskRunStatus;
+    parts.push(el("span", "badge finished", "FINISHED"));
+    parts.push(el("span", "friendly", run ? `${run.toLowerCase()}, no longer changing` : "no longer changing"));
   } else if (v) {
     const run = v.taskRunStatus ?? "UNKNOWN";
     parts.push(el("span", `badge st-${run}`, run));
@@ -232,7 +259,20 @@ function statusCell(cell, sub) {
   }
   if (sub.pollError) parts.push(el("span", "poll-error", `last read failed: ${sub.pollError}`));
   if (sub.muted) parts.push(el("span", "badge muted", "MUTED"));
-  replaceText(cell, ...parts);
+  // A space between the parts, so assistive technology reads "READY waiting for
+  // a worker", not one run-together word.
+  replaceText(cell, ...parts.flatMap((p, i) => (i ? [document.createTextNode(" "), p] : [p])));
+}
+
+/** "7 events · 3 channels", with the lists on demand. */
+function notifiesCell(cell, sub) {
+  const d = el("details");
+  const plural = (n, w) => `${n} ${w}${n === 1 ? "" : "s"}`;
+  d.append(el("summary", null, `${plural(sub.events.length, "event")} · ${plural(sub.channels.length, "channel")}`));
+  d.append(el("p", "detail", `Events: ${sub.events.join(", ")}`), el("p", "detail", `Channels: ${sub.channels.join(", ")}`));
+  const open = cell.querySelector("details")?.open ?? false;
+  d.open = open;
+  replaceText(cell, d);
 }
 
 function tasksCell(cell, sub) {
@@ -269,7 +309,7 @@ function sourceText(sub) {
 function createRow(sub) {
   const tr = el("tr");
   // Phone widths show each row as a card, with these as the cells' labels.
-  for (const label of ["Job", "Status", "Tasks", "Events", "Channels", "Source", "Last notification"]) {
+  for (const label of ["Job", "Status", "Tasks", "Notifies", "Source", "Last notification"]) {
     const td = el("td");
     td.dataset.label = label;
     tr.append(td);
@@ -284,14 +324,13 @@ function createRow(sub) {
 }
 
 function updateRow(tr, sub) {
-  const [job, status, tasks, events, channels, source, last] = tr.cells;
+  const [job, status, tasks, notifies, source, last] = tr.cells;
   const name = sub.job?.name;
   replaceText(job, el("span", "job-name", name ?? sub.jobId), name ? el("span", "job-id", sub.jobId) : null);
   job.title = `${sub.farmId}/${sub.queueId}/${sub.jobId}`;
   statusCell(status, sub);
   tasksCell(tasks, sub);
-  events.textContent = sub.events.join(", ");
-  channels.textContent = sub.channels.join(", ");
+  notifiesCell(notifies, sub);
   source.textContent = sourceText(sub);
   lastCell(last, sub);
   const mute = tr.querySelector("button.toggle");
@@ -300,9 +339,55 @@ function updateRow(tr, sub) {
 }
 
 function renderSubs(subs) {
-  const sorted = [...subs].sort((a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : 0));
-  reconcile($("subs").tBodies[0], sorted, (s) => s.id, createRow, updateRow);
+  // The service answers newest first.
+  reconcile($("subs").tBodies[0], subs, (s) => s.id, createRow, updateRow);
   $("subs-empty").hidden = subs.length > 0;
+  $("subs-empty").textContent = state.query
+    ? "No jobs match the search."
+    : state.view === "finished"
+      ? "No finished jobs."
+      : "No subscriptions yet: paste a job above, or add a watch below.";
+}
+
+function showView(view) {
+  if (state.view === view) return;
+  state.view = view;
+  state.pages = 1;
+  for (const [id, v] of [["tab-active", "active"], ["tab-finished", "finished"]]) {
+    const tab = $(id);
+    tab.setAttribute("aria-selected", String(v === view));
+    tab.tabIndex = v === view ? 0 : -1;
+  }
+  $("subs-panel").setAttribute("aria-labelledby", view === "active" ? "tab-active" : "tab-finished");
+  $("subs").tBodies[0].replaceChildren();
+  refresh();
+}
+
+function wireSubsControls() {
+  $("tab-active").addEventListener("click", () => showView("active"));
+  $("tab-finished").addEventListener("click", () => showView("finished"));
+  // Arrow keys move between the two tabs, as a tab list's keyboard users expect.
+  for (const id of ["tab-active", "tab-finished"]) {
+    $(id).addEventListener("keydown", (ev) => {
+      if (ev.key !== "ArrowLeft" && ev.key !== "ArrowRight") return;
+      const other = id === "tab-active" ? "tab-finished" : "tab-active";
+      $(other).focus();
+      showView(other === "tab-active" ? "active" : "finished");
+    });
+  }
+  let typing = null;
+  $("subs-search").addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => {
+      state.query = $("subs-search").value.trim();
+      state.pages = 1;
+      refresh();
+    }, 250);
+  });
+  $("subs-more").addEventListener("click", () => {
+    state.pages += 1;
+    refresh();
+  });
 }
 
 function prefillFarmQueue(subs) {
@@ -547,6 +632,7 @@ function wire() {
   });
   $("sign-out").addEventListener("click", () => signOut("Signed out."));
   $("add-form").addEventListener("submit", subscribe);
+  wireSubsControls();
   $("watch-form").addEventListener("submit", addWatch);
   $("preview-form").addEventListener("submit", showPreview);
   $("preview-channel").addEventListener("change", () => showPreview());
