@@ -359,6 +359,11 @@ impl Store {
         Ok(removed)
     }
 
+    /// Latest-notice records held (walks them: checks and tools).
+    pub fn notice_count(&self) -> usize {
+        self.inner.notices.len()
+    }
+
     /// Whether `team`'s subscription to `job` was removed by the sweep.
     pub fn was_removed(&self, team: &str, job: &JobKey) -> Result<bool, StoreError> {
         self.inner

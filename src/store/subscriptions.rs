@@ -55,7 +55,11 @@ impl Store {
         sub: Subscription,
     ) -> Result<(Subscription, bool), StoreError> {
         match self.insert_subscription_capped(sub, usize::MAX)? {
-            Inserted::Created(s) => Ok((s, true)),
+            Inserted::Created(s) => {
+                // A 201 promises the subscription survives a crash.
+                self.sync()?;
+                Ok((s, true))
+            }
             Inserted::Existing(s) => Ok((s, false)),
             Inserted::OverCap(_) => unreachable!("no team holds usize::MAX subscriptions"),
         }
@@ -92,6 +96,9 @@ impl Store {
 
     /// [`Store::insert_subscription`], refused when the team already holds `cap`
     /// active subscriptions (an existing subscription to the job is still returned).
+    /// Rides the group commit: a caller that promises durability calls
+    /// [`Store::sync`] (a watch does not need to: a lost subscription is found
+    /// again, since its discovery mark is written after it and lost with it).
     pub fn insert_subscription_capped(
         &self,
         sub: Subscription,
@@ -138,8 +145,6 @@ impl Store {
         drop(active);
         self.recount(Counted::Subscriptions)?;
         self.mark_dirty();
-        // A 201 promises the subscription survives a crash.
-        self.sync()?;
         Ok(r)
     }
 

@@ -415,3 +415,160 @@ fn unmapped_people_survive_reopen_and_expire() {
         1
     );
 }
+
+fn at(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+}
+
+fn sub_at(id: &str, team: &str, n: u8, created: i64) -> Subscription {
+    Subscription {
+        created_at: at(created),
+        ..sub(id, team, n)
+    }
+}
+
+#[test]
+fn finished_subscriptions_leave_after_keep_finished_and_revive_on_requeue() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s")).unwrap();
+    for n in 0..4 {
+        s.insert_subscription(sub_at(&format!("s{n}"), "t", n, n as i64))
+            .unwrap();
+        s.commit_observation(&state(n), vec![]).unwrap();
+    }
+    // s0, s1 finish at 100; s2 ends (its job is gone) at 100; s3 stays active.
+    let ids = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let changed = s
+        .set_subscription_states(&ids(&["s0", "s1"]), "finished", at(100), Some("comp"), None)
+        .unwrap();
+    assert_eq!(changed.len(), 2);
+    assert_eq!(changed[0].job_name.as_deref(), Some("comp"));
+    s.set_subscription_states(&ids(&["s2"]), "ended", at(100), None, Some("gone"))
+        .unwrap();
+    assert_eq!(s.active_subscriptions("t"), 1);
+    // A requeue: s1 is active again, and its clock stops.
+    s.set_subscription_states(&ids(&["s1"]), "active", at(150), None, None)
+        .unwrap();
+    assert_eq!(s.active_subscriptions("t"), 2);
+    // Nothing before its time.
+    assert!(s.sweep_finished(at(100), 10, at(200)).unwrap().is_empty());
+    // Past it: s0 and s2, in batches of one; s1 and s3 (active) untouched.
+    let first = s.sweep_finished(at(101), 1, at(200)).unwrap();
+    assert_eq!(first.len(), 1, "bounded by the batch");
+    let second = s.sweep_finished(at(101), 1, at(200)).unwrap();
+    let mut gone: Vec<_> = first.iter().chain(&second).map(|x| x.id.clone()).collect();
+    gone.sort();
+    assert_eq!(gone, ["s0", "s2"]);
+    assert!(s.sweep_finished(at(101), 10, at(200)).unwrap().is_empty());
+    assert!(s.subscription("s0").unwrap().is_none());
+    assert!(s.subscription("s1").unwrap().unwrap().is_active());
+    assert!(s.subscription("s3").unwrap().unwrap().is_active());
+    assert_eq!(s.subscription_count(), 2);
+    // A watch never takes a removed job up again; the marks expire.
+    assert!(s.was_removed("t", &key(0)).unwrap());
+    assert!(!s.was_removed("t", &key(1)).unwrap());
+    assert_eq!(s.prune_removed(at(199), 10).unwrap(), 0);
+    assert_eq!(s.prune_removed(at(201), 10).unwrap(), 2);
+    assert!(!s.was_removed("t", &key(0)).unwrap());
+    // Job states: deleted on request (the watcher asks when nothing follows a job).
+    s.delete_job_state(&key(0)).unwrap();
+    assert!(s.job_state(&key(0)).unwrap().is_none());
+    assert!(s.job_state(&key(3)).unwrap().is_some());
+}
+
+#[test]
+fn keep_zero_and_forever() {
+    use crate::config::Keep;
+    let now = at(1000);
+    assert_eq!(Keep::For(std::time::Duration::ZERO).cutoff(now), Some(now));
+    assert_eq!(Keep::Forever.cutoff(now), None);
+    assert_eq!(
+        Keep::For(std::time::Duration::from_secs(30)).cutoff(now),
+        Some(at(970))
+    );
+    // At least once a minute, ten times per period, at most once a second.
+    assert_eq!(
+        Keep::For(std::time::Duration::from_secs(86_400 * 30))
+            .sweep_every()
+            .as_secs(),
+        60
+    );
+    assert_eq!(
+        Keep::For(std::time::Duration::from_secs(30))
+            .sweep_every()
+            .as_secs(),
+        3
+    );
+    assert_eq!(
+        Keep::For(std::time::Duration::ZERO).sweep_every().as_secs(),
+        1
+    );
+}
+
+#[test]
+fn pages_are_newest_first_stable_and_per_team() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s")).unwrap();
+    for n in 0..25u8 {
+        s.insert_subscription(sub_at(&format!("a{n:02}"), "t", n, n as i64))
+            .unwrap();
+    }
+    s.insert_subscription(sub_at("other", "u", 200, 50))
+        .unwrap();
+    s.set_subscription_states(&["a03".to_string()], "finished", at(60), None, None)
+        .unwrap();
+    let all = |_: &Subscription| true;
+    let active = [SubClass::Active];
+    let p1 = s.subscriptions_page("t", &active, None, 10, &all).unwrap();
+    let ids: Vec<_> = p1.items.iter().map(|x| x.id.as_str()).collect();
+    assert_eq!(ids[..3], ["a24", "a23", "a22"]);
+    assert_eq!(p1.items.len(), 10);
+    // Newer ones arriving meanwhile do not shift the next pages.
+    s.insert_subscription(sub_at("new", "t", 100, 99)).unwrap();
+    let p2 = s
+        .subscriptions_page("t", &active, p1.next.as_ref(), 10, &all)
+        .unwrap();
+    let p3 = s
+        .subscriptions_page("t", &active, p2.next.as_ref(), 10, &all)
+        .unwrap();
+    assert!(p3.next.is_none());
+    let seen: Vec<_> = [&p1, &p2, &p3]
+        .iter()
+        .flat_map(|p| p.items.iter().map(|x| x.id.clone()))
+        .collect();
+    assert_eq!(seen.len(), 24, "{seen:?}");
+    assert!(!seen.contains(&"a03".to_string()) && !seen.contains(&"new".to_string()));
+    assert!(!seen.contains(&"other".to_string()));
+    let finished = s
+        .subscriptions_page("t", &[SubClass::Finished], None, 10, &all)
+        .unwrap();
+    assert_eq!(finished.items.len(), 1);
+    let both = s
+        .subscriptions_page(
+            "t",
+            &[SubClass::Active, SubClass::Finished],
+            None,
+            100,
+            &all,
+        )
+        .unwrap();
+    assert_eq!(both.items.len(), 26);
+    assert_eq!(both.items[0].id, "new");
+    // The index survives a reopen, and is built for a store written before it.
+    drop(s);
+    let s = Store::open(&dir.path().join("s")).unwrap();
+    s.inner.sub_order.clear().unwrap();
+    s.inner.finished.clear().unwrap();
+    drop(s);
+    let s = Store::open(&dir.path().join("s")).unwrap();
+    let both = s
+        .subscriptions_page(
+            "t",
+            &[SubClass::Active, SubClass::Finished],
+            None,
+            100,
+            &all,
+        )
+        .unwrap();
+    assert_eq!(both.items.len(), 26);
+}

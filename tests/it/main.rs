@@ -9,6 +9,7 @@ mod helpers;
 mod pipeline;
 mod redaction;
 mod reload;
+mod retention;
 mod security;
 mod startup;
 mod tls;

@@ -86,7 +86,14 @@ pub(super) async fn create(
     let cap = st.live.current().config.server.max_subscriptions_per_team;
     let (sub, created) = match st
         .store
-        .run(move |s| s.insert_subscription_capped(sub, cap))
+        .run(move |s| {
+            let r = s.insert_subscription_capped(sub, cap)?;
+            // A 201 promises the subscription survives a crash.
+            if matches!(r, Inserted::Created(_)) {
+                s.sync()?;
+            }
+            Ok(r)
+        })
         .await?
     {
         Inserted::Created(s) => (s, true),
