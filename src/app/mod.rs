@@ -174,14 +174,7 @@ impl App {
             self.live.clone(),
             wakers.clone(),
         ));
-        let hup = tokio::spawn(crate::app::live::on_sighup(self.live.clone()));
-        let sweep = tokio::spawn(crate::watch::retention::run(
-            self.store.clone(),
-            self.live.clone(),
-            self.clock.clone(),
-            watch_handle.clone(),
-            worker_rx.clone(),
-        ));
+        let (hup, sweep) = self.side_tasks(&watch_handle, &worker_rx);
 
         let state = AppState::new(
             self.store.clone(),
@@ -234,6 +227,25 @@ impl App {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+impl App {
+    /// Reload on SIGHUP, and the retention sweep: they stop with the process.
+    fn side_tasks(
+        &self,
+        watch_handle: &WatchHandle,
+        stop: &watch::Receiver<bool>,
+    ) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+        let hup = tokio::spawn(crate::app::live::on_sighup(self.live.clone()));
+        let sweep = tokio::spawn(crate::watch::retention::run(
+            self.store.clone(),
+            self.live.clone(),
+            self.clock.clone(),
+            watch_handle.clone(),
+            stop.clone(),
+        ));
+        (hup, sweep)
     }
 }
 

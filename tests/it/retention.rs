@@ -94,10 +94,8 @@ async fn finished_subscriptions_fade_and_the_store_returns_to_what_is_active() {
     svc.kill();
     let svc = env.start().await;
     wait_for(T, "only the running jobs' subscriptions", || async {
-        match metric(&env, "deadline_notifier_subscriptions").await {
-            n if n == 5.0 => Ok(()),
-            n => Err(n),
-        }
+        let n = metric(&env, "deadline_notifier_subscriptions").await;
+        if n == 5.0 { Ok(()) } else { Err(n) }
     })
     .await;
     // Discovery keeps searching the queue (the removed jobs are inside its
