@@ -60,6 +60,9 @@ pub struct JobSpec {
     /// until then GetJob, BatchGetJob, SearchJobs and ListJobs do not know it.
     #[serde(default)]
     pub create_after_ms: u64,
+    /// The job's `createdAt` as Deadline reports it (default: when it comes into
+    /// existence): jobs submitted on a controlled clock's past or future days.
+    pub created_at: Option<chrono::DateTime<Utc>>,
     /// The job's steps and tasks (what triage reads); empty: one step "Render" made
     /// up from the task counts.
     #[serde(default)]
@@ -245,8 +248,9 @@ impl Simulator {
         };
         let mut snap = JobSnapshot::sample(key.clone(), &spec.name);
         let born_in = std::time::Duration::from_millis(spec.create_after_ms);
-        snap.created_at =
-            crate::clock::wall_now() + chrono::Duration::from_std(born_in).unwrap_or_default();
+        snap.created_at = spec.created_at.unwrap_or_else(|| {
+            crate::clock::wall_now() + chrono::Duration::from_std(born_in).unwrap_or_default()
+        });
         snap.description = spec.description;
         snap.priority = spec.priority.unwrap_or(50);
         if let Some(c) = spec.created_by {
