@@ -19,7 +19,10 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "[store]\npath = \"{}\"\n[delivery]\nallow_private_targets = true\n[[teams]]\nname = \"lighting\"\ntokens = [\"{TOKEN}\"]\n[[teams.channels]]\nname = \"pipeline\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\n",
@@ -53,7 +56,10 @@ async fn main() {
         .collect();
     let load = deadline_notifier::clock::monotonic();
     store.insert_subscriptions_bulk(&subs).unwrap();
-    eprintln!("{n} subscriptions stored in {:.1} s", load.elapsed().as_secs_f64());
+    eprintln!(
+        "{n} subscriptions stored in {:.1} s",
+        load.elapsed().as_secs_f64()
+    );
     let renderer = deadline_notifier::render::Renderer::load(&cfg, None).unwrap();
     let sender = deadline_notifier::notify::send::Sender::new(&cfg.delivery).unwrap();
     let state = AppState::new(
@@ -73,17 +79,31 @@ async fn main() {
                 .unwrap();
             let t = deadline_notifier::clock::monotonic();
             let resp = router.oneshot(req).await.unwrap();
-            let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
             let ms = t.elapsed().as_secs_f64() * 1000.0;
-            (ms, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+            (
+                ms,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            )
         }
     };
     println!("| page | pages | p50 ms | p99 ms |");
     println!("|---|---|---|---|");
     for (label, base) in [
-        ("active, limit 100, following the cursor", "/v1/subscriptions?state=active&limit=100"),
-        ("finished, limit 100, following the cursor", "/v1/subscriptions?state=finished&limit=100"),
-        ("all, limit 500, following the cursor", "/v1/subscriptions?state=all&limit=500"),
+        (
+            "active, limit 100, following the cursor",
+            "/v1/subscriptions?state=active&limit=100",
+        ),
+        (
+            "finished, limit 100, following the cursor",
+            "/v1/subscriptions?state=finished&limit=100",
+        ),
+        (
+            "all, limit 500, following the cursor",
+            "/v1/subscriptions?state=all&limit=500",
+        ),
     ] {
         let mut times = Vec::new();
         let mut next: Option<String> = None;
@@ -108,7 +128,11 @@ async fn main() {
     }
     let mut times = Vec::new();
     for i in 0..100 {
-        let (ms, _) = get(format!("/v1/subscriptions?state=all&limit=100&q=shot_{:04}", i * 7)).await;
+        let (ms, _) = get(format!(
+            "/v1/subscriptions?state=all&limit=100&q=shot_{:04}",
+            i * 7
+        ))
+        .await;
         times.push(ms);
     }
     println!(

@@ -90,11 +90,7 @@ async fn run_world() {
         all: Mutex::new(VecDeque::new()),
         received: AtomicU64::new(0),
     });
-    let (sim_addr, _s) = world
-        .sim
-        .serve(([127, 0, 0, 1], 0).into())
-        .await
-        .unwrap();
+    let (sim_addr, _s) = world.sim.serve(([127, 0, 0, 1], 0).into()).await.unwrap();
     let app = axum::Router::new()
         .route(
             "/hook",
@@ -112,36 +108,42 @@ async fn run_world() {
         // Submits `count` RUNNING jobs created from `from` on, `spacing_s` apart.
         .route(
             "/jobs",
-            post(|State(w): State<Arc<World>>, axum::Json(v): axum::Json<Value>| async move {
-                let from: chrono::DateTime<chrono::Utc> =
-                    v["from"].as_str().unwrap().parse().unwrap();
-                let spacing = v["spacing_s"].as_i64().unwrap();
-                let mut today = w.today.lock().unwrap();
-                let mut all = w.all.lock().unwrap();
-                today.clear();
-                for i in 0..v["count"].as_u64().unwrap() {
-                    let created = from + chrono::Duration::seconds(spacing * i as i64);
-                    let key = w.sim.add_job(JobSpec {
-                        farm_id: Some(farm()),
-                        queue_id: Some(queue(i % QUEUES)),
-                        name: format!("shot_{:04} lighting v{}", i, created.format("%j")),
-                        task_run_status: Some("RUNNING".into()),
-                        task_run_status_counts: Some([("RUNNING".to_string(), 10)].into()),
-                        created_at: Some(created),
-                        ..Default::default()
-                    });
-                    today.push(key.clone());
-                    all.push_back((created, key));
-                }
-                "ok"
-            }),
+            post(
+                |State(w): State<Arc<World>>, axum::Json(v): axum::Json<Value>| async move {
+                    let from: chrono::DateTime<chrono::Utc> =
+                        v["from"].as_str().unwrap().parse().unwrap();
+                    let spacing = v["spacing_s"].as_i64().unwrap();
+                    let mut today = w.today.lock().unwrap();
+                    let mut all = w.all.lock().unwrap();
+                    today.clear();
+                    for i in 0..v["count"].as_u64().unwrap() {
+                        let created = from + chrono::Duration::seconds(spacing * i as i64);
+                        let key = w.sim.add_job(JobSpec {
+                            farm_id: Some(farm()),
+                            queue_id: Some(queue(i % QUEUES)),
+                            name: format!("shot_{:04} lighting v{}", i, created.format("%j")),
+                            task_run_status: Some("RUNNING".into()),
+                            task_run_status_counts: Some([("RUNNING".to_string(), 10)].into()),
+                            created_at: Some(created),
+                            ..Default::default()
+                        });
+                        today.push(key.clone());
+                        all.push_back((created, key));
+                    }
+                    "ok"
+                },
+            ),
         )
         // How many of today's jobs have not been read yet.
         .route(
             "/unread",
             get(|State(w): State<Arc<World>>| async move {
                 let today = w.today.lock().unwrap();
-                today.iter().filter(|k| w.sim.hits(k) == 0).count().to_string()
+                today
+                    .iter()
+                    .filter(|k| w.sim.hits(k) == 0)
+                    .count()
+                    .to_string()
             }),
         )
         .route(
@@ -156,16 +158,18 @@ async fn run_world() {
         // Forgets jobs submitted before `before`, as Deadline Cloud does after 120 days.
         .route(
             "/expire",
-            post(|State(w): State<Arc<World>>, axum::Json(v): axum::Json<Value>| async move {
-                let before: chrono::DateTime<chrono::Utc> =
-                    v["before"].as_str().unwrap().parse().unwrap();
-                let mut all = w.all.lock().unwrap();
-                while all.front().is_some_and(|(t, _)| *t < before) {
-                    let (_, k) = all.pop_front().unwrap();
-                    w.sim.remove(&k);
-                }
-                "ok"
-            }),
+            post(
+                |State(w): State<Arc<World>>, axum::Json(v): axum::Json<Value>| async move {
+                    let before: chrono::DateTime<chrono::Utc> =
+                        v["before"].as_str().unwrap().parse().unwrap();
+                    let mut all = w.all.lock().unwrap();
+                    while all.front().is_some_and(|(t, _)| *t < before) {
+                        let (_, k) = all.pop_front().unwrap();
+                        w.sim.remove(&k);
+                    }
+                    "ok"
+                },
+            ),
         )
         .with_state(world.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -284,9 +288,7 @@ async fn run_year(days: u64, per_day: u64) {
         offset_ms: AtomicI64::new(0),
     });
     let client = DeadlineClient::local(&sim, &cfg.deadline);
-    let app = App::build(cfg, Some(client), clock.clone())
-        .await
-        .unwrap();
+    let app = App::build(cfg, Some(client), clock.clone()).await.unwrap();
     let api = format!("http://{}", app.local_addr());
     tokio::spawn(app.run(std::future::pending()));
     let c = reqwest::Client::new();
@@ -320,7 +322,11 @@ async fn run_year(days: u64, per_day: u64) {
         c.post(format!("{ctl}/succeed")).send().await.unwrap();
         let want = (day as u64 + 1) * per_day;
         wait_until("every job of the day announced", async || {
-            text(&c, &format!("{ctl}/received")).await.parse::<u64>().unwrap() >= want
+            text(&c, &format!("{ctl}/received"))
+                .await
+                .parse::<u64>()
+                .unwrap()
+                >= want
         })
         .await;
         let expire = day_start - chrono::Duration::days(120);
@@ -336,7 +342,11 @@ async fn run_year(days: u64, per_day: u64) {
             let _ = (arows, frows);
             let held = metric(&m, "deadline_notifier_subscriptions");
             let watched = metric(&m, "deadline_notifier_watched_jobs");
-            let days_here = if (day + 1) % 30 == 0 { 30 } else { (day + 1) % 30 };
+            let days_here = if (day + 1) % 30 == 0 {
+                30
+            } else {
+                (day + 1) % 30
+            };
             println!(
                 "| {} | {} | {held:.0} | {watched:.0} | {:.1} MiB | {:.1} MiB | {a50:.2} / {amax:.2} ms | {f50:.2} / {fmax:.2} ms | {:.2} |",
                 day + 1,

@@ -70,9 +70,13 @@ impl App {
         }
         let opened = crate::clock::monotonic();
         let store = Store::open(&config.store.path)?;
+        let phases = store.open_times();
         tracing::info!(
             store = %config.store.path.display(),
             open_ms = opened.elapsed().as_millis() as u64,
+            engine_ms = phases.engine_ms,
+            check_ms = phases.check_ms,
+            count_ms = phases.count_ms,
             "store opened"
         );
         let sender = Sender::new(&config.delivery)?;

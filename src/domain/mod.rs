@@ -17,7 +17,7 @@ pub mod text;
 pub use failure::{FailedStep, FailedTask, Failure};
 pub use records::{
     ChannelState, DeadLetter, JobState, Notice, NoticeState, OutboxEntry, Progress, Subscription,
-    TEST_MESSAGE_PREFIX, Watch,
+    SubscriptionHead, TEST_MESSAGE_PREFIX, Watch,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -104,14 +104,14 @@ macro_rules! wire_enum {
         $(#[$m])*
         /// Unknown wire values are kept verbatim in `Unknown` and never match a known variant.
         #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant,)* Unknown(String) }
+        pub enum $name { $($variant,)* Unknown(Box<str>) }
 
         impl $name {
             pub fn as_str(&self) -> &str {
                 match self { $(Self::$variant => $wire,)* Self::Unknown(s) => s }
             }
             pub fn from_wire(s: &str) -> Self {
-                match s { $($wire => Self::$variant,)* other => Self::Unknown(other.to_string()) }
+                match s { $($wire => Self::$variant,)* other => Self::Unknown(other.into()) }
             }
             pub const KNOWN: &'static [&'static str] = &[$($wire),*];
         }

@@ -38,6 +38,44 @@ fn active() -> String {
     "active".into()
 }
 
+/// What the poll loop keeps of a stored subscription, decoded from the same record
+/// without the rest (no flattened key, no timestamps): start-up reads every
+/// followed subscription, so this is what makes it fast.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionHead {
+    pub id: String,
+    pub team: String,
+    pub farm_id: String,
+    pub queue_id: String,
+    pub job_id: String,
+    pub channels: Vec<String>,
+    pub events: Vec<Event>,
+    #[serde(default = "active")]
+    pub state: String,
+    #[serde(default)]
+    pub muted: bool,
+}
+
+impl SubscriptionHead {
+    pub fn job(&self) -> JobKey {
+        JobKey {
+            farm_id: self.farm_id.clone(),
+            queue_id: self.queue_id.clone(),
+            job_id: self.job_id.clone(),
+        }
+    }
+
+    /// See [`Subscription::is_followed`].
+    pub fn is_followed(&self) -> bool {
+        self.state == "active" || self.state == "finished"
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.state == "finished"
+    }
+}
+
 impl Subscription {
     /// Followed and polled at the normal pace.
     pub fn is_active(&self) -> bool {

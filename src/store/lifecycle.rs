@@ -94,12 +94,44 @@ fn finished_key(s: &Subscription) -> Option<Vec<u8>> {
 
 /// Keeps both indexes of one subscription in step with a write of it: `old` as
 /// it was stored, `new` as it is stored now (`None`: gone), in the same transaction.
+/// In the page-order tree, after every team's rows (no UTF-8 team name starts with
+/// 0xFF): `ACTIVE_COUNT ‖ team` → that team's active subscriptions (i64, big-endian),
+/// kept by [`reindex`] in the same transactions as the rows, so opening the store
+/// reads one key per team instead of walking every row.
+const ACTIVE_COUNT: &[u8] = b"\xffactive\0";
+/// Present once the counts above are complete (a store from before them is
+/// counted by one walk at open).
+pub(super) const COUNTED: &[u8] = b"\xffcounted";
+
+pub(super) fn active_count_key(team: &str) -> Vec<u8> {
+    let mut k = ACTIVE_COUNT.to_vec();
+    k.extend_from_slice(team.as_bytes());
+    k
+}
+
+fn bump_active(order: &TransactionalTree, team: &str, delta: i64) -> TxResult<()> {
+    let k = active_count_key(team);
+    let n = read_i64(order.get(&k)?) + delta;
+    order.insert(k, &n.max(0).to_be_bytes())?;
+    Ok(())
+}
+
 pub(super) fn reindex(
     order: &TransactionalTree,
     finished: &TransactionalTree,
     old: Option<&Subscription>,
     new: Option<&Subscription>,
 ) -> TxResult<()> {
+    let was = old.filter(|o| o.is_active()).map(|o| o.team.as_str());
+    let is = new.filter(|n| n.is_active()).map(|n| n.team.as_str());
+    if was != is {
+        if let Some(team) = was {
+            bump_active(order, team, -1)?;
+        }
+        if let Some(team) = is {
+            bump_active(order, team, 1)?;
+        }
+    }
     if let Some(o) = old {
         order.remove(order_key(o))?;
         if let Some(k) = finished_key(o) {
@@ -138,6 +170,57 @@ impl Store {
 
     /// Builds the page and sweep indexes of a store written before they existed
     /// (one walk, at open).
+    /// Subscriptions exist but the page-order index does not: a store written
+    /// before it.
+    pub(super) fn needs_index(&self) -> bool {
+        self.inner.sub_order.is_empty() && !self.inner.subs.is_empty()
+    }
+
+    /// Active subscriptions per team, from the counts kept beside the page-order
+    /// rows; a store without them is counted from the rows' keys (`team \0 class
+    /// \0 …`, written in the same transactions as the records) once, and the counts
+    /// written.
+    pub(super) fn active_by_team(&self) -> Result<foldhash::HashMap<String, usize>, StoreError> {
+        let order = &self.inner.sub_order;
+        let mut by_team: foldhash::HashMap<String, usize> = Default::default();
+        if order.contains_key(COUNTED).map_err(|e| self.eng(e))? {
+            for kv in order.scan_prefix(ACTIVE_COUNT) {
+                let (k, v) = kv.map_err(|e| self.eng(e))?;
+                let team = String::from_utf8_lossy(&k[ACTIVE_COUNT.len()..]).into_owned();
+                by_team.insert(team, read_i64(Some(v)).max(0) as usize);
+            }
+            return Ok(by_team);
+        }
+        for k in order.range(..[0xffu8].as_slice()).keys() {
+            let k = k.map_err(|e| self.eng(e))?;
+            let Some(end) = k.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            if k.get(end + 1) != Some(&SubClass::Active.byte()) {
+                continue;
+            }
+            let team = String::from_utf8_lossy(&k[..end]);
+            match by_team.get_mut(&*team) {
+                Some(n) => *n += 1,
+                None => {
+                    by_team.insert(team.into_owned(), 1);
+                }
+            }
+        }
+        let mut b = sled::Batch::default();
+        for kv in order.scan_prefix(ACTIVE_COUNT) {
+            let (k, _) = kv.map_err(|e| self.eng(e))?;
+            b.remove(k);
+        }
+        for (team, n) in &by_team {
+            b.insert(active_count_key(team), &(*n as i64).to_be_bytes());
+        }
+        b.insert(COUNTED, &[]);
+        order.apply_batch(b).map_err(|e| self.eng(e))?;
+        self.mark_dirty();
+        Ok(by_team)
+    }
+
     pub(super) fn index_subscriptions(&self, subs: &[Subscription]) -> Result<(), StoreError> {
         let s = &self.inner;
         if !s.sub_order.is_empty() || subs.is_empty() {

@@ -40,6 +40,7 @@ pub use wakers::Wakers;
 
 use crate::domain::{
     ChannelState, DeadLetter, JobKey, JobState, Notice, NoticeState, OutboxEntry, Subscription,
+    SubscriptionHead,
 };
 use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
@@ -177,6 +178,17 @@ struct Inner {
     active: Mutex<foldhash::HashMap<String, usize>>,
     sync: Arc<SyncShared>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// How long opening took, by phase (logged at start-up).
+    open_times: OpenTimes,
+}
+
+/// Milliseconds spent opening the store: sled's own recovery, the checksum and
+/// count walk, and counting active subscriptions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenTimes {
+    pub engine_ms: u64,
+    pub check_ms: u64,
+    pub count_ms: u64,
 }
 
 impl Drop for Inner {
@@ -287,6 +299,7 @@ impl Store {
         }
         // sled 0.34 panics, rather than erroring, on some corrupt files; turn that into
         // an error naming the store so start-up fails cleanly instead of crash-looping.
+        let t0 = crate::clock::monotonic();
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // Our group commit does every flush (each write marks the store dirty);
             // without sled's own flusher thread nothing holds the file lock once
@@ -328,6 +341,7 @@ impl Store {
             committed_seq: AtomicU64::new(initial),
             durable,
         });
+        let engine_ms = t0.elapsed().as_millis() as u64;
         let inner = Inner {
             subs: t("subscriptions")?,
             sub_index: t("subscription_index")?,
@@ -351,13 +365,23 @@ impl Store {
             syncer: Mutex::new(None),
             db,
             path: path.into(),
+            open_times: OpenTimes {
+                engine_ms,
+                ..Default::default()
+            },
         };
-        let store = Store {
+        let mut store = Store {
             inner: Arc::new(inner),
         };
+        let t1 = crate::clock::monotonic();
         let marker = store.check_integrity()?;
+        let check_ms = t1.elapsed().as_millis() as u64;
         store.count_active()?;
         store.index_watch_names()?;
+        if let Some(inner) = Arc::get_mut(&mut store.inner) {
+            inner.open_times.check_ms = check_ms;
+            inner.open_times.count_ms = t1.elapsed().as_millis() as u64 - check_ms;
+        }
         let s = store.inner.clone();
         let handle = std::thread::Builder::new()
             .name("store-sync".into())
@@ -375,6 +399,10 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    pub fn open_times(&self) -> OpenTimes {
+        self.inner.open_times
     }
 
     fn eng(&self, source: sled::Error) -> StoreError {

@@ -65,18 +65,16 @@ impl Store {
         }
     }
 
-    /// Counts the active subscriptions of every team, and builds the page and
-    /// sweep indexes of a store written before them (one walk, at open).
+    /// Counts the active subscriptions of every team from the page-order index's
+    /// keys (no record is decoded), after building the page and sweep indexes of a
+    /// store written before them (once).
     pub(super) fn count_active(&self) -> Result<(), StoreError> {
-        let mut by_team = foldhash::HashMap::default();
-        let subs = self.subscriptions()?;
-        for sub in &subs {
-            if sub.is_active() {
-                *by_team.entry(sub.team.clone()).or_insert(0) += 1;
-            }
+        if self.needs_index() {
+            let subs = self.subscriptions()?;
+            self.index_subscriptions(&subs)?;
         }
-        *self.active() = by_team;
-        self.index_subscriptions(&subs)
+        *self.active() = self.active_by_team()?;
+        Ok(())
     }
 
     fn active(&self) -> MutexGuard<'_, foldhash::HashMap<String, usize>> {
@@ -204,6 +202,16 @@ impl Store {
     }
 
     pub fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        self.inner
+            .subs
+            .iter()
+            .values()
+            .map(|v| self.dec("subscriptions", &v.map_err(|e| self.eng(e))?))
+            .collect()
+    }
+
+    /// Every subscription, as much of it as the poll loop keeps.
+    pub fn subscription_heads(&self) -> Result<Vec<SubscriptionHead>, StoreError> {
         self.inner
             .subs
             .iter()

@@ -358,6 +358,42 @@ fn the_per_team_cap_counts_active_subscriptions_across_reopen() {
     let s = Store::open(&path).unwrap();
     assert_eq!(s.active_subscriptions("t"), 1);
     assert_eq!(s.active_subscriptions("other"), 1);
+    // Finishing and reviving move the count; the counts kept beside the index are
+    // what a reopen reads.
+    s.set_subscription_states(
+        &["a2".into()],
+        "finished",
+        crate::clock::wall_now(),
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(s.active_subscriptions("t"), 0);
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.active_subscriptions("t"), 0);
+    s.set_subscription_states(
+        &["a2".into()],
+        "active",
+        crate::clock::wall_now(),
+        None,
+        None,
+    )
+    .unwrap();
+    // A store from before the kept counts (no marker, a stale count) is counted
+    // from its index rows once.
+    s.inner.sub_order.remove(super::lifecycle::COUNTED).unwrap();
+    s.inner
+        .sub_order
+        .insert(super::lifecycle::active_count_key("t"), &7i64.to_be_bytes())
+        .unwrap();
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.active_subscriptions("t"), 1);
+    assert_eq!(s.active_subscriptions("other"), 1);
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.active_subscriptions("t"), 1);
 }
 
 #[test]

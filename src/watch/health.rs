@@ -28,7 +28,7 @@ pub struct Health {
     watched_jobs: AtomicUsize,
     /// Each watched job's name, status and task counts as last read. Readers take
     /// the read side only, so page refreshes do not wait on each other.
-    views: RwLock<HashMap<Arc<JobKey>, CompactView>>,
+    views: RwLock<foldhash::HashMap<Arc<JobKey>, CompactView>>,
     /// Jobs whose last read failed, and why (shown on their subscriptions).
     poll_errors: Mutex<HashMap<JobKey, String>>,
     /// Discovery failures by (farm, queues searched together): message and since when.

@@ -156,26 +156,25 @@ impl Loop {
         let (states, subs) = blocking(|| {
             std::thread::scope(|scope| {
                 let states = scope.spawn(|| w.store.job_states());
-                let subs = w.store.subscriptions();
+                let subs = w.store.subscription_heads();
                 let states = states
                     .join()
                     .unwrap_or_else(|p| std::panic::resume_unwind(p));
                 (states, subs)
             })
         });
+        let read_ms = origin.elapsed().as_millis() as u64;
         let mut states: HashMap<JobKey, JobState> =
             states?.into_iter().map(|s| (s.job.clone(), s)).collect();
         let mut tracked: HashMap<Arc<JobKey>, Tracked> = HashMap::default();
         for s in subs? {
             if s.is_followed() {
-                let t = tracked
-                    .entry(Arc::new(s.job.clone()))
-                    .or_insert_with(|| Tracked {
-                        subs: Vec::new(),
-                        state: None,
-                        factor: 1,
-                        finished: true,
-                    });
+                let t = tracked.entry(Arc::new(s.job())).or_insert_with(|| Tracked {
+                    subs: Vec::new(),
+                    state: None,
+                    factor: 1,
+                    finished: true,
+                });
                 // One active subscription makes the job active.
                 t.finished &= s.is_finished();
                 t.subs.push(Interest::from(&s));
@@ -183,6 +182,8 @@ impl Loop {
         }
         for (job, t) in tracked.iter_mut() {
             t.state = states.remove(job).map(Known::from);
+            // Pushing grew each list to room for four; most jobs have one subscriber.
+            t.subs.shrink_to_fit();
         }
         // States nothing follows: their subscriptions were removed (or ended) and a
         // stop came before the state went.
@@ -240,6 +241,7 @@ impl Loop {
         tracing::info!(
             jobs = l.schedule.len(),
             subscriptions = l.tracked.values().map(|t| t.subs.len()).sum::<usize>(),
+            read_ms,
             load_ms = origin.elapsed().as_millis() as u64,
             "watcher loaded"
         );
@@ -356,6 +358,7 @@ impl Loop {
                 if let Some(t) = self.tracked.get_mut(&job) {
                     t.subs.retain(|s| *s.id != *sub.id);
                     t.subs.push(Interest::from(&sub));
+                    t.subs.shrink_to_fit();
                     // A new active subscriber reads the job at the normal pace; it
                     // finishes again after its next read if it is still settled.
                     t.finished = false;
@@ -463,15 +466,17 @@ impl Loop {
             // the other's share; polling goes first when both may go.
             let mut wait = Duration::from_secs(3600);
             if let Some(next) = self.schedule.next_due() {
-                // Batches go out every interval / (calls one interval needs); when the
-                // earliest job is due, the batch also takes the jobs due before the
-                // next one would go out: full batches, evenly spread.
+                // A batch goes out when the earliest job is due, and fills up with
+                // the jobs due next, up to an eighth of an interval early (or up to
+                // the next batch's turn, if later): calls go out full, so API calls
+                // per job-check stay at 1/100, and no job is read much early.
                 let calls = (self.load / BATCH_LIMIT as f64).ceil().max(1.0);
                 let spacing = (self.interval_ms() as f64 / calls) as u64;
+                let lookahead = spacing.max(self.interval_ms() / 8);
                 if next <= now {
                     match self.budget.wait(now) {
                         0 => {
-                            self.poll_batch(now + spacing).await?;
+                            self.poll_batch(now + lookahead).await?;
                             continue;
                         }
                         ms => wait = Duration::from_millis(ms),

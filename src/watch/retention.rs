@@ -145,10 +145,26 @@ mod tests {
     #[test]
     fn a_sweep_is_due_when_either_clock_has_moved_a_period() {
         let every = Duration::from_secs(60);
-        assert!(!due(Duration::from_secs(59), chrono::Duration::seconds(59), every));
-        assert!(due(Duration::from_secs(60), chrono::Duration::zero(), every));
-        assert!(due(Duration::from_secs(1), chrono::Duration::days(1), every));
+        assert!(!due(
+            Duration::from_secs(59),
+            chrono::Duration::seconds(59),
+            every
+        ));
+        assert!(due(
+            Duration::from_secs(60),
+            chrono::Duration::zero(),
+            every
+        ));
+        assert!(due(
+            Duration::from_secs(1),
+            chrono::Duration::days(1),
+            every
+        ));
         // A service clock set back never makes a sweep due by itself.
-        assert!(!due(Duration::from_secs(1), chrono::Duration::days(-1), every));
+        assert!(!due(
+            Duration::from_secs(1),
+            chrono::Duration::days(-1),
+            every
+        ));
     }
 }

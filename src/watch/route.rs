@@ -42,6 +42,18 @@ impl From<&Subscription> for Interest {
     }
 }
 
+impl From<&crate::domain::SubscriptionHead> for Interest {
+    fn from(s: &crate::domain::SubscriptionHead) -> Interest {
+        Interest {
+            id: s.id.as_str().into(),
+            team: s.team.as_str().into(),
+            channels: s.channels.iter().map(|c| c.as_str().into()).collect(),
+            events: s.events.iter().fold(0, |m, e| m | event_bit(*e)),
+            muted: s.muted,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Dispatch<'a> {
     pub team: &'a Team,
