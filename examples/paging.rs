@@ -25,7 +25,7 @@ async fn main() {
         .unwrap_or(100_000);
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[store]\npath = \"{}\"\n[delivery]\nallow_private_targets = true\n[[teams]]\nname = \"lighting\"\ntokens = [\"{TOKEN}\"]\n[[teams.channels]]\nname = \"pipeline\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\n",
+        "[server]\nrate_limit = 0\n[store]\npath = \"{}\"\n[delivery]\nallow_private_targets = true\n[[teams]]\nname = \"lighting\"\ntokens = [\"{TOKEN}\"]\n[[teams.channels]]\nname = \"pipeline\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\n",
         dir.path().join("s.sled").display()
     );
     let cfg = Config::from_toml(&text, std::path::Path::new("paging.toml")).unwrap();
@@ -113,6 +113,10 @@ async fn main() {
                 None => base.to_string(),
             };
             let (ms, v) = get(path).await;
+            assert!(
+                v["subscriptions"].is_array(),
+                "{label}: the API answered {v}"
+            );
             times.push(ms);
             next = v["next"].as_str().map(str::to_string);
             if next.is_none() {
@@ -128,11 +132,15 @@ async fn main() {
     }
     let mut times = Vec::new();
     for i in 0..100 {
-        let (ms, _) = get(format!(
+        let (ms, v) = get(format!(
             "/v1/subscriptions?state=all&limit=100&q=shot_{:04}",
             i * 7
         ))
         .await;
+        assert!(
+            v["subscriptions"].is_array(),
+            "search: the API answered {v}"
+        );
         times.push(ms);
     }
     println!(

@@ -205,7 +205,7 @@ name = "renders"
 kind = "webhook"
 url = "{ctl}/hook"
 [[teams.watches]]
-name = "every render"
+name = "every-render"
 farm_id = "{farm}"
 queue_ids = [{queues}]
 events = ["job.succeeded", "job.failed"]
@@ -301,20 +301,35 @@ async fn run_year(days: u64, per_day: u64) {
         "| day | jobs so far | subscriptions held | jobs followed | store on disk | RSS | page p50 / max, active | page p50 / max, finished | real s/day |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
+    // The watch's first search marks where its queues' history starts (at the
+    // clock's start): only then may the first day's jobs be submitted.
+    wait_until("the watch's first search", async || {
+        let v: Value = c
+            .get(format!("{sim}/_sim/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["searchJobs"].as_u64().unwrap_or(0) >= QUEUES.div_ceil(10)
+    })
+    .await;
     let wall = deadline_notifier::clock::monotonic();
     let mut month_wall = deadline_notifier::clock::monotonic();
     let day_ms = 86_400_000_i64;
     for day in 0..days as i64 {
-        // The day's jobs are submitted between 00:00 and 22:00; the clock then reads 23:00.
+        // The day's jobs are submitted between 00:00 and 22:00; then the clock moves
+        // to 23:00 (in this order, so no search can pass the day before its jobs exist).
         let day_start = start + chrono::Duration::milliseconds(day * day_ms);
-        clock
-            .offset_ms
-            .store(day * day_ms + 23 * 3_600_000, Ordering::SeqCst);
         c.post(format!("{ctl}/jobs"))
             .json(&json!({"count": per_day, "from": day_start.to_rfc3339(), "spacing_s": 22 * 3600 / per_day.max(1) as i64}))
             .send()
             .await
             .unwrap();
+        clock
+            .offset_ms
+            .store(day * day_ms + 23 * 3_600_000, Ordering::SeqCst);
         wait_until("every job of the day read once", async || {
             text(&c, &format!("{ctl}/unread")).await == "0"
         })

@@ -126,7 +126,7 @@ impl App {
         let addr = self.local_addr();
         let outbox = self.store.outbox_len();
         // The delivery log only needs to outlive any possible duplicate or replay.
-        let before = self.clock.now() - chrono::Duration::days(30);
+        let before = self.clock.now() - crate::watch::retention::DELIVERY_LOG_LIFE;
         let pruned = self.store.run(move |s| s.prune_delivered(before)).await?;
         // Subscriptions are counted in the watcher's "loaded" line; sled counts by
         // walking the tree, which took ~0.2 s at 100k.

@@ -58,14 +58,6 @@ pub struct SubscriptionHead {
 }
 
 impl SubscriptionHead {
-    pub fn job(&self) -> JobKey {
-        JobKey {
-            farm_id: self.farm_id.clone(),
-            queue_id: self.queue_id.clone(),
-            job_id: self.job_id.clone(),
-        }
-    }
-
     /// See [`Subscription::is_followed`].
     pub fn is_followed(&self) -> bool {
         self.state == "active" || self.state == "finished"

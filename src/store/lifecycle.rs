@@ -31,6 +31,9 @@ impl SubClass {
     }
 }
 
+/// The most subscriptions one page reads: what bounds a filtered page's time.
+pub const SCAN_BUDGET: usize = 1_000;
+
 /// A position in a team's list: the last row of the previous page (exclusive).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageFrom {
@@ -297,8 +300,9 @@ impl Store {
 
     /// One page of `team`'s subscriptions of `classes`, newest first, after `from`,
     /// at most `limit` of those `wanted` accepts. Reads only the index entries it
-    /// passes and their records: never the team's whole history (with a filter, as
-    /// many as it takes to fill the page).
+    /// passes and their records, at most [`SCAN_BUDGET`] of them: with a filter
+    /// that matches rarely a page may hold fewer than `limit` (even none) and still
+    /// say where the next one starts, so no page walks the team's whole history.
     pub fn subscriptions_page(
         &self,
         team: &str,
@@ -324,6 +328,7 @@ impl Store {
         let plen = order_prefix(team, SubClass::Active).len();
         let mut items = Vec::new();
         let mut last: Option<PageFrom> = None;
+        let mut scanned = 0;
         loop {
             // The newest of the lists' heads (smallest suffix) comes next.
             let mut best: Option<(usize, Vec<u8>)> = None;
@@ -346,9 +351,10 @@ impl Store {
             let Some((i, suffix)) = best else {
                 return Ok(Page { items, next: None });
             };
-            if items.len() >= limit {
+            if items.len() >= limit || scanned >= SCAN_BUDGET {
                 return Ok(Page { items, next: last });
             }
+            scanned += 1;
             iters[i].next();
             let (ts, id) = suffix.split_at(8.min(suffix.len()));
             let id = String::from_utf8_lossy(id).into_owned();

@@ -87,7 +87,7 @@ pub struct StoreCounts {
 
 /// sled's page cache (its default is 1 GiB, which would make memory grow with the
 /// number of watched jobs); hot state lives in the watcher's memory anyway.
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// How long a write may wait for its fsync. One fsync per write would cap delivery
 /// at the disk's fsync rate; nothing is sent before its sync, so this only delays.

@@ -608,3 +608,44 @@ fn pages_are_newest_first_stable_and_per_team() {
         .unwrap();
     assert_eq!(both.items.len(), 26);
 }
+
+#[test]
+fn a_filtered_page_reads_a_bounded_slice_and_the_cursor_finds_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s")).unwrap();
+    let t0 = crate::clock::wall_now();
+    let n = lifecycle::SCAN_BUDGET * 2 + 10;
+    let subs: Vec<Subscription> = (0..n)
+        .map(|i| {
+            let mut x = sub(&format!("s{i:05}"), "t", 0);
+            x.job.job_id = format!("job-{i:032x}");
+            x.created_at = t0 + chrono::Duration::seconds(i as i64);
+            x.job_name = Some(if i == 3 {
+                "the one".into()
+            } else {
+                format!("shot {i}")
+            });
+            x
+        })
+        .collect();
+    s.insert_subscriptions_bulk(&subs).unwrap();
+    let wanted = |x: &Subscription| x.job_name.as_deref() == Some("the one");
+    let mut from = None;
+    let mut pages = 0;
+    let mut found = Vec::new();
+    loop {
+        let p = s
+            .subscriptions_page("t", &[SubClass::Active], from.as_ref(), 100, &wanted)
+            .unwrap();
+        pages += 1;
+        found.extend(p.items.into_iter().map(|x| x.id));
+        match p.next {
+            Some(f) => from = Some(f),
+            None => break,
+        }
+    }
+    // The oldest match is reached by following the cursor, no page reading more
+    // than its budget: three pages for twice the budget and ten more.
+    assert_eq!(found, vec!["s00003".to_string()]);
+    assert_eq!(pages, 3);
+}

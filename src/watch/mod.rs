@@ -164,24 +164,36 @@ impl Loop {
             })
         });
         let read_ms = origin.elapsed().as_millis() as u64;
-        let mut states: HashMap<JobKey, JobState> =
-            states?.into_iter().map(|s| (s.job.clone(), s)).collect();
+        let mut states: HashMap<JobKey, Known> = states?
+            .into_iter()
+            .map(|s| {
+                let known = Known {
+                    status: s.status,
+                    since: s.since,
+                    terminal_since: s.terminal_since,
+                    progress: s.progress,
+                };
+                (s.job, known)
+            })
+            .collect();
         let mut tracked: HashMap<Arc<JobKey>, Tracked> = HashMap::default();
         for s in subs? {
             if s.is_followed() {
-                let t = tracked.entry(Arc::new(s.job())).or_insert_with(|| Tracked {
+                let finished = s.is_finished();
+                let (job, interest) = route::split(s);
+                let t = tracked.entry(Arc::new(job)).or_insert_with(|| Tracked {
                     subs: Vec::new(),
                     state: None,
                     factor: 1,
                     finished: true,
                 });
                 // One active subscription makes the job active.
-                t.finished &= s.is_finished();
-                t.subs.push(Interest::from(&s));
+                t.finished &= finished;
+                t.subs.push(interest);
             }
         }
         for (job, t) in tracked.iter_mut() {
-            t.state = states.remove(job).map(Known::from);
+            t.state = states.remove(&**job);
             // Pushing grew each list to room for four; most jobs have one subscriber.
             t.subs.shrink_to_fit();
         }
@@ -224,20 +236,7 @@ impl Loop {
         let unmapped = blocking(|| l.w.store.unmapped_people(cutoff))?;
         l.w.health.load_unmapped(unmapped);
         l.enforce_allow_lists()?;
-        // Spread the first round over one interval instead of a burst at start-up.
-        let interval = l.interval_ms();
-        let jobs: Vec<Arc<JobKey>> = l.tracked.keys().cloned().collect();
-        let n = jobs.len().max(1) as u64;
-        for (i, job) in jobs.iter().enumerate() {
-            let finished = l.tracked.get(&**job).is_some_and(|t| t.finished);
-            if finished {
-                // Spread over the finished interval too.
-                let every = l.finished_interval_ms();
-                l.reschedule(job, i as u64 * every / n, false);
-            } else if !l.settled(job) {
-                l.reschedule(job, i as u64 * interval / n, false);
-            }
-        }
+        blocking(|| l.schedule_loaded())?;
         tracing::info!(
             jobs = l.schedule.len(),
             subscriptions = l.tracked.values().map(|t| t.subs.len()).sum::<usize>(),
@@ -246,6 +245,61 @@ impl Loop {
             "watcher loaded"
         );
         Ok(l)
+    }
+
+    /// Schedules every loaded job, spreading the first round over one interval (the
+    /// finished ones over the finished interval) instead of a burst at start-up.
+    /// What [`Loop::reschedule`] does for one job, done in one pass over all of them.
+    fn schedule_loaded(&mut self) -> Result<(), StoreError> {
+        let (interval, every) = (self.interval_ms(), self.finished_interval_ms());
+        let finished_factor = (every / interval).clamp(1, u32::MAX as u64) as u32;
+        let now = self.w.clock.now();
+        let cfg = self.active.config.clone();
+        let n = self.tracked.len().max(1) as u64;
+        let mut weights: HashMap<Box<str>, f64> = HashMap::default();
+        let mut settled = Vec::new();
+        for (i, (key, t)) in self.tracked.iter_mut().enumerate() {
+            let i = i as u64;
+            let st = t.state.as_ref();
+            let (factor, at) = if t.finished {
+                (finished_factor, i * every / n)
+            } else if crate::watch::schedule::settled(
+                st.and_then(|s| s.terminal_since),
+                now,
+                &cfg.deadline,
+            ) {
+                // Settled while the service was down (or before its subscriptions
+                // were marked): finished below, then read at the finished pace.
+                settled.push((key.clone(), i * every / n));
+                continue;
+            } else {
+                let f = crate::watch::schedule::poll_factor(
+                    st.map(|s| &s.status),
+                    st.map_or(now, |s| s.since),
+                    now,
+                    &cfg.deadline,
+                );
+                (f, i * interval / n)
+            };
+            t.factor = factor;
+            self.load += 1.0 / f64::from(factor);
+            // The lane: the first of its teams by name.
+            let team = t.subs.iter().map(|s| &*s.team).min().unwrap_or("");
+            let weight = match weights.get(team) {
+                Some(w) => *w,
+                None => {
+                    let w = cfg.team(team).map_or(1.0, |t| t.weight);
+                    weights.insert(team.into(), w);
+                    w
+                }
+            };
+            self.schedule.set(key, team, weight, at, t.finished);
+        }
+        for (key, at) in settled {
+            self.set_finished(&key, true)?;
+            self.reschedule(&key, at, false);
+        }
+        Ok(())
     }
 
     fn now_ms(&self) -> u64 {

@@ -21,6 +21,9 @@ fn tombstone_life(cfg: &crate::config::DeadlineConfig) -> chrono::Duration {
         .unwrap_or(chrono::Duration::days(1))
 }
 
+/// How long a delivery is remembered (to suppress a duplicate send).
+pub const DELIVERY_LOG_LIFE: chrono::Duration = chrono::Duration::days(30);
+
 /// How often the sweep looks at both clocks.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -41,6 +44,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last = (crate::clock::tokio_monotonic(), clock.now());
+    let mut last_log_prune = clock.now();
     loop {
         let cfg = live.current().config.clone();
         let every = cfg
@@ -69,6 +73,15 @@ pub async fn run(
                 );
                 metrics::counter!("deadline_notifier_retired_subscriptions_total")
                     .increment(n as u64);
+            }
+        }
+        // The delivery log (what suppresses a duplicate send) only needs to outlive
+        // any replay; pruned hourly, since it is one walk of the log.
+        if now - last_log_prune >= chrono::Duration::hours(1) {
+            last_log_prune = now;
+            let before = now - DELIVERY_LOG_LIFE;
+            if let Err(e) = store.run(move |s| s.prune_delivered(before)).await {
+                tracing::error!(error = %e, "cannot prune the delivery log");
             }
         }
         let before = now - tombstone_life(&cfg.deadline);

@@ -42,16 +42,22 @@ impl From<&Subscription> for Interest {
     }
 }
 
-impl From<&crate::domain::SubscriptionHead> for Interest {
-    fn from(s: &crate::domain::SubscriptionHead) -> Interest {
-        Interest {
-            id: s.id.as_str().into(),
-            team: s.team.as_str().into(),
-            channels: s.channels.iter().map(|c| c.as_str().into()).collect(),
-            events: s.events.iter().fold(0, |m, e| m | event_bit(*e)),
-            muted: s.muted,
-        }
-    }
+/// A stored subscription's job and what routing keeps of it, its strings moved
+/// rather than copied (start-up does this for every subscription).
+pub fn split(s: crate::domain::SubscriptionHead) -> (JobKey, Interest) {
+    let job = JobKey {
+        farm_id: s.farm_id,
+        queue_id: s.queue_id,
+        job_id: s.job_id,
+    };
+    let interest = Interest {
+        id: s.id.into_boxed_str(),
+        team: s.team.into_boxed_str(),
+        channels: s.channels.into_iter().map(String::into_boxed_str).collect(),
+        events: s.events.iter().fold(0, |m, e| m | event_bit(*e)),
+        muted: s.muted,
+    };
+    (job, interest)
 }
 
 #[derive(Debug)]

@@ -61,13 +61,19 @@ const state = {
 
 const PAGE_SIZE = { active: 100, finished: 50 };
 
-/** The jobs table's rows: `state.pages` pages of the current view, following the cursor. */
+/**
+ * The jobs table's rows: `state.pages` pages' worth of the current view, following
+ * the cursor. A search page reads a bounded slice of the history, so it may match
+ * few rows and still have a next page: keep going (within a bound) until the rows
+ * fill the pages asked for.
+ */
 async function loadSubs() {
   const q = state.query ? `&q=${encodeURIComponent(state.query)}` : "";
   const base = `/v1/subscriptions?state=${state.view}&limit=${PAGE_SIZE[state.view]}${q}`;
+  const want = state.pages * PAGE_SIZE[state.view];
   let rows = [];
   let next = null;
-  for (let i = 0; i < state.pages; i++) {
+  for (let calls = 0; calls < state.pages + 50 && rows.length < want; calls++) {
     const page = await api("GET", next ? `${base}&cursor=${encodeURIComponent(next)}` : base);
     rows = rows.concat(page.subscriptions);
     next = page.next;
