@@ -375,10 +375,11 @@ async fn run_year(days: u64, per_day: u64) {
     }
     println!(
         "\n{} jobs in {:.0} s real time",
-        days as u64 * per_day,
+        days * per_day,
         wall.elapsed().as_secs_f64()
     );
     let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn main() {
