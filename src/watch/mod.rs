@@ -164,18 +164,7 @@ impl Loop {
             })
         });
         let read_ms = origin.elapsed().as_millis() as u64;
-        let mut states: HashMap<JobKey, Known> = states?
-            .into_iter()
-            .map(|s| {
-                let known = Known {
-                    status: s.status,
-                    since: s.since,
-                    terminal_since: s.terminal_since,
-                    progress: s.progress,
-                };
-                (s.job, known)
-            })
-            .collect();
+        let mut states: HashMap<JobKey, Known> = states?.into_iter().map(Known::split).collect();
         let mut tracked: HashMap<Arc<JobKey>, Tracked> = HashMap::default();
         for s in subs? {
             if s.is_followed() {

@@ -23,14 +23,22 @@ pub struct Known {
     pub progress: Progress,
 }
 
-impl From<JobState> for Known {
-    fn from(s: JobState) -> Known {
-        Known {
+impl Known {
+    /// The stored state's job and what the loop keeps of it, moved, not copied.
+    pub fn split(s: JobState) -> (crate::domain::JobKey, Known) {
+        let known = Known {
             status: s.status,
             since: s.since,
             terminal_since: s.terminal_since,
             progress: s.progress,
-        }
+        };
+        (s.job, known)
+    }
+}
+
+impl From<JobState> for Known {
+    fn from(s: JobState) -> Known {
+        Known::split(s).1
     }
 }
 
