@@ -92,7 +92,7 @@ async fn finished_subscriptions_fade_and_the_store_returns_to_what_is_active() {
     })
     .await;
     svc.kill();
-    let svc = env.start().await;
+    let mut svc = env.start().await;
     wait_for(T, "only the running jobs' subscriptions", || async {
         let n = metric(&env, "deadline_notifier_subscriptions").await;
         if n == 5.0 { Ok(()) } else { Err(n) }
@@ -135,7 +135,9 @@ async fn finished_subscriptions_fade_and_the_store_returns_to_what_is_active() {
         announced.len() == 2000
     })
     .await;
-    drop(svc);
+    // A clean stop, so the last sweep's and the watcher's last group commits are
+    // on disk when the store is read (the kill above already covered a crash).
+    assert!(svc.terminate().success());
     let store = deadline_notifier::store::Store::open(
         &env.config_path().parent().unwrap().join("store.sled"),
     )
