@@ -736,7 +736,12 @@ async fn every_answer_carries_the_security_headers() {
         );
     std::fs::write(env.config_path(), text).unwrap();
     let svc = env.start().await;
-    let c = reqwest::Client::new();
+    // A fresh connection per request: the server closes one after refusing an
+    // oversized body, and a pooled reuse of it would fail on the client side.
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let api = env.api();
     let mut seen = Vec::new();
     let mut check = |r: &reqwest::Response, want: u16| {
