@@ -160,30 +160,7 @@ impl Store {
         payload: serde_json::Value,
         failure: crate::domain::Failure,
     ) -> Result<bool, StoreError> {
-        let key = outbox_key(team, channel, seq);
-        let done = self
-            .inner
-            .outbox
-            .transaction(|t| -> TxResult<bool> {
-                let Some(v) = t.get(&key)? else {
-                    return Ok(false);
-                };
-                let mut e: OutboxEntry = decode_in_tx(&v)?;
-                if e.triage_until.is_none() {
-                    return Ok(false);
-                }
-                e.payload = payload.clone();
-                e.failure = Some(failure.clone());
-                e.triage_until = None;
-                e.snapshot = None;
-                e.transition = None;
-                e.next_attempt_at = e.next_attempt_at.min(crate::clock::wall_now());
-                t.insert(key.clone(), enc(&e))?;
-                Ok(true)
-            })
-            .map_err(|e| self.tx_err(e))?;
-        self.mark_dirty();
-        Ok(done)
+        self.write_triage(team, channel, seq, payload, failure, true)
     }
 
     /// Stores what triage has gathered so far as a waiting message's payload: it
@@ -195,6 +172,21 @@ impl Store {
         seq: u64,
         payload: serde_json::Value,
         failure: crate::domain::Failure,
+    ) -> Result<bool, StoreError> {
+        self.write_triage(team, channel, seq, payload, failure, false)
+    }
+
+    /// Writes triage's payload and facts into a message still waiting for triage;
+    /// `finish` also ends the wait (the message is due now). False when the entry
+    /// is gone or no longer waiting.
+    fn write_triage(
+        &self,
+        team: &str,
+        channel: &str,
+        seq: u64,
+        payload: serde_json::Value,
+        failure: crate::domain::Failure,
+        finish: bool,
     ) -> Result<bool, StoreError> {
         let key = outbox_key(team, channel, seq);
         let done = self
@@ -210,6 +202,12 @@ impl Store {
                 }
                 e.payload = payload.clone();
                 e.failure = Some(failure.clone());
+                if finish {
+                    e.triage_until = None;
+                    e.snapshot = None;
+                    e.transition = None;
+                    e.next_attempt_at = e.next_attempt_at.min(crate::clock::wall_now());
+                }
                 t.insert(key.clone(), enc(&e))?;
                 Ok(true)
             })
