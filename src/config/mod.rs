@@ -224,8 +224,24 @@ mod keep {
     use super::Keep;
     use serde::{Deserialize, Deserializer};
 
+    /// A duration string, or the bare number `0` (`keep_finished = 0`).
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(i64),
+        Text(String),
+    }
+
     pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Keep, D::Error> {
-        let s = String::deserialize(d)?;
+        let s = match Raw::deserialize(d)? {
+            Raw::Number(0) => return Ok(Keep::For(std::time::Duration::ZERO)),
+            Raw::Number(n) => {
+                return Err(serde::de::Error::custom(format!(
+                    "{n} has no unit; write e.g. \"{n}d\" or \"{n}s\", \"0\" or \"forever\""
+                )));
+            }
+            Raw::Text(s) => s,
+        };
         let t = s.trim();
         if t == "forever" {
             return Ok(Keep::Forever);
@@ -1158,6 +1174,27 @@ name = "Jane Doe"
             "us--2",
         ] {
             assert!(!is_region(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keep_takes_a_duration_zero_or_forever_and_names_the_key_otherwise() {
+        let with = |v: &str| {
+            let text = GOOD.replacen(
+                "[deadline]\n",
+                &format!("[store]\nkeep_finished = {v}\n[deadline]\n"),
+                1,
+            );
+            Config::from_toml(&text, Path::new("x.toml"))
+        };
+        let keep = |v: &str| with(v).unwrap().store.keep_finished;
+        assert_eq!(keep("0"), Keep::For(Duration::ZERO));
+        assert_eq!(keep("\"0\""), Keep::For(Duration::ZERO));
+        assert_eq!(keep("\"forever\""), Keep::Forever);
+        assert_eq!(keep("\"3s\""), Keep::For(Duration::from_secs(3)));
+        for bad in ["30", "\"500ms\"", "\"soon\""] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("keep_finished"), "{bad}: {e}");
         }
     }
 }
