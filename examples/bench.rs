@@ -73,8 +73,13 @@ tokens = ["bench-token-0123456789"]
     Config::from_toml(&text, std::path::Path::new("bench.toml")).unwrap()
 }
 
+/// One client for the bench's own reads: `reqwest::get` builds a client per call,
+/// loading the system's certificates each time, and that CPU would be counted as
+/// the service's.
 async fn get(url: &str) -> Value {
-    reqwest::get(url).await.unwrap().json().await.unwrap()
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let c = CLIENT.get_or_init(reqwest::Client::new);
+    c.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// Child 1: simulator and sink. Prints their ports, serves until killed.
@@ -287,6 +292,7 @@ async fn run_throughput(m: usize, sim: String, sink: String, stats: String) {
         .await
         .unwrap();
     let t0 = deadline_notifier::clock::monotonic();
+    let cpu0 = cpu_seconds();
     tokio::spawn(app.run(std::future::pending()));
     loop {
         if get(&format!("{stats}/stats")).await["received"]
@@ -300,9 +306,10 @@ async fn run_throughput(m: usize, sim: String, sink: String, stats: String) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu_us = (cpu_seconds() - cpu0) * 1e6 / m as f64;
     println!(
         "{}",
-        json!({"messages": m, "seconds": secs, "posts_per_s": m as f64 / secs})
+        json!({"messages": m, "seconds": secs, "posts_per_s": m as f64 / secs, "cpu_us_per_post": cpu_us})
     );
 }
 
@@ -373,7 +380,11 @@ fn main() {
         }
         _ => {}
     }
-    let sizes: Vec<usize> = if args.len() > 1 {
+    // `bench throughput` runs only the delivery phase (for before/after pairs).
+    let only_throughput = args.get(1).map(String::as_str) == Some("throughput");
+    let sizes: Vec<usize> = if only_throughput {
+        Vec::new()
+    } else if args.len() > 1 {
         args[1..].iter().map(|a| a.parse().unwrap()).collect()
     } else {
         vec![1_000, 10_000, 100_000]
@@ -383,7 +394,8 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|");
     let mut base_rss = None;
-    for n in std::iter::once(0).chain(sizes) {
+    let baseline = (!only_throughput).then_some(0);
+    for n in baseline.into_iter().chain(sizes) {
         let (mut world, sim, sink, stats) = spawn_world();
         rt.block_on(async {
             reqwest::Client::new()
@@ -442,9 +454,10 @@ fn main() {
     let _ = t.kill();
     let _ = world.kill();
     println!(
-        "\ndelivery throughput to a local sink: {:.0} posts/s ({} messages over 8 webhook channels in {:.2} s)",
+        "\ndelivery throughput to a local sink: {:.0} posts/s ({} messages over 8 webhook channels in {:.2} s; the service's CPU {:.0} µs/post)",
         v["posts_per_s"].as_f64().unwrap(),
         v["messages"],
-        v["seconds"].as_f64().unwrap()
+        v["seconds"].as_f64().unwrap(),
+        v["cpu_us_per_post"].as_f64().unwrap()
     );
 }

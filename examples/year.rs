@@ -290,7 +290,10 @@ async fn run_year(days: u64, per_day: u64) {
     let client = DeadlineClient::local(&sim, &cfg.deadline);
     let app = App::build(cfg, Some(client), clock.clone()).await.unwrap();
     let api = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run(std::future::pending()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run(async move {
+        let _ = stop_rx.await;
+    }));
     let c = reqwest::Client::new();
     let rss_base = rss_bytes();
     println!(
@@ -378,8 +381,39 @@ async fn run_year(days: u64, per_day: u64) {
         days * per_day,
         wall.elapsed().as_secs_f64()
     );
+    let _ = stop_tx.send(());
+    let _ = running.await;
     let _ = child.kill();
     let _ = child.wait();
+    // Where the bytes are: each tree's records and their sizes, read after a clean
+    // stop (a constant job rate must leave every tree flat, not only the counts).
+    let mut files: Vec<(u64, String)> = Vec::new();
+    fn walk(p: &std::path::Path, out: &mut Vec<(u64, String)>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path(), out),
+                Ok(m) => out.push((m.len(), e.path().display().to_string())),
+                Err(_) => {}
+            }
+        }
+    }
+    walk(&store_dir, &mut files);
+    files.sort();
+    for (n, f) in files.iter().rev().take(8) {
+        println!("{n:>12} {f}");
+    }
+    let db = sled::open(&store_dir).unwrap();
+    println!("\n| tree | records | key + value bytes |\n|---|---|---|");
+    for name in db.tree_names() {
+        let t = db.open_tree(&name).unwrap();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for kv in t.iter() {
+            let (k, v) = kv.unwrap();
+            n += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        println!("| {} | {n} | {bytes} |", String::from_utf8_lossy(&name));
+    }
 }
 
 fn main() {

@@ -102,6 +102,8 @@ struct Pending {
     created_at: DateTime<Utc>,
     /// A test message: it yields to every real one.
     test: bool,
+    /// Being sent now: its job's later messages wait until this one is settled.
+    sending: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,8 +122,23 @@ impl Queue {
                 due: e.next_attempt_at,
                 created_at: e.created_at,
                 test: e.is_test(),
+                sending: false,
             },
         );
+    }
+
+    /// Marks a message as being sent; [`Queue::next`] then passes over its job.
+    pub fn start(&mut self, seq: u64) {
+        if let Some(p) = self.entries.get_mut(&seq) {
+            p.sending = true;
+        }
+    }
+
+    /// The send of `seq` is over (its outcome is applied separately).
+    pub fn finish(&mut self, seq: u64) {
+        if let Some(p) = self.entries.get_mut(&seq) {
+            p.sending = false;
+        }
     }
 
     pub fn remove(&mut self, seq: u64) {
@@ -170,12 +187,19 @@ impl Queue {
     /// "started" never arrives after its "failed"; different jobs never wait for
     /// each other. Among sendable messages the oldest goes first. A test message
     /// goes only when no real message is queued: it never takes a real one's turn.
+    /// A message being sent holds back its job's later ones (and, if real, every
+    /// test) until its outcome is known: a failed send is retried before them.
     pub fn next(&self, now: DateTime<Utc>) -> Next {
         for tests in [false, true] {
             let mut seen: HashSet<&JobKey> = HashSet::new();
             let mut soonest: Option<DateTime<Utc>> = None;
+            let mut sending = false;
             for (seq, p) in self.entries.iter().filter(|(_, p)| p.test == tests) {
                 if !seen.insert(&p.job) {
+                    continue;
+                }
+                if p.sending {
+                    sending = true;
                     continue;
                 }
                 if p.due <= now {
@@ -185,6 +209,10 @@ impl Queue {
             }
             if let Some(s) = soonest {
                 return Next::WaitUntil(s);
+            }
+            if sending {
+                // Only sends in flight: their completion wakes the worker.
+                return Next::Idle;
             }
         }
         Next::Idle
@@ -428,6 +456,36 @@ mod tests {
         assert_eq!(q.next(t0() + secs(30)), Next::Send(2));
         q.remove(2);
         assert_eq!(q.next(t0()), Next::Send(1));
+    }
+
+    #[test]
+    fn a_message_in_flight_holds_its_job_and_the_tests_but_not_other_jobs() {
+        let mut q = Queue::default();
+        q.insert(&entry(1, 1, 0));
+        q.insert(&entry(2, 1, 0)); // job 1's second message
+        q.insert(&entry(3, 2, 0));
+        let mut test = entry(4, 9, 0);
+        test.webhook_id = format!("{}x", crate::domain::TEST_MESSAGE_PREFIX);
+        q.insert(&test);
+        assert_eq!(q.next(t0()), Next::Send(1));
+        q.start(1);
+        // Job 1 is busy; job 2 may go alongside.
+        assert_eq!(q.next(t0()), Next::Send(3));
+        q.start(3);
+        // Both real jobs are in flight: neither job 1's second message nor the test
+        // may go until one is settled.
+        assert_eq!(q.next(t0()), Next::Idle);
+        // Job 1's send failed: it backs off, and its second message still waits.
+        q.finish(1);
+        q.set_due(1, t0() + secs(5));
+        assert_eq!(q.next(t0()), Next::WaitUntil(t0() + secs(5)));
+        q.finish(3);
+        q.remove(3);
+        assert_eq!(q.next(t0() + secs(5)), Next::Send(1));
+        q.remove(1);
+        assert_eq!(q.next(t0() + secs(5)), Next::Send(2));
+        q.remove(2);
+        assert_eq!(q.next(t0() + secs(5)), Next::Send(4));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `decide` is pure (layer "decisions": `domain`, `notify` only); this loop may also
 //! import the store, `notify::send` and `app::{live, telemetry}`.
 pub mod decide;
+pub mod record;
 
 use crate::app::live::{Active, Live};
 use crate::clock::SharedClock;
@@ -54,6 +55,46 @@ impl Backlogs {
     }
 }
 
+/// Sends of different jobs a worker keeps in flight on one channel at most: a
+/// receiver's latency then no longer caps the channel at one message per round
+/// trip. A job's own messages still go one at a time, in order; pacing and the
+/// breaker (one probe at a time) still apply.
+pub const IN_FLIGHT_PER_CHANNEL: usize = 8;
+
+/// Loaded entries a worker keeps decoded, so a send does not read and decode its
+/// entry a second time; beyond this (a long backlog) entries are read when due,
+/// which bounds a worker's memory whatever the backlog. Safe because only the
+/// channel's own worker changes or removes an entry that is not awaiting triage,
+/// and entries awaiting triage are never kept.
+const KEPT_ENTRIES: usize = 256;
+
+/// What a finished send means for the worker's queue.
+#[derive(Debug, Clone, Copy)]
+enum QueueOp {
+    /// Settled (sent, dead-lettered, gone): it leaves the queue.
+    Remove,
+    /// Sent; `recovered` if that closed the destination's breaker.
+    Delivered { recovered: bool },
+    /// Retried at this time.
+    RetryAt(DateTime<Utc>),
+}
+
+impl QueueOp {
+    fn apply(self, seq: u64, queue: &mut Queue, now: DateTime<Utc>) {
+        match self {
+            QueueOp::Remove => queue.remove(seq),
+            QueueOp::Delivered { recovered } => {
+                queue.remove(seq);
+                if recovered {
+                    // What waited on a back-off may go now.
+                    queue.pull_in(now);
+                }
+            }
+            QueueOp::RetryAt(at) => queue.set_due(seq, at),
+        }
+    }
+}
+
 /// Destinations shared by all workers.
 pub type SharedDestinations = Arc<Mutex<Destinations>>;
 
@@ -66,6 +107,8 @@ pub struct Worker {
     pub wake: Arc<Notify>,
     pub dests: SharedDestinations,
     pub backlogs: Backlogs,
+    /// Where deliveries are recorded (shared by all workers).
+    pub recorder: record::Recorder,
     /// Repeated identical warnings collapse to one line a minute.
     pub warns: Mutex<decide::WarnGate>,
 }
@@ -90,12 +133,13 @@ pub async fn supervise(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), DeliveryError> {
     let mut sv = Supervisor {
-        store,
+        store: store.clone(),
         live: live.clone(),
         clock,
         wakers,
         backlogs,
         dests: SharedDestinations::default(),
+        recorder: record::Recorder::start(store.clone()),
         worker_shutdown: shutdown.clone(),
         tasks: JoinSet::new(),
         running: HashSet::new(),
@@ -144,6 +188,7 @@ struct Supervisor {
     wakers: Wakers,
     backlogs: Backlogs,
     dests: SharedDestinations,
+    recorder: record::Recorder,
     worker_shutdown: watch::Receiver<bool>,
     tasks: JoinSet<Result<String, StoreError>>,
     /// Channel keys with a live worker.
@@ -173,6 +218,7 @@ impl Supervisor {
                     wake: self.wakers.get(&t.name, &c.name),
                     dests: self.dests.clone(),
                     backlogs: self.backlogs.clone(),
+                    recorder: self.recorder.clone(),
                     warns: Mutex::default(),
                 };
                 let id = self.tasks.spawn(w.run(self.worker_shutdown.clone())).id();
@@ -202,11 +248,30 @@ impl Worker {
     }
 
     /// Returns the channel's key when shutting down or when a reload removed the channel.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<String, StoreError> {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<String, StoreError> {
+        let me = Arc::new(self);
+        let mut flying = JoinSet::new();
+        let out = Arc::clone(&me).serve(shutdown, &mut flying).await;
+        // In-flight sends complete even during shutdown (the grace period in `app`
+        // bounds how long that may take), so a sent message is recorded as sent.
+        while let Some(done) = flying.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::error!(team = %me.team, channel = %me.channel, error = %e, "recording a delivery failed during shutdown");
+            }
+        }
+        out
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+        flying: &mut JoinSet<Result<(u64, QueueOp), StoreError>>,
+    ) -> Result<String, StoreError> {
         let key = channel_key(&self.team, &self.channel);
         let mut durable = self.store.durable();
         let mut queue = Queue::default();
         let mut awaiting = std::collections::BTreeSet::new();
+        let mut kept: HashMap<u64, OutboxEntry> = HashMap::new();
         // Entries up to `loaded` (inclusive) are in `queue`; the next load starts after it.
         let mut next_from: u64 = 0;
         loop {
@@ -222,73 +287,33 @@ impl Worker {
                 .and_then(|t| t.channel(&self.channel))
                 .cloned()
             else {
-                self.backlogs.remove(&self.team, &self.channel);
-                let (t, c) = (self.team.clone(), self.channel.clone());
-                let queued = self.store.run(move |s| s.outbox_len_for(&t, &c)).await?;
-                if queued > 0 {
-                    tracing::warn!(team = %self.team, channel = %self.channel, queued, "channel removed from the configuration; its queued messages stay in the outbox until it is configured again");
-                } else {
-                    tracing::info!(team = %self.team, channel = %self.channel, "channel removed from the configuration");
-                }
+                self.channel_removed().await?;
                 return Ok(key);
             };
             // Only what is on disk may leave: a crash can then never re-detect a
             // transition whose message was already sent.
             let upto = *durable.borrow_and_update();
             if upto >= next_from {
-                let (t, c, from) = (self.team.clone(), self.channel.clone(), next_from);
-                let fresh = self
-                    .store
-                    .run(move |s| s.outbox_range(&t, &c, from, upto))
+                self.load(next_from, upto, &mut queue, &mut awaiting, &mut kept)
                     .await?;
-                for e in &fresh {
-                    queue.insert(e);
-                    if e.triage_until.is_some() {
-                        awaiting.insert(e.seq);
-                    }
-                }
                 next_from = upto + 1;
             }
-            // Messages waiting for triage are due at its deadline; one whose triage
-            // finished (it woke us) is due now.
             if !awaiting.is_empty() {
-                let (t, c, seqs) = (
-                    self.team.clone(),
-                    self.channel.clone(),
-                    awaiting.iter().copied().collect::<Vec<_>>(),
-                );
-                let now_state = self
-                    .store
-                    .run(move |s| {
-                        seqs.into_iter()
-                            .map(|seq| Ok((seq, s.outbox_entry(&t, &c, seq)?)))
-                            .collect::<Result<Vec<_>, StoreError>>()
-                    })
-                    .await?;
-                for (seq, e) in now_state {
-                    match e {
-                        None => {
-                            awaiting.remove(&seq);
-                            queue.remove(seq);
-                        }
-                        Some(e) if e.triage_until.is_none() => {
-                            awaiting.remove(&seq);
-                            queue.set_due(seq, e.next_attempt_at);
-                        }
-                        Some(_) => {}
-                    }
-                }
+                self.recheck_triage(&mut queue, &mut awaiting).await?;
             }
             self.backlogs
                 .set(&self.team, &self.channel, queue.len(), queue.oldest());
             let now = self.clock.now();
             let url = channel.url.expose();
-            let choice = if self.dests().tripped(url) {
-                // The endpoint keeps failing: one probe at a time, on the breaker's
-                // schedule, whatever the messages' own back-off says.
-                queue.first().map_or(Next::Idle, Next::Send)
-            } else {
-                queue.next(now)
+            let tripped = self.dests().tripped(url);
+            // Different jobs' messages may be in flight together; a failing endpoint
+            // gets one probe at a time, on the breaker's schedule, whatever the
+            // messages' own back-off says.
+            let room = flying.len() < if tripped { 1 } else { IN_FLIGHT_PER_CHANNEL };
+            let choice = match (room, tripped) {
+                (false, _) => Next::Idle,
+                (true, true) => queue.first().map_or(Next::Idle, Next::Send),
+                (true, false) => queue.next(now),
             };
             let wait = match choice {
                 Next::Send(seq) => {
@@ -296,9 +321,9 @@ impl Worker {
                     if free_in.is_zero() {
                         let interval = active.config.delivery.interval(channel.kind);
                         self.dests().take(url, interval, crate::clock::monotonic());
-                        // In-flight sends complete even during shutdown; the grace
-                        // period in `app` bounds how long that may take.
-                        self.attempt(&active, &channel, seq, &mut queue).await?;
+                        queue.start(seq);
+                        let entry = kept.remove(&seq);
+                        flying.spawn(Arc::clone(&self).attempt(active, channel, seq, entry));
                         continue;
                     }
                     free_in
@@ -311,23 +336,111 @@ impl Worker {
                 _ = self.wake.notified() => {}
                 _ = durable.changed() => {}
                 _ = shutdown.changed() => {}
+                Some(done) = flying.join_next(), if !flying.is_empty() => {
+                    let (seq, op) = match done {
+                        Ok(r) => r?,
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    };
+                    queue.finish(seq);
+                    op.apply(seq, &mut queue, self.clock.now());
+                }
             }
         }
     }
 
-    async fn attempt(
+    /// Queues the durable entries `from..=upto` of this channel.
+    async fn load(
         &self,
-        active: &Active,
-        target: &Channel,
-        seq: u64,
+        from: u64,
+        upto: u64,
         queue: &mut Queue,
+        awaiting: &mut std::collections::BTreeSet<u64>,
+        kept: &mut HashMap<u64, OutboxEntry>,
     ) -> Result<(), StoreError> {
+        let (t, c) = (self.team.clone(), self.channel.clone());
+        let fresh = self
+            .store
+            .run(move |s| s.outbox_range(&t, &c, from, upto))
+            .await?;
+        for e in fresh {
+            queue.insert(&e);
+            if e.triage_until.is_some() {
+                awaiting.insert(e.seq);
+            } else if kept.len() < KEPT_ENTRIES {
+                kept.insert(e.seq, e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages waiting for triage are due at its deadline; one whose triage
+    /// finished (it woke us) is due now.
+    async fn recheck_triage(
+        &self,
+        queue: &mut Queue,
+        awaiting: &mut std::collections::BTreeSet<u64>,
+    ) -> Result<(), StoreError> {
+        let (t, c, seqs) = (
+            self.team.clone(),
+            self.channel.clone(),
+            awaiting.iter().copied().collect::<Vec<_>>(),
+        );
+        let now_state = self
+            .store
+            .run(move |s| {
+                seqs.into_iter()
+                    .map(|seq| Ok((seq, s.outbox_entry(&t, &c, seq)?)))
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await?;
+        for (seq, e) in now_state {
+            match e {
+                None => {
+                    awaiting.remove(&seq);
+                    queue.remove(seq);
+                }
+                Some(e) if e.triage_until.is_none() => {
+                    awaiting.remove(&seq);
+                    queue.set_due(seq, e.next_attempt_at);
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_removed(&self) -> Result<(), StoreError> {
+        self.backlogs.remove(&self.team, &self.channel);
+        let (t, c) = (self.team.clone(), self.channel.clone());
+        let queued = self.store.run(move |s| s.outbox_len_for(&t, &c)).await?;
+        if queued > 0 {
+            tracing::warn!(team = %self.team, channel = %self.channel, queued, "channel removed from the configuration; its queued messages stay in the outbox until it is configured again");
+        } else {
+            tracing::info!(team = %self.team, channel = %self.channel, "channel removed from the configuration");
+        }
+        Ok(())
+    }
+
+    /// One message's send, run beside other jobs' sends; returns what its outcome
+    /// means for the worker's queue.
+    async fn attempt(
+        self: Arc<Self>,
+        active: Arc<Active>,
+        target: Channel,
+        seq: u64,
+        kept: Option<OutboxEntry>,
+    ) -> Result<(u64, QueueOp), StoreError> {
+        let active = &*active;
+        let target = &target;
         let (t, c) = (self.team.clone(), self.channel.clone());
         let found = self
             .store
             .run(move |s| {
                 let st = s.channel_state(&t, &c)?;
-                let e = s.outbox_entry(&t, &c, seq)?;
+                let e = match kept {
+                    Some(e) => Some(e),
+                    None => s.outbox_entry(&t, &c, seq)?,
+                };
                 let dup = match &e {
                     Some(e) => s.was_delivered(&e.webhook_id)?,
                     None => false,
@@ -336,32 +449,27 @@ impl Worker {
             })
             .await?;
         let (st, Some(mut e), already) = found else {
-            queue.remove(seq);
-            return Ok(());
+            return Ok((seq, QueueOp::Remove));
         };
         let now = self.clock.now();
         match decide::before_send(st.disabled_reason.as_deref(), &e, already) {
             BeforeSend::ChannelDisabled(reason) => {
                 let dl = self.dead_letter(&e, reason, now).await?;
-                queue.remove(seq);
                 tracing::warn!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl, "channel is disabled; message dead-lettered");
                 self.count(&e, "dead_letter", "channel_disabled".into());
-                return Ok(());
+                return Ok((seq, QueueOp::Remove));
             }
             BeforeSend::Unrenderable(reason) => {
                 let dl = self.dead_letter(&e, reason.clone(), now).await?;
-                queue.remove(seq);
                 tracing::error!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl, %reason, "message could not be rendered; dead-lettered");
                 self.count(&e, "dead_letter", "render_error".into());
-                return Ok(());
+                return Ok((seq, QueueOp::Remove));
             }
             BeforeSend::Duplicate => {
-                let done = e.clone();
-                self.store.run(move |s| s.delivered(&done, now)).await?;
-                queue.remove(seq);
+                self.recorder.delivered(e.clone(), now).await?;
                 tracing::info!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, webhook_id = %e.webhook_id, "duplicate suppressed");
                 self.count(&e, "duplicate", "already_delivered".into());
-                return Ok(());
+                return Ok((seq, QueueOp::Remove));
             }
             BeforeSend::Send { without_triage } => {
                 if without_triage {
@@ -391,44 +499,40 @@ impl Worker {
         };
         let decision =
             decide::after_attempt(verdict, &e, now, &active.config.delivery, rand::random());
-        self.carry_out(active, decision, e, seq, queue, url, now, reason_label)
-            .await
+        let op = self
+            .carry_out(active, decision, e, url, now, reason_label)
+            .await?;
+        Ok((seq, op))
     }
 
     /// Carries out what [`decide::after_attempt`] decided: store, queue, pacing, logs
     /// and metrics.
-    #[allow(clippy::too_many_arguments)] // the attempt's context, passed through whole
     async fn carry_out(
         &self,
         active: &Active,
         decision: Decision,
         mut e: OutboxEntry,
-        seq: u64,
-        queue: &mut Queue,
         url: &str,
         now: DateTime<Utc>,
         reason_label: String,
-    ) -> Result<(), StoreError> {
+    ) -> Result<QueueOp, StoreError> {
         let (job, team, channel, event) = (
             e.job.to_string(),
             e.team.clone(),
             e.channel.clone(),
             e.event,
         );
-        match decision {
+        let op = match decision {
             Decision::Delivered => {
-                let done = e.clone();
-                self.store.run(move |s| s.delivered(&done, now)).await?;
-                queue.remove(seq);
-                if self.dests().succeeded(url) {
-                    // The destination is back: what waited on a back-off may go now.
-                    queue.pull_in(now);
-                }
+                self.recorder.delivered(e.clone(), now).await?;
+                // The destination is back: what waited on a back-off may go now.
+                let recovered = self.dests().succeeded(url);
                 let latency_ms = (now - e.created_at).num_milliseconds();
                 tracing::info!(%job, %team, %channel, %event, webhook_id = %e.webhook_id, attempts = e.attempts + 1, latency_ms, "delivered");
                 self.count(&e, "delivered", reason_label);
                 metrics::histogram!("deadline_notifier_delivery_latency_seconds", "kind" => e.kind.clone())
                     .record(latency_ms.max(0) as f64 / 1000.0);
+                QueueOp::Delivered { recovered }
             }
             Decision::RetryAt {
                 at,
@@ -441,7 +545,6 @@ impl Worker {
                 e.last_error = Some(error.clone());
                 let saved = e.clone();
                 self.store.run(move |s| s.update_outbox(&saved)).await?;
-                queue.set_due(seq, at);
                 let wait = (at - now).to_std().unwrap_or_default();
                 let admitted = self
                     .warns
@@ -463,6 +566,7 @@ impl Worker {
                     }
                     self.count(&e, "retry", reason_label);
                 }
+                QueueOp::RetryAt(at)
             }
             Decision::DeadLetter {
                 reason,
@@ -471,7 +575,6 @@ impl Worker {
             } => {
                 e.attempts = attempts;
                 let dl = self.dead_letter(&e, reason.clone(), now).await?;
-                queue.remove(seq);
                 if gave_up {
                     tracing::error!(%job, %team, %channel, %event, attempts, dead_letter = dl, %reason, "delivery gave up; dead-lettered");
                     self.count(&e, "dead_letter", "gave_up".into());
@@ -479,6 +582,7 @@ impl Worker {
                     tracing::error!(%job, %team, %channel, %event, dead_letter = dl, %reason, "delivery refused; dead-lettered");
                     self.count(&e, "dead_letter", reason_label);
                 }
+                QueueOp::Remove
             }
             Decision::Disable { reason, attempts } => {
                 e.attempts = attempts;
@@ -496,12 +600,12 @@ impl Worker {
                     })
                     .await?;
                 let dl = self.dead_letter(&e, reason.clone(), now).await?;
-                queue.remove(seq);
                 tracing::error!(%job, %team, %channel, %event, dead_letter = dl, %reason, "destination is gone or revoked; channel disabled");
                 self.count(&e, "disabled", reason_label);
+                QueueOp::Remove
             }
-        }
-        Ok(())
+        };
+        Ok(op)
     }
 
     async fn dead_letter(

@@ -262,23 +262,36 @@ impl Store {
     /// Removes a delivered entry and records its webhook-id in the delivery log,
     /// atomically. Synced by the group commit (≤ [`GROUP_COMMIT`]), not per message.
     pub fn delivered(&self, e: &OutboxEntry, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let ok = outbox_key(&e.team, &e.channel, e.seq);
-        let at = now.timestamp_millis().to_be_bytes();
+        self.delivered_all(&[(e, now)])
+    }
+
+    /// [`Store::delivered`] for several entries in one transaction: the delivery
+    /// workers' records share one commit (and one count update) instead of
+    /// contending for the outbox count one message at a time.
+    pub fn delivered_all(&self, done: &[(&OutboxEntry, DateTime<Utc>)]) -> Result<(), StoreError> {
+        if done.is_empty() {
+            return Ok(());
+        }
         let s = &self.inner;
         let removed = (&s.outbox, &s.sent, &s.meta, &s.notices)
-            .transaction(|(outbox, sent, meta, notices)| -> TxResult<bool> {
-                let removed = outbox.remove(ok.clone())?.is_some();
-                if removed {
-                    bump(meta, Counted::Outbox, -1)?;
+            .transaction(|(outbox, sent, meta, notices)| -> TxResult<i64> {
+                let mut removed = 0;
+                for (e, now) in done {
+                    let ok = outbox_key(&e.team, &e.channel, e.seq);
+                    if outbox.remove(ok)?.is_some() {
+                        removed += 1;
+                    }
+                    sent.insert(
+                        e.webhook_id.as_bytes(),
+                        &now.timestamp_millis().to_be_bytes(),
+                    )?;
+                    note(notices, e, NoticeState::Delivered, *now, true)?;
                 }
-                sent.insert(e.webhook_id.as_bytes(), &at)?;
-                note(notices, e, NoticeState::Delivered, now, true)?;
+                bump(meta, Counted::Outbox, -removed)?;
                 Ok(removed)
             })
             .map_err(|e| self.tx_err(e))?;
-        if removed {
-            self.adjust(Counted::Outbox, -1);
-        }
+        self.adjust(Counted::Outbox, -removed);
         self.mark_dirty();
         Ok(())
     }
