@@ -132,6 +132,7 @@ pub async fn supervise(
     backlogs: Backlogs,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), DeliveryError> {
+    let (recorder, recording) = record::Recorder::start(store.clone());
     let mut sv = Supervisor {
         store: store.clone(),
         live: live.clone(),
@@ -139,7 +140,7 @@ pub async fn supervise(
         wakers,
         backlogs,
         dests: SharedDestinations::default(),
-        recorder: record::Recorder::start(store.clone()),
+        recorder,
         worker_shutdown: shutdown.clone(),
         tasks: JoinSet::new(),
         running: HashSet::new(),
@@ -176,6 +177,10 @@ pub async fn supervise(
             _ = shutdown.changed(), if !*shutdown.borrow() => {}
         }
         if *shutdown.borrow() && sv.tasks.is_empty() {
+            // The recorder ends once the last handle is gone, after its last
+            // commit: only then has delivery let go of the store.
+            drop(sv);
+            let _ = recording.await;
             return Ok(());
         }
     }

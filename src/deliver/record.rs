@@ -18,7 +18,9 @@ const MAX_BATCH: usize = 256;
 type Ack = oneshot::Sender<Result<(), String>>;
 
 /// A handle to the recording task; clones share it. The task ends when the last
-/// handle is dropped, after committing what it was given.
+/// handle is dropped, after committing what it was given; await its
+/// [`tokio::task::JoinHandle`] (from [`Recorder::start`]) to know that it let go
+/// of the store.
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::UnboundedSender<(OutboxEntry, DateTime<Utc>, Ack)>,
@@ -26,10 +28,10 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn start(store: Store) -> Recorder {
+    pub fn start(store: Store) -> (Recorder, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<(OutboxEntry, DateTime<Utc>, Ack)>();
         let s = store.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut batch = Vec::new();
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 let work = std::mem::take(&mut batch);
@@ -52,7 +54,7 @@ impl Recorder {
                 }
             }
         });
-        Recorder { tx, store }
+        (Recorder { tx, store }, task)
     }
 
     /// Records `e` as delivered at `now`; returns once committed.
@@ -70,5 +72,94 @@ impl Recorder {
             Ok(Err(message)) => Err(failed(message)),
             Err(_) => Err(failed("recording the delivery failed".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Event, JobKey, JobSnapshot, JobState, JobStatus};
+
+    fn entry(n: u32) -> OutboxEntry {
+        let now = crate::clock::wall_now();
+        OutboxEntry {
+            seq: 0,
+            webhook_id: format!("msg_{n}"),
+            team: "lighting".into(),
+            channel: format!("c{}", n % 3),
+            kind: "webhook".into(),
+            job: JobKey {
+                farm_id: "farm-1".into(),
+                queue_id: "queue-1".into(),
+                job_id: format!("job-{n}"),
+            },
+            event: Event::Succeeded,
+            created_at: now,
+            attempts: 0,
+            next_attempt_at: now,
+            last_error: None,
+            payload: serde_json::json!({"n": n}),
+            triage_until: None,
+            failure: None,
+            snapshot: None,
+            transition: None,
+        }
+    }
+
+    /// Many workers recording at once: every entry leaves the outbox, every
+    /// webhook-id is in the delivery log, and the kept count matches what is left
+    /// (it is checked against the records at the next open).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_records_are_all_committed_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let store = Store::open(&path).unwrap();
+        let key = JobKey {
+            farm_id: "farm-1".into(),
+            queue_id: "queue-1".into(),
+            job_id: "job-x".into(),
+        };
+        let state = JobState {
+            job: key.clone(),
+            status: JobStatus::of(&JobSnapshot::sample(key, "x")),
+            since: crate::clock::wall_now(),
+            terminal_since: None,
+            progress: Default::default(),
+        };
+        let queued = store
+            .commit_observation(&state, (0..300).map(entry).collect())
+            .unwrap();
+        assert_eq!(store.outbox_len(), 300);
+        let (recorder, recording) = Recorder::start(store.clone());
+        let mut tasks = tokio::task::JoinSet::new();
+        // 250 of the 300, from 25 concurrent senders.
+        for chunk in queued[..250].chunks(10) {
+            let (r, chunk) = (recorder.clone(), chunk.to_vec());
+            tasks.spawn(async move {
+                for e in chunk {
+                    r.delivered(e, crate::clock::wall_now()).await.unwrap();
+                }
+            });
+        }
+        while let Some(t) = tasks.join_next().await {
+            t.unwrap();
+        }
+        assert_eq!(store.outbox_len(), 50);
+        for e in &queued[..250] {
+            assert!(
+                store.was_delivered(&e.webhook_id).unwrap(),
+                "{}",
+                e.webhook_id
+            );
+        }
+        for e in &queued[250..] {
+            assert!(!store.was_delivered(&e.webhook_id).unwrap());
+        }
+        drop(recorder);
+        recording.await.unwrap();
+        drop(store);
+        // The open-time check compares the kept count with the records.
+        let reopened = Store::open(&path).unwrap();
+        assert_eq!(reopened.outbox_len(), 50);
     }
 }
