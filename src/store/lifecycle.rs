@@ -393,6 +393,12 @@ impl Store {
         }
         let mut removed = Vec::new();
         for (fk, id) in due {
+            // The notices go in the same transaction as the subscription: a delivery
+            // recorded concurrently (which rewrites its notice) then either comes
+            // first and is removed too, or comes after and finds nothing to update.
+            // Only a new transition creates a notice, and that revives the
+            // subscription, so keys listed before the transaction are all there are.
+            let notice_keys = self.notice_keys_of(&id)?;
             let gone = (
                 &s.subs,
                 &s.sub_index,
@@ -400,9 +406,10 @@ impl Store {
                 &s.sub_order,
                 &s.finished,
                 &s.removed,
+                &s.notices,
             )
                 .transaction(
-                    |(subs, idx, meta, order, finished, tombs)| -> TxResult<Option<Subscription>> {
+                    |(subs, idx, meta, order, finished, tombs, notices)| -> TxResult<Option<Subscription>> {
                         let Some(v) = subs.get(id.as_bytes())? else {
                             finished.remove(fk.clone())?;
                             return Ok(None);
@@ -419,6 +426,12 @@ impl Store {
                         if idx.get(&ik)?.as_deref() == Some(id.as_bytes()) {
                             idx.remove(ik.clone())?;
                         }
+                        // Its notices go with it, unless the team follows the job again.
+                        if idx.get(&ik)?.is_none() {
+                            for k in &notice_keys {
+                                notices.remove(k.as_slice())?;
+                            }
+                        }
                         reindex(order, finished, Some(&sub), None)?;
                         finished.remove(fk.clone())?;
                         tombs.insert(ik, enc(&now))?;
@@ -428,17 +441,6 @@ impl Store {
                 .map_err(|e| self.tx_err(e))?;
             if let Some(sub) = gone {
                 self.adjust(Counted::Subscriptions, -1);
-                // Its notices go with it, unless the team follows the job again.
-                let ik = index_key(&sub.team, &sub.job);
-                if s.sub_index.get(&ik).map_err(|e| self.eng(e))?.is_none() {
-                    let mut prefix = ik;
-                    prefix.push(0);
-                    for k in s.notices.scan_prefix(&prefix).keys() {
-                        s.notices
-                            .remove(k.map_err(|e| self.eng(e))?)
-                            .map_err(|e| self.eng(e))?;
-                    }
-                }
                 removed.push(sub);
             }
         }
@@ -446,6 +448,32 @@ impl Store {
             self.mark_dirty();
         }
         Ok(removed)
+    }
+
+    /// The notice keys of the (team, job) of subscription `id` (none if it is gone).
+    fn notice_keys_of(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let Some(v) = self
+            .inner
+            .subs
+            .get(id.as_bytes())
+            .map_err(|e| self.eng(e))?
+        else {
+            return Ok(Vec::new());
+        };
+        let sub: Subscription = self.dec("subscriptions", &v)?;
+        self.notice_keys(&sub.team, &sub.job)
+    }
+
+    /// Every notice key of a team's subscription to `job`, one per channel.
+    pub(super) fn notice_keys(&self, team: &str, job: &JobKey) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut prefix = index_key(team, job);
+        prefix.push(0);
+        self.inner
+            .notices
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| k.map(|k| k.to_vec()).map_err(|e| self.eng(e)))
+            .collect()
     }
 
     /// Latest-notice records held (walks them: checks and tools).

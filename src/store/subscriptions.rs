@@ -223,9 +223,22 @@ impl Store {
     pub fn delete_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
         let ik = index_key(&sub.team, &sub.job);
         let s = &self.inner;
-        let removed = (&s.subs, &s.sub_index, &s.meta, &s.sub_order, &s.finished)
+        // Removed in the same transaction as the subscription, so a delivery
+        // recorded concurrently cannot write its notice back (see `sweep_finished`).
+        let notice_keys = self.notice_keys(&sub.team, &sub.job)?;
+        let removed = (
+            &s.subs,
+            &s.sub_index,
+            &s.meta,
+            &s.sub_order,
+            &s.finished,
+            &s.notices,
+        )
             .transaction(
-                |(subs, idx, meta, order, finished)| -> TxResult<Option<bool>> {
+                |(subs, idx, meta, order, finished, notices)| -> TxResult<Option<bool>> {
+                    for k in &notice_keys {
+                        notices.remove(k.as_slice())?;
+                    }
                     let removed = match subs.remove(sub.id.as_bytes())? {
                         Some(old) => {
                             let old = decode_in_tx::<Subscription>(&old)?;
@@ -249,13 +262,6 @@ impl Store {
             if was_active {
                 self.active_delta(&sub.team, -1);
             }
-        }
-        let mut prefix = ik;
-        prefix.push(0);
-        for k in s.notices.scan_prefix(&prefix).keys() {
-            s.notices
-                .remove(k.map_err(|e| self.eng(e))?)
-                .map_err(|e| self.eng(e))?;
         }
         self.mark_dirty();
         self.sync()
