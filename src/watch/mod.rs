@@ -164,14 +164,22 @@ impl Loop {
             })
         });
         let read_ms = origin.elapsed().as_millis() as u64;
-        let mut states: HashMap<JobKey, Known> = states?.into_iter().map(Known::split).collect();
-        let mut tracked: HashMap<Arc<JobKey>, Tracked> = HashMap::default();
-        for s in subs? {
+        // Maps sized once: growing a 100k-entry map rehashes it several times.
+        let states = states?;
+        let mut known: HashMap<JobKey, Known> =
+            HashMap::with_capacity_and_hasher(states.len(), Default::default());
+        known.extend(states.into_iter().map(Known::split));
+        let mut states = known;
+        let subs = subs?;
+        let mut tracked: HashMap<Arc<JobKey>, Tracked> =
+            HashMap::with_capacity_and_hasher(subs.len(), Default::default());
+        for s in subs {
             if s.is_followed() {
                 let finished = s.is_finished();
                 let (job, interest) = route::split(s);
                 let t = tracked.entry(Arc::new(job)).or_insert_with(|| Tracked {
-                    subs: Vec::new(),
+                    // Most jobs have one subscriber: room for exactly one.
+                    subs: Vec::with_capacity(1),
                     state: None,
                     factor: 1,
                     finished: true,
@@ -183,11 +191,11 @@ impl Loop {
         }
         for (job, t) in tracked.iter_mut() {
             t.state = states.remove(&**job);
-            // Pushing grew each list to room for four; most jobs have one subscriber.
             t.subs.shrink_to_fit();
         }
         // States nothing follows: their subscriptions were removed (or ended) and a
         // stop came before the state went.
+        let tracked_ms = origin.elapsed().as_millis() as u64;
         let orphans: Vec<JobKey> = states.into_keys().collect();
         if !orphans.is_empty() {
             blocking(|| -> Result<(), StoreError> {
@@ -225,8 +233,11 @@ impl Loop {
         let unmapped = blocking(|| l.w.store.unmapped_people(cutoff))?;
         l.w.health.load_unmapped(unmapped);
         l.enforce_allow_lists()?;
+        let scheduling_from = origin.elapsed().as_millis() as u64;
         blocking(|| l.schedule_loaded())?;
         tracing::info!(
+            tracked_ms,
+            scheduling_from,
             jobs = l.schedule.len(),
             subscriptions = l.tracked.values().map(|t| t.subs.len()).sum::<usize>(),
             read_ms,
@@ -247,6 +258,16 @@ impl Loop {
         let n = self.tracked.len().max(1) as u64;
         let mut weights: HashMap<Box<str>, f64> = HashMap::default();
         let mut settled = Vec::new();
+        // Each lane sized once for its jobs (the lane: the first of its teams by name).
+        let mut sizes: HashMap<(&str, bool), usize> = HashMap::default();
+        for t in self.tracked.values() {
+            let team = t.subs.iter().map(|s| &*s.team).min().unwrap_or("");
+            *sizes.entry((team, t.finished)).or_default() += 1;
+        }
+        for ((team, background), n) in sizes {
+            let weight = cfg.team(team).map_or(1.0, |t| t.weight);
+            self.schedule.reserve(team, weight, n, background);
+        }
         for (i, (key, t)) in self.tracked.iter_mut().enumerate() {
             let i = i as u64;
             let st = t.state.as_ref();

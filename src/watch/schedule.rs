@@ -30,6 +30,11 @@ impl Schedule {
         self.index.contains_key(job)
     }
 
+    fn reserve(&mut self, n: usize) {
+        self.index.reserve(n);
+        self.slots.reserve(n);
+    }
+
     /// Adds or moves `job` to be due at `at`. Takes the caller's shared key, so a
     /// watched job's key exists once in memory.
     pub fn set(&mut self, job: &Arc<JobKey>, at: u64) {
@@ -125,6 +130,19 @@ impl Lanes {
         for l in &mut self.lanes {
             l.weight = weight(&l.team).unwrap_or(1.0);
         }
+    }
+
+    /// Room for `n` more jobs in `team`'s lane (created with `weight` if new), or
+    /// in the background lane: scheduling a whole store at start-up then does not
+    /// rehash as it goes.
+    pub fn reserve(&mut self, team: &str, weight: f64, n: usize, background: bool) {
+        if background {
+            self.background.reserve(n);
+            return;
+        }
+        let li = self.lane(team, weight);
+        self.lanes[li as usize].schedule.reserve(n);
+        self.lane_of.reserve(n);
     }
 
     fn lane(&mut self, team: &str, weight: f64) -> u32 {
