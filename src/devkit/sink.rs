@@ -41,6 +41,9 @@ struct Inner {
     /// path → (fraction of requests answered 503, xorshift state): a flaky receiver.
     flaky: HashMap<String, (f64, u64)>,
     delay: std::time::Duration,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 #[derive(Clone)]
@@ -95,6 +98,12 @@ impl Sink {
     /// Holds every answer this long (a slow receiver).
     pub fn set_delay(&self, d: std::time::Duration) {
         self.lock().delay = d;
+    }
+
+    /// The most requests this sink held at once (a slow receiver shows whether a
+    /// sender waits for each answer before the next request).
+    pub fn max_in_flight(&self) -> usize {
+        self.lock().max_in_flight
     }
 
     /// Drops any answers still scripted for `path`, and ends its outage.
@@ -172,11 +181,22 @@ async fn receive(
             }),
             None => g.scripts.get_mut(&path).and_then(|q| q.pop_front()),
         };
+        g.in_flight += 1;
+        g.max_in_flight = g.max_in_flight.max(g.in_flight);
         (scripted, g.delay)
     };
+    // Counted out however the request ends (a sender may hang up while held).
+    struct Held(Sink);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.lock().in_flight -= 1;
+        }
+    }
+    let held = Held(sink.clone());
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    drop(held);
     let answer = answer.unwrap_or_else(|| {
         if path.starts_with("/slack") {
             Answer {

@@ -742,3 +742,43 @@ async fn long_outage_follows_the_breaker() {
         "outage of {secs}s: {attempts} attempts reached the receiver while down; all 20 delivered {drained:?} after it returned"
     );
 }
+
+/// A slow receiver does not make a channel wait for each answer: messages of
+/// different jobs are sent side by side (at most 8 at once), and each job's own
+/// messages still arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_gets_different_jobs_side_by_side_and_each_job_in_order() {
+    let mut env = Env::new().await;
+    let _svc = env.start().await;
+    let jobs: Vec<JobKey> = (0..16).map(|i| env.add_job(&format!("slow {i}"))).collect();
+    for j in &jobs {
+        env.subscribe_job(
+            j,
+            json!({"channels": ["pipeline"], "events": ["job.started", "job.succeeded"]}),
+        )
+        .await;
+    }
+    env.observed_all(&jobs, 2).await;
+    env.sink.set_delay(Duration::from_millis(400));
+    for j in &jobs {
+        env.sim.set_status(j, "RUNNING");
+    }
+    env.observed_all(&jobs, 3).await;
+    for j in &jobs {
+        env.sim.set_status(j, "SUCCEEDED");
+    }
+    wait_until(T, "both messages of every job", || {
+        env.sink.delivered().len() >= 2 * jobs.len()
+    })
+    .await;
+    let held = env.sink.max_in_flight();
+    assert!(
+        (2..=8).contains(&held),
+        "requests held at once by the receiver: {held}"
+    );
+    let (seqs, _) = sequences(&env.sink.delivered());
+    assert_eq!(seqs.len(), jobs.len());
+    for evs in seqs.values() {
+        assert_eq!(evs, &["job.started", "job.succeeded"], "order per job");
+    }
+}
