@@ -42,7 +42,9 @@ pub enum SourceError {
     Other(String),
 }
 
-pub type FetchResult = Result<Vec<(JobKey, Fetched)>, SourceError>;
+/// Each key the caller gave (its own type: a shared key is passed through, not
+/// copied) with what was read.
+pub type FetchResult<K = JobKey> = Result<Vec<(K, Fetched)>, SourceError>;
 
 /// One row of ListJobs/SearchJobs: enough to find jobs to subscribe.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -375,21 +375,14 @@ impl Loop {
             t.factor = factor;
         }
         self.load += 1.0 / f64::from(factor);
-        let (team, weight) = self.lane_of(&key);
-        let background = self.tracked.get(job).is_some_and(|t| t.finished);
-        self.schedule.set(&key, &team, weight, due, background);
-    }
-
-    /// The lane a job is polled in: the first of its teams by name, and its weight.
-    fn lane_of(&self, job: &JobKey) -> (String, f64) {
-        let team = self
-            .tracked
-            .get(job)
+        // The lane: the first of its teams by name, with that team's weight.
+        let t = self.tracked.get(job);
+        let team = t
             .and_then(|t| t.subs.iter().map(|s| &*s.team).min())
-            .unwrap_or("")
-            .to_string();
-        let weight = self.active.config.team(&team).map_or(1.0, |t| t.weight);
-        (team, weight)
+            .unwrap_or("");
+        let weight = self.active.config.team(team).map_or(1.0, |t| t.weight);
+        let background = t.is_some_and(|t| t.finished);
+        self.schedule.set(&key, team, weight, due, background);
     }
 
     fn unschedule(&mut self, job: &JobKey) {
@@ -581,7 +574,7 @@ impl Loop {
             .max()
             .unwrap_or(0);
         self.report_lag(lag);
-        let keys: Vec<JobKey> = batch.into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<Arc<JobKey>> = batch.into_iter().map(|(k, _)| k).collect();
         match self.w.client.fetch(&keys).await {
             Ok(results) => {
                 self.budget.on_success();

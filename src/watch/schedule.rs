@@ -76,7 +76,7 @@ impl Schedule {
 
     /// Up to `max` jobs due at or before `until`, earliest first, with their due times.
     /// They stay scheduled until [`Schedule::set`] moves them.
-    pub fn due_by(&self, until: u64, max: usize) -> Vec<(JobKey, u64)> {
+    pub fn due_by(&self, until: u64, max: usize) -> Vec<(Arc<JobKey>, u64)> {
         self.due
             .iter()
             .take_while(|(at, _)| *at <= until)
@@ -84,7 +84,7 @@ impl Schedule {
             .filter_map(|(at, i)| {
                 self.slots[*i as usize]
                     .as_ref()
-                    .map(|(k, _)| (JobKey::clone(k), *at))
+                    .map(|(k, _)| (Arc::clone(k), *at))
             })
             .collect()
     }
@@ -170,12 +170,18 @@ impl Lanes {
         }
         self.background.remove(job);
         let li = self.lane(team, weight);
-        if let Some(&old) = self.lane_of.get(&**job)
-            && old != li
-        {
-            self.lanes[old as usize].schedule.remove(job);
+        // Moved only when its lane changed (rare): a reschedule in the same lane
+        // touches no map but the lane's own.
+        match self.lane_of.get(&**job) {
+            Some(&old) if old == li => {}
+            Some(&old) => {
+                self.lanes[old as usize].schedule.remove(job);
+                self.lane_of.insert(job.clone(), li);
+            }
+            None => {
+                self.lane_of.insert(job.clone(), li);
+            }
         }
-        self.lane_of.insert(job.clone(), li);
         self.lanes[li as usize].schedule.set(job, at);
     }
 
@@ -197,9 +203,9 @@ impl Lanes {
 
     /// Up to `max` jobs due at or before `until`, shared among the lanes with jobs
     /// due in proportion to their weights, each lane's earliest first.
-    pub fn due_by(&mut self, until: u64, max: usize) -> Vec<(JobKey, u64)> {
+    pub fn due_by(&mut self, until: u64, max: usize) -> Vec<(Arc<JobKey>, u64)> {
         let n = self.lanes.len();
-        let mut queues: Vec<std::collections::VecDeque<(JobKey, u64)>> = self
+        let mut queues: Vec<std::collections::VecDeque<(Arc<JobKey>, u64)>> = self
             .lanes
             .iter()
             .map(|l| l.schedule.due_by(until, max).into())
@@ -382,11 +388,11 @@ mod tests {
         let due: Vec<_> = s
             .due_by(80, 10)
             .into_iter()
-            .map(|(k, _)| k.job_id)
+            .map(|(k, _)| k.job_id.clone())
             .collect();
         assert_eq!(due, vec!["j4", "j3", "j2"]);
         s.set(&Arc::new(key(4)), 500);
-        assert_eq!(s.due_by(80, 1)[0].0, key(3));
+        assert_eq!(*s.due_by(80, 1)[0].0, key(3));
         s.remove(&key(3));
         s.set(&Arc::new(key(9)), 1);
         assert_eq!(s.len(), 5);
@@ -439,7 +445,7 @@ mod tests {
             a += batch.iter().filter(|(k, _)| k.queue_id == "a").count();
             for (k, _) in batch {
                 let team = k.queue_id.clone();
-                l.set(&Arc::new(k), &team, 1.0, 10, false);
+                l.set(&k, &team, 1.0, 10, false);
             }
         }
         assert!((700..=800).contains(&a), "weight 3 against 1: {a} of 1000");

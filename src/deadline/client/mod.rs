@@ -12,6 +12,7 @@ use aws_sdk_deadline::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_deadline::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_deadline::error::{BoxError, ProvideErrorMetadata, SdkError};
 use chrono::{DateTime, Utc};
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -310,34 +311,39 @@ impl DeadlineClient {
     }
 
     /// Reads every job in `keys` (any mix of farms and queues).
-    pub async fn fetch(&self, keys: &[JobKey]) -> FetchResult {
+    pub async fn fetch<K>(&self, keys: &[K]) -> FetchResult<K>
+    where
+        K: Borrow<JobKey> + Clone + Send + Sync,
+    {
         let mut out = Vec::with_capacity(keys.len());
-        let (alone, batched): (Vec<JobKey>, Vec<JobKey>) = {
+        let (alone, batched): (Vec<&K>, Vec<&K>) = {
             let bad = self.undecodable.lock().unwrap_or_else(|e| e.into_inner());
-            keys.iter().cloned().partition(|k| bad.contains(k))
+            keys.iter().partition(|k| bad.contains((*k).borrow()))
         };
         for chunk in batched.chunks(BATCH_LIMIT) {
             if self.batch_refused.load(Ordering::Relaxed) {
-                for key in chunk {
-                    out.push((key.clone(), self.get_one(key).await?));
+                for &key in chunk {
+                    out.push((key.clone(), self.get_one(key.borrow()).await?));
                 }
             } else {
                 self.batch_isolating(chunk, &mut out).await?;
             }
         }
-        for key in &alone {
-            out.push((key.clone(), self.get_one(key).await?));
+        for key in alone {
+            out.push((key.clone(), self.get_one(key.borrow()).await?));
         }
         Ok(out)
     }
 
     /// BatchGetJob on `keys`. A response the SDK cannot decode is split in halves
     /// until the job that breaks it is alone; that one is then read with GetJob.
-    fn batch_isolating<'a>(
+    fn batch_isolating<'a, K>(
         &'a self,
-        keys: &'a [JobKey],
-        out: &'a mut Vec<(JobKey, Fetched)>,
+        keys: &'a [&'a K],
+        out: &'a mut Vec<(K, Fetched)>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SourceError>> + Send + 'a>>
+    where
+        K: Borrow<JobKey> + Clone + Send + Sync,
     {
         Box::pin(async move {
             match self.batch(keys).await {
@@ -345,12 +351,12 @@ impl DeadlineClient {
                 Err(BatchErr::Refused(why)) => {
                     tracing::warn!(reason = %why, "BatchGetJob refused; falling back to GetJob per job");
                     self.batch_refused.store(true, Ordering::Relaxed);
-                    for key in keys {
-                        out.push((key.clone(), self.get_one(key).await?));
+                    for &key in keys {
+                        out.push((key.clone(), self.get_one(key.borrow()).await?));
                     }
                 }
                 Err(BatchErr::Undecodable(why)) if keys.len() == 1 => {
-                    let key = &keys[0];
+                    let key: &JobKey = keys[0].borrow();
                     let newly = self
                         .undecodable
                         .lock()
@@ -359,7 +365,7 @@ impl DeadlineClient {
                     if newly {
                         tracing::warn!(job = %key, error = %why, "Deadline Cloud returned a record of this job that cannot be decoded; reading it alone with GetJob from now on");
                     }
-                    out.push((key.clone(), self.get_one(key).await?));
+                    out.push((keys[0].clone(), self.get_one(key).await?));
                 }
                 Err(BatchErr::Undecodable(_)) => {
                     let (a, b) = keys.split_at(keys.len() / 2);
@@ -561,9 +567,13 @@ impl DeadlineClient {
         }
     }
 
-    async fn batch(&self, keys: &[JobKey]) -> Result<Vec<(JobKey, Fetched)>, BatchErr> {
+    async fn batch<K>(&self, keys: &[&K]) -> Result<Vec<(K, Fetched)>, BatchErr>
+    where
+        K: Borrow<JobKey> + Clone,
+    {
         let mut req = self.client.batch_get_job();
         for k in keys {
+            let k: &JobKey = (*k).borrow();
             let id = dl::types::BatchGetJobIdentifier::builder()
                 .farm_id(&k.farm_id)
                 .queue_id(&k.queue_id)
@@ -591,52 +601,50 @@ impl DeadlineClient {
                 return Err(e);
             }
         };
-        // Answers are matched to the request by key; each slot is filled once.
-        let index: HashMap<&JobKey, usize> = keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
-        let mut slots: Vec<Option<(JobKey, Fetched)>> = (0..keys.len()).map(|_| None).collect();
-        let mut place = |key: JobKey, f: Fetched| {
-            if let Some(&i) = index.get(&key) {
-                slots[i] = Some((key, f));
-            }
-        };
+        // Answers are matched to the request by their ids (borrowed, nothing
+        // copied); each slot is filled once.
+        let index: HashMap<(&str, &str, &str), usize> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let k: &JobKey = (*k).borrow();
+                ((&*k.farm_id, &*k.queue_id, &*k.job_id), i)
+            })
+            .collect();
+        let mut slots: Vec<Option<Fetched>> = (0..keys.len()).map(|_| None).collect();
         let dl::operation::batch_get_job::BatchGetJobOutput { jobs, errors, .. } = resp;
         for item in jobs {
-            let key = JobKey {
-                farm_id: item.farm_id().into(),
-                queue_id: item.queue_id().into(),
-                job_id: item.job_id().into(),
-            };
+            // Looked up before the item moves into its observation.
+            let slot = index
+                .get(&(item.farm_id(), item.queue_id(), item.job_id()))
+                .copied();
             let status = status!(item);
             let observed = Observed {
                 status,
                 raw: Raw::Item(Box::new(item)),
             };
-            place(key, Fetched::Found(Box::new(observed)));
+            if let Some(i) = slot {
+                slots[i] = Some(Fetched::Found(Box::new(observed)));
+            }
         }
         for err in errors {
-            let key = JobKey {
-                farm_id: err.farm_id().into(),
-                queue_id: err.queue_id().into(),
-                job_id: err.job_id().into(),
-            };
             let msg = format!("{}: {}", err.code().as_str(), err.message());
             let f = if err.code() == &dl::types::BatchGetJobErrorCode::ResourceNotFoundException {
                 Fetched::Gone(msg)
             } else {
                 Fetched::Failed(msg)
             };
-            place(key, f);
+            if let Some(&i) = index.get(&(err.farm_id(), err.queue_id(), err.job_id())) {
+                slots[i] = Some(f);
+            }
         }
         Ok(slots
             .into_iter()
             .zip(keys)
-            .map(|(slot, k)| {
-                slot.unwrap_or_else(|| {
-                    (
-                        k.clone(),
-                        Fetched::Failed("missing from BatchGetJob response".into()),
-                    )
-                })
+            .map(|(slot, &k)| {
+                let f = slot
+                    .unwrap_or_else(|| Fetched::Failed("missing from BatchGetJob response".into()));
+                (k.clone(), f)
             })
             .collect())
     }
