@@ -57,19 +57,21 @@ fn rss_bytes() -> u64 {
         * 4096
 }
 
+/// Every file under `p` with its size.
+fn files(p: &std::path::Path) -> Vec<(u64, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        match e.metadata() {
+            Ok(m) if m.is_dir() => out.extend(files(&e.path())),
+            Ok(m) => out.push((m.len(), e.path())),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
 fn dir_size(p: &std::path::Path) -> u64 {
-    std::fs::read_dir(p)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_size(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
+    files(p).iter().map(|(n, _)| n).sum()
 }
 
 /// The world child's state: the simulator, today's jobs, every job by submission.
@@ -387,20 +389,10 @@ async fn run_year(days: u64, per_day: u64) {
     let _ = child.wait();
     // Where the bytes are: each tree's records and their sizes, read after a clean
     // stop (a constant job rate must leave every tree flat, not only the counts).
-    let mut files: Vec<(u64, String)> = Vec::new();
-    fn walk(p: &std::path::Path, out: &mut Vec<(u64, String)>) {
-        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => walk(&e.path(), out),
-                Ok(m) => out.push((m.len(), e.path().display().to_string())),
-                Err(_) => {}
-            }
-        }
-    }
-    walk(&store_dir, &mut files);
+    let mut files = files(&store_dir);
     files.sort();
     for (n, f) in files.iter().rev().take(8) {
-        println!("{n:>12} {f}");
+        println!("{n:>12} {}", f.display());
     }
     let db = sled::open(&store_dir).unwrap();
     println!("\n| tree | records | key + value bytes |\n|---|---|---|");

@@ -466,11 +466,9 @@ impl Store {
 
     /// Every notice key of a team's subscription to `job`, one per channel.
     pub(super) fn notice_keys(&self, team: &str, job: &JobKey) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut prefix = index_key(team, job);
-        prefix.push(0);
         self.inner
             .notices
-            .scan_prefix(prefix)
+            .scan_prefix(notice_prefix(team, job))
             .keys()
             .map(|k| k.map(|k| k.to_vec()).map_err(|e| self.eng(e)))
             .collect()

@@ -226,10 +226,16 @@ fn index_key(team: &str, job: &JobKey) -> Vec<u8> {
 }
 
 fn notice_key(e: &OutboxEntry) -> Vec<u8> {
-    let mut k = index_key(&e.team, &e.job);
-    k.push(0);
+    let mut k = notice_prefix(&e.team, &e.job);
     k.extend_from_slice(e.channel.as_bytes());
     k
+}
+
+/// Where a team's notices of `job` start: `team\0job\0`, then the channel.
+fn notice_prefix(team: &str, job: &JobKey) -> Vec<u8> {
+    let mut prefix = index_key(team, job);
+    prefix.push(0);
+    prefix
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {

@@ -269,11 +269,9 @@ impl Store {
 
     /// The latest notice of a team's subscription to `job`, per channel.
     pub fn notices(&self, team: &str, job: &JobKey) -> Result<Vec<Notice>, StoreError> {
-        let mut prefix = index_key(team, job);
-        prefix.push(0);
         self.inner
             .notices
-            .scan_prefix(prefix)
+            .scan_prefix(notice_prefix(team, job))
             .values()
             .map(|v| self.dec("notices", &v.map_err(|e| self.eng(e))?))
             .collect()
