@@ -216,7 +216,7 @@ impl Loop {
         {
             let team_has = self
                 .tracked
-                .get(&job.key)
+                .by_key(&job.key)
                 .is_some_and(|t| t.subs.iter().any(|s| *s.team == *w.team));
             if team_has {
                 continue;
@@ -236,8 +236,7 @@ impl Loop {
                 self.over_cap(w, cap, now);
                 continue;
             }
-            if !self.tracked.contains_key(&job.key)
-                && blocking(|| store.job_state(&job.key))?.is_none()
+            if !self.tracked.contains(&job.key) && blocking(|| store.job_state(&job.key))?.is_none()
             {
                 let mut start = crate::domain::JobSnapshot::sample(job.key.clone(), &job.name);
                 start.lifecycle_status = crate::domain::LifecycleStatus::CreateInProgress;

@@ -24,6 +24,7 @@ pub mod progress;
 pub mod retention;
 pub mod route;
 pub mod schedule;
+mod table;
 
 use crate::app::live::{Active, Live};
 use crate::clock::SharedClock;
@@ -33,8 +34,8 @@ use crate::domain::{JobKey, JobStatus, TaskRunStatus};
 use crate::domain::{JobState, Subscription};
 use crate::store::{Store, StoreError};
 use crate::watch::plan::Known;
-use crate::watch::route::Interest;
-use crate::watch::schedule::{Budget, Lanes};
+use crate::watch::schedule::{Budget, LaneId, Lanes, Slot};
+use crate::watch::table::{Due, Table, Tracked};
 use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,24 +88,12 @@ pub struct Watcher {
     pub triage: crate::triage::Handle,
 }
 
-/// One watched job: its subscriptions and last known state, compact: 100k of these
-/// live in memory.
-struct Tracked {
-    subs: Vec<Interest>,
-    state: Option<Known>,
-    /// Poll-interval multiplier currently applied (adaptive intervals).
-    factor: u32,
-    /// Its subscriptions are `finished`: read once per `finished_poll_interval`,
-    /// from what the budget leaves over.
-    finished: bool,
-}
-
 struct Loop {
     w: Watcher,
     active: Arc<Active>,
-    /// Keys shared with the schedule (`Arc`): one copy per watched job.
-    tracked: HashMap<Arc<JobKey>, Tracked>,
-    /// Due jobs, by team.
+    /// Watched jobs by slot.
+    tracked: Table,
+    /// Due jobs (slots), by team.
     schedule: Lanes,
     /// Polling's share of the Deadline budget.
     budget: Budget,
@@ -126,6 +115,8 @@ struct Loop {
     last_pass: discovery::LastPass,
     /// Searches that keep failing: (failures so far, not before this ms).
     discovery_backoff: discovery::Backoff,
+    /// Shared team names and channel lists of the subscriptions followed.
+    interner: route::Interner,
 }
 
 /// Runs blocking store work from the poll loop without stalling the runtime's other
@@ -171,26 +162,25 @@ impl Loop {
         known.extend(states.into_iter().map(Known::split));
         let mut states = known;
         let subs = subs?;
-        let mut tracked: HashMap<Arc<JobKey>, Tracked> =
-            HashMap::with_capacity_and_hasher(subs.len(), Default::default());
+        let mut tracked = Table::with_capacity(subs.len());
+        let mut interner = route::Interner::default();
         for s in subs {
             if s.is_followed() {
                 let finished = s.is_finished();
-                let (job, interest) = route::split(s);
-                let t = tracked.entry(Arc::new(job)).or_insert_with(|| Tracked {
-                    // Most jobs have one subscriber: room for exactly one.
-                    subs: Vec::with_capacity(1),
-                    state: None,
-                    factor: 1,
+                let (job, interest) = interner.split(s);
+                let slot = tracked.slot_or_insert(job, |key| Tracked {
                     finished: true,
+                    ..Tracked::new(key, None)
                 });
-                // One active subscription makes the job active.
-                t.finished &= finished;
-                t.subs.push(interest);
+                if let Some(t) = tracked.get_mut(slot) {
+                    // One active subscription makes the job active.
+                    t.finished &= finished;
+                    t.subs.push(interest);
+                }
             }
         }
-        for (job, t) in tracked.iter_mut() {
-            t.state = states.remove(&**job);
+        for (_, t) in tracked.iter_mut() {
+            t.state = states.remove(&*t.key);
             t.subs.shrink_to_fit();
         }
         // States nothing follows: their subscriptions were removed (or ended) and a
@@ -225,6 +215,7 @@ impl Loop {
             next_discovery: 0,
             last_pass: HashMap::default(),
             discovery_backoff: HashMap::default(),
+            interner,
         };
         for (farm, queue, at) in blocking(|| l.w.store.discovery_marks())? {
             l.last_pass.insert((farm, queue), at);
@@ -239,7 +230,7 @@ impl Loop {
             tracked_ms,
             scheduling_from,
             jobs = l.schedule.len(),
-            subscriptions = l.tracked.values().map(|t| t.subs.len()).sum::<usize>(),
+            subscriptions = l.tracked.iter().map(|(_, t)| t.subs.len()).sum::<usize>(),
             read_ms,
             load_ms = origin.elapsed().as_millis() as u64,
             "watcher loaded"
@@ -256,19 +247,21 @@ impl Loop {
         let now = self.w.clock.now();
         let cfg = self.active.config.clone();
         let n = self.tracked.len().max(1) as u64;
-        let mut weights: HashMap<Box<str>, f64> = HashMap::default();
+        // One lane per team, found once per team rather than once per job.
+        let mut lanes: HashMap<Box<str>, LaneId> = HashMap::default();
+        self.schedule.reserve(self.tracked.slot_bound());
         let mut settled = Vec::new();
-        // Each lane sized once for its jobs (the lane: the first of its teams by name).
-        let mut sizes: HashMap<(&str, bool), usize> = HashMap::default();
-        for t in self.tracked.values() {
-            let team = t.subs.iter().map(|s| &*s.team).min().unwrap_or("");
-            *sizes.entry((team, t.finished)).or_default() += 1;
-        }
-        for ((team, background), n) in sizes {
-            let weight = cfg.team(team).map_or(1.0, |t| t.weight);
-            self.schedule.reserve(team, weight, n, background);
-        }
-        for (i, (key, t)) in self.tracked.iter_mut().enumerate() {
+        for (i, (slot, t)) in self.tracked.iter_mut().enumerate() {
+            let team = t.lane_team();
+            t.lane = match lanes.get(team) {
+                Some(l) => *l,
+                None => {
+                    let weight = cfg.team(team).map_or(1.0, |t| t.weight);
+                    let l = self.schedule.lane(team, weight);
+                    lanes.insert(team.into(), l);
+                    l
+                }
+            };
             let i = i as u64;
             let st = t.state.as_ref();
             let (factor, at) = if t.finished {
@@ -280,7 +273,7 @@ impl Loop {
             ) {
                 // Settled while the service was down (or before its subscriptions
                 // were marked): finished below, then read at the finished pace.
-                settled.push((key.clone(), i * every / n));
+                settled.push((slot, i * every / n));
                 continue;
             } else {
                 let f = crate::watch::schedule::poll_factor(
@@ -293,21 +286,16 @@ impl Loop {
             };
             t.factor = factor;
             self.load += 1.0 / f64::from(factor);
-            // The lane: the first of its teams by name.
-            let team = t.subs.iter().map(|s| &*s.team).min().unwrap_or("");
-            let weight = match weights.get(team) {
-                Some(w) => *w,
-                None => {
-                    let w = cfg.team(team).map_or(1.0, |t| t.weight);
-                    weights.insert(team.into(), w);
-                    w
-                }
+            let lane = if t.finished {
+                LaneId::BACKGROUND
+            } else {
+                t.lane
             };
-            self.schedule.set(key, team, weight, at, t.finished);
+            self.schedule.set(slot, lane, at);
         }
-        for (key, at) in settled {
-            self.set_finished(&key, true)?;
-            self.reschedule(&key, at, false);
+        for (slot, at) in settled {
+            self.set_finished(slot, true)?;
+            self.reschedule(slot, at, false);
         }
         Ok(())
     }
@@ -330,99 +318,114 @@ impl Loop {
     }
 
     /// Terminal for longer than the grace period: finished.
-    fn settled(&self, job: &JobKey) -> bool {
+    fn settled(&self, slot: Slot) -> bool {
         let since = self
             .tracked
-            .get(job)
+            .get(slot)
             .and_then(|t| t.state.as_ref())
             .and_then(|s| s.terminal_since);
         crate::watch::schedule::settled(since, self.w.clock.now(), &self.active.config.deadline)
     }
 
     /// How many times less often than the base interval to poll this job.
-    fn factor(&self, job: &JobKey) -> u32 {
-        if self.tracked.get(job).is_some_and(|t| t.finished) {
+    fn factor(&self, t: &Tracked) -> u32 {
+        if t.finished {
             return (self.finished_interval_ms() / self.interval_ms()).clamp(1, u32::MAX as u64)
                 as u32;
         }
-        let st = self.tracked.get(job).and_then(|t| t.state.as_ref());
+        let st = t.state.as_ref();
+        let now = self.w.clock.now();
         crate::watch::schedule::poll_factor(
             st.map(|s| &s.status),
-            st.map_or(self.w.clock.now(), |s| s.since),
-            self.w.clock.now(),
+            st.map_or(now, |s| s.since),
+            now,
             &self.active.config.deadline,
         )
     }
 
-    /// Schedules `job` at `at`, or one (adapted) interval from now when `at` is 0 and
+    /// Schedules the job in `slot` at `at`, or one (adapted) interval from now when
     /// `after_poll` is set.
-    fn reschedule(&mut self, job: &JobKey, at: u64, after_poll: bool) {
-        let factor = self.factor(job);
+    fn reschedule(&mut self, slot: Slot, at: u64, after_poll: bool) {
+        // A job no longer tracked (unsubscribed mid-poll) is not scheduled again.
+        let Some(t) = self.tracked.get(slot) else {
+            return;
+        };
+        let factor = self.factor(t);
+        let lane = if t.finished {
+            LaneId::BACKGROUND
+        } else {
+            t.lane
+        };
         let due = if after_poll {
             self.now_ms() + self.interval_ms() * u64::from(factor)
         } else {
             at
         };
-        // A job no longer tracked (unsubscribed mid-poll) is not scheduled again.
-        let Some(key) = self.tracked.get_key_value(job).map(|(k, _)| k.clone()) else {
-            return;
-        };
-        let was_scheduled = self.schedule.contains(job);
-        if let Some(t) = self.tracked.get_mut(job) {
-            if was_scheduled {
+        if let Some(t) = self.tracked.get_mut(slot) {
+            if self.schedule.contains(slot) {
                 self.load -= 1.0 / f64::from(t.factor);
             }
             t.factor = factor;
         }
         self.load += 1.0 / f64::from(factor);
-        // The lane: the first of its teams by name, with that team's weight.
-        let t = self.tracked.get(job);
-        let team = t
-            .and_then(|t| t.subs.iter().map(|s| &*s.team).min())
-            .unwrap_or("");
-        let weight = self.active.config.team(team).map_or(1.0, |t| t.weight);
-        let background = t.is_some_and(|t| t.finished);
-        self.schedule.set(&key, team, weight, due, background);
+        self.schedule.set(slot, lane, due);
     }
 
-    fn unschedule(&mut self, job: &JobKey) {
-        if self.schedule.contains(job) {
-            if let Some(t) = self.tracked.get(job) {
+    fn unschedule(&mut self, slot: Slot) {
+        if self.schedule.contains(slot) {
+            if let Some(t) = self.tracked.get(slot) {
                 self.load -= 1.0 / f64::from(t.factor);
             }
-            self.schedule.remove(job);
+            self.schedule.remove(slot);
         }
+    }
+
+    /// Puts the job in its lane: the first of its teams by name (called when its
+    /// subscriptions change).
+    fn place(&mut self, slot: Slot) {
+        let Some(t) = self.tracked.get(slot) else {
+            return;
+        };
+        let team = t.lane_team();
+        let weight = self.active.config.team(team).map_or(1.0, |t| t.weight);
+        let lane = self.schedule.lane(team, weight);
+        if let Some(t) = self.tracked.get_mut(slot) {
+            t.lane = lane;
+        }
+    }
+
+    /// Stops following the job in `slot`.
+    fn forget(&mut self, slot: Slot) -> Option<Tracked> {
+        self.unschedule(slot);
+        let t = self.tracked.remove(slot)?;
+        self.w.health.drop_view(&t.key);
+        Some(t)
     }
 
     fn apply(&mut self, change: SubChange) -> Result<(), StoreError> {
         match change {
             SubChange::Added(sub) if !sub.is_active() => {}
             SubChange::Added(sub) => {
-                let job = sub.job.clone();
-                let is_new = !self.tracked.contains_key(&job);
-                if is_new {
-                    let state = blocking(|| self.w.store.job_state(&job))?.map(Known::from);
-                    self.tracked.insert(
-                        Arc::new(job.clone()),
-                        Tracked {
-                            subs: Vec::new(),
-                            state,
-                            factor: 1,
-                            finished: false,
-                        },
-                    );
-                }
-                if let Some(t) = self.tracked.get_mut(&job) {
-                    t.subs.retain(|s| *s.id != *sub.id);
-                    t.subs.push(Interest::from(&sub));
+                let slot = match self.tracked.slot(&sub.job) {
+                    Some(slot) => slot,
+                    None => {
+                        let state = blocking(|| self.w.store.job_state(&sub.job))?.map(Known::from);
+                        self.tracked
+                            .insert(Tracked::new(Arc::new(sub.job.clone()), state))
+                    }
+                };
+                if let Some(t) = self.tracked.get_mut(slot) {
+                    t.subs.retain(|s| !s.id.is(&sub.id));
+                    t.subs.push(self.interner.interest(&sub));
                     t.subs.shrink_to_fit();
                     // A new active subscriber reads the job at the normal pace; it
                     // finishes again after its next read if it is still settled.
                     t.finished = false;
                 }
+                self.place(slot);
                 // A new subscriber wants a fresh look, even at a settled job.
                 let now = self.now_ms();
-                self.reschedule(&job, now, false);
+                self.reschedule(slot, now, false);
             }
             SubChange::Watches => self.api_watches = None,
             SubChange::Removed(sub) => self.drop_sub(&sub, false)?,
@@ -434,18 +437,22 @@ impl Loop {
     /// A subscription is gone (unsubscribed, or `retired` by the sweep); a job
     /// nothing follows any more is dropped, and a retired one's state with it.
     fn drop_sub(&mut self, sub: &Subscription, retired: bool) -> Result<(), StoreError> {
-        let empty = self.tracked.get_mut(&sub.job).is_none_or(|t| {
-            t.subs.retain(|s| *s.id != *sub.id);
+        let Some(slot) = self.tracked.slot(&sub.job) else {
+            return Ok(());
+        };
+        let empty = self.tracked.get_mut(slot).is_none_or(|t| {
+            t.subs.retain(|s| !s.id.is(&sub.id));
             t.subs.is_empty()
         });
-        if empty {
-            self.unschedule(&sub.job);
-            self.tracked.remove(&sub.job);
-            self.w.health.drop_view(&sub.job);
-            if retired {
-                let store = self.w.store.clone();
-                blocking(|| store.delete_job_state(&sub.job))?;
-            }
+        if !empty {
+            // A job whose lane changed is read in its new one from its next turn.
+            self.place(slot);
+            return Ok(());
+        }
+        self.forget(slot);
+        if retired {
+            let store = self.w.store.clone();
+            blocking(|| store.delete_job_state(&sub.job))?;
         }
         Ok(())
     }
@@ -472,29 +479,29 @@ impl Loop {
     /// narrowed them, or the config changed while the service was down).
     fn enforce_allow_lists(&mut self) -> Result<(), StoreError> {
         let teams = &self.active.config.teams;
-        let mut outside: Vec<(Arc<JobKey>, String, String)> = Vec::new();
-        for (job, t) in &self.tracked {
+        let mut outside: Vec<(Slot, String, String)> = Vec::new();
+        for (slot, t) in self.tracked.iter() {
             for s in &t.subs {
                 if let Some(team) = teams.iter().find(|x| *x.name == *s.team)
-                    && let Err(why) = team.admits(job)
+                    && let Err(why) = team.admits(&t.key)
                 {
-                    outside.push((job.clone(), s.id.to_string(), why));
+                    outside.push((slot, s.id.to_string(), why));
                 }
             }
         }
-        for (job, id, why) in outside {
+        for (slot, id, why) in outside {
             let reason = format!("outside the team's allow-list: {why}");
             let store = self.w.store.clone();
             blocking(|| store.end_subscriptions_by_id(std::slice::from_ref(&id), &reason))?;
-            tracing::warn!(%job, subscription = %id, %reason, "subscription ended");
-            let empty = self.tracked.get_mut(&*job).is_some_and(|t| {
-                t.subs.retain(|s| *s.id != *id);
-                t.subs.is_empty()
-            });
-            if empty {
-                self.unschedule(&job);
-                self.tracked.remove(&*job);
-                self.w.health.drop_view(&job);
+            let Some(t) = self.tracked.get_mut(slot) else {
+                continue;
+            };
+            tracing::warn!(job = %t.key, subscription = %id, %reason, "subscription ended");
+            t.subs.retain(|s| !s.id.is(&id));
+            if t.subs.is_empty() {
+                self.forget(slot);
+            } else {
+                self.place(slot);
             }
         }
         Ok(())
@@ -574,7 +581,13 @@ impl Loop {
             .max()
             .unwrap_or(0);
         self.report_lag(lag);
-        let keys: Vec<Arc<JobKey>> = batch.into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<Due> = batch
+            .into_iter()
+            .filter_map(|(slot, _)| {
+                let key = self.tracked.get(slot)?.key.clone();
+                Some(Due { slot, key })
+            })
+            .collect();
         match self.w.client.fetch(&keys).await {
             Ok(results) => {
                 self.budget.on_success();
@@ -584,8 +597,16 @@ impl Loop {
                 // The store's group commit makes these durable; workers pick the
                 // messages up only then.
                 blocking(|| -> Result<(), StoreError> {
-                    for (key, fetched) in results {
-                        self.handle(&key, fetched)?;
+                    for (due, fetched) in results {
+                        // The same job still (nothing removes one while its read
+                        // is out, but a slot is reused once freed).
+                        if self
+                            .tracked
+                            .get(due.slot)
+                            .is_some_and(|t| Arc::ptr_eq(&t.key, &due.key))
+                        {
+                            self.handle(due.slot, fetched)?;
+                        }
                     }
                     Ok(())
                 })?;
@@ -603,7 +624,7 @@ impl Loop {
             Err(e) => {
                 tracing::warn!(error = %e, jobs = keys.len(), "poll failed; retrying these jobs next interval");
                 for k in &keys {
-                    self.reschedule(k, 0, true);
+                    self.reschedule(k.slot, 0, true);
                 }
             }
         }
@@ -639,13 +660,14 @@ impl Loop {
     /// The job has been terminal for `terminal_grace` (`finished`), or a finished
     /// one moves again (a requeue): its subscriptions change state, and its reads
     /// move to the finished pace, or back.
-    fn set_finished(&mut self, key: &JobKey, finished: bool) -> Result<(), StoreError> {
-        let Some(t) = self.tracked.get_mut(key) else {
+    fn set_finished(&mut self, slot: Slot, finished: bool) -> Result<(), StoreError> {
+        let Some(t) = self.tracked.get_mut(slot) else {
             return Ok(());
         };
         t.finished = finished;
         let ids: Vec<String> = t.subs.iter().map(|s| s.id.to_string()).collect();
-        let name = self.w.health.name(key);
+        let key = t.key.clone();
+        let name = self.w.health.name(&key);
         let (state, now) = (
             if finished { "finished" } else { "active" },
             self.w.clock.now(),
@@ -658,51 +680,48 @@ impl Loop {
         Ok(())
     }
 
-    fn handle(&mut self, key: &JobKey, fetched: Fetched) -> Result<(), StoreError> {
+    fn handle(&mut self, slot: Slot, fetched: Fetched) -> Result<(), StoreError> {
+        let Some(key) = self.tracked.get(slot).map(|t| t.key.clone()) else {
+            return Ok(());
+        };
         match fetched {
             Fetched::Found(snap) => {
-                self.w.health.clear_poll_error(key);
-                if let Some((shared, _)) = self.tracked.get_key_value(key) {
-                    self.w
-                        .health
-                        .refresh_view(shared, &snap, self.w.clock.now());
-                }
-                self.observe(key, *snap)?;
-                let finished = self.tracked.get(key).is_some_and(|t| t.finished);
-                match (self.settled(key), finished) {
-                    (true, false) => self.set_finished(key, true)?,
-                    (false, true) => self.set_finished(key, false)?,
+                self.w.health.clear_poll_error(&key);
+                self.w.health.refresh_view(&key, &snap, self.w.clock.now());
+                self.observe(slot, *snap)?;
+                let finished = self.tracked.get(slot).is_some_and(|t| t.finished);
+                match (self.settled(slot), finished) {
+                    (true, false) => self.set_finished(slot, true)?,
+                    (false, true) => self.set_finished(slot, false)?,
                     _ => {}
                 }
-                self.reschedule(key, 0, true);
+                self.reschedule(slot, 0, true);
             }
             Fetched::Gone(reason) => {
-                self.w.health.clear_poll_error(key);
+                self.w.health.clear_poll_error(&key);
                 let ids: Vec<String> = self
                     .tracked
-                    .get(key)
+                    .get(slot)
                     .map(|t| t.subs.iter().map(|s| s.id.to_string()).collect())
                     .unwrap_or_default();
-                self.w.health.drop_view(key);
                 let n = self.w.store.end_subscriptions_by_id(&ids, &reason)?;
                 tracing::warn!(job = %key, subscriptions = n, %reason, "job no longer exists in Deadline Cloud; subscription ended");
-                self.unschedule(key);
-                self.tracked.remove(key);
+                self.forget(slot);
             }
             Fetched::Failed(reason) => {
                 // Once per distinct error, not once per poll.
-                if self.w.health.set_poll_error(key, &reason) {
+                if self.w.health.set_poll_error(&key, &reason) {
                     tracing::warn!(job = %key, %reason, "could not read job; will retry every interval");
                 }
-                self.reschedule(key, 0, true);
+                self.reschedule(slot, 0, true);
             }
         }
         Ok(())
     }
 
     /// Diffs one observation and, if the state changed, commits it with its messages.
-    fn observe(&mut self, key: &JobKey, observed: Observed) -> Result<(), StoreError> {
-        let Some(t) = self.tracked.get(key) else {
+    fn observe(&mut self, slot: Slot, observed: Observed) -> Result<(), StoreError> {
+        let Some(t) = self.tracked.get(slot) else {
             return Ok(());
         };
         let prev = t.state.as_ref();
@@ -723,14 +742,14 @@ impl Loop {
             &self.active.config.deadline,
         );
         if !look.changed {
-            if let Some(k) = self.tracked.get_mut(key).and_then(|t| t.state.as_mut()) {
+            if let Some(k) = self.tracked.get_mut(slot).and_then(|t| t.state.as_mut()) {
                 k.progress = look.progress;
             }
             return Ok(());
         }
         // Changed (or first seen): only now is the full snapshot built.
         let cur = observed.status.clone();
-        let snap = observed.snapshot(key.clone());
+        let snap = observed.snapshot((*t.key).clone());
         if self.active.config.people.owner(&snap.created_by).is_none()
             && self.w.health.note_unmapped(&snap.created_by, now)
         {
@@ -758,7 +777,7 @@ impl Loop {
         for r in crate::triage::requests_for(queued) {
             self.w.triage.submit(r);
         }
-        if let Some(t) = self.tracked.get_mut(&snap.key) {
+        if let Some(t) = self.tracked.get_mut(slot) {
             t.state = Some(Known::from(plan.state));
         }
         Ok(())

@@ -3,14 +3,18 @@ use crate::config::{Channel, Team};
 use crate::domain::Subscription;
 use crate::domain::{Event, JobKey, Transition};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 /// What routing needs of a subscription, in the compact form the watcher keeps in
-/// memory for every watched job (a full `Subscription` is several times larger).
+/// memory for every watched job (a full `Subscription` is several times larger):
+/// the team and the channel list are shared with every other subscription that
+/// names the same ones (see [`Interner`]).
 #[derive(Debug, Clone)]
 pub struct Interest {
-    pub id: Box<str>,
-    pub team: Box<str>,
-    pub channels: Box<[Box<str>]>,
+    pub id: SubId,
+    pub team: Arc<str>,
+    pub channels: Arc<[Box<str>]>,
     /// Bit `i` set: wants `Event::ALL[i]`.
     events: u16,
     /// Followed, but nothing is sent.
@@ -30,34 +34,125 @@ fn event_bit(event: Event) -> u16 {
         .map_or(0, |i| 1 << i)
 }
 
-impl From<&Subscription> for Interest {
-    fn from(s: &Subscription) -> Interest {
-        Interest {
-            id: s.id.as_str().into(),
-            team: s.team.as_str().into(),
-            channels: s.channels.iter().map(|c| c.as_str().into()).collect(),
-            events: s.events.iter().fold(0, |m, e| m | event_bit(*e)),
-            muted: s.muted,
+/// A subscription id: 16 bytes for the form the service hands out (`sub-` and 32
+/// lower-case hex digits), the text itself for any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubId {
+    Hex([u8; 16]),
+    Other(Box<str>),
+}
+
+impl SubId {
+    pub fn new(id: &str) -> SubId {
+        match Self::hex(id) {
+            Some(b) => SubId::Hex(b),
+            None => SubId::Other(id.into()),
+        }
+    }
+
+    fn hex(id: &str) -> Option<[u8; 16]> {
+        let digits = id.strip_prefix("sub-")?.as_bytes();
+        if digits.len() != 32 {
+            return None;
+        }
+        // Lower case only, so the id prints back exactly as it was given.
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 16];
+        for (i, pair) in digits.chunks_exact(2).enumerate() {
+            out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        }
+        Some(out)
+    }
+
+    /// Whether this is the id `id`.
+    pub fn is(&self, id: &str) -> bool {
+        match self {
+            SubId::Hex(b) => Self::hex(id).is_some_and(|h| h == *b),
+            SubId::Other(s) => **s == *id,
         }
     }
 }
 
-/// A stored subscription's job and what routing keeps of it, its strings moved
-/// rather than copied (start-up does this for every subscription).
-pub fn split(s: crate::domain::SubscriptionHead) -> (JobKey, Interest) {
-    let job = JobKey {
-        farm_id: s.farm_id,
-        queue_id: s.queue_id,
-        job_id: s.job_id,
-    };
-    let interest = Interest {
-        id: s.id.into_boxed_str(),
-        team: s.team.into_boxed_str(),
-        channels: s.channels.into_iter().map(String::into_boxed_str).collect(),
-        events: s.events.iter().fold(0, |m, e| m | event_bit(*e)),
-        muted: s.muted,
-    };
-    (job, interest)
+impl std::fmt::Display for SubId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubId::Hex(b) => {
+                f.write_str("sub-")?;
+                b.iter().try_for_each(|x| write!(f, "{x:02x}"))
+            }
+            SubId::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One shared copy of each team name and each channel list that subscriptions
+/// name: at 100k subscriptions a handful of distinct values, not 100k copies.
+/// Values stay once seen (they are few, and come from the config's teams).
+#[derive(Default)]
+pub struct Interner {
+    strs: HashSet<Arc<str>>,
+    lists: HashSet<Arc<[Box<str>]>>,
+}
+
+impl Interner {
+    pub fn str(&mut self, s: &str) -> Arc<str> {
+        if let Some(x) = self.strs.get(s) {
+            return x.clone();
+        }
+        let x: Arc<str> = s.into();
+        self.strs.insert(x.clone());
+        x
+    }
+
+    pub fn list(&mut self, items: &[String]) -> Arc<[Box<str>]> {
+        let items: Vec<Box<str>> = items.iter().map(|c| c.as_str().into()).collect();
+        if let Some(x) = self.lists.get(&*items) {
+            return x.clone();
+        }
+        let x: Arc<[Box<str>]> = items.into();
+        self.lists.insert(x.clone());
+        x
+    }
+
+    /// What routing keeps of a subscription.
+    pub fn interest(&mut self, s: &Subscription) -> Interest {
+        Interest {
+            id: SubId::new(&s.id),
+            team: self.str(&s.team),
+            channels: self.list(&s.channels),
+            events: s.events.iter().fold(0, |m, e| m | event_bit(*e)),
+            muted: s.muted,
+        }
+    }
+
+    /// A stored subscription's job and what routing keeps of it (start-up does
+    /// this for every subscription).
+    pub fn split(&mut self, s: crate::domain::SubscriptionHead) -> (JobKey, Interest) {
+        let interest = Interest {
+            id: SubId::new(&s.id),
+            team: self.str(&s.team),
+            channels: self.list(&s.channels),
+            events: s.events.iter().fold(0, |m, e| m | event_bit(*e)),
+            muted: s.muted,
+        };
+        let job = JobKey {
+            farm_id: s.farm_id,
+            queue_id: s.queue_id,
+            job_id: s.job_id,
+        };
+        (job, interest)
+    }
+}
+
+impl From<&Subscription> for Interest {
+    /// Without sharing (tests, one-off routing).
+    fn from(s: &Subscription) -> Interest {
+        Interner::default().interest(s)
+    }
 }
 
 #[derive(Debug)]
@@ -123,6 +218,31 @@ mod tests {
     use super::*;
     use crate::config::{ChannelKind, Team};
     use crate::domain::secret::Secret;
+
+    #[test]
+    fn subscription_ids_print_back_as_given_and_compare_by_value() {
+        let hex = "sub-0123456789abcdef0123456789abcdef";
+        for id in [
+            hex,
+            "sub-0123456789ABCDEF0123456789ABCDEF",
+            "sub-1",
+            "custom id",
+            "",
+        ] {
+            let s = SubId::new(id);
+            assert_eq!(s.to_string(), id);
+            assert!(s.is(id));
+            assert!(!s.is("sub-ffffffffffffffffffffffffffffffff"));
+        }
+        assert!(matches!(SubId::new(hex), SubId::Hex(_)));
+        assert!(!SubId::new(hex).is("sub-0123456789ABCDEF0123456789ABCDEF"));
+        let mut i = Interner::default();
+        let (a, b) = (i.str("lighting"), i.str("lighting"));
+        assert!(Arc::ptr_eq(&a, &b));
+        let list = vec!["a".to_string(), "b".to_string()];
+        assert!(Arc::ptr_eq(&i.list(&list), &i.list(&list)));
+        assert_eq!(&*i.list(&list)[1], "b");
+    }
 
     fn team(name: &str) -> Team {
         let ch = |n: &str, events: Option<Vec<Event>>| Channel {

@@ -1,92 +1,42 @@
 //! Pure poll scheduling: which jobs to read next, and how fast the API may be called.
-//! Time is milliseconds on a monotonic clock supplied by the caller.
-use crate::domain::JobKey;
+//! Time is milliseconds on a monotonic clock supplied by the caller. Jobs are slot
+//! numbers handed out by the caller (the poll loop's job table), so scheduling
+//! never hashes or compares a job's ids: at 100k jobs each lookup by key is a
+//! cache miss, and a reschedule after every read did several.
 use std::collections::BTreeSet;
-use std::sync::Arc;
-// Seeded per process, so crafted job ids cannot force collisions; much faster than SipHash.
-use foldhash::HashMap;
+
+/// A watched job's place in the caller's job table.
+pub type Slot = u32;
+
+/// A lane: one team's, or the background lane of finished jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneId(u32);
+
+impl LaneId {
+    /// Finished jobs: read only with what the team lanes leave of a batch.
+    pub const BACKGROUND: LaneId = LaneId(u32::MAX);
+}
 
 /// Jobs ordered by when they are next due. Earliest-due first, so when the API
 /// budget cannot keep up every job's interval stretches evenly and none starves.
 #[derive(Default)]
-pub struct Schedule {
-    due: BTreeSet<(u64, u32)>,
-    /// One shared key per job for the slot and the index (a JobKey is ~200 bytes).
-    slots: Vec<Option<(Arc<JobKey>, u64)>>,
-    index: HashMap<Arc<JobKey>, u32>,
-    free: Vec<u32>,
+struct Schedule {
+    due: BTreeSet<(u64, Slot)>,
 }
 
 impl Schedule {
-    pub fn len(&self) -> usize {
-        self.index.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
-    }
-
-    pub fn contains(&self, job: &JobKey) -> bool {
-        self.index.contains_key(job)
-    }
-
-    fn reserve(&mut self, n: usize) {
-        self.index.reserve(n);
-        self.slots.reserve(n);
-    }
-
-    /// Adds or moves `job` to be due at `at`. Takes the caller's shared key, so a
-    /// watched job's key exists once in memory.
-    pub fn set(&mut self, job: &Arc<JobKey>, at: u64) {
-        if let Some(&i) = self.index.get(&**job) {
-            if let Some((_, old)) = &mut self.slots[i as usize] {
-                self.due.remove(&(*old, i));
-                *old = at;
-            }
-            self.due.insert((at, i));
-            return;
-        }
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some((job.clone(), at));
-                i
-            }
-            None => {
-                self.slots.push(Some((job.clone(), at)));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.index.insert(job.clone(), i);
-        self.due.insert((at, i));
-    }
-
-    pub fn remove(&mut self, job: &JobKey) {
-        if let Some(i) = self.index.remove(job)
-            && let Some((_, at)) = self.slots[i as usize].take()
-        {
-            self.due.remove(&(at, i));
-            self.free.push(i);
-        }
-    }
-
-    /// When the earliest job is due.
-    pub fn next_due(&self) -> Option<u64> {
+    fn next_due(&self) -> Option<u64> {
         self.due.first().map(|(at, _)| *at)
     }
 
-    /// Up to `max` jobs due at or before `until`, earliest first, with their due times.
-    /// They stay scheduled until [`Schedule::set`] moves them.
-    pub fn due_by(&self, until: u64, max: usize) -> Vec<(Arc<JobKey>, u64)> {
+    /// Up to `max` jobs due at or before `until`, earliest first, with their due
+    /// times. They stay scheduled until [`Lanes::set`] moves them.
+    fn due_by(&self, until: u64, max: usize) -> impl Iterator<Item = (Slot, u64)> + '_ {
         self.due
             .iter()
-            .take_while(|(at, _)| *at <= until)
+            .take_while(move |(at, _)| *at <= until)
             .take(max)
-            .filter_map(|(at, i)| {
-                self.slots[*i as usize]
-                    .as_ref()
-                    .map(|(k, _)| (Arc::clone(k), *at))
-            })
-            .collect()
+            .map(|&(at, slot)| (slot, at))
     }
 }
 
@@ -94,14 +44,15 @@ impl Schedule {
 /// others: each lane (a team) keeps its own earliest-due order, and a batch is
 /// filled by weighted round-robin over the lanes that have jobs due (deficit
 /// round-robin: a lane's unused share carries over while it has jobs waiting).
-/// A job shared by several teams is in one lane, the first of its teams by name.
+/// A job shared by several teams is in one lane, which the caller picks.
 #[derive(Default)]
 pub struct Lanes {
     lanes: Vec<Lane>,
-    lane_of: HashMap<Arc<JobKey>, u32>,
+    /// Each slot's lane and due time (`None`: not scheduled).
+    pos: Vec<Option<(LaneId, u64)>>,
+    len: usize,
     /// The lane that fills first in the next batch (rotates).
     next: usize,
-    /// Finished jobs: read only with what the team lanes leave of a batch.
     background: Schedule,
 }
 
@@ -114,15 +65,21 @@ struct Lane {
 
 impl Lanes {
     pub fn len(&self) -> usize {
-        self.lane_of.len() + self.background.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    pub fn contains(&self, job: &JobKey) -> bool {
-        self.lane_of.contains_key(job) || self.background.contains(job)
+    pub fn contains(&self, slot: Slot) -> bool {
+        matches!(self.pos.get(slot as usize), Some(Some(_)))
+    }
+
+    /// Room for slots below `n`: scheduling a whole store at start-up then does
+    /// not grow the table as it goes.
+    pub fn reserve(&mut self, n: usize) {
+        self.pos.reserve(n.saturating_sub(self.pos.len()));
     }
 
     /// Each lane's share from its team's `weight` (teams unknown to `weight`: 1).
@@ -132,22 +89,10 @@ impl Lanes {
         }
     }
 
-    /// Room for `n` more jobs in `team`'s lane (created with `weight` if new), or
-    /// in the background lane: scheduling a whole store at start-up then does not
-    /// rehash as it goes.
-    pub fn reserve(&mut self, team: &str, weight: f64, n: usize, background: bool) {
-        if background {
-            self.background.reserve(n);
-            return;
-        }
-        let li = self.lane(team, weight);
-        self.lanes[li as usize].schedule.reserve(n);
-        self.lane_of.reserve(n);
-    }
-
-    fn lane(&mut self, team: &str, weight: f64) -> u32 {
+    /// `team`'s lane, created with `weight` if new.
+    pub fn lane(&mut self, team: &str, weight: f64) -> LaneId {
         if let Some(i) = self.lanes.iter().position(|l| *l.team == *team) {
-            return i as u32;
+            return LaneId(i as u32);
         }
         self.lanes.push(Lane {
             team: team.into(),
@@ -155,41 +100,39 @@ impl Lanes {
             deficit: 0.0,
             schedule: Schedule::default(),
         });
-        (self.lanes.len() - 1) as u32
+        LaneId((self.lanes.len() - 1) as u32)
     }
 
-    /// Adds or moves `job` (in `team`'s lane, created with `weight` if new; or in
-    /// the background lane) to be due at `at`.
-    pub fn set(&mut self, job: &Arc<JobKey>, team: &str, weight: f64, at: u64, background: bool) {
-        if background {
-            if let Some(old) = self.lane_of.remove(&**job) {
-                self.lanes[old as usize].schedule.remove(job);
-            }
-            self.background.set(job, at);
-            return;
+    fn schedule_mut(&mut self, lane: LaneId) -> &mut Schedule {
+        match self.lanes.get_mut(lane.0 as usize) {
+            Some(l) => &mut l.schedule,
+            None => &mut self.background,
         }
-        self.background.remove(job);
-        let li = self.lane(team, weight);
-        // Moved only when its lane changed (rare): a reschedule in the same lane
-        // touches no map but the lane's own.
-        match self.lane_of.get(&**job) {
-            Some(&old) if old == li => {}
-            Some(&old) => {
-                self.lanes[old as usize].schedule.remove(job);
-                self.lane_of.insert(job.clone(), li);
-            }
-            None => {
-                self.lane_of.insert(job.clone(), li);
-            }
-        }
-        self.lanes[li as usize].schedule.set(job, at);
     }
 
-    pub fn remove(&mut self, job: &JobKey) {
-        if let Some(li) = self.lane_of.remove(job) {
-            self.lanes[li as usize].schedule.remove(job);
+    /// Adds or moves `slot` into `lane`, due at `at`.
+    pub fn set(&mut self, slot: Slot, lane: LaneId, at: u64) {
+        let i = slot as usize;
+        if self.pos.len() <= i {
+            self.pos.resize(i + 1, None);
         }
-        self.background.remove(job);
+        match self.pos[i] {
+            Some((old, was)) => {
+                self.schedule_mut(old).due.remove(&(was, slot));
+            }
+            None => self.len += 1,
+        }
+        self.schedule_mut(lane).due.insert((at, slot));
+        self.pos[i] = Some((lane, at));
+    }
+
+    pub fn remove(&mut self, slot: Slot) {
+        if let Some(p) = self.pos.get_mut(slot as usize)
+            && let Some((lane, at)) = p.take()
+        {
+            self.len -= 1;
+            self.schedule_mut(lane).due.remove(&(at, slot));
+        }
     }
 
     /// When the earliest job of any lane is due.
@@ -203,14 +146,14 @@ impl Lanes {
 
     /// Up to `max` jobs due at or before `until`, shared among the lanes with jobs
     /// due in proportion to their weights, each lane's earliest first.
-    pub fn due_by(&mut self, until: u64, max: usize) -> Vec<(Arc<JobKey>, u64)> {
+    pub fn due_by(&mut self, until: u64, max: usize) -> Vec<(Slot, u64)> {
         let n = self.lanes.len();
-        let mut queues: Vec<std::collections::VecDeque<(Arc<JobKey>, u64)>> = self
+        let mut queues: Vec<std::collections::VecDeque<(Slot, u64)>> = self
             .lanes
             .iter()
-            .map(|l| l.schedule.due_by(until, max).into())
+            .map(|l| l.schedule.due_by(until, max).collect())
             .collect();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(1024));
         while out.len() < max && queues.iter().any(|q| !q.is_empty()) {
             for k in 0..n {
                 let i = (self.next + k) % n;
@@ -371,63 +314,47 @@ pub fn settled(
 mod tests {
     use super::*;
 
-    fn key(n: u32) -> JobKey {
-        JobKey {
-            farm_id: "f".into(),
-            queue_id: "q".into(),
-            job_id: format!("j{n}"),
-        }
-    }
-
     #[test]
     fn earliest_due_first_and_moves() {
-        let mut s = Schedule::default();
+        let mut s = Lanes::default();
+        let lane = s.lane("t", 1.0);
         for n in 0..5 {
-            s.set(&Arc::new(key(n)), 100 - n as u64 * 10);
+            s.set(n, lane, 100 - u64::from(n) * 10);
         }
-        let due: Vec<_> = s
-            .due_by(80, 10)
-            .into_iter()
-            .map(|(k, _)| k.job_id.clone())
-            .collect();
-        assert_eq!(due, vec!["j4", "j3", "j2"]);
-        s.set(&Arc::new(key(4)), 500);
-        assert_eq!(*s.due_by(80, 1)[0].0, key(3));
-        s.remove(&key(3));
-        s.set(&Arc::new(key(9)), 1);
+        let due: Vec<Slot> = s.due_by(80, 10).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(due, vec![4, 3, 2]);
+        s.set(4, lane, 500);
+        assert_eq!(s.due_by(80, 1)[0].0, 3);
+        s.remove(3);
+        s.remove(3);
+        s.set(9, lane, 1);
         assert_eq!(s.len(), 5);
+        assert!(!s.contains(3) && s.contains(9) && !s.contains(1000));
         assert_eq!(s.next_due(), Some(1));
         assert_eq!(s.due_by(1000, 100).len(), 5);
-    }
-
-    fn team_key(team: &str, n: u32) -> Arc<JobKey> {
-        Arc::new(JobKey {
-            farm_id: "f".into(),
-            queue_id: team.into(),
-            job_id: format!("j{n}"),
-        })
     }
 
     #[test]
     fn a_team_with_many_due_jobs_does_not_crowd_out_another() {
         let mut l = Lanes::default();
+        let (big, small) = (l.lane("big", 1.0), l.lane("small", 1.0));
         for n in 0..10_000 {
-            l.set(&team_key("big", n), "big", 1.0, n as u64, false);
+            l.set(n, big, u64::from(n));
         }
         for n in 0..10 {
-            l.set(&team_key("small", n), "small", 1.0, 5_000 + n as u64, false);
+            l.set(20_000 + n, small, 5_000 + u64::from(n));
         }
         // Every small job is due, and overdue long after most big ones: the next
         // batch still carries all of them.
         let batch = l.due_by(10_000, 100);
         assert_eq!(batch.len(), 100);
-        let small = batch.iter().filter(|(k, _)| k.queue_id == "small").count();
+        let small = batch.iter().filter(|(k, _)| *k >= 20_000).count();
         assert_eq!(small, 10, "{batch:?}");
         // The big team's share is its earliest jobs.
         assert!(
             batch
                 .iter()
-                .filter(|(k, _)| k.queue_id == "big")
+                .filter(|(k, _)| *k < 20_000)
                 .all(|(_, due)| *due < 90)
         );
     }
@@ -435,28 +362,47 @@ mod tests {
     #[test]
     fn weights_share_a_batch_and_moves_between_lanes_keep_one_entry() {
         let mut l = Lanes::default();
+        let (a, b) = (l.lane("a", 3.0), l.lane("b", 1.0));
         for n in 0..1000 {
-            l.set(&team_key("a", n), "a", 3.0, 0, false);
-            l.set(&team_key("b", n), "b", 1.0, 0, false);
+            l.set(n, a, 0);
+            l.set(1000 + n, b, 0);
         }
-        let mut a = 0;
+        let mut from_a = 0;
         for _ in 0..10 {
             let batch = l.due_by(0, 100);
-            a += batch.iter().filter(|(k, _)| k.queue_id == "a").count();
+            from_a += batch.iter().filter(|(k, _)| *k < 1000).count();
             for (k, _) in batch {
-                let team = k.queue_id.clone();
-                l.set(&k, &team, 1.0, 10, false);
+                l.set(k, if k < 1000 { a } else { b }, 10);
             }
         }
-        assert!((700..=800).contains(&a), "weight 3 against 1: {a} of 1000");
-        let k = team_key("a", 0);
-        l.set(&k, "b", 1.0, 0, false);
+        assert!(
+            (700..=800).contains(&from_a),
+            "weight 3 against 1: {from_a} of 1000"
+        );
+        l.set(0, b, 0);
         assert_eq!(l.len(), 2000);
-        l.remove(&k);
+        l.set(0, LaneId::BACKGROUND, 0);
+        assert_eq!(l.len(), 2000);
+        l.remove(0);
         assert_eq!(l.len(), 1999);
-        assert!(!l.contains(&k));
+        assert!(!l.contains(0));
         l.set_weights(|_| None);
         assert_eq!(l.next_due(), Some(0));
+    }
+
+    #[test]
+    fn background_jobs_get_only_what_the_lanes_leave() {
+        let mut l = Lanes::default();
+        let a = l.lane("a", 1.0);
+        for n in 0..80 {
+            l.set(n, a, 0);
+        }
+        for n in 100..200 {
+            l.set(n, LaneId::BACKGROUND, 0);
+        }
+        let batch = l.due_by(0, 100);
+        assert_eq!(batch.iter().filter(|(k, _)| *k < 80).count(), 80);
+        assert_eq!(batch.iter().filter(|(k, _)| *k >= 100).count(), 20);
     }
 
     #[test]
