@@ -249,7 +249,7 @@ async fn run_throughput(m: usize, sim: String, sink: String, stats: String) {
                 team: "bench".into(),
                 channel: format!("hook{}", i % channels),
                 kind: "webhook".into(),
-                job: JobKey { farm_id: "f".into(), queue_id: "q".into(), job_id: format!("j{i}") },
+                job: JobKey { farm_id: "f".into(), queue_id: "q".into(), job_id: format!("j{i}").into() },
                 event: Event::Succeeded,
                 created_at: now,
                 attempts: 0,

@@ -21,9 +21,9 @@ use tower::ServiceExt;
 
 fn key(i: usize) -> JobKey {
     JobKey {
-        farm_id: format!("farm-{}", "a".repeat(32)),
-        queue_id: format!("queue-{}", "b".repeat(32)),
-        job_id: format!("job-{i:032x}"),
+        farm_id: format!("farm-{}", "a".repeat(32)).into(),
+        queue_id: format!("queue-{}", "b".repeat(32)).into(),
+        job_id: format!("job-{i:032x}").into(),
     }
 }
 

@@ -38,9 +38,9 @@ async fn main() {
                 id: format!("sub-{i:032x}"),
                 team: "lighting".into(),
                 job: JobKey {
-                    farm_id: format!("farm-{:032x}", 1),
-                    queue_id: format!("queue-{:032x}", 2),
-                    job_id: format!("job-{i:032x}"),
+                    farm_id: format!("farm-{:032x}", 1).into(),
+                    queue_id: format!("queue-{:032x}", 2).into(),
+                    job_id: format!("job-{i:032x}").into(),
                 },
                 channels: vec!["pipeline".into()],
                 events: vec![Event::Failed, Event::Succeeded],

@@ -23,9 +23,9 @@ fn main() {
     let now = deadline_notifier::clock::wall_now();
     for i in 0..100_000usize {
         let key = JobKey {
-            farm_id: format!("farm-{:032x}", i % 10),
-            queue_id: format!("queue-{:032x}", i % 7),
-            job_id: format!("job-{i:032x}"),
+            farm_id: format!("farm-{:032x}", i % 10).into(),
+            queue_id: format!("queue-{:032x}", i % 7).into(),
+            job_id: format!("job-{i:032x}").into(),
         };
         let status = JobStatus::of(&JobSnapshot::sample(key.clone(), "x"));
         store

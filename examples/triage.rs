@@ -136,7 +136,7 @@ url = "http://{sink_addr}/webhook"
                     ..Default::default()
                 },
             );
-            failed_at.insert(k.job_id.clone(), deadline_notifier::clock::monotonic());
+            failed_at.insert(k.job_id.to_string(), deadline_notifier::clock::monotonic());
             next += 1;
             continue;
         }

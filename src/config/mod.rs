@@ -696,7 +696,7 @@ impl Team {
     /// Whether the team's allow-lists admit `job`; `Err` says which list refuses it.
     pub fn admits(&self, job: &crate::domain::JobKey) -> Result<(), String> {
         if let Some(farms) = &self.farm_ids
-            && !farms.contains(&job.farm_id)
+            && !farms.iter().any(|f| job.farm_id == *f)
         {
             return Err(format!(
                 "farm {} is not in team {:?}'s farm_ids",
@@ -704,7 +704,7 @@ impl Team {
             ));
         }
         if let Some(queues) = &self.queue_ids
-            && !queues.contains(&job.queue_id)
+            && !queues.iter().any(|q| job.queue_id == *q)
         {
             return Err(format!(
                 "queue {} is not in team {:?}'s queue_ids",
@@ -813,9 +813,9 @@ pub fn check_watch(
             ));
         }
         let key = crate::domain::JobKey {
-            farm_id: w.farm_id.clone(),
-            queue_id: q.clone(),
-            job_id: String::new(),
+            farm_id: w.farm_id.clone().into(),
+            queue_id: q.clone().into(),
+            job_id: String::new().into(),
         };
         team.admits(&key).map_err(|m| {
             if m.starts_with("farm") {

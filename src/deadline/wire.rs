@@ -112,9 +112,9 @@ pub fn from_wire(v: &Value) -> Result<JobSnapshot, WireError> {
             .transpose()
     };
     let key = JobKey {
-        farm_id: need("farmId")?,
-        queue_id: need("queueId")?,
-        job_id: need("jobId")?,
+        farm_id: need("farmId")?.into(),
+        queue_id: need("queueId")?.into(),
+        job_id: need("jobId")?.into(),
     };
     let mut s = JobSnapshot::sample(key, &need("name")?);
     s.description = text("description")?;

@@ -399,7 +399,7 @@ mod tests {
         JobKey {
             farm_id: "f".into(),
             queue_id: "q".into(),
-            job_id: format!("j{n}"),
+            job_id: format!("j{n}").into(),
         }
     }
 

@@ -637,9 +637,9 @@ mod tests {
 
     fn key(n: u8) -> JobKey {
         JobKey {
-            farm_id: format!("farm-{}", "a".repeat(32)),
-            queue_id: format!("queue-{}", "b".repeat(32)),
-            job_id: format!("job-{n:032x}"),
+            farm_id: format!("farm-{}", "a".repeat(32)).into(),
+            queue_id: format!("queue-{}", "b".repeat(32)).into(),
+            job_id: format!("job-{n:032x}").into(),
         }
     }
 

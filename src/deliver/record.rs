@@ -91,7 +91,7 @@ mod tests {
             job: JobKey {
                 farm_id: "farm-1".into(),
                 queue_id: "queue-1".into(),
-                job_id: format!("job-{n}"),
+                job_id: format!("job-{n}").into(),
             },
             event: Event::Succeeded,
             created_at: now,

@@ -224,7 +224,7 @@ impl Watch {
         name_re: Option<&regex_lite::Regex>,
     ) -> bool {
         job.farm_id == self.farm_id
-            && self.queue_ids.contains(&job.queue_id)
+            && self.queue_ids.iter().any(|q| job.queue_id == *q)
             && self
                 .created_by
                 .as_ref()

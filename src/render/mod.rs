@@ -501,9 +501,9 @@ pub fn context(
 pub fn sample_job(event: Event) -> (JobSnapshot, Transition) {
     use crate::domain::{LifecycleStatus as L, TaskRunStatus as S};
     let key = JobKey {
-        farm_id: format!("farm-{}", "0".repeat(32)),
-        queue_id: format!("queue-{}", "0".repeat(32)),
-        job_id: format!("job-{}", "0".repeat(32)),
+        farm_id: format!("farm-{}", "0".repeat(32)).into(),
+        queue_id: format!("queue-{}", "0".repeat(32)).into(),
+        job_id: format!("job-{}", "0".repeat(32)).into(),
     };
     let mut job = JobSnapshot::sample(key, "shot_010 comp v3");
     job.description = Some("Final comp for shot 010".into());

@@ -4,9 +4,9 @@ use crate::domain::{Event, JobSnapshot, JobStatus};
 
 fn key(n: u8) -> JobKey {
     JobKey {
-        farm_id: format!("farm-{}", "a".repeat(32)),
-        queue_id: format!("queue-{}", "b".repeat(32)),
-        job_id: format!("job-{:032x}", n),
+        farm_id: format!("farm-{}", "a".repeat(32)).into(),
+        queue_id: format!("queue-{}", "b".repeat(32)).into(),
+        job_id: format!("job-{:032x}", n).into(),
     }
 }
 
@@ -618,7 +618,7 @@ fn a_filtered_page_reads_a_bounded_slice_and_the_cursor_finds_the_rest() {
     let subs: Vec<Subscription> = (0..n)
         .map(|i| {
             let mut x = sub(&format!("s{i:05}"), "t", 0);
-            x.job.job_id = format!("job-{i:032x}");
+            x.job.job_id = format!("job-{i:032x}").into();
             x.created_at = t0 + chrono::Duration::seconds(i as i64);
             x.job_name = Some(if i == 3 {
                 "the one".into()

@@ -30,9 +30,9 @@ pub fn watches_in_force(cfg: &Config, api_watches: Vec<Watch>) -> Vec<Watch> {
             cfg.team(&w.team).is_some_and(|t| {
                 w.queue_ids.iter().all(|q| {
                     t.admits(&JobKey {
-                        farm_id: w.farm_id.clone(),
-                        queue_id: q.clone(),
-                        job_id: String::new(),
+                        farm_id: w.farm_id.clone().into(),
+                        queue_id: q.clone().into(),
+                        job_id: String::new().into(),
                     })
                     .is_ok()
                 })

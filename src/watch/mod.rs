@@ -411,7 +411,7 @@ impl Loop {
                     None => {
                         let state = blocking(|| self.w.store.job_state(&sub.job))?.map(Known::from);
                         self.tracked
-                            .insert(Tracked::new(Arc::new(sub.job.clone()), state))
+                            .slot_or_insert(sub.job.clone(), |key| Tracked::new(key, state))
                     }
                 };
                 if let Some(t) = self.tracked.get_mut(slot) {

@@ -140,9 +140,9 @@ impl Interner {
             muted: s.muted,
         };
         let job = JobKey {
-            farm_id: s.farm_id,
-            queue_id: s.queue_id,
-            job_id: s.job_id,
+            farm_id: s.farm_id.into(),
+            queue_id: s.queue_id.into(),
+            job_id: s.job_id.into(),
         };
         (job, interest)
     }

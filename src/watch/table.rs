@@ -5,8 +5,8 @@
 use super::plan::Known;
 use super::route::Interest;
 use super::schedule::{LaneId, Slot};
-use crate::domain::JobKey;
-use foldhash::HashMap;
+use crate::domain::{Id, JobKey};
+use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// One watched job: its subscriptions and last known state, compact: 100k of these
@@ -50,6 +50,8 @@ pub(super) struct Table {
     index: HashMap<Arc<JobKey>, Slot>,
     slots: Vec<Option<Tracked>>,
     free: Vec<Slot>,
+    /// One copy of each farm and queue id, shared by all keys that name it.
+    ids: HashSet<Id>,
 }
 
 impl Table {
@@ -58,6 +60,7 @@ impl Table {
             index: HashMap::with_capacity_and_hasher(n, Default::default()),
             slots: Vec::with_capacity(n),
             free: Vec::new(),
+            ids: HashSet::default(),
         }
     }
 
@@ -91,7 +94,7 @@ impl Table {
     }
 
     /// Adds a job not tracked yet; returns its slot.
-    pub fn insert(&mut self, t: Tracked) -> Slot {
+    fn insert(&mut self, t: Tracked) -> Slot {
         debug_assert!(!self.index.contains_key(&*t.key));
         let key = t.key.clone();
         let slot = match self.free.pop() {
@@ -111,12 +114,23 @@ impl Table {
     /// The job's slot, added with `make` if it is not tracked yet.
     pub fn slot_or_insert(
         &mut self,
-        key: JobKey,
+        mut key: JobKey,
         make: impl FnOnce(Arc<JobKey>) -> Tracked,
     ) -> Slot {
-        match self.slot(&key) {
-            Some(s) => s,
-            None => self.insert(make(Arc::new(key))),
+        if let Some(s) = self.slot(&key) {
+            return s;
+        }
+        self.share(&mut key.farm_id);
+        self.share(&mut key.queue_id);
+        self.insert(make(Arc::new(key)))
+    }
+
+    fn share(&mut self, id: &mut Id) {
+        match self.ids.get(id.as_str()) {
+            Some(x) => *id = x.clone(),
+            None => {
+                self.ids.insert(id.clone());
+            }
         }
     }
 
@@ -164,14 +178,14 @@ mod tests {
         JobKey {
             farm_id: "f".into(),
             queue_id: "q".into(),
-            job_id: format!("j{n}"),
+            job_id: format!("j{n}").into(),
         }
     }
 
     #[test]
     fn slots_are_found_by_key_and_reused_after_removal() {
         let mut t = Table::default();
-        let a = t.insert(Tracked::new(Arc::new(key(1)), None));
+        let a = t.slot_or_insert(key(1), |k| Tracked::new(k, None));
         let b = t.slot_or_insert(key(2), |k| Tracked::new(k, None));
         assert_eq!(t.slot_or_insert(key(2), |_| unreachable!()), b);
         assert_eq!((t.slot(&key(1)), t.len()), (Some(a), 2));
@@ -180,8 +194,10 @@ mod tests {
             Some("j1")
         );
         assert!(t.remove(a).is_none() && !t.contains(&key(1)) && t.get(a).is_none());
-        let c = t.insert(Tracked::new(Arc::new(key(3)), None));
+        let c = t.slot_or_insert(key(3), |k| Tracked::new(k, None));
         assert_eq!(c, a, "the freed slot is reused");
+        let farm = |s: Slot| t.get(s).map(|x| x.key.farm_id.as_ptr());
+        assert_eq!(farm(b), farm(c), "one copy of a farm id");
         assert_eq!(t.by_key(&key(3)).map(|x| x.key.job_id.as_str()), Some("j3"));
         let mut seen: Vec<Slot> = t.iter().map(|(s, _)| s).collect();
         seen.sort();

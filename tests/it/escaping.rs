@@ -96,9 +96,9 @@ url = "http://127.0.0.1:1/w"
 
 fn job(name: &str, description: &str, created_by: &str, param: &str) -> JobSnapshot {
     let key = JobKey {
-        farm_id: format!("farm-{}", "1".repeat(32)),
-        queue_id: format!("queue-{}", "2".repeat(32)),
-        job_id: format!("job-{}", "3".repeat(32)),
+        farm_id: format!("farm-{}", "1".repeat(32)).into(),
+        queue_id: format!("queue-{}", "2".repeat(32)).into(),
+        job_id: format!("job-{}", "3".repeat(32)).into(),
     };
     let mut j = JobSnapshot::sample(key, name);
     j.description = Some(description.to_string());

@@ -102,7 +102,7 @@ async fn three_hundred_watches_do_not_starve_polling() {
     wait_until(T, "fx's job.succeeded", || {
         env.sink.delivered().iter().any(|r| {
             r.path == "/webhook/fx"
-                && r.raw.contains(&jobs[7].job_id)
+                && r.raw.contains(jobs[7].job_id.as_str())
                 && r.body["type"] == "job.succeeded"
         })
     })
@@ -288,10 +288,10 @@ async fn test_messages_cannot_flood_a_channel() {
             .into_iter()
             .filter(|r| r.path.starts_with("/slack"))
             .collect();
-        slack.iter().any(|r| r.raw.contains(&job.job_id))
+        slack.iter().any(|r| r.raw.contains(job.job_id.as_str()))
             && slack
                 .iter()
-                .filter(|r| !r.raw.contains(&job.job_id))
+                .filter(|r| !r.raw.contains(job.job_id.as_str()))
                 .count()
                 == 1
     })

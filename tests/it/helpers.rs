@@ -230,7 +230,7 @@ url = "http://{sink_addr}/webhook/fx"
         self.sink
             .delivered()
             .into_iter()
-            .filter(|r| r.raw.contains(&key.job_id))
+            .filter(|r| r.raw.contains(key.job_id.as_str()))
             .collect()
     }
 }

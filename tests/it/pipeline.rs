@@ -197,7 +197,7 @@ async fn sigkill_after_detection_before_delivery_loses_nothing_and_detects_once(
         env.sink
             .received()
             .iter()
-            .any(|r| r.raw.contains(&job.job_id))
+            .any(|r| r.raw.contains(job.job_id.as_str()))
     })
     .await;
     svc.kill(); // SIGKILL
@@ -205,7 +205,7 @@ async fn sigkill_after_detection_before_delivery_loses_nothing_and_detects_once(
         .sink
         .received()
         .iter()
-        .find(|r| r.raw.contains(&job.job_id))
+        .find(|r| r.raw.contains(job.job_id.as_str()))
         .unwrap()
         .headers["webhook-id"]
         .clone();
@@ -225,7 +225,7 @@ async fn sigkill_after_detection_before_delivery_loses_nothing_and_detects_once(
     );
     let detections = |log: String| {
         log.lines()
-            .filter(|l| l.contains("transition detected") && l.contains(&job.job_id))
+            .filter(|l| l.contains("transition detected") && l.contains(job.job_id.as_str()))
             .count()
     };
     assert_eq!(
@@ -349,7 +349,7 @@ async fn sigterm_exits_zero_and_undelivered_messages_survive() {
         env.sink
             .received()
             .iter()
-            .any(|r| r.raw.contains(&job.job_id))
+            .any(|r| r.raw.contains(job.job_id.as_str()))
     })
     .await;
     let status = svc.terminate();
@@ -396,7 +396,7 @@ async fn list_and_search_jobs_through_the_sdk() {
         .unwrap();
     assert_eq!(listed.len(), 130, "all pages");
     let searched = client
-        .search_jobs(&keys[0].farm_id, std::slice::from_ref(&keys[0].queue_id))
+        .search_jobs(&keys[0].farm_id, &[keys[0].queue_id.to_string()])
         .await
         .unwrap();
     assert_eq!(searched.len(), 130);
@@ -497,7 +497,7 @@ async fn an_undecodable_job_is_isolated_and_the_rest_keep_being_polled() {
         "{metrics}"
     );
     let log = svc.log_text();
-    assert!(log.contains(&bad.job_id), "the log names the job");
+    assert!(log.contains(bad.job_id.as_str()), "the log names the job");
     // Readiness is about the watcher, not one job.
     let r = reqwest::get(format!("{}/readyz", env.api())).await.unwrap();
     assert_eq!(r.status(), 200);

@@ -206,7 +206,7 @@ async fn reload_adds_a_channel_and_refuses_restart_only_keys() {
         env.sink
             .delivered()
             .iter()
-            .any(|r| r.path == "/webhook/extra" && r.raw.contains(&job.job_id))
+            .any(|r| r.path == "/webhook/extra" && r.raw.contains(job.job_id.as_str()))
     })
     .await;
 
@@ -256,7 +256,7 @@ async fn a_removed_channel_keeps_its_queue_until_it_returns() {
         env.sink
             .received()
             .iter()
-            .any(|r| r.path == "/webhook/fx" && r.raw.contains(&job.job_id))
+            .any(|r| r.path == "/webhook/fx" && r.raw.contains(job.job_id.as_str()))
     })
     .await;
 
@@ -320,7 +320,7 @@ async fn allow_lists_refuse_and_a_narrowing_reload_ends_subscriptions() {
     let (status, v) = env.subscribe(FX, body).await;
     assert_eq!(status, 403, "{v}");
     assert!(
-        v["error"].as_str().unwrap().contains(&job.queue_id),
+        v["error"].as_str().unwrap().contains(job.queue_id.as_str()),
         "names the queue: {v}"
     );
     let sub = env
@@ -368,7 +368,7 @@ async fn allow_lists_refuse_and_a_narrowing_reload_ends_subscriptions() {
         state["endedReason"]
             .as_str()
             .unwrap()
-            .contains(&job.farm_id),
+            .contains(job.farm_id.as_str()),
         "{state}"
     );
     // Routing refuses it too (`route` unit test): an ended subscription is not

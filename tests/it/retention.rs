@@ -120,7 +120,7 @@ async fn finished_subscriptions_fade_and_the_store_returns_to_what_is_active() {
         ids,
         running
             .iter()
-            .map(|k| k.job_id.clone())
+            .map(|k| k.job_id.to_string())
             .collect::<HashSet<_>>()
     );
     // Every succeeded job is announced (messages outlive their subscriptions).

@@ -394,7 +394,7 @@ async fn a_restart_between_detection_and_delivery_sends_the_same_triage() {
         env.sink
             .received()
             .into_iter()
-            .filter(|r| r.path == path && r.raw.contains(&key.job_id))
+            .filter(|r| r.path == path && r.raw.contains(key.job_id.as_str()))
             .filter(|r| {
                 r.body["data"]["failure"]["tasks"]
                     .as_array()

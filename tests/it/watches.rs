@@ -159,7 +159,7 @@ async fn late_search_results_and_restarts_miss_nothing_and_repeat_nothing() {
     let unique: HashSet<_> = ids.iter().collect();
     assert_eq!(ids.len(), unique.len(), "a job subscribed twice: {ids:?}");
     for j in &all {
-        assert!(ids.contains(&j.job_id), "{} missed", j.job_id);
+        assert!(ids.contains(&j.job_id.to_string()), "{} missed", j.job_id);
     }
     drop(svc);
 }

@@ -226,9 +226,9 @@ pub(super) async fn list_steps(
         return r;
     }
     let key = JobKey {
-        farm_id: farm,
-        queue_id: queue,
-        job_id: job,
+        farm_id: farm.into(),
+        queue_id: queue.into(),
+        job_id: job.into(),
     };
     let mut g = sim.lock();
     g.stats.list_steps += 1;
@@ -262,9 +262,9 @@ pub(super) async fn list_tasks(
         return r;
     }
     let key = JobKey {
-        farm_id: farm,
-        queue_id: queue,
-        job_id: job,
+        farm_id: farm.into(),
+        queue_id: queue.into(),
+        job_id: job.into(),
     };
     let mut g = sim.lock();
     g.stats.list_tasks += 1;
@@ -360,9 +360,9 @@ fn batch(
         }
         .unwrap_or_default();
         let key = JobKey {
-            farm_id: id.farm_id.clone(),
-            queue_id: id.queue_id.clone(),
-            job_id: id.job_id.clone(),
+            farm_id: id.farm_id.clone().into(),
+            queue_id: id.queue_id.clone().into(),
+            job_id: id.job_id.clone().into(),
         };
         let found = g.live_job(&key).and_then(|j| {
             let all = steps(j);

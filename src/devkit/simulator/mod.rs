@@ -238,13 +238,16 @@ impl Simulator {
         let key = JobKey {
             farm_id: spec
                 .farm_id
-                .unwrap_or_else(|| format!("farm-{:032x}", 0xfa_u64)),
+                .unwrap_or_else(|| format!("farm-{:032x}", 0xfa_u64))
+                .into(),
             queue_id: spec
                 .queue_id
-                .unwrap_or_else(|| format!("queue-{:032x}", 0x9e_u64)),
+                .unwrap_or_else(|| format!("queue-{:032x}", 0x9e_u64))
+                .into(),
             job_id: spec
                 .job_id
-                .unwrap_or_else(|| format!("job-{:032x}", 0x10b0000_u64 + n)),
+                .unwrap_or_else(|| format!("job-{:032x}", 0x10b0000_u64 + n))
+                .into(),
         };
         let mut snap = JobSnapshot::sample(key.clone(), &spec.name);
         let born_in = std::time::Duration::from_millis(spec.create_after_ms);
@@ -318,9 +321,9 @@ impl Simulator {
     /// so a benchmark can subscribe without asking.
     pub fn populated_key(i: usize, farms: usize, queues: usize) -> JobKey {
         JobKey {
-            farm_id: format!("farm-{:032x}", i % farms.max(1)),
-            queue_id: format!("queue-{:032x}", (i / farms.max(1)) % queues.max(1)),
-            job_id: format!("job-{:032x}", i + 1),
+            farm_id: format!("farm-{:032x}", i % farms.max(1)).into(),
+            queue_id: format!("queue-{:032x}", (i / farms.max(1)) % queues.max(1)).into(),
+            job_id: format!("job-{:032x}", i + 1).into(),
         }
     }
 
@@ -554,9 +557,9 @@ async fn get_job(
         return r;
     }
     let key = JobKey {
-        farm_id: farm,
-        queue_id: queue,
-        job_id: job,
+        farm_id: farm.into(),
+        queue_id: queue.into(),
+        job_id: job.into(),
     };
     let mut g = sim.lock();
     g.stats.get_job += 1;
@@ -725,7 +728,7 @@ async fn search_jobs(
     let mut found: Vec<(chrono::DateTime<Utc>, Value)> = Vec::new();
     for (k, j) in g.jobs.iter_mut() {
         if k.farm_id == farm
-            && req.queue_ids.contains(&k.queue_id)
+            && req.queue_ids.iter().any(|q| k.queue_id == *q)
             && j.born()
             && j.created.elapsed() >= delay
         {
@@ -815,9 +818,9 @@ async fn admin_patch(
     Json(p): Json<Patch>,
 ) -> Response {
     let key = JobKey {
-        farm_id: farm,
-        queue_id: queue,
-        job_id: job,
+        farm_id: farm.into(),
+        queue_id: queue.into(),
+        job_id: job.into(),
     };
     if sim.patch(&key, &p) {
         StatusCode::NO_CONTENT.into_response()
@@ -831,9 +834,9 @@ async fn admin_delete(
     Path((farm, queue, job)): Path<(String, String, String)>,
 ) -> Response {
     let key = JobKey {
-        farm_id: farm,
-        queue_id: queue,
-        job_id: job,
+        farm_id: farm.into(),
+        queue_id: queue.into(),
+        job_id: job.into(),
     };
     if sim.remove(&key) {
         StatusCode::NO_CONTENT.into_response()
@@ -847,9 +850,9 @@ async fn admin_get(
     Path((farm, queue, job)): Path<(String, String, String)>,
 ) -> Response {
     let key = JobKey {
-        farm_id: farm,
-        queue_id: queue,
-        job_id: job,
+        farm_id: farm.into(),
+        queue_id: queue.into(),
+        job_id: job.into(),
     };
     let g = sim.lock();
     match g.jobs.get(&key) {
