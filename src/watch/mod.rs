@@ -286,12 +286,7 @@ impl Loop {
             };
             t.factor = factor;
             self.load += 1.0 / f64::from(factor);
-            let lane = if t.finished {
-                LaneId::BACKGROUND
-            } else {
-                t.lane
-            };
-            self.schedule.set(slot, lane, at);
+            self.schedule.set(slot, t.read_lane(), at);
         }
         for (slot, at) in settled {
             self.set_finished(slot, true)?;
@@ -351,11 +346,7 @@ impl Loop {
             return;
         };
         let factor = self.factor(t);
-        let lane = if t.finished {
-            LaneId::BACKGROUND
-        } else {
-            t.lane
-        };
+        let lane = t.read_lane();
         let due = if after_poll {
             self.now_ms() + self.interval_ms() * u64::from(factor)
         } else {

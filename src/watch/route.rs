@@ -120,25 +120,30 @@ impl Interner {
 
     /// What routing keeps of a subscription.
     pub fn interest(&mut self, s: &Subscription) -> Interest {
+        self.build(&s.id, &s.team, &s.channels, &s.events, s.muted)
+    }
+
+    fn build(
+        &mut self,
+        id: &str,
+        team: &str,
+        channels: &[String],
+        events: &[Event],
+        muted: bool,
+    ) -> Interest {
         Interest {
-            id: SubId::new(&s.id),
-            team: self.str(&s.team),
-            channels: self.list(&s.channels),
-            events: s.events.iter().fold(0, |m, e| m | event_bit(*e)),
-            muted: s.muted,
+            id: SubId::new(id),
+            team: self.str(team),
+            channels: self.list(channels),
+            events: events.iter().fold(0, |m, e| m | event_bit(*e)),
+            muted,
         }
     }
 
     /// A stored subscription's job and what routing keeps of it (start-up does
     /// this for every subscription).
     pub fn split(&mut self, s: crate::domain::SubscriptionHead) -> (JobKey, Interest) {
-        let interest = Interest {
-            id: SubId::new(&s.id),
-            team: self.str(&s.team),
-            channels: self.list(&s.channels),
-            events: s.events.iter().fold(0, |m, e| m | event_bit(*e)),
-            muted: s.muted,
-        };
+        let interest = self.build(&s.id, &s.team, &s.channels, &s.events, s.muted);
         let job = JobKey {
             farm_id: s.farm_id.into(),
             queue_id: s.queue_id.into(),

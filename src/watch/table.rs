@@ -38,6 +38,15 @@ impl Tracked {
         }
     }
 
+    /// The lane it is read in now: finished jobs are read in the background lane.
+    pub fn read_lane(&self) -> LaneId {
+        if self.finished {
+            LaneId::BACKGROUND
+        } else {
+            self.lane
+        }
+    }
+
     /// The team whose lane the job is read in: the first of its teams by name.
     pub fn lane_team(&self) -> &str {
         self.subs.iter().map(|s| &*s.team).min().unwrap_or("")
