@@ -135,37 +135,33 @@ impl Store {
         ]
     }
 
-    /// Checks every value's checksum (in parallel, one thread a tree); returns counts.
+    /// Checks every value's checksum (in parallel: every tree cut into parts that
+    /// all cores take in turn, so one large tree does not leave cores idle);
+    /// returns counts.
     pub(super) fn walk_checked(&self) -> Result<[i64; 4], StoreError> {
-        let trees = self.json_trees();
-        let results: Vec<Result<(Option<Counted>, i64), StoreError>> = std::thread::scope(|sc| {
-            let handles: Vec<_> = trees
-                .iter()
-                .map(|(tree, name, counted)| {
-                    sc.spawn(move || {
-                        let mut n = 0i64;
-                        for v in tree.iter().values() {
-                            let v = v.map_err(|e| self.eng(e))?;
-                            checked(&v).map_err(|message| StoreError::Corrupt {
-                                path: self.inner.path.clone(),
-                                tree: name,
-                                message,
-                            })?;
-                            n += 1;
-                        }
-                        Ok((*counted, n))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
+        let mut work = Vec::new();
+        for (tree, name, counted) in self.json_trees() {
+            for r in split::ranges(tree, split::PARTS).map_err(|e| self.eng(e))? {
+                work.push((tree, name, counted, r));
+            }
+        }
+        let results = split::in_parallel(work, walk_threads(), |(tree, name, counted, r)| {
+            let mut n = 0i64;
+            for v in tree.range(r).values() {
+                let v = v.map_err(|e| self.eng(e))?;
+                checked(&v).map_err(|message| StoreError::Corrupt {
+                    path: self.inner.path.clone(),
+                    tree: name,
+                    message,
+                })?;
+                n += 1;
+            }
+            Ok::<_, StoreError>((counted, n))
         });
         let mut counts = [0i64; 4];
         for r in results {
             if let (Some(c), n) = r? {
-                counts[c.idx()] = n;
+                counts[c.idx()] += n;
             }
         }
         Ok(counts)

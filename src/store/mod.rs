@@ -24,6 +24,7 @@ mod dead_letters;
 mod integrity;
 mod lifecycle;
 mod outbox;
+mod split;
 mod subscriptions;
 mod sync;
 mod wakers;
@@ -287,6 +288,12 @@ fn bump(meta: &TransactionalTree, c: Counted, delta: i64) -> TxResult<()> {
     Ok(())
 }
 
+/// Threads that walk a tree at start-up: one per core (for a small tree the
+/// extra threads cost microseconds; a large one's walk is most of start-up).
+fn walk_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let open_err = |message: String| StoreError::Open {
@@ -437,6 +444,28 @@ impl Store {
         };
         let json = checked(bytes).map_err(corrupt)?;
         serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Decodes every value of `tree`. At 100k records the walk and the decoding
+    /// are most of start-up, and it waits for them: every core walks and decodes
+    /// parts of the key space.
+    fn decode_all<T: DeserializeOwned + Send>(
+        &self,
+        tree: &sled::Tree,
+        name: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let parts = split::ranges(tree, split::PARTS).map_err(|e| self.eng(e))?;
+        let decoded = split::in_parallel(parts, walk_threads(), |r| {
+            tree.range(r)
+                .values()
+                .map(|v| self.dec(name, &v.map_err(|e| self.eng(e))?))
+                .collect::<Result<Vec<T>, StoreError>>()
+        });
+        let mut all = Vec::new();
+        for part in decoded {
+            all.extend(part?);
+        }
+        Ok(all)
     }
 
     fn adjust(&self, c: Counted, delta: i64) {

@@ -56,12 +56,7 @@ impl Store {
 
     /// Every stored job state (start-up loads them once).
     pub fn job_states(&self) -> Result<Vec<JobState>, StoreError> {
-        self.inner
-            .jobs
-            .iter()
-            .values()
-            .map(|v| self.dec("jobs", &v.map_err(|e| self.eng(e))?))
-            .collect()
+        self.decode_all(&self.inner.jobs, "jobs")
     }
 
     /// Stores the job's new state and queues `entries`, atomically. Returns the

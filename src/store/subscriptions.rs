@@ -212,12 +212,7 @@ impl Store {
 
     /// Every subscription, as much of it as the poll loop keeps.
     pub fn subscription_heads(&self) -> Result<Vec<SubscriptionHead>, StoreError> {
-        self.inner
-            .subs
-            .iter()
-            .values()
-            .map(|v| self.dec("subscriptions", &v.map_err(|e| self.eng(e))?))
-            .collect()
+        self.decode_all(&self.inner.subs, "subscriptions")
     }
 
     pub fn delete_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
