@@ -580,6 +580,8 @@ struct RawChannel {
     events: Option<Vec<Event>>,
     /// Events on which the job's owner is mentioned; `[]` turns mentions off.
     mention_owner: Option<Vec<Event>>,
+    /// Teams only: post the bare Adaptive Card instead of the `message` envelope.
+    card_only: Option<bool>,
 }
 
 /// Validated configuration.
@@ -1151,6 +1153,36 @@ name = "Jane Doe"
         }
         let e = err(&(text.clone() + "[[people]]\ndeadline = [\"jane\"]\nname = \"Other\"\n"));
         assert!(e.contains("people[1].deadline[0]"), "{e}");
+    }
+
+    #[test]
+    fn card_only_is_a_teams_option() {
+        let teams = GOOD.to_string()
+            + "[[teams.channels]]\nname = \"lighting-teams\"\nkind = \"teams\"\nurl = \"https://prod-12.westus.logic.azure.com/workflows/x\"\n";
+        let c = Config::from_toml(&teams, Path::new("x.toml")).unwrap();
+        assert!(
+            !c.teams[0].channels[2].card_only,
+            "the envelope is the default"
+        );
+        let c = Config::from_toml(&(teams.clone() + "card_only = true\n"), Path::new("x.toml"))
+            .unwrap();
+        assert!(c.teams[0].channels[2].card_only);
+        // A Workflows URL on flow.microsoft.com is accepted by default.
+        let flow = teams.replace(
+            "https://prod-12.westus.logic.azure.com/workflows/x",
+            "https://default1234.07.environment.flow.microsoft.com/workflows/x",
+        );
+        assert!(Config::from_toml(&flow, Path::new("x.toml")).is_ok());
+        let e = err(&GOOD.replacen(
+            "kind = \"slack\"\n",
+            "kind = \"slack\"\ncard_only = true\n",
+            1,
+        ));
+        assert!(
+            e.contains("teams[0].channels[0].card_only")
+                && e.contains("only applies to kind = \"teams\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -552,12 +552,23 @@ fn channel(
             "an empty list would receive nothing; omit the key for all events".into(),
         ));
     }
+    if c.card_only.is_some() && kind.as_str() != "teams" {
+        return Err(invalid(
+            path,
+            format!("{ck}.card_only"),
+            format!(
+                "only applies to kind = \"teams\" (this channel is {:?})",
+                kind.as_str()
+            ),
+        ));
+    }
     Ok(Channel {
         name: c.name,
         kind,
         url,
         secret,
         events: c.events,
+        card_only: c.card_only.unwrap_or(false),
         mention_owner: c
             .mention_owner
             .unwrap_or_else(|| crate::domain::people::DEFAULT_MENTION_EVENTS.to_vec()),

@@ -41,6 +41,8 @@ pub struct Message<'a> {
     pub mention: bool,
     /// Why the job failed, when triage ran for this message.
     pub failure: Option<&'a crate::domain::Failure>,
+    /// The channel's `card_only` (Teams).
+    pub card_only: bool,
 }
 
 /// The text a template produced, escaped for the channel's markup.
@@ -195,6 +197,9 @@ pub struct Channel {
     pub events: Option<Vec<Event>>,
     /// Events on which the job's owner is mentioned (`mention_owner`).
     pub mention_owner: Vec<Event>,
+    /// Teams: the bare Adaptive Card, for a flow that passes the body straight to
+    /// "Post card in a chat or channel" (the ready-made flow wants the envelope).
+    pub card_only: bool,
 }
 
 impl Channel {

@@ -17,6 +17,7 @@ impl Kind for Teams {
             "*.logic.azure.com",
             "*.powerplatform.com",
             "*.powerautomate.com",
+            "*.flow.microsoft.com",
         ]
     }
     /// Teams allows 4 posts per second per webhook.
@@ -57,6 +58,9 @@ impl Kind for Teams {
                 "text": at,
                 "mentioned": {"id": id, "name": p.name}
             }]});
+        }
+        if m.card_only {
+            return bare_card(v);
         }
         v
     }
@@ -144,6 +148,11 @@ fn card(
     })
 }
 
+/// The card inside a `message` envelope.
+fn bare_card(mut envelope: Value) -> Value {
+    envelope["attachments"][0]["content"].take()
+}
+
 pub fn payload(r: &Rendered, link: Option<&str>) -> Value {
     payload_with(r, link, None)
 }
@@ -171,6 +180,22 @@ pub fn payload_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn card_only_posts_the_card_the_envelope_carries() {
+        let r = Rendered {
+            title: "Job <b> succeeded".into(),
+            body: "line one\nline two".into(),
+            fallback: "Job <b> succeeded".into(),
+            template: "t".into(),
+        };
+        let envelope = payload(&r, Some("https://monitor.example.com/j"));
+        assert_eq!(envelope["type"], "message");
+        let card = bare_card(envelope.clone());
+        assert_eq!(card["type"], "AdaptiveCard");
+        assert!(card.get("attachments").is_none());
+        assert_eq!(card, envelope["attachments"][0]["content"]);
+    }
 
     #[test]
     fn the_log_heading_is_one_clean_line() {

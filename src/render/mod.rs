@@ -281,6 +281,7 @@ impl Renderer {
             owner,
             mention: owner.is_some() && channel.mention_owner.contains(&tr.event),
             failure,
+            card_only: channel.card_only,
         }))
     }
 

@@ -257,6 +257,7 @@ mod tests {
             secret: None,
             events,
             mention_owner: vec![],
+            card_only: false,
         };
         Team {
             name: name.into(),

@@ -230,6 +230,7 @@ fn hostile_text_never_breaks_a_payload() {
                         secret: None,
                         events: None,
                         mention_owner: vec![],
+                        card_only: false,
                     };
                     let payload = r
                         .payload("lighting", &channel, &snap, &tr)
@@ -293,6 +294,7 @@ fn a_job_value_cannot_rearrange_the_message() {
             secret: None,
             events: None,
             mention_owner: vec![],
+            card_only: false,
         };
         defaults
             .payload(

@@ -31,6 +31,11 @@ url = "http://127.0.0.1:1/t"
 name = "webhook"
 kind = "webhook"
 url = "http://127.0.0.1:1/w"
+[[teams.channels]]
+name = "teams-card"
+kind = "teams"
+url = "http://127.0.0.1:1/c"
+card_only = true
 "#;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut cfg = Config::from_toml(text, &root.join("golden.toml")).unwrap();
@@ -39,8 +44,14 @@ url = "http://127.0.0.1:1/w"
     let update = std::env::var("UPDATE_GOLDEN").is_ok();
     let mut mismatches = Vec::new();
     let mut n = 0;
-    for kind in ChannelKind::all() {
-        let channel = cfg.teams[0].channel(kind.as_str()).unwrap();
+    // Each kind's own channel, and a Teams channel with `card_only` (the bare card,
+    // for a custom flow) in its own folder.
+    let mut channels: Vec<(&str, &str)> = ChannelKind::all()
+        .map(|k| (k.as_str(), k.as_str()))
+        .collect();
+    channels.push(("teams-card", "teams_card_only"));
+    for (name, folder) in channels {
+        let channel = cfg.teams[0].channel(name).unwrap();
         for event in Event::ALL {
             let (job, tr) = render::sample_job(event);
             let failure = deadline_notifier::domain::failure::EVENTS
@@ -54,7 +65,7 @@ url = "http://127.0.0.1:1/w"
             let got = serde_json::to_string_pretty(&payload).unwrap() + "\n";
             let file = root
                 .join("tests/golden")
-                .join(kind.as_str())
+                .join(folder)
                 .join(format!("{}.json", event.as_str()));
             n += 1;
             if update {
