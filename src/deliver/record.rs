@@ -159,7 +159,7 @@ mod tests {
         recording.await.unwrap();
         drop(store);
         // The open-time check compares the kept count with the records.
-        let reopened = Store::open(&path).unwrap();
+        let reopened = Store::reopen(&path).unwrap();
         assert_eq!(reopened.outbox_len(), 50);
     }
 }

@@ -414,6 +414,26 @@ impl Store {
         &self.inner.path
     }
 
+    /// Opens a store that this process has just dropped. sled's background
+    /// writer threads can hold the file lock for a moment after the last handle
+    /// goes (a second process never meets this: its lock waits for our exit), so
+    /// this waits for the lock, with a deadline, where `open` refuses at once.
+    #[cfg(test)]
+    pub(crate) fn reopen(path: &Path) -> Result<Store, StoreError> {
+        let deadline = crate::clock::monotonic() + Duration::from_secs(10);
+        loop {
+            match Store::open(path) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && crate::clock::monotonic() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => return r,
+            }
+        }
+    }
+
     pub fn open_times(&self) -> OpenTimes {
         self.inner.open_times
     }

@@ -74,7 +74,7 @@ fn state_and_outbox_commit_together_and_survive_reopen() {
         s.sync().unwrap();
         assert!(*s.durable().borrow() >= q[1].seq);
     }
-    let s = reopen(&p).unwrap();
+    let s = Store::reopen(&p).unwrap();
     assert!(s.job_state(&key(1)).unwrap().is_some());
     assert_eq!(s.outbox_len(), 2);
     let head = s.outbox_head("t", "c").unwrap().unwrap();
@@ -191,26 +191,11 @@ fn delivered_is_synced_by_the_group_commit() {
     }
 }
 
-/// Opens a store just closed in this process. sled's background I/O may hold
-/// the file lock for a moment after a drop (a different process never sees
-/// this): wait for it, with a deadline.
-fn reopen(p: &Path) -> Result<Store, StoreError> {
-    let deadline = crate::clock::monotonic() + Duration::from_secs(10);
-    loop {
-        match Store::open(p) {
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && crate::clock::monotonic() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => return r,
-        }
-    }
-}
-
 fn reopen_err(p: &Path) -> String {
-    reopen(p).err().map(|e| e.to_string()).unwrap_or_default()
+    Store::reopen(p)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -312,11 +297,11 @@ fn a_store_from_before_checksums_is_sealed_on_first_open() {
         db.flush().unwrap();
     }
     {
-        let s = reopen(&p).unwrap();
+        let s = Store::reopen(&p).unwrap();
         assert_eq!(s.subscription_count(), 1);
         assert_eq!(s.subscription("a").unwrap().unwrap().team, "t");
     }
-    let s = reopen(&p).unwrap();
+    let s = Store::reopen(&p).unwrap();
     assert_eq!(s.verify().unwrap().subscriptions, 1);
 }
 
@@ -355,7 +340,7 @@ fn the_per_team_cap_counts_active_subscriptions_across_reopen() {
         s.delete_subscription(&a1).unwrap();
         assert_eq!(s.active_subscriptions("t"), 1);
     }
-    let s = Store::open(&path).unwrap();
+    let s = Store::reopen(&path).unwrap();
     assert_eq!(s.active_subscriptions("t"), 1);
     assert_eq!(s.active_subscriptions("other"), 1);
     // Finishing and reviving move the count; the counts kept beside the index are
@@ -370,7 +355,7 @@ fn the_per_team_cap_counts_active_subscriptions_across_reopen() {
     .unwrap();
     assert_eq!(s.active_subscriptions("t"), 0);
     drop(s);
-    let s = Store::open(&path).unwrap();
+    let s = Store::reopen(&path).unwrap();
     assert_eq!(s.active_subscriptions("t"), 0);
     s.set_subscription_states(
         &["a2".into()],
@@ -388,11 +373,11 @@ fn the_per_team_cap_counts_active_subscriptions_across_reopen() {
         .insert(super::lifecycle::active_count_key("t"), &7i64.to_be_bytes())
         .unwrap();
     drop(s);
-    let s = Store::open(&path).unwrap();
+    let s = Store::reopen(&path).unwrap();
     assert_eq!(s.active_subscriptions("t"), 1);
     assert_eq!(s.active_subscriptions("other"), 1);
     drop(s);
-    let s = Store::open(&path).unwrap();
+    let s = Store::reopen(&path).unwrap();
     assert_eq!(s.active_subscriptions("t"), 1);
 }
 
@@ -437,7 +422,7 @@ fn unmapped_people_survive_reopen_and_expire() {
             .unwrap();
         s.sync().unwrap();
     }
-    let s = Store::open(&path).unwrap();
+    let s = Store::reopen(&path).unwrap();
     let cutoff = now - chrono::Duration::days(30);
     assert_eq!(
         s.unmapped_people(cutoff).unwrap(),
@@ -592,11 +577,11 @@ fn pages_are_newest_first_stable_and_per_team() {
     assert_eq!(both.items[0].id, "new");
     // The index survives a reopen, and is built for a store written before it.
     drop(s);
-    let s = Store::open(&dir.path().join("s")).unwrap();
+    let s = Store::reopen(&dir.path().join("s")).unwrap();
     s.inner.sub_order.clear().unwrap();
     s.inner.finished.clear().unwrap();
     drop(s);
-    let s = Store::open(&dir.path().join("s")).unwrap();
+    let s = Store::reopen(&dir.path().join("s")).unwrap();
     let both = s
         .subscriptions_page(
             "t",
