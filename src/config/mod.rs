@@ -75,6 +75,7 @@ struct RawPerson {
     deadline: Vec<String>,
     slack: Option<String>,
     teams: Option<String>,
+    email: Option<String>,
     name: String,
 }
 
@@ -575,13 +576,24 @@ impl TokenDigest {
 struct RawChannel {
     name: String,
     kind: String,
-    url: SecretSource,
+    /// Every kind but `slack_app`, which takes `api_url` (a default) instead.
+    url: Option<SecretSource>,
     secret: Option<SecretSource>,
     events: Option<Vec<Event>>,
     /// Events on which the job's owner is mentioned; `[]` turns mentions off.
     mention_owner: Option<Vec<Event>>,
     /// Teams only: post the bare Adaptive Card instead of the `message` envelope.
     card_only: Option<bool>,
+    /// Slack app only: the bot token (`xoxb-…`).
+    token: Option<SecretSource>,
+    /// Slack app only: the channel id (`C…`).
+    channel: Option<String>,
+    /// Slack app only: `living` (default) or `post`.
+    mode: Option<crate::notify::slack_app::Mode>,
+    /// Slack app only: events that also reach the owner as a direct message.
+    dm_owner: Option<Vec<Event>>,
+    /// Slack app only: the Web API's base URL.
+    api_url: Option<String>,
 }
 
 /// Validated configuration.

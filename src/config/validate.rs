@@ -525,13 +525,36 @@ fn channel(
             ),
         )
     })?;
-    let url = c
-        .url
-        .resolve()
-        .map_err(|m| invalid(path, format!("{ck}.url"), m))?;
+    let is_app = kind.as_str() == "slack_app";
+    let url = match (&c.url, is_app) {
+        (Some(src), false) => src
+            .resolve()
+            .map_err(|m| invalid(path, format!("{ck}.url"), m))?,
+        (None, false) => {
+            return Err(invalid(
+                path,
+                format!("{ck}.url"),
+                format!("is required for kind = {:?}", kind.as_str()),
+            ));
+        }
+        (Some(_), true) => {
+            return Err(invalid(
+                path,
+                format!("{ck}.url"),
+                "kind = \"slack_app\" posts through the Web API: set `token` and `channel` (and `api_url` only to point elsewhere than https://slack.com/api/)".into(),
+            ));
+        }
+        (None, true) => crate::domain::secret::Secret::new(
+            c.api_url
+                .clone()
+                .unwrap_or_else(|| crate::notify::slack_app::DEFAULT_API_URL.into()),
+        ),
+    };
+    let url_key = if is_app { "api_url" } else { "url" };
     policy
         .check_url(kind, url.expose())
-        .map_err(|m| invalid(path, format!("{ck}.url"), m))?;
+        .map_err(|m| invalid(path, format!("{ck}.{url_key}"), m))?;
+    let app = app_channel(&c, is_app, ck, path)?;
     let secret = match &c.secret {
         None => None,
         Some(src) => {
@@ -569,10 +592,76 @@ fn channel(
         secret,
         events: c.events,
         card_only: c.card_only.unwrap_or(false),
+        app,
         mention_owner: c
             .mention_owner
             .unwrap_or_else(|| crate::domain::people::DEFAULT_MENTION_EVENTS.to_vec()),
     })
+}
+
+/// The Slack app keys: required on `kind = "slack_app"`, refused elsewhere.
+fn app_channel(
+    c: &RawChannel,
+    is_app: bool,
+    ck: &str,
+    path: &Path,
+) -> Result<Option<crate::notify::slack_app::AppChannel>, ConfigError> {
+    if !is_app {
+        let given = [
+            ("token", c.token.is_some()),
+            ("channel", c.channel.is_some()),
+            ("mode", c.mode.is_some()),
+            ("dm_owner", c.dm_owner.is_some()),
+            ("api_url", c.api_url.is_some()),
+        ];
+        if let Some((key, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                path,
+                format!("{ck}.{key}"),
+                format!("only applies to kind = \"slack_app\" (this channel is {:?})", c.kind),
+            ));
+        }
+        return Ok(None);
+    }
+    let token = c
+        .token
+        .as_ref()
+        .ok_or_else(|| {
+            invalid(
+                path,
+                format!("{ck}.token"),
+                "is required for kind = \"slack_app\": the bot token (xoxb-…), e.g. { env = \"SLACK_BOT_TOKEN\" }".into(),
+            )
+        })?
+        .resolve()
+        .map_err(|m| invalid(path, format!("{ck}.token"), m))?;
+    if token.expose().trim().is_empty() || token.expose().chars().any(char::is_whitespace) {
+        return Err(invalid(
+            path,
+            format!("{ck}.token"),
+            "must be a bot token (xoxb-…) without spaces".into(),
+        ));
+    }
+    let channel = c.channel.clone().ok_or_else(|| {
+        invalid(
+            path,
+            format!("{ck}.channel"),
+            "is required for kind = \"slack_app\": the channel id (like C0123456789)".into(),
+        )
+    })?;
+    if !crate::notify::slack_app::valid_channel_id(&channel) {
+        return Err(invalid(
+            path,
+            format!("{ck}.channel"),
+            format!("{channel:?} is not a Slack channel id (like C0123456789; a name like #renders does not work)"),
+        ));
+    }
+    Ok(Some(crate::notify::slack_app::AppChannel {
+        token,
+        channel,
+        mode: c.mode.unwrap_or(crate::notify::slack_app::Mode::Living),
+        dm_owner: c.dm_owner.clone().unwrap_or_default(),
+    }))
 }
 
 fn people(
@@ -624,10 +713,20 @@ fn people(
                 "must be 1-100 characters without control characters or < > &".into(),
             ));
         }
+        if let Some(e) = &p.email
+            && !crate::domain::people::valid_email(e)
+        {
+            return Err(invalid(
+                path,
+                format!("{pk}.email"),
+                format!("{e:?} is not an e-mail address"),
+            ));
+        }
         people.push(crate::domain::people::Person {
             deadline: p.deadline,
             slack: p.slack,
             teams: p.teams,
+            email: p.email,
             name: p.name,
         });
     }

@@ -46,8 +46,7 @@ pub fn after_attempt(
     cfg: &DeliveryConfig,
     unit: f64,
 ) -> Decision {
-    let give_up_at = e.created_at
-        + chrono::Duration::from_std(cfg.give_up_after).unwrap_or(chrono::Duration::MAX);
+    let give_up_at = give_up_at(e, cfg.give_up_after);
     let schedule = |delay: Duration, attempts: u32, error: String, throttled: bool| {
         if now >= give_up_at {
             return Decision::DeadLetter {
@@ -87,6 +86,11 @@ pub fn after_attempt(
             attempts: e.attempts + 1,
         },
     }
+}
+
+/// When a message stops being retried (or held): `give_up_after` past its creation.
+pub fn give_up_at(e: &OutboxEntry, give_up_after: Duration) -> DateTime<Utc> {
+    e.created_at + chrono::Duration::from_std(give_up_after).unwrap_or(chrono::Duration::MAX)
 }
 
 /// A worker's view of its channel's queue: what it needs to choose, not the payloads.
@@ -165,6 +169,17 @@ impl Queue {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether a later message of the same job as `seq` is queued (a living
+    /// message is then edited once, by the newest).
+    pub fn has_later(&self, seq: u64) -> bool {
+        let Some(p) = self.entries.get(&seq) else {
+            return false;
+        };
+        self.entries
+            .range(seq + 1..)
+            .any(|(_, q)| q.job == p.job)
     }
 
     /// The oldest queued message (always its job's first), real ones before tests.
@@ -271,6 +286,8 @@ struct Dest {
     next_slot: Option<Instant>,
     blocked_until: Option<Instant>,
     breaker: Breaker,
+    /// Message edits (Slack app channels): at most 50 a minute.
+    edits: Option<crate::notify::slack_app::EditWindow>,
 }
 
 impl Destinations {
@@ -291,6 +308,32 @@ impl Destinations {
     /// the next one is `interval` later.
     pub fn take(&mut self, url: &str, interval: Duration, now: Instant) {
         self.by_url.entry(url.to_string()).or_default().next_slot = Some(now + interval);
+    }
+
+    /// How long a `Retry-After` still keeps every call from `url`.
+    pub fn blocked_for(&self, url: &str, now: Instant) -> Duration {
+        self.by_url
+            .get(url)
+            .and_then(|d| d.blocked_until)
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
+
+    /// How long until a message on `url` may be edited (the edit budget).
+    pub fn edit_free_in(&self, url: &str, now: Instant) -> Duration {
+        self.by_url
+            .get(url)
+            .and_then(|d| d.edits.as_ref())
+            .map_or(Duration::ZERO, |w| w.wait(now))
+    }
+
+    /// Records an edit on `url` at `now`.
+    pub fn take_edit(&mut self, url: &str, now: Instant) {
+        self.by_url
+            .entry(url.to_string())
+            .or_default()
+            .edits
+            .get_or_insert_with(crate::notify::slack_app::edit_window)
+            .take(now);
     }
 
     /// Nothing goes to `url` before `until` (a 429's Retry-After).
@@ -356,6 +399,9 @@ pub enum BeforeSend {
     ChannelDisabled(String),
     /// Rendering failed when it was queued: dead-letter with the render error.
     Unrenderable(String),
+    /// The channel is disabled, and its kind keeps messages queued until it is
+    /// enabled again: wait until then, or until this time (`give_up_after`).
+    Hold(DateTime<Utc>),
     /// A copy with the same `webhook-id` was delivered (a replay): record it as
     /// delivered and send nothing. At least once, never twice on purpose.
     Duplicate,
@@ -365,12 +411,21 @@ pub enum BeforeSend {
 }
 
 /// The checks before a send, in the order they apply.
+///
+/// `hold`: the kind keeps a disabled channel's messages (with `give_up_after`).
 pub fn before_send(
     disabled_reason: Option<&str>,
     e: &OutboxEntry,
     already_delivered: bool,
+    hold: Option<Duration>,
+    now: DateTime<Utc>,
 ) -> BeforeSend {
     if let Some(reason) = disabled_reason {
+        if let Some(until) = hold.map(|h| give_up_at(e, h))
+            && now < until
+        {
+            return BeforeSend::Hold(until);
+        }
         return BeforeSend::ChannelDisabled(format!("channel disabled: {reason}"));
     }
     if e.payload.is_null() {
@@ -687,20 +742,31 @@ mod tests {
     fn before_a_send_disabled_then_unrenderable_then_duplicate_then_fallback() {
         let mut e = entry(1, 1, 0);
         assert_eq!(
-            before_send(None, &e, false),
+            before_send(None, &e, false, None, t0()),
             BeforeSend::Send {
                 without_triage: false
             }
         );
         assert_eq!(
-            before_send(Some("HTTP 410"), &e, true),
+            before_send(Some("HTTP 410"), &e, true, None, t0()),
             BeforeSend::ChannelDisabled("channel disabled: HTTP 410".into())
         );
-        assert_eq!(before_send(None, &e, true), BeforeSend::Duplicate);
+        assert_eq!(before_send(None, &e, true, None, t0()), BeforeSend::Duplicate);
+        // A kind that holds: the message waits for the channel until it gives up.
+        let day = Duration::from_secs(86_400);
+        let until = t0() + chrono::Duration::days(1);
+        assert_eq!(
+            before_send(Some("token_revoked"), &e, false, Some(day), t0()),
+            BeforeSend::Hold(until)
+        );
+        assert_eq!(
+            before_send(Some("token_revoked"), &e, false, Some(day), until),
+            BeforeSend::ChannelDisabled("channel disabled: token_revoked".into())
+        );
         // Still held for triage when its turn came: triage missed the deadline.
         e.triage_until = Some(t0());
         assert_eq!(
-            before_send(None, &e, false),
+            before_send(None, &e, false, None, t0()),
             BeforeSend::Send {
                 without_triage: true
             }
@@ -708,13 +774,23 @@ mod tests {
         e.payload = serde_json::Value::Null;
         e.last_error = Some("template x failed to render".into());
         assert_eq!(
-            before_send(None, &e, true),
+            before_send(None, &e, true, None, t0()),
             BeforeSend::Unrenderable("template x failed to render".into())
         );
         e.last_error = None;
         assert_eq!(
-            before_send(None, &e, false),
+            before_send(None, &e, false, None, t0()),
             BeforeSend::Unrenderable("no payload".into())
         );
+    }
+
+    #[test]
+    fn a_later_message_of_the_same_job_is_seen() {
+        let mut q = Queue::default();
+        q.insert(&entry(1, 1, 0));
+        q.insert(&entry(2, 2, 0));
+        assert!(!q.has_later(1));
+        q.insert(&entry(3, 1, 0));
+        assert!(q.has_later(1) && !q.has_later(2) && !q.has_later(3));
     }
 }

@@ -5,6 +5,7 @@
 //! `decide` is pure (layer "decisions": `domain`, `notify` only); this loop may also
 //! import the store, `notify::send` and `app::{live, telemetry}`.
 pub mod decide;
+mod living;
 pub mod record;
 
 use crate::app::live::{Active, Live};
@@ -77,6 +78,9 @@ enum QueueOp {
     Delivered { recovered: bool },
     /// Retried at this time.
     RetryAt(DateTime<Utc>),
+    /// The channel is disabled and keeps its messages: this one waits until the
+    /// channel is enabled again, or until this time (then it gives up).
+    Held(DateTime<Utc>),
 }
 
 impl QueueOp {
@@ -90,7 +94,7 @@ impl QueueOp {
                     queue.pull_in(now);
                 }
             }
-            QueueOp::RetryAt(at) => queue.set_due(seq, at),
+            QueueOp::RetryAt(at) | QueueOp::Held(at) => queue.set_due(seq, at),
         }
     }
 }
@@ -111,6 +115,8 @@ pub struct Worker {
     pub recorder: record::Recorder,
     /// Repeated identical warnings collapse to one line a minute.
     pub warns: Mutex<decide::WarnGate>,
+    /// What Slack app channels share (workspace links, member lookups).
+    pub slack: Arc<living::Shared>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +151,7 @@ pub async fn supervise(
         tasks: JoinSet::new(),
         running: HashSet::new(),
         names: HashMap::new(),
+        slack: Arc::default(),
     };
     let mut updates = live.subscribe();
     sv.spawn_missing();
@@ -200,6 +207,7 @@ struct Supervisor {
     running: HashSet<String>,
     /// Which channel each task serves, to name it if it panics.
     names: HashMap<tokio::task::Id, String>,
+    slack: Arc<living::Shared>,
 }
 
 impl Supervisor {
@@ -225,6 +233,7 @@ impl Supervisor {
                     backlogs: self.backlogs.clone(),
                     recorder: self.recorder.clone(),
                     warns: Mutex::default(),
+                    slack: self.slack.clone(),
                 };
                 let id = self.tasks.spawn(w.run(self.worker_shutdown.clone())).id();
                 self.running.insert(key.clone());
@@ -279,6 +288,8 @@ impl Worker {
         let mut kept: HashMap<u64, OutboxEntry> = HashMap::new();
         // Entries up to `loaded` (inclusive) are in `queue`; the next load starts after it.
         let mut next_from: u64 = 0;
+        // The channel is disabled and holds its messages (until enabled).
+        let mut held = false;
         loop {
             if *shutdown.borrow() {
                 self.backlogs.remove(&self.team, &self.channel);
@@ -306,10 +317,16 @@ impl Worker {
             if !awaiting.is_empty() {
                 self.recheck_triage(&mut queue, &mut awaiting).await?;
             }
+            if held && !self.disabled().await? {
+                // Enabled again: what waited goes now, in order.
+                held = false;
+                queue.pull_in(self.clock.now());
+            }
             self.backlogs
                 .set(&self.team, &self.channel, queue.len(), queue.oldest());
             let now = self.clock.now();
-            let url = channel.url.expose();
+            let dest = channel.destination();
+            let url = dest.as_str();
             let tripped = self.dests().tripped(url);
             // Different jobs' messages may be in flight together; a failing endpoint
             // gets one probe at a time, on the breaker's schedule, whatever the
@@ -326,9 +343,10 @@ impl Worker {
                     if free_in.is_zero() {
                         let interval = active.config.delivery.interval(channel.kind);
                         self.dests().take(url, interval, crate::clock::monotonic());
+                        let newer = channel.app.is_some() && queue.has_later(seq);
                         queue.start(seq);
                         let entry = kept.remove(&seq);
-                        flying.spawn(Arc::clone(&self).attempt(active, channel, seq, entry));
+                        flying.spawn(Arc::clone(&self).attempt(active, channel, seq, entry, newer));
                         continue;
                     }
                     free_in
@@ -347,6 +365,7 @@ impl Worker {
                         Err(e) => std::panic::resume_unwind(e.into_panic()),
                     };
                     queue.finish(seq);
+                    held |= matches!(op, QueueOp::Held(_));
                     op.apply(seq, &mut queue, self.clock.now());
                 }
             }
@@ -414,6 +433,12 @@ impl Worker {
         Ok(())
     }
 
+    async fn disabled(&self) -> Result<bool, StoreError> {
+        let (t, c) = (self.team.clone(), self.channel.clone());
+        let st = self.store.run(move |s| s.channel_state(&t, &c)).await?;
+        Ok(st.disabled_reason.is_some())
+    }
+
     async fn channel_removed(&self) -> Result<(), StoreError> {
         self.backlogs.remove(&self.team, &self.channel);
         let (t, c) = (self.team.clone(), self.channel.clone());
@@ -434,6 +459,7 @@ impl Worker {
         target: Channel,
         seq: u64,
         kept: Option<OutboxEntry>,
+        newer_waiting: bool,
     ) -> Result<(u64, QueueOp), StoreError> {
         let active = &*active;
         let target = &target;
@@ -457,7 +483,15 @@ impl Worker {
             return Ok((seq, QueueOp::Remove));
         };
         let now = self.clock.now();
-        match decide::before_send(st.disabled_reason.as_deref(), &e, already) {
+        let hold = target
+            .kind
+            .holds_when_disabled()
+            .then_some(active.config.delivery.give_up_after);
+        match decide::before_send(st.disabled_reason.as_deref(), &e, already, hold, now) {
+            BeforeSend::Hold(until) => {
+                tracing::debug!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, "channel is disabled; message held until it is enabled");
+                return Ok((seq, QueueOp::Held(until)));
+            }
             BeforeSend::ChannelDisabled(reason) => {
                 let dl = self.dead_letter(&e, reason, now).await?;
                 tracing::warn!(job = %e.job, team = %e.team, channel = %e.channel, event = %e.event, dead_letter = dl, "channel is disabled; message dead-lettered");
@@ -491,10 +525,16 @@ impl Worker {
                 }
             }
         }
-        let body = serde_json::to_vec(&e.payload).unwrap_or_default();
-        let verdict = active.sender.send(target, &e.webhook_id, &body).await;
+        let verdict = if target.app.is_some() {
+            self.deliver_app(active, target, &mut e, newer_waiting)
+                .await?
+        } else {
+            let body = serde_json::to_vec(&e.payload).unwrap_or_default();
+            active.sender.send(target, &e.webhook_id, &body).await
+        };
         let now = self.clock.now();
-        let url = target.url.expose();
+        let dest = target.destination();
+        let url = dest.as_str();
         let reason_label = match &verdict {
             Verdict::Retry { reason }
             | Verdict::DeadLetter { reason }
@@ -604,9 +644,20 @@ impl Worker {
                         )
                     })
                     .await?;
+                self.count(&e, "disabled", reason_label);
+                if let Some(kind) = crate::notify::ChannelKind::named(&e.kind)
+                    && kind.holds_when_disabled()
+                {
+                    // Kept (with what it already did): it goes once the channel is
+                    // enabled again, or gives up at `give_up_after`.
+                    let until = decide::give_up_at(&e, active.config.delivery.give_up_after);
+                    let saved = e.clone();
+                    self.store.run(move |s| s.update_outbox(&saved)).await?;
+                    tracing::error!(%job, %team, %channel, %event, %reason, "channel disabled until a person acts; its messages stay queued (POST /v1/channels/{{name}}/enable)");
+                    return Ok(QueueOp::Held(until));
+                }
                 let dl = self.dead_letter(&e, reason.clone(), now).await?;
                 tracing::error!(%job, %team, %channel, %event, dead_letter = dl, %reason, "destination is gone or revoked; channel disabled");
-                self.count(&e, "disabled", reason_label);
                 QueueOp::Remove
             }
         };

@@ -13,6 +13,9 @@ pub struct Person {
     pub slack: Option<String>,
     /// Teams user principal name or AAD object id.
     pub teams: Option<String>,
+    /// Work e-mail: a Slack app finds the member by it (`users.lookupByEmail`)
+    /// when `slack` is not set.
+    pub email: Option<String>,
     /// Display name.
     pub name: String,
 }
@@ -55,6 +58,20 @@ pub fn valid_slack_id(s: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
+/// An address `users.lookupByEmail` can take: one `@`, no spaces or markup.
+pub fn valid_email(s: &str) -> bool {
+    let Some((user, host)) = s.split_once('@') else {
+        return false;
+    };
+    !user.is_empty()
+        && host.contains('.')
+        && !host.contains('@')
+        && s.len() <= 254
+        && !s.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '&' | '|' | '"')
+        })
+}
+
 /// A Teams id: a UPN/email or an object id, with nothing that could close a tag.
 pub fn valid_teams_id(s: &str) -> bool {
     !s.is_empty()
@@ -82,6 +99,7 @@ mod tests {
             ],
             slack: Some("U024BE7LH".into()),
             teams: Some("jane@studio.com".into()),
+            email: None,
             name: "Jane Doe".into(),
         }]);
         assert_eq!(p.owner("jane").unwrap().name, "Jane Doe");
@@ -90,5 +108,9 @@ mod tests {
         assert!(valid_slack_id("U024BE7LH") && !valid_slack_id("<!channel>"));
         assert!(valid_teams_id("jane@studio.com") && !valid_teams_id("x</at>"));
         assert!(valid_name("Jane Doe") && !valid_name("<at>x</at>"));
+        assert!(valid_email("jane@studio.com"));
+        for bad in ["jane", "@studio.com", "jane@host", "a@b@c.com", "<!channel>@x.com", "j ane@x.com"] {
+            assert!(!valid_email(bad), "{bad}");
+        }
     }
 }

@@ -176,6 +176,20 @@ pub struct Notice {
     pub state: NoticeState,
 }
 
+/// Where a job's living message is on a Slack app channel: what later events edit
+/// and reply under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Anchor {
+    /// The Slack channel id the root was posted in.
+    pub channel_id: String,
+    /// The root message's `ts`.
+    pub ts: String,
+    /// Its link (from `auth.test`'s workspace URL), when known.
+    pub permalink: Option<String>,
+    pub posted_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelState {

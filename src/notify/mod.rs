@@ -11,6 +11,7 @@ pub mod retry;
 pub mod send;
 pub mod settings;
 pub mod slack;
+pub mod slack_app;
 pub mod target;
 pub mod teams;
 pub mod webhook;
@@ -25,7 +26,12 @@ pub use settings::DeliveryConfig;
 
 /// Every channel kind the service knows, by registration. Adding a kind: one file
 /// under `src/notify/`, one line here, its default template and golden files.
-pub static KINDS: &[&dyn Kind] = &[&slack::Slack, &teams::Teams, &webhook::Webhook];
+pub static KINDS: &[&dyn Kind] = &[
+    &slack::Slack,
+    &slack_app::SlackApp,
+    &teams::Teams,
+    &webhook::Webhook,
+];
 
 /// What a payload builder gets: the rendered text and the facts behind it.
 pub struct Message<'a> {
@@ -43,6 +49,10 @@ pub struct Message<'a> {
     pub failure: Option<&'a crate::domain::Failure>,
     /// The channel's `card_only` (Teams).
     pub card_only: bool,
+    /// The living message's new content, for kinds with a root template.
+    pub root: Option<&'a Rendered>,
+    /// Whether the owner also gets this message directly (the channel's `dm_owner`).
+    pub dm: bool,
 }
 
 /// The text a template produced, escaped for the channel's markup.
@@ -87,6 +97,16 @@ pub trait Kind: Sync + Send + 'static {
     }
     /// The built-in `templates/default/<name>/default.hbs`.
     fn default_template(&self) -> &'static str;
+    /// The built-in `templates/default/<name>/root.hbs`, for kinds that keep one
+    /// living message per job.
+    fn root_template(&self) -> Option<&'static str> {
+        None
+    }
+    /// Whether a disabled channel keeps its messages queued (until re-enabled or
+    /// `give_up_after`) rather than dead-lettering them.
+    fn holds_when_disabled(&self) -> bool {
+        false
+    }
     /// Escapes a job value for the kind's markup (applied by templates to every
     /// `{{field}}`). The default strips control characters (keeps `\n`, `\t`).
     fn escape(&self, s: &str) -> String {
@@ -200,11 +220,30 @@ pub struct Channel {
     /// Teams: the bare Adaptive Card, for a flow that passes the body straight to
     /// "Post card in a chat or channel" (the ready-made flow wants the envelope).
     pub card_only: bool,
+    /// `kind = "slack_app"`: token, channel id, mode, `dm_owner`; `url` is `api_url`.
+    pub app: Option<slack_app::AppChannel>,
 }
 
 impl Channel {
     pub fn wants(&self, event: Event) -> bool {
         self.events.as_ref().is_none_or(|e| e.contains(&event))
+    }
+
+    /// What pacing, back-off and `Retry-After` apply to: the URL, or for a Slack
+    /// app the (API, channel id) pair, since Slack limits each channel apart.
+    pub fn destination(&self) -> String {
+        match &self.app {
+            Some(a) => format!("{}#{}", self.url.expose(), a.channel),
+            None => self.url.expose().to_string(),
+        }
+    }
+
+    /// Every secret of this channel, for scrubbing error text.
+    pub fn secrets(&self) -> Vec<&Secret> {
+        [Some(&self.url), self.secret.as_ref(), self.app.as_ref().map(|a| &a.token)]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 

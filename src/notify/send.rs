@@ -73,29 +73,7 @@ impl Sender {
         }
         let resp = match req.body(body.to_vec()).send().await {
             Ok(r) => r,
-            Err(e) => {
-                let e = e.without_url();
-                let mut reason = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    reason.push_str(": ");
-                    reason.push_str(&s.to_string());
-                    src = s.source();
-                }
-                let secrets: Vec<_> = [Some(&channel.url), channel.secret.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                let reason = scrub(&reason, &secrets);
-                if reason.contains("non-public addresses") {
-                    return Verdict::DeadLetter {
-                        reason: format!("target refused: {reason}"),
-                    };
-                }
-                return Verdict::Retry {
-                    reason: format!("transport error: {reason}"),
-                };
-            }
+            Err(e) => return transport_verdict(e, channel),
         };
         let status = resp.status().as_u16();
         let retry_after = resp
@@ -115,6 +93,128 @@ impl Sender {
             },
             self.cfg.max_retry_after,
         )
+    }
+}
+
+/// What a transport error (no HTTP answer) means: retry, unless the address
+/// policy refused the target. The text is stripped of URLs and secrets.
+fn transport_verdict(e: reqwest::Error, channel: &Channel) -> Verdict {
+    let e = e.without_url();
+    let mut reason = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        src = s.source();
+    }
+    let reason = scrub(&reason, &channel.secrets());
+    if reason.contains("non-public addresses") {
+        return Verdict::DeadLetter {
+            reason: format!("target refused: {reason}"),
+        };
+    }
+    Verdict::Retry {
+        reason: format!("transport error: {reason}"),
+    }
+}
+
+/// One Slack Web API answer, as it came.
+#[derive(Debug, Clone)]
+pub struct ApiReply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: String,
+    pub at: std::time::SystemTime,
+}
+
+impl ApiReply {
+    pub fn answer(&self) -> Answer<'_> {
+        Answer {
+            status: self.status,
+            retry_after: self.retry_after.as_deref(),
+            body: &self.body,
+            at: self.at,
+        }
+    }
+}
+
+/// Answers larger than this are not read further (ours are a few hundred bytes).
+const API_ANSWER_CAP: usize = 64 * 1024;
+
+/// A Web API request body: JSON for the chat methods, a form for the lookups
+/// (`users.lookupByEmail` takes no JSON).
+#[derive(Debug, Clone, Copy)]
+pub enum ApiBody<'a> {
+    Json(&'a serde_json::Value),
+    Form(&'a [(&'a str, &'a str)]),
+}
+
+impl Sender {
+    /// Calls a Slack Web API `method` for a `slack_app` channel: `POST
+    /// <api_url><method>` with the bot token. `Err` when no answer came (what that
+    /// means, as for any post).
+    pub async fn slack_call(
+        &self,
+        channel: &Channel,
+        method: &str,
+        body: ApiBody<'_>,
+    ) -> Result<ApiReply, Verdict> {
+        let Some(app) = &channel.app else {
+            return Err(Verdict::DeadLetter {
+                reason: "not a slack_app channel".into(),
+            });
+        };
+        let base = channel.url.expose();
+        if let Err(e) = self.policy.check_url(channel.kind, base) {
+            return Err(Verdict::DeadLetter {
+                reason: format!("target refused: api_url {e}"),
+            });
+        }
+        let url = format!("{}/{method}", base.trim_end_matches('/'));
+        let req = self.client.post(url).bearer_auth(app.token.expose());
+        let req = match body {
+            ApiBody::Json(v) => req
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/json; charset=utf-8",
+                )
+                .body(serde_json::to_vec(v).unwrap_or_default()),
+            ApiBody::Form(f) => req
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(
+                    url::form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs(f.iter())
+                        .finish(),
+                ),
+        };
+        let mut resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(transport_verdict(e, channel)),
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut bytes = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) if bytes.len() < API_ANSWER_CAP => bytes.extend_from_slice(&c),
+                Ok(_) => break,
+                Err(e) => return Err(transport_verdict(e, channel)),
+            }
+        }
+        bytes.truncate(API_ANSWER_CAP);
+        Ok(ApiReply {
+            status,
+            retry_after,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            at: crate::clock::system_time(),
+        })
     }
 }
 

@@ -37,7 +37,11 @@ pub enum RenderError {
 /// The built-in `default/<kind>/default.hbs`, shipped in the binary (each kind
 /// owns its own), so the service runs without a templates directory.
 pub fn embedded(rel: &str) -> Option<&'static str> {
-    let kind = rel.strip_prefix("default/")?.strip_suffix("/default.hbs")?;
+    let rest = rel.strip_prefix("default/")?;
+    if let Some(kind) = rest.strip_suffix("/root.hbs") {
+        return ChannelKind::named(kind).and_then(|k| k.root_template());
+    }
+    let kind = rest.strip_suffix("/default.hbs")?;
     ChannelKind::named(kind).map(|k| k.default_template())
 }
 
@@ -49,6 +53,8 @@ pub struct Renderer {
     by_kind: HashMap<&'static str, Handlebars<'static>>,
     /// (team, kind, event) → template name.
     resolved: HashMap<(String, ChannelKind, Event), String>,
+    /// (team, kind) → the living message's template, for kinds that keep one.
+    roots: HashMap<(String, ChannelKind), String>,
     monitor: Option<Monitor>,
     people: std::sync::Arc<crate::domain::people::People>,
     /// Templates that use `failure` (their messages wait for triage whatever the event).
@@ -98,6 +104,7 @@ impl Renderer {
             plain: registry(sanitize),
             by_kind: HashMap::new(),
             resolved: HashMap::new(),
+            roots: HashMap::new(),
             monitor: Monitor::new(
                 cfg.deadline.monitor_url.as_deref(),
                 cfg.deadline
@@ -125,6 +132,19 @@ impl Renderer {
                     }
                     h
                 });
+                if kind.root_template().is_some() {
+                    let candidates = [
+                        format!("{}/{kind_s}/root.hbs", team.name),
+                        format!("default/{kind_s}/root.hbs"),
+                    ];
+                    let rel = r.find_template(dir, &candidates, &mut loaded)?.ok_or_else(|| {
+                        RenderError::Template {
+                            file: format!("{}/default/{kind_s}/root.hbs", dir.display()),
+                            message: "no root template found for this channel kind".into(),
+                        }
+                    })?;
+                    r.roots.insert((team.name.clone(), kind), rel);
+                }
                 for event in Event::ALL {
                     let candidates = [
                         format!("{}/{kind_s}/{}.hbs", team.name, event.as_str()),
@@ -132,22 +152,7 @@ impl Renderer {
                         format!("default/{kind_s}/{}.hbs", event.as_str()),
                         format!("default/{kind_s}/default.hbs"),
                     ];
-                    let mut found = None;
-                    for rel in candidates {
-                        if loaded.contains_key(&rel) {
-                            found = Some(rel);
-                            break;
-                        }
-                        if let Some((display, src)) = source_for(dir, &rel)? {
-                            r.register(&rel, &display, &src)?;
-                            if src.contains("failure") {
-                                r.uses_failure.insert(rel.clone());
-                            }
-                            loaded.insert(rel.clone(), display);
-                            found = Some(rel);
-                            break;
-                        }
-                    }
+                    let found = r.find_template(dir, &candidates, &mut loaded)?;
                     let rel = found.ok_or_else(|| RenderError::Template {
                         file: format!("{}/default/{kind_s}/default.hbs", dir.display()),
                         message: "no template found for this channel kind".into(),
@@ -157,8 +162,19 @@ impl Renderer {
             }
         }
         // Strict mode only catches a misspelt field when rendering, so render every
-        // template once now against a job with every field set.
-        for ((team, kind, event), rel) in &r.resolved {
+        // template once now against a job with every field set (a root template
+        // against every event's sample).
+        let roots = r.resolved.keys().filter_map(|(team, kind, event)| {
+            let rel = r.roots.get(&(team.clone(), *kind))?;
+            Some(((team.clone(), *kind, *event), rel.clone()))
+        });
+        let all: Vec<_> = r
+            .resolved
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(roots)
+            .collect();
+        for ((team, kind, event), rel) in &all {
             // Once with an owner from the people directory, once without: a template
             // must render for jobs whose owner is unmapped too.
             let with_owner = sample_context(team, "check", *event, r.monitor.as_ref());
@@ -175,6 +191,30 @@ impl Renderer {
             }
         }
         Ok(r)
+    }
+
+    /// The first of `candidates` that exists (loaded before, on disk, or embedded),
+    /// registered once.
+    fn find_template(
+        &mut self,
+        dir: &Path,
+        candidates: &[String],
+        loaded: &mut HashMap<String, String>,
+    ) -> Result<Option<String>, RenderError> {
+        for rel in candidates {
+            if loaded.contains_key(rel) {
+                return Ok(Some(rel.clone()));
+            }
+            if let Some((display, src)) = source_for(dir, rel)? {
+                self.register(rel, &display, &src)?;
+                if src.contains("failure") {
+                    self.uses_failure.insert(rel.clone());
+                }
+                loaded.insert(rel.clone(), display);
+                return Ok(Some(rel.clone()));
+            }
+        }
+        Ok(None)
     }
 
     fn register(&mut self, name: &str, display: &str, src: &str) -> Result<(), RenderError> {
@@ -271,6 +311,10 @@ impl Renderer {
         let mut ctx = context(team, &channel.name, job, tr, self.monitor(), owner);
         ctx["failure"] = serde_json::to_value(failure).unwrap_or(Value::Null);
         let rendered = self.render(team, channel.kind, tr.event, &ctx)?;
+        let root = match self.roots.get(&(team.to_string(), channel.kind)) {
+            Some(rel) => Some(self.render_named(rel, channel.kind, &ctx)?),
+            None => None,
+        };
         let link = self.monitor().and_then(|m| m.job(&job.key));
         Ok(channel.kind.payload(&Message {
             team,
@@ -282,6 +326,11 @@ impl Renderer {
             mention: owner.is_some() && channel.mention_owner.contains(&tr.event),
             failure,
             card_only: channel.card_only,
+            root: root.as_ref(),
+            dm: channel
+                .app
+                .as_ref()
+                .is_some_and(|a| a.dm_owner.contains(&tr.event)),
         }))
     }
 
@@ -390,6 +439,26 @@ fn event_words(e: Event) -> (&'static str, &'static str) {
     }
 }
 
+/// The job's state in words, lifecycle failures first (the job never ran).
+fn status_words(job: &JobSnapshot) -> (&'static str, &'static str) {
+    use crate::domain::{LifecycleStatus as L, TaskRunStatus as S};
+    match (&job.lifecycle_status, job.task_run_status.as_ref()) {
+        (L::CreateFailed, _) => ("❌", "Failed to create"),
+        (L::UploadFailed, _) => ("❌", "Upload failed"),
+        (L::UpdateFailed, _) => ("❌", "Update failed"),
+        (L::Archived, _) => ("🗄️", "Archived"),
+        (_, Some(S::Succeeded)) => ("✅", "Succeeded"),
+        (_, Some(S::Failed)) => ("❌", "Failed"),
+        (_, Some(S::Canceled)) => ("🚫", "Canceled"),
+        (_, Some(S::Suspended)) => ("⏸️", "Suspended"),
+        (_, Some(S::NotCompatible)) => ("⚠️", "Not compatible"),
+        (_, Some(S::Running)) => ("▶️", "Running"),
+        (_, Some(S::Starting)) => ("▶️", "Starting"),
+        (_, Some(S::Ready | S::Pending | S::Assigned | S::Scheduled)) => ("⏳", "Waiting"),
+        (_, _) => ("⏳", "Waiting"),
+    }
+}
+
 /// Builds the template context: every GetJob field (wire names), plus team, channel,
 /// event, previous statuses, a duration, task summary and monitor link.
 pub fn context(
@@ -483,8 +552,12 @@ pub fn context(
         "sourceJobId": job.source_job_id,
     });
     // Progress, throughput and stalls (a second object: json! nests only so deep).
+    let (status_emoji, status) = status_words(job);
     let extra = json!({
         "progressPercent": progress_percent,
+        "progressBar": crate::notify::slack_app::progress_bar(progress_percent.unwrap_or(0)),
+        "status": status,
+        "statusEmoji": status_emoji,
         // Throughput since the job started, and the time the rest would take at it.
         "tasksPerHour": rate.map(|(r, _)| (r * 10.0).round() / 10.0),
         "eta": rate.and_then(|(_, eta)| eta).map(|d| human_duration(d.as_secs() as i64)),
@@ -655,6 +728,7 @@ pub fn sample_context(team: &str, channel: &str, event: Event, monitor: Option<&
         deadline: vec![job.created_by.clone()],
         slack: Some("U0000000".into()),
         teams: Some("jane@example.com".into()),
+        email: Some("jane@example.com".into()),
         name: "Jane Doe".into(),
     };
     let monitor = monitor.cloned().unwrap_or_else(sample_monitor);

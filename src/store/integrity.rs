@@ -121,7 +121,7 @@ impl Store {
         Ok(id)
     }
 
-    pub(super) fn json_trees(&self) -> [(&sled::Tree, &'static str, Option<Counted>); 8] {
+    pub(super) fn json_trees(&self) -> [(&sled::Tree, &'static str, Option<Counted>); 9] {
         let s = &self.inner;
         [
             (&s.subs, "subscriptions", Some(Counted::Subscriptions)),
@@ -132,6 +132,7 @@ impl Store {
             (&s.discovery, "discovery", None),
             (&s.watches, "watches", None),
             (&s.notices, "notices", None),
+            (&s.anchors, "anchors", None),
         ]
     }
 

@@ -441,6 +441,9 @@ impl Store {
                 .map_err(|e| self.tx_err(e))?;
             if let Some(sub) = gone {
                 self.adjust(Counted::Subscriptions, -1);
+                // A root nobody follows is never edited again; a stale anchor left
+                // by a crash here is harmless (the next subscription edits it).
+                self.drop_anchors(&sub.team, &sub.job)?;
                 removed.push(sub);
             }
         }

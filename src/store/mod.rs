@@ -20,6 +20,7 @@
 //! family (`subscriptions`, `outbox` with job states, `dead_letters`, `watches` with
 //! discovery marks and channel state), the group commit (`sync`), damage detection
 //! (`integrity`), worker wake-ups (`wakers`). May import `domain` and `clock` only.
+mod anchors;
 mod dead_letters;
 mod integrity;
 mod lifecycle;
@@ -171,6 +172,8 @@ struct Inner {
     removed: sled::Tree,
     /// `team\0job\0channel` → the latest [`Notice`] of that subscription and channel.
     notices: sled::Tree,
+    /// `team\0job\0channel` → where the job's living Slack message is.
+    anchors: sled::Tree,
     /// In-memory mirror of the `meta` counts (what `/metrics` reads).
     counts: [AtomicI64; 4],
     /// Active subscriptions per team (the per-team cap), counted at open and kept
@@ -372,6 +375,7 @@ impl Store {
             finished: t("finished_subscriptions")?,
             removed: t("removed_subscriptions")?,
             notices: t("notices")?,
+            anchors: t("anchors")?,
             counts: Default::default(),
             active: Default::default(),
             sync,

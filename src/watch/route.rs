@@ -258,6 +258,7 @@ mod tests {
             events,
             mention_owner: vec![],
             card_only: false,
+            app: None,
         };
         Team {
             name: name.into(),

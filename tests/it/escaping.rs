@@ -231,6 +231,7 @@ fn hostile_text_never_breaks_a_payload() {
                         events: None,
                         mention_owner: vec![],
                         card_only: false,
+                        app: None,
                     };
                     let payload = r
                         .payload("lighting", &channel, &snap, &tr)
@@ -295,6 +296,7 @@ fn a_job_value_cannot_rearrange_the_message() {
             events: None,
             mention_owner: vec![],
             card_only: false,
+            app: None,
         };
         defaults
             .payload(
