@@ -322,11 +322,17 @@ impl Worker {
         root: &Value,
     ) -> Result<(), Result<Stop, StoreError>> {
         let channel_id = calls.ch.app.as_ref().map_or("", |a| &a.channel).to_string();
+        // Asked before the post, so nothing but the store's commit stands between
+        // Slack's answer and a durable anchor.
+        let workspace = calls.workspace(shared).await;
         let v = match calls.post(&to(root, &channel_id, json!({}))).await.map_err(Ok)? {
             Outcome::Ok(v) => v,
             other => return Err(Ok(stop(other))),
         };
-        self.keep_anchor(calls, shared, e, &v, &channel_id).await?;
+        let answered = crate::clock::monotonic();
+        self.keep_anchor(e, &v, &channel_id, workspace.as_deref())
+            .await?;
+        tracing::info!(job = %e.job, team = %self.team, channel = %self.channel, anchor_us = answered.elapsed().as_micros() as u64, "living message posted; anchor kept");
         mark(e, "root");
         Ok(())
     }
@@ -335,11 +341,10 @@ impl Worker {
     /// leaves on this channel.
     async fn keep_anchor(
         &self,
-        calls: &Calls<'_>,
-        shared: &Shared,
         e: &OutboxEntry,
         answer: &Value,
         channel_id: &str,
+        workspace: Option<&str>,
     ) -> Result<Anchor, Result<Stop, StoreError>> {
         let ts = answer.get("ts").and_then(Value::as_str).unwrap_or_default();
         let channel_id = answer
@@ -348,10 +353,7 @@ impl Worker {
             .filter(|c| slack_app::valid_channel_id(c))
             .unwrap_or(channel_id)
             .to_string();
-        let permalink = match calls.workspace(shared).await {
-            Some(ws) => slack_app::permalink(&ws, &channel_id, ts),
-            None => None,
-        };
+        let permalink = workspace.and_then(|ws| slack_app::permalink(ws, &channel_id, ts));
         let anchor = Anchor {
             channel_id,
             ts: ts.to_string(),
@@ -433,13 +435,15 @@ impl Worker {
         }
         let channel_id = calls.ch.app.as_ref().map_or("", |a| &a.channel).to_string();
         let reply = e.payload["reply"].clone();
+        let workspace = calls.workspace(shared).await;
         match calls
             .post(&to(&reply, &channel_id, json!({})))
             .await
             .map_err(Ok)?
         {
             Outcome::Ok(v) => {
-                self.keep_anchor(calls, shared, e, &v, &channel_id).await?;
+                self.keep_anchor(e, &v, &channel_id, workspace.as_deref())
+                    .await?;
                 mark(e, "post");
                 Ok(())
             }

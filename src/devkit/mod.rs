@@ -4,3 +4,4 @@
 pub mod demo;
 pub mod simulator;
 pub mod sink;
+pub mod slack;

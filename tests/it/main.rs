@@ -11,6 +11,7 @@ mod redaction;
 mod reload;
 mod retention;
 mod security;
+mod slack_app;
 mod startup;
 mod tls;
 mod triage;
