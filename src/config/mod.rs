@@ -1168,6 +1168,72 @@ name = "Jane Doe"
     }
 
     #[test]
+    fn slack_app_channels_take_a_token_and_a_channel_id() {
+        let app = GOOD.to_string()
+            + "[[teams.channels]]\nname = \"live\"\nkind = \"slack_app\"\ntoken = \"xoxb-1-2\"\nchannel = \"C0123456789\"\n";
+        let c = Config::from_toml(&app, Path::new("x.toml")).unwrap();
+        let ch = &c.teams[0].channels[2];
+        let a = ch.app.as_ref().unwrap();
+        assert_eq!(
+            ch.url.expose(),
+            "https://slack.com/api/",
+            "the default api_url"
+        );
+        assert_eq!(a.mode, crate::notify::slack_app::Mode::Living);
+        assert!(a.dm_owner.is_empty());
+        assert!(
+            !format!("{ch:?}").contains("xoxb-1-2"),
+            "the token is a secret"
+        );
+        let post = Config::from_toml(
+            &(app.clone() + "mode = \"post\"\ndm_owner = [\"job.failed\"]\n"),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let a = post.teams[0].channels[2].app.as_ref().unwrap();
+        assert_eq!(a.mode, crate::notify::slack_app::Mode::Post);
+        assert_eq!(a.dm_owner, vec![Event::Failed]);
+        for (broken, key, says) in [
+            (
+                app.replace("token = \"xoxb-1-2\"\n", ""),
+                "channels[2].token",
+                "is required",
+            ),
+            (
+                app.replace("channel = \"C0123456789\"\n", ""),
+                "channels[2].channel",
+                "is required",
+            ),
+            (
+                app.replace("C0123456789", "#renders"),
+                "channels[2].channel",
+                "not a Slack channel id",
+            ),
+            (
+                app.clone() + "url = \"https://hooks.slack.com/x\"\n",
+                "channels[2].url",
+                "Web API",
+            ),
+            (app.clone() + "mode = \"thread\"\n", "mode", ""),
+            (
+                GOOD.replacen(
+                    "kind = \"slack\"\n",
+                    "kind = \"slack\"\nchannel = \"C01\"\n",
+                    1,
+                ),
+                "channels[0].channel",
+                "only applies to kind = \"slack_app\"",
+            ),
+        ] {
+            let e = err(&broken);
+            assert!(e.contains(key) && e.contains(says), "{key}: {e}");
+        }
+        let e = err(&(GOOD.to_string()
+            + "[[people]]\ndeadline = [\"x\"]\nname = \"X\"\nemail = \"not-an-address\"\n"));
+        assert!(e.contains("people[0].email"), "{e}");
+    }
+
+    #[test]
     fn card_only_is_a_teams_option() {
         let teams = GOOD.to_string()
             + "[[teams.channels]]\nname = \"lighting-teams\"\nkind = \"teams\"\nurl = \"https://prod-12.westus.logic.azure.com/workflows/x\"\n";

@@ -618,7 +618,10 @@ fn app_channel(
             return Err(invalid(
                 path,
                 format!("{ck}.{key}"),
-                format!("only applies to kind = \"slack_app\" (this channel is {:?})", c.kind),
+                format!(
+                    "only applies to kind = \"slack_app\" (this channel is {:?})",
+                    c.kind
+                ),
             ));
         }
         return Ok(None);
@@ -653,7 +656,9 @@ fn app_channel(
         return Err(invalid(
             path,
             format!("{ck}.channel"),
-            format!("{channel:?} is not a Slack channel id (like C0123456789; a name like #renders does not work)"),
+            format!(
+                "{channel:?} is not a Slack channel id (like C0123456789; a name like #renders does not work)"
+            ),
         ));
     }
     Ok(Some(crate::notify::slack_app::AppChannel {

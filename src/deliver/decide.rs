@@ -177,9 +177,7 @@ impl Queue {
         let Some(p) = self.entries.get(&seq) else {
             return false;
         };
-        self.entries
-            .range(seq + 1..)
-            .any(|(_, q)| q.job == p.job)
+        self.entries.range(seq + 1..).any(|(_, q)| q.job == p.job)
     }
 
     /// The oldest queued message (always its job's first), real ones before tests.
@@ -751,7 +749,10 @@ mod tests {
             before_send(Some("HTTP 410"), &e, true, None, t0()),
             BeforeSend::ChannelDisabled("channel disabled: HTTP 410".into())
         );
-        assert_eq!(before_send(None, &e, true, None, t0()), BeforeSend::Duplicate);
+        assert_eq!(
+            before_send(None, &e, true, None, t0()),
+            BeforeSend::Duplicate
+        );
         // A kind that holds: the message waits for the channel until it gives up.
         let day = Duration::from_secs(86_400);
         let until = t0() + chrono::Duration::days(1);

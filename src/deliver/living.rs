@@ -27,8 +27,13 @@ const LOOKUP_MISS: Duration = Duration::from_secs(3600);
 #[derive(Default)]
 pub struct Shared {
     workspaces: Mutex<HashMap<[u8; 32], String>>,
-    members: Mutex<HashMap<([u8; 32], String), (Option<String>, Instant)>>,
+    members: Mutex<HashMap<MemberKey, Lookup>>,
 }
+
+/// (token digest, e-mail).
+type MemberKey = ([u8; 32], String);
+/// The member id found (or not), and when it was asked.
+type Lookup = (Option<String>, Instant);
 
 fn token_key(ch: &Channel) -> [u8; 32] {
     use sha2::Digest;
@@ -105,7 +110,11 @@ impl Calls<'_> {
             self.w
                 .dests()
                 .take_edit(&self.dest, crate::clock::monotonic());
-            let body = if plain { slack_app::plain(msg) } else { msg.clone() };
+            let body = if plain {
+                slack_app::plain(msg)
+            } else {
+                msg.clone()
+            };
             match self.call("chat.update", ApiBody::Json(&body)).await? {
                 Outcome::TooLong(_) if !plain => continue,
                 other => return Ok(other),
@@ -156,8 +165,17 @@ impl Calls<'_> {
         };
         let key = (token_key(self.ch), email.to_string());
         let now = crate::clock::monotonic();
-        if let Some((id, at)) = shared.members.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            let ttl = if id.is_some() { LOOKUP_HIT } else { LOOKUP_MISS };
+        if let Some((id, at)) = shared
+            .members
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            let ttl = if id.is_some() {
+                LOOKUP_HIT
+            } else {
+                LOOKUP_MISS
+            };
             if now.saturating_duration_since(at) < ttl {
                 return Ok(id);
             }
@@ -325,7 +343,11 @@ impl Worker {
         // Asked before the post, so nothing but the store's commit stands between
         // Slack's answer and a durable anchor.
         let workspace = calls.workspace(shared).await;
-        let v = match calls.post(&to(root, &channel_id, json!({}))).await.map_err(Ok)? {
+        let v = match calls
+            .post(&to(root, &channel_id, json!({})))
+            .await
+            .map_err(Ok)?
+        {
             Outcome::Ok(v) => v,
             other => return Err(Ok(stop(other))),
         };

@@ -106,7 +106,11 @@ impl FakeSlack {
     }
 
     /// The next calls of `method` get these answers: (HTTP status, body, Retry-After seconds).
-    pub fn script(&self, method: &str, answers: impl IntoIterator<Item = (u16, Value, Option<u64>)>) {
+    pub fn script(
+        &self,
+        method: &str,
+        answers: impl IntoIterator<Item = (u16, Value, Option<u64>)>,
+    ) {
         self.lock()
             .scripts
             .entry(method.into())
@@ -199,7 +203,8 @@ async fn call(
         .unwrap_or_default()
         .to_string();
     let mut g = s.lock();
-    let (status, answer, retry_after) = match g.scripts.get_mut(&method).and_then(|q| q.pop_front()) {
+    let (status, answer, retry_after) = match g.scripts.get_mut(&method).and_then(|q| q.pop_front())
+    {
         Some(a) => a,
         None if bearer.is_empty() => (200, ok_false("not_authed"), None),
         None if bearer != g.token => (200, ok_false("token_revoked"), None),
@@ -229,7 +234,9 @@ async fn call(
 fn answer(g: &mut Inner, method: &str, a: &Value) -> Value {
     let str_of = |k: &str| a.get(k).and_then(Value::as_str).map(str::to_string);
     match method {
-        "auth.test" => json!({"ok": true, "url": g.workspace, "team": "Studio", "user": "deadline-bot"}),
+        "auth.test" => {
+            json!({"ok": true, "url": g.workspace, "team": "Studio", "user": "deadline-bot"})
+        }
         "users.lookupByEmail" => match str_of("email").and_then(|e| g.members.get(&e).cloned()) {
             Some(id) => json!({"ok": true, "user": {"id": id}}),
             None => ok_false("users_not_found"),

@@ -16,9 +16,8 @@ pub mod secret;
 pub mod text;
 pub use failure::{FailedStep, FailedTask, Failure};
 pub use records::{
-    Anchor,
-    ChannelState, DeadLetter, JobState, Notice, NoticeState, OutboxEntry, Progress, Subscription,
-    SubscriptionHead, TEST_MESSAGE_PREFIX, Watch,
+    Anchor, ChannelState, DeadLetter, JobState, Notice, NoticeState, OutboxEntry, Progress,
+    Subscription, SubscriptionHead, TEST_MESSAGE_PREFIX, Watch,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -109,7 +109,14 @@ mod tests {
         assert!(valid_teams_id("jane@studio.com") && !valid_teams_id("x</at>"));
         assert!(valid_name("Jane Doe") && !valid_name("<at>x</at>"));
         assert!(valid_email("jane@studio.com"));
-        for bad in ["jane", "@studio.com", "jane@host", "a@b@c.com", "<!channel>@x.com", "j ane@x.com"] {
+        for bad in [
+            "jane",
+            "@studio.com",
+            "jane@host",
+            "a@b@c.com",
+            "<!channel>@x.com",
+            "j ane@x.com",
+        ] {
             assert!(!valid_email(bad), "{bad}");
         }
     }

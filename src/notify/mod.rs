@@ -240,10 +240,14 @@ impl Channel {
 
     /// Every secret of this channel, for scrubbing error text.
     pub fn secrets(&self) -> Vec<&Secret> {
-        [Some(&self.url), self.secret.as_ref(), self.app.as_ref().map(|a| &a.token)]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            Some(&self.url),
+            self.secret.as_ref(),
+            self.app.as_ref().map(|a| &a.token),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 

@@ -109,7 +109,7 @@ impl Kind for SlackApp {
             }
             root
         });
-        let dm = m.dm.then(|| m.owner).flatten().and_then(|p| {
+        let dm = m.dm.then_some(m.owner).flatten().and_then(|p| {
             match (p.slack.as_deref(), p.email.as_deref()) {
                 (Some(id), _) => Some(json!({"slack": id})),
                 (None, Some(email)) => Some(json!({"email": email})),
@@ -183,7 +183,12 @@ pub fn classify_api(a: &Answer, max_retry_after: Duration) -> Outcome {
         .as_ref()
         .and_then(|v| v.get("error"))
         .and_then(Value::as_str)
-        .map(|e| e.chars().filter(|c| !c.is_control()).take(80).collect::<String>());
+        .map(|e| {
+            e.chars()
+                .filter(|c| !c.is_control())
+                .take(80)
+                .collect::<String>()
+        });
     if a.status == 429 || error.as_deref() == Some("ratelimited") {
         let wait = a
             .retry_after
@@ -256,7 +261,10 @@ pub fn permalink(workspace: &str, channel: &str, ts: &str) -> Option<String> {
         return None;
     }
     let base = base.as_str().trim_end_matches('/');
-    Some(format!("{base}/archives/{channel}/p{}", ts.replace('.', "")))
+    Some(format!(
+        "{base}/archives/{channel}/p{}",
+        ts.replace('.', "")
+    ))
 }
 
 /// At most `limit` edits in any `window` on one channel (`chat.update` is Tier 3,
@@ -372,7 +380,11 @@ mod tests {
         }
         for transient in ["internal_error", "fatal_error", "service_unavailable"] {
             assert_eq!(
-                answer(200, &format!(r#"{{"ok":false,"error":"{transient}"}}"#), None),
+                answer(
+                    200,
+                    &format!(r#"{{"ok":false,"error":"{transient}"}}"#),
+                    None
+                ),
                 Outcome::Retry(transient.into())
             );
         }
@@ -387,7 +399,12 @@ mod tests {
     #[test]
     fn permalinks_drop_the_dot_and_refuse_odd_input() {
         assert_eq!(
-            permalink("https://studio.slack.com/", "C0123456789", "1733380000.000100").as_deref(),
+            permalink(
+                "https://studio.slack.com/",
+                "C0123456789",
+                "1733380000.000100"
+            )
+            .as_deref(),
             Some("https://studio.slack.com/archives/C0123456789/p1733380000000100")
         );
         assert_eq!(permalink("javascript:alert(1)", "C01", "1.2"), None);

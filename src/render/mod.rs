@@ -137,12 +137,12 @@ impl Renderer {
                         format!("{}/{kind_s}/root.hbs", team.name),
                         format!("default/{kind_s}/root.hbs"),
                     ];
-                    let rel = r.find_template(dir, &candidates, &mut loaded)?.ok_or_else(|| {
-                        RenderError::Template {
+                    let rel = r
+                        .find_template(dir, &candidates, &mut loaded)?
+                        .ok_or_else(|| RenderError::Template {
                             file: format!("{}/default/{kind_s}/root.hbs", dir.display()),
                             message: "no root template found for this channel kind".into(),
-                        }
-                    })?;
+                        })?;
                     r.roots.insert((team.name.clone(), kind), rel);
                 }
                 for event in Event::ALL {

@@ -46,7 +46,11 @@ impl Store {
     }
 
     /// Every channel's anchor of a team's job, by channel name.
-    pub fn anchors_of(&self, team: &str, job: &JobKey) -> Result<Vec<(String, Anchor)>, StoreError> {
+    pub fn anchors_of(
+        &self,
+        team: &str,
+        job: &JobKey,
+    ) -> Result<Vec<(String, Anchor)>, StoreError> {
         let prefix = notice_prefix(team, job);
         let mut out = Vec::new();
         for kv in self.inner.anchors.scan_prefix(&prefix) {
@@ -60,7 +64,12 @@ impl Store {
     /// Forgets a team's anchors of `job` (its subscription is gone).
     pub(super) fn drop_anchors(&self, team: &str, job: &JobKey) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for k in self.inner.anchors.scan_prefix(notice_prefix(team, job)).keys() {
+        for k in self
+            .inner
+            .anchors
+            .scan_prefix(notice_prefix(team, job))
+            .keys()
+        {
             batch.remove(k.map_err(|e| self.eng(e))?);
         }
         self.inner

@@ -36,6 +36,13 @@ name = "teams-card"
 kind = "teams"
 url = "http://127.0.0.1:1/c"
 card_only = true
+[[teams.channels]]
+name = "slack_app"
+kind = "slack_app"
+token = "xoxb-golden-token"
+channel = "C0GOLDEN01"
+api_url = "http://127.0.0.1:1/api/"
+dm_owner = ["job.failed"]
 "#;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut cfg = Config::from_toml(text, &root.join("golden.toml")).unwrap();

@@ -38,16 +38,15 @@ api_url = "http://{addr}/api/"
 "#,
         token_file.display()
     );
-    let text = text
-        .replace(
+    let text =
+        text.replace(
             "[[teams]]\nname = \"fx\"",
             &format!("{channel}[[teams]]\nname = \"fx\""),
         )
         .replace(
             "[server]\n",
             &format!("[server]\nadmin_tokens = [\"{ADMIN}\"]\n"),
-        )
-        + people;
+        ) + people;
     std::fs::write(env.config_path(), text).unwrap();
     App { env, slack }
 }
@@ -170,11 +169,16 @@ async fn one_living_message_per_job_with_the_story_in_its_thread() {
     let mut a = app("", "").await;
     let _svc = a.env.start().await;
     let job = a.env.add_job("shot_030 lighting");
-    a.subscribe(&job, STORY).await;
+    let id = a.subscribe(&job, STORY).await;
     a.env.observed(&job, 2).await;
     set(&a.env, &job, "RUNNING", &[("RUNNING", 4), ("READY", 6)]);
     wait_until(T, "the root message", || a.root(&job).is_some()).await;
-    set(&a.env, &job, "RUNNING", &[("RUNNING", 4), ("FAILED", 2), ("READY", 4)]);
+    set(
+        &a.env,
+        &job,
+        "RUNNING",
+        &[("RUNNING", 4), ("FAILED", 2), ("READY", 4)],
+    );
     a.wait_replies(&job, 1).await;
     set(&a.env, &job, "FAILED", &[("SUCCEEDED", 8), ("FAILED", 2)]);
     a.wait_replies(&job, 2).await;
@@ -213,6 +217,31 @@ async fn one_living_message_per_job_with_the_story_in_its_thread() {
     }
     // The root was edited in place for every later event (edits may coalesce).
     assert!(root.edits >= 1, "{root:?}");
+    // The page's "one message in #live" links to it (workspace URL from auth.test).
+    let sub: Value = reqwest::Client::new()
+        .get(format!("{}/v1/subscriptions/{id}", a.env.api()))
+        .bearer_auth(LIGHTING)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        sub["livingMessages"],
+        json!([{
+            "channel": "live",
+            "url": format!("https://studio.slack.com/archives/{CHANNEL}/p{}", root.ts.replace('.', "")),
+            "postedAt": sub["livingMessages"][0]["postedAt"],
+        }])
+    );
+    let auth_tests = a
+        .slack
+        .calls()
+        .iter()
+        .filter(|c| c.method == "auth.test")
+        .count();
+    assert_eq!(auth_tests, 1, "auth.test once per token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +318,11 @@ async fn a_revoked_token_disables_the_channel_and_its_messages_wait_for_it() {
     assert_eq!(live(&channels(&a.env).await)["disabled"], true);
 
     // A person replaces the token and enables the channel: the message goes.
-    std::fs::write(a.env.dir.path().join("slack-token"), "xoxb-0002-rotated-token").unwrap();
+    std::fs::write(
+        a.env.dir.path().join("slack-token"),
+        "xoxb-0002-rotated-token",
+    )
+    .unwrap();
     let r = reqwest::Client::new()
         .post(format!("{}/-/reload", a.env.api()))
         .bearer_auth(ADMIN)
@@ -332,7 +365,10 @@ async fn retry_after_is_honoured_for_every_call_to_the_channel() {
     assert!(!posts[0].ok && posts[1].ok);
     // Both arrival times are the fake's own clock.
     let gap = posts[1].at.unwrap() - posts[0].at.unwrap();
-    assert!(gap >= Duration::from_millis(2900), "Retry-After: 3 but the next call came after {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "Retry-After: 3 but the next call came after {gap:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,7 +443,9 @@ name = "Jane Mail"
         })
     };
     let jane = mk("jane's job", "jane");
-    let mails: Vec<_> = (0..5).map(|i| mk(&format!("mail job {i}"), "jmail")).collect();
+    let mails: Vec<_> = (0..5)
+        .map(|i| mk(&format!("mail job {i}"), "jmail"))
+        .collect();
     let bob = mk("bob's job", "bob");
     let all: Vec<_> = [jane.clone(), bob.clone()]
         .into_iter()
@@ -431,7 +469,10 @@ name = "Jane Mail"
         dms("UJANE0001") >= 1 && dms("UMAIL0001") >= 5
     })
     .await;
-    wait_until(T, "every job's root", || all.iter().all(|j| a.root(j).is_some())).await;
+    wait_until(T, "every job's root", || {
+        all.iter().all(|j| a.root(j).is_some())
+    })
+    .await;
     let lookups = a
         .slack
         .calls()
@@ -545,5 +586,9 @@ async fn sigkill_between_events_never_posts_a_second_root() {
         .collect();
     assert_eq!(all_roots.len(), 1, "a root was posted twice");
     let replies: Vec<_> = a.replies(&job).into_iter().map(|r| r.text).collect();
-    assert_eq!(replies.len(), 20, "a reply was posted twice or lost: {replies:#?}");
+    assert_eq!(
+        replies.len(),
+        20,
+        "a reply was posted twice or lost: {replies:#?}"
+    );
 }

@@ -186,14 +186,20 @@ pub(super) async fn list(
             let rows = page
                 .items
                 .into_iter()
-                .map(|sub| Ok((s.notices(&sub.team, &sub.job)?, sub)))
+                .map(|sub| {
+                    Ok((
+                        s.notices(&sub.team, &sub.job)?,
+                        s.anchors_of(&sub.team, &sub.job)?,
+                        sub,
+                    ))
+                })
                 .collect::<Result<Vec<_>, StoreError>>()?;
             Ok((rows, page.next))
         })
         .await?;
     let subs: Vec<_> = rows
         .into_iter()
-        .map(|(notices, s)| sub_json(&st, s, notices))
+        .map(|(notices, anchors, s)| sub_json(&st, s, notices, anchors))
         .collect();
     let next = match next {
         Some(p) => Some(
@@ -212,12 +218,19 @@ pub(super) async fn list(
 
 /// A subscription as the API shows it, with what is known of its job: `job` (name,
 /// status and task counts as last read), `pollError` when the last read failed,
-/// `notifications` (the latest per channel) and `lastNotification` (the latest of those).
+/// `notifications` (the latest per channel), `lastNotification` (the latest of those)
+/// and `livingMessages` (per Slack app channel, the job's one message and its link).
 pub(super) fn sub_json(
     st: &AppState,
     s: Subscription,
     mut notices: Vec<crate::domain::Notice>,
+    anchors: Vec<(String, crate::domain::Anchor)>,
 ) -> Value {
+    let living: Vec<Value> = anchors
+        .into_iter()
+        .filter(|(c, _)| s.channels.contains(c))
+        .map(|(c, a)| json!({"channel": c, "url": a.permalink, "postedAt": a.posted_at}))
+        .collect();
     let err = st.health.poll_error(&s.job);
     let view = st.health.view(&s.job);
     let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
@@ -229,14 +242,18 @@ pub(super) fn sub_json(
         notices.sort_by_key(|n| n.at);
         m.insert("lastNotification".into(), json!(notices.last()));
         m.insert("notifications".into(), json!(notices));
+        m.insert("livingMessages".into(), json!(living));
     }
     v
 }
 
 pub(super) async fn sub_with_notices(st: &AppState, s: Subscription) -> Result<Value, ApiError> {
     let (team, job) = (s.team.clone(), s.job.clone());
-    let notices = st.store.run(move |x| x.notices(&team, &job)).await?;
-    Ok(sub_json(st, s, notices))
+    let (notices, anchors) = st
+        .store
+        .run(move |x| Ok((x.notices(&team, &job)?, x.anchors_of(&team, &job)?)))
+        .await?;
+    Ok(sub_json(st, s, notices, anchors))
 }
 
 pub(super) async fn owned(st: &AppState, team: &Team, id: &str) -> Result<Subscription, ApiError> {

@@ -296,14 +296,33 @@ function tasksCell(cell, sub) {
   replaceText(cell, bar, el("span", "counts", words.join(" · ")));
 }
 
+// A Slack app channel keeps one living message per job: say so, and link to it
+// (only an https link from the service's own record; the text is a text node).
+function livingLinks(sub) {
+  return (sub.livingMessages ?? []).map((m) => {
+    const text = `one message in #${m.channel}`;
+    const line = el("div", "living");
+    if (typeof m.url === "string" && m.url.startsWith("https://")) {
+      const a = el("a", null, text);
+      a.href = m.url;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
+      line.append(a);
+    } else {
+      line.textContent = text;
+    }
+    return line;
+  });
+}
+
 function lastCell(cell, sub) {
   const n = sub.lastNotification;
   if (!n) {
-    replaceText(cell, el("span", "help", "none yet"));
+    replaceText(cell, el("span", "help", "none yet"), ...livingLinks(sub));
     return;
   }
   const stateWord = el("span", `badge n-${n.state.replace(" ", "-")}`, n.state);
-  replaceText(cell, el("span", null, `${n.event} · `), when(n.at), el("span", null, ` · ${n.channel} · `), stateWord);
+  replaceText(cell, el("span", null, `${n.event} · `), when(n.at), el("span", null, ` · ${n.channel} · `), stateWord, ...livingLinks(sub));
 }
 
 function sourceText(sub) {
