@@ -167,7 +167,7 @@ const STORY: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_living_message_per_job_with_the_story_in_its_thread() {
     let mut a = app("", "").await;
-    let _svc = a.env.start().await;
+    let svc = a.env.start().await;
     let job = a.env.add_job("shot_030 lighting");
     let id = a.subscribe(&job, STORY).await;
     a.env.observed(&job, 2).await;
@@ -242,6 +242,21 @@ async fn one_living_message_per_job_with_the_story_in_its_thread() {
         .filter(|c| c.method == "auth.test")
         .count();
     assert_eq!(auth_tests, 1, "auth.test once per token");
+    // The window in which a SIGKILL would post the root twice: Slack's answer to
+    // the root post → the anchor on disk (printed for the README, not asserted).
+    let log = svc.log_text();
+    let window: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("anchor kept"))
+        .filter_map(|l| l.split("anchor_us").nth(1))
+        .map(|rest| {
+            rest.trim_start_matches(['"', ':', '='])
+                .split([',', ' ', '}'])
+                .next()
+                .unwrap_or("")
+        })
+        .collect();
+    println!("root post answered → anchor durable: {window:?} µs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,21 @@ function teams(payload) {
 export function draw(kind, payload) {
   if (!payload || typeof payload !== "object") return null;
   if (kind === "slack") return slack(payload);
+  if (kind === "slack_app") return slackApp(payload);
   if (kind === "teams") return teams(payload);
   return null;
+}
+
+// A Slack app message: the living root as it reads after this event, and the
+// event's reply in its thread.
+function slackApp(payload) {
+  const box = el("div", "slack-app-preview");
+  if (payload.root && typeof payload.root === "object") {
+    box.append(el("div", "help", "The job's one message, after this event:"), slack(payload.root));
+  }
+  if (payload.reply && typeof payload.reply === "object") {
+    const where = payload.broadcast ? "In its thread, also sent to the channel:" : "In its thread:";
+    box.append(el("div", "help", where), slack(payload.reply));
+  }
+  return box;
 }
