@@ -424,6 +424,11 @@ impl Worker {
         );
         let v = match calls.post(&body).await.map_err(Ok)? {
             Outcome::Ok(v) => v,
+            // A root posted by this very attempt that is already gone again: not a
+            // loop of new roots, a retry later.
+            Outcome::Gone(why) if done(e, "root") => {
+                return Err(Ok(Verdict::Retry { reason: why }));
+            }
             Outcome::Gone(why) => {
                 tracing::info!(job = %e.job, team = %self.team, channel = %self.channel, reason = %why, "the living message is gone; posting a new one");
                 self.new_root(calls, shared, e, root).await?;

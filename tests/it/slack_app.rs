@@ -281,6 +281,34 @@ async fn a_deleted_root_is_posted_again_and_the_story_continues_there() {
     assert!(a.replies(&job)[0].text.contains("succeeded"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_blocks_are_sent_again_as_plain_text() {
+    let mut a = app("", "").await;
+    let _svc = a.env.start().await;
+    let job = a.env.add_job("shot_045 long");
+    a.subscribe(&job, STORY).await;
+    a.env.observed(&job, 2).await;
+    a.slack.script(
+        "chat.postMessage",
+        [(200, json!({"ok": false, "error": "msg_too_long"}), None)],
+    );
+    set(&a.env, &job, "RUNNING", &[("RUNNING", 10)]);
+    // Without blocks the root is its text alone (the job's name, not its id).
+    let root = || {
+        a.slack
+            .top_level(CHANNEL)
+            .into_iter()
+            .find(|m| m.text.contains("shot_045 long"))
+    };
+    wait_until(T, "the root message", || root().is_some()).await;
+    let root = root().unwrap();
+    assert!(root.blocks.is_null(), "sent again without blocks: {root:?}");
+    assert!(root.text.contains("shot_045 long"), "{root:?}");
+    let posts = a.posts_to_channel();
+    assert_eq!(posts.len(), 2);
+    assert!(!posts[0].body["blocks"].is_null() && posts[1].body["blocks"].is_null());
+}
+
 async fn channels(env: &Env) -> Value {
     reqwest::Client::new()
         .get(format!("{}/v1/channels", env.api()))
