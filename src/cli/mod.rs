@@ -504,11 +504,19 @@ async fn import(config: &std::path::Path, file: &std::path::Path) -> anyhow::Res
     Ok(())
 }
 
+/// The bot token the sink's fake Slack accepts unless `SINK_SLACK_TOKEN` says otherwise.
+const SINK_SLACK_TOKEN: &str = "xoxb-sink-token";
+
 async fn sink(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     let sink = crate::devkit::sink::Sink::new();
     let mut received = sink.subscribe();
-    let (addr, handle) = sink.serve(listen).await?;
-    eprintln!("webhook sink on http://{addr} (POST any path)");
+    // A fake Slack Web API beside it, for `slack_app` channels (api_url = <sink>/api/).
+    let token = std::env::var("SINK_SLACK_TOKEN").unwrap_or_else(|_| SINK_SLACK_TOKEN.into());
+    let slack = crate::devkit::slack::FakeSlack::new(&token);
+    let (addr, handle) = sink.serve_with(listen, slack.router()).await?;
+    eprintln!(
+        "webhook sink on http://{addr} (POST any path; a fake Slack Web API under /api/, its messages at /_fake/messages)"
+    );
     let print = async move {
         use std::io::Write;
         while let Ok(r) = received.recv().await {

@@ -135,12 +135,22 @@ impl Sink {
         &self,
         addr: SocketAddr,
     ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        self.serve_with(addr, Router::new()).await
+    }
+
+    /// Serves the sink with `extra` routes beside it (the fake Slack Web API).
+    pub async fn serve_with(
+        &self,
+        addr: SocketAddr,
+        extra: Router,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let app = Router::new()
             .route("/_sink/received", axum::routing::get(received))
             .route("/{*path}", post(receive))
-            .with_state(self.clone());
+            .with_state(self.clone())
+            .merge(extra);
         let h = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

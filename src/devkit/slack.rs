@@ -151,16 +151,21 @@ impl FakeSlack {
         self.lock().calls.clone()
     }
 
+    /// `/api/{method}` and `/_fake/messages`, to serve alone or beside the sink.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/_fake/messages", get(list))
+            .route("/api/{method}", post(call))
+            .with_state(self.clone())
+    }
+
     pub async fn serve(
         &self,
         addr: SocketAddr,
     ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        let app = Router::new()
-            .route("/_fake/messages", get(list))
-            .route("/api/{method}", post(call))
-            .with_state(self.clone());
+        let app = self.router();
         let h = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

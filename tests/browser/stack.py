@@ -109,6 +109,12 @@ tokens = ["{other}"]
 name = "fx-slack"
 kind = "slack"
 url = "http://127.0.0.1:{sink_port}/slack/T000/B000/fx"
+[[teams.channels]]
+name = "fx-live"
+kind = "slack_app"
+token = "xoxb-sink-token"
+channel = "C0SINK0001"
+api_url = "http://127.0.0.1:{sink_port}/api/"
 """
 
 
@@ -185,5 +191,10 @@ class Stack:
         return [r for r in body["received"] if r["path"].startswith(path_prefix)]
 
     # --- the API, as a script would use it ---
+    def slack_messages(self):
+        """What the sink's fake Slack workspace holds."""
+        _, body = http("GET", f"{self.sink}/_fake/messages")
+        return body["messages"]
+
     def call(self, method, path, body=None, token=TOKEN):
         return http(method, f"{self.api}{path}", body, token)

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from playwright.sync_api import expect
 
-from stack import FARM, QUEUE, TLS, TOKEN, wait_until
+from stack import FARM, OTHER_TOKEN, QUEUE, TLS, TOKEN, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIGURES = ROOT / "target" / "browser-figures.json"
@@ -96,6 +96,28 @@ def test_pasted_monitor_url_subscribes_and_the_row_follows_the_job(watched, stac
     expect(r).to_contain_text("job.succeeded", timeout=20_000)
     expect(r).to_contain_text("delivered", timeout=20_000)
     assert wait_until(lambda: sent_for(stack, key["jobId"], "/webhook"), "the webhook message")
+    assert watched.unexpected_console_errors() == []
+
+
+def test_a_living_slack_message_is_one_message_with_a_link(watched, stack):
+    key = stack.add_job(name="shot_150 living", taskRunStatus="READY", taskRunStatusCounts={"READY": 4})
+    page = watched.page
+    page.goto(f"{stack.api}/")
+    page.get_by_label("Team token").fill(OTHER_TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#team-name")).to_have_text("fx")
+    page.get_by_label("Job ID or monitor URL").fill(monitor_url(key))
+    page.get_by_role("button", name="Subscribe", exact=True).click()
+    r = row(page, "shot_150 living")
+    expect(r).to_be_visible()
+    # The first read is a baseline; the next transition posts the job's one message.
+    expect(r).to_contain_text("READY")
+    stack.patch_job(key, taskRunStatus="SUCCEEDED", taskRunStatusCounts={"SUCCEEDED": 4})
+    link = r.get_by_role("link", name="one message in #fx-live")
+    expect(link).to_be_visible(timeout=30_000)
+    roots = [m for m in stack.slack_messages() if m["thread_ts"] is None and key["jobId"] in json.dumps(m["blocks"])]
+    assert len(roots) == 1, roots
+    expect(link).to_have_attribute("href", f"https://studio.slack.com/archives/C0SINK0001/p{roots[0]['ts'].replace('.', '')}")
     assert watched.unexpected_console_errors() == []
 
 
