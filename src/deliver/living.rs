@@ -267,7 +267,7 @@ impl Worker {
             w: self,
             active,
             ch,
-            dest: ch.destination(),
+            dest: ch.destination().into_owned(),
             slot_taken: true,
         };
         let shared = self.slack.clone();

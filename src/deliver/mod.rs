@@ -326,7 +326,7 @@ impl Worker {
                 .set(&self.team, &self.channel, queue.len(), queue.oldest());
             let now = self.clock.now();
             let dest = channel.destination();
-            let url = dest.as_str();
+            let url: &str = &dest;
             let tripped = self.dests().tripped(url);
             // Different jobs' messages may be in flight together; a failing endpoint
             // gets one probe at a time, on the breaker's schedule, whatever the
@@ -534,7 +534,7 @@ impl Worker {
         };
         let now = self.clock.now();
         let dest = target.destination();
-        let url = dest.as_str();
+        let url: &str = &dest;
         let reason_label = match &verdict {
             Verdict::Retry { reason }
             | Verdict::DeadLetter { reason }

@@ -231,10 +231,10 @@ impl Channel {
 
     /// What pacing, back-off and `Retry-After` apply to: the URL, or for a Slack
     /// app the (API, channel id) pair, since Slack limits each channel apart.
-    pub fn destination(&self) -> String {
+    pub fn destination(&self) -> std::borrow::Cow<'_, str> {
         match &self.app {
-            Some(a) => format!("{}#{}", self.url.expose(), a.channel),
-            None => self.url.expose().to_string(),
+            Some(a) => format!("{}#{}", self.url.expose(), a.channel).into(),
+            None => self.url.expose().into(),
         }
     }
 
