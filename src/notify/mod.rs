@@ -7,6 +7,7 @@
 //! alone does HTTP and sits with the adapters. This module depends on no
 //! configuration code: `config` reads its settings into the types defined here
 //! ([`Channel`], [`DeliveryConfig`]).
+pub mod quiet;
 pub mod retry;
 pub mod send;
 pub mod settings;
