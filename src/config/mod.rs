@@ -37,6 +37,10 @@ mod duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
+    pub fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        de(d).map(Some)
+    }
+
     pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(|e| {
@@ -594,6 +598,38 @@ struct RawChannel {
     dm_owner: Option<Vec<Event>>,
     /// Slack app only: the Web API's base URL.
     api_url: Option<String>,
+    /// One quiet range, or a list of them.
+    quiet_hours: Option<RawQuietHours>,
+    /// Events that are sent at once even in quiet hours and digest windows.
+    quiet_urgent: Option<Vec<Event>>,
+    /// Fold non-urgent messages arriving within this window into one digest.
+    #[serde(default, deserialize_with = "duration::opt")]
+    digest: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawQuietHours {
+    One(RawQuiet),
+    Many(Vec<RawQuiet>),
+}
+
+impl RawQuietHours {
+    fn ranges(&self) -> Vec<&RawQuiet> {
+        match self {
+            RawQuietHours::One(r) => vec![r],
+            RawQuietHours::Many(v) => v.iter().collect(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuiet {
+    from: Option<String>,
+    to: Option<String>,
+    tz: String,
+    days: Option<Vec<String>>,
 }
 
 /// Validated configuration.

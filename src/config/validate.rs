@@ -555,6 +555,7 @@ fn channel(
         .check_url(kind, url.expose())
         .map_err(|m| invalid(path, format!("{ck}.{url_key}"), m))?;
     let app = app_channel(&c, is_app, ck, path)?;
+    let defer = deferral(&c, is_app, ck, path)?;
     let secret = match &c.secret {
         None => None,
         Some(src) => {
@@ -593,9 +594,161 @@ fn channel(
         events: c.events,
         card_only: c.card_only.unwrap_or(false),
         app,
+        defer,
         mention_owner: c
             .mention_owner
             .unwrap_or_else(|| crate::domain::people::DEFAULT_MENTION_EVENTS.to_vec()),
+    })
+}
+
+/// `quiet_hours`, `quiet_urgent`, `digest`: each range checked, every error naming
+/// its key (`quiet_hours[1].tz`).
+fn deferral(
+    c: &RawChannel,
+    is_app: bool,
+    ck: &str,
+    path: &Path,
+) -> Result<crate::notify::quiet::Deferral, ConfigError> {
+    use crate::notify::quiet::{self, QuietRange};
+    if is_app && (c.quiet_hours.is_some() || c.digest.is_some()) {
+        let key = if c.quiet_hours.is_some() {
+            "quiet_hours"
+        } else {
+            "digest"
+        };
+        return Err(invalid(
+            path,
+            format!("{ck}.{key}"),
+            "a slack_app channel already folds each job into one living message; quiet hours and digests apply to slack, teams and webhook channels".into(),
+        ));
+    }
+    let mut ranges = Vec::new();
+    if let Some(q) = &c.quiet_hours {
+        let many = matches!(q, RawQuietHours::Many(_));
+        let all = q.ranges();
+        if all.is_empty() {
+            return Err(invalid(
+                path,
+                format!("{ck}.quiet_hours"),
+                "an empty list; omit the key for no quiet hours".into(),
+            ));
+        }
+        for (i, r) in all.into_iter().enumerate() {
+            let qk = if many {
+                format!("{ck}.quiet_hours[{i}]")
+            } else {
+                format!("{ck}.quiet_hours")
+            };
+            let tz: chrono_tz::Tz = r.tz.parse().map_err(|_| {
+                invalid(
+                    path,
+                    format!("{qk}.tz"),
+                    format!(
+                        "{:?} is not an IANA time zone (like \"Europe/London\")",
+                        r.tz
+                    ),
+                )
+            })?;
+            let time =
+                |key: &str, v: &Option<String>| -> Result<Option<chrono::NaiveTime>, ConfigError> {
+                    match v {
+                        None => Ok(None),
+                        Some(s) => quiet::parse_time(s).map(Some).ok_or_else(|| {
+                            invalid(
+                                path,
+                                format!("{qk}.{key}"),
+                                format!(
+                                    "{s:?} is not a time; write \"HH:MM\" or \"HH:MM:SS\" (24-hour)"
+                                ),
+                            )
+                        }),
+                    }
+                };
+            let times = match (time("from", &r.from)?, time("to", &r.to)?) {
+                (Some(f), Some(t)) => {
+                    if f == t {
+                        return Err(invalid(path, format!("{qk}.to"), "equals `from`: a range must have a length (for whole days, give `days` alone)".into()));
+                    }
+                    if quiet::length(f, t) < chrono::Duration::minutes(1) {
+                        return Err(invalid(
+                            path,
+                            format!("{qk}.to"),
+                            "the range is shorter than 1 minute".into(),
+                        ));
+                    }
+                    Some((f, t))
+                }
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(invalid(
+                        path,
+                        format!("{qk}.to"),
+                        "is required with `from`".into(),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        path,
+                        format!("{qk}.from"),
+                        "is required with `to`".into(),
+                    ));
+                }
+            };
+            let days = match &r.days {
+                None => None,
+                Some(d) if d.is_empty() => {
+                    return Err(invalid(
+                        path,
+                        format!("{qk}.days"),
+                        "an empty list; omit the key for every day".into(),
+                    ));
+                }
+                Some(d) => Some(
+                    d.iter()
+                        .enumerate()
+                        .map(|(j, s)| {
+                            quiet::parse_day(s).ok_or_else(|| {
+                                invalid(
+                                    path,
+                                    format!("{qk}.days[{j}]"),
+                                    format!("{s:?} is not a day; write \"mon\" … \"sun\""),
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
+            if times.is_none() && days.is_none() {
+                return Err(invalid(
+                    path,
+                    format!("{qk}.from"),
+                    "give `from` and `to`, or `days` for whole days".into(),
+                ));
+            }
+            ranges.push(QuietRange { tz, times, days });
+        }
+    }
+    if let Some(d) = c.digest
+        && !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(86_400))
+            .contains(&d)
+    {
+        return Err(invalid(
+            path,
+            format!("{ck}.digest"),
+            "must be between 1s and 24h".into(),
+        ));
+    }
+    if c.quiet_urgent.is_some() && ranges.is_empty() && c.digest.is_none() {
+        return Err(invalid(
+            path,
+            format!("{ck}.quiet_urgent"),
+            "has no effect without `quiet_hours` or `digest`".into(),
+        ));
+    }
+    Ok(crate::notify::quiet::Deferral {
+        quiet: ranges,
+        urgent: c.quiet_urgent.clone().unwrap_or_default(),
+        digest: c.digest,
     })
 }
 

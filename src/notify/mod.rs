@@ -223,6 +223,8 @@ pub struct Channel {
     pub card_only: bool,
     /// `kind = "slack_app"`: token, channel id, mode, `dm_owner`; `url` is `api_url`.
     pub app: Option<slack_app::AppChannel>,
+    /// Quiet hours, urgent events and digest windows.
+    pub defer: quiet::Deferral,
 }
 
 impl Channel {

@@ -7,7 +7,8 @@
 //! range is never doubled.
 use crate::domain::Event;
 use chrono::{
-    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Timelike, Utc, Weekday,
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Timelike, Utc,
+    Weekday,
 };
 use chrono_tz::Tz;
 
@@ -80,9 +81,12 @@ fn instant(tz: Tz, day: NaiveDate, time: NaiveTime) -> DateTime<Utc> {
     tz.from_utc_datetime(&local).with_timezone(&Utc)
 }
 
-
 /// The quiet periods of `r` that start on local days `first..=last`.
-fn periods(r: &QuietRange, first: NaiveDate, last: NaiveDate) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+fn periods(
+    r: &QuietRange,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
     let mut out = Vec::new();
     let mut day = first;
     while day <= last {
@@ -165,7 +169,11 @@ pub fn parse_day(s: &str) -> Option<Weekday> {
 /// The length of a range, whatever the day (`to` ≤ `from` crosses midnight).
 pub fn length(from: NaiveTime, to: NaiveTime) -> Duration {
     let d = to - from;
-    if d <= Duration::zero() { d + Duration::days(1) } else { d }
+    if d <= Duration::zero() {
+        d + Duration::days(1)
+    } else {
+        d
+    }
 }
 
 #[cfg(test)]
@@ -188,40 +196,79 @@ mod tests {
     fn london_evenings_across_both_2026_clock_changes() {
         let q = [range("Europe/London", "20:00", "08:00")];
         // A normal winter night: GMT = UTC.
-        assert_eq!(quiet_until(&q, utc("2026-01-10T21:00:00Z")), Some(utc("2026-01-11T08:00:00Z")));
+        assert_eq!(
+            quiet_until(&q, utc("2026-01-10T21:00:00Z")),
+            Some(utc("2026-01-11T08:00:00Z"))
+        );
         // Clocks go forward on 29 March 2026 at 01:00 GMT: the night is an hour shorter.
-        assert_eq!(quiet_until(&q, utc("2026-03-28T21:00:00Z")), Some(utc("2026-03-29T07:00:00Z")));
-        assert_eq!(quiet_until(&q, utc("2026-03-29T06:59:59Z")), Some(utc("2026-03-29T07:00:00Z")));
+        assert_eq!(
+            quiet_until(&q, utc("2026-03-28T21:00:00Z")),
+            Some(utc("2026-03-29T07:00:00Z"))
+        );
+        assert_eq!(
+            quiet_until(&q, utc("2026-03-29T06:59:59Z")),
+            Some(utc("2026-03-29T07:00:00Z"))
+        );
         assert_eq!(quiet_until(&q, utc("2026-03-29T07:00:00Z")), None);
         // Back on 25 October 2026 at 01:00 GMT (02:00 BST): an hour longer.
-        assert_eq!(quiet_until(&q, utc("2026-10-24T19:00:00Z")), Some(utc("2026-10-25T08:00:00Z")));
-        assert_eq!(quiet_until(&q, utc("2026-10-24T18:59:59Z")), None, "19:59:59 BST");
+        assert_eq!(
+            quiet_until(&q, utc("2026-10-24T19:00:00Z")),
+            Some(utc("2026-10-25T08:00:00Z"))
+        );
+        assert_eq!(
+            quiet_until(&q, utc("2026-10-24T18:59:59Z")),
+            None,
+            "19:59:59 BST"
+        );
         // The edges: 19:59:59.9 local goes at once; 20:00 waits until 08:00.
         assert_eq!(quiet_until(&q, utc("2026-07-01T18:59:59.900Z")), None);
-        assert_eq!(quiet_until(&q, utc("2026-07-01T19:00:00Z")), Some(utc("2026-07-02T07:00:00Z")));
+        assert_eq!(
+            quiet_until(&q, utc("2026-07-01T19:00:00Z")),
+            Some(utc("2026-07-02T07:00:00Z"))
+        );
     }
 
     #[test]
     fn los_angeles_and_kolkata() {
         let la = [range("America/Los_Angeles", "20:00", "08:00")];
         // 8 March 2026 02:00 PST → 03:00 PDT.
-        assert_eq!(quiet_until(&la, utc("2026-03-08T04:00:00Z")), Some(utc("2026-03-08T15:00:00Z")));
+        assert_eq!(
+            quiet_until(&la, utc("2026-03-08T04:00:00Z")),
+            Some(utc("2026-03-08T15:00:00Z"))
+        );
         // 1 November 2026 02:00 PDT → 01:00 PST.
-        assert_eq!(quiet_until(&la, utc("2026-11-01T03:00:00Z")), Some(utc("2026-11-01T16:00:00Z")));
+        assert_eq!(
+            quiet_until(&la, utc("2026-11-01T03:00:00Z")),
+            Some(utc("2026-11-01T16:00:00Z"))
+        );
         let ist = [range("Asia/Kolkata", "22:30", "06:15")];
-        assert_eq!(quiet_until(&ist, utc("2026-05-01T16:59:59Z")), None, "22:29:59 IST");
-        assert_eq!(quiet_until(&ist, utc("2026-05-01T17:00:00Z")), Some(utc("2026-05-02T00:45:00Z")));
+        assert_eq!(
+            quiet_until(&ist, utc("2026-05-01T16:59:59Z")),
+            None,
+            "22:29:59 IST"
+        );
+        assert_eq!(
+            quiet_until(&ist, utc("2026-05-01T17:00:00Z")),
+            Some(utc("2026-05-02T00:45:00Z"))
+        );
     }
 
     #[test]
-    fn a_start_in_a_skipped_hour_starts_at_the_next_valid_instant_and_a_repeated_hour_is_not_doubled() {
+    fn a_start_in_a_skipped_hour_starts_at_the_next_valid_instant_and_a_repeated_hour_is_not_doubled()
+     {
         // 01:30 does not exist in London on 29 March 2026; the range starts at 02:00 BST (01:00 UTC).
         let q = [range("Europe/London", "01:30", "03:00")];
         assert_eq!(quiet_until(&q, utc("2026-03-29T00:59:00Z")), None);
-        assert_eq!(quiet_until(&q, utc("2026-03-29T01:00:00Z")), Some(utc("2026-03-29T02:00:00Z")));
+        assert_eq!(
+            quiet_until(&q, utc("2026-03-29T01:00:00Z")),
+            Some(utc("2026-03-29T02:00:00Z"))
+        );
         // 01:00–01:30 happens twice on 25 October 2026: quiet only the first time.
         let q = [range("Europe/London", "01:00", "01:30")];
-        assert_eq!(quiet_until(&q, utc("2026-10-25T00:10:00Z")), Some(utc("2026-10-25T00:30:00Z")));
+        assert_eq!(
+            quiet_until(&q, utc("2026-10-25T00:10:00Z")),
+            Some(utc("2026-10-25T00:30:00Z"))
+        );
         assert_eq!(quiet_until(&q, utc("2026-10-25T01:10:00Z")), None);
     }
 
@@ -234,18 +281,33 @@ mod tests {
         }];
         // Friday 3 July 2026 23:00 BST is not quiet; Saturday 00:00 to Monday 00:00 is, as one.
         assert_eq!(quiet_until(&weekend, utc("2026-07-03T21:59:00Z")), None);
-        assert_eq!(quiet_until(&weekend, utc("2026-07-04T10:00:00Z")), Some(utc("2026-07-05T23:00:00Z")));
+        assert_eq!(
+            quiet_until(&weekend, utc("2026-07-04T10:00:00Z")),
+            Some(utc("2026-07-05T23:00:00Z"))
+        );
         let fridays = [QuietRange {
             days: Some(vec![Weekday::Fri]),
             ..range("Europe/London", "22:00", "02:00")
         }];
         // Starts Friday 22:00 and runs into Saturday; Saturday 22:00 is not quiet.
-        assert_eq!(quiet_until(&fridays, utc("2026-07-04T00:30:00Z")), Some(utc("2026-07-04T01:00:00Z")));
+        assert_eq!(
+            quiet_until(&fridays, utc("2026-07-04T00:30:00Z")),
+            Some(utc("2026-07-04T01:00:00Z"))
+        );
         assert_eq!(quiet_until(&fridays, utc("2026-07-04T21:30:00Z")), None);
         // Two adjoining ranges are one quiet period.
-        let two = [range("UTC", "20:00", "23:00"), range("UTC", "23:00", "06:00")];
-        assert_eq!(quiet_until(&two, utc("2026-07-01T21:00:00Z")), Some(utc("2026-07-02T06:00:00Z")));
-        assert_eq!(next_quiet(&two, utc("2026-07-02T07:00:00Z")), Some(utc("2026-07-02T20:00:00Z")));
+        let two = [
+            range("UTC", "20:00", "23:00"),
+            range("UTC", "23:00", "06:00"),
+        ];
+        assert_eq!(
+            quiet_until(&two, utc("2026-07-01T21:00:00Z")),
+            Some(utc("2026-07-02T06:00:00Z"))
+        );
+        assert_eq!(
+            next_quiet(&two, utc("2026-07-02T07:00:00Z")),
+            Some(utc("2026-07-02T20:00:00Z"))
+        );
     }
 
     #[test]
@@ -269,8 +331,14 @@ mod tests {
         };
         let t = utc("2026-07-01T12:00:00Z");
         assert!(w.holds(Event::Succeeded, t));
-        assert_eq!(w.release_at(t, t + Duration::seconds(5)), t + Duration::minutes(10));
-        assert_eq!(w.release_at(t, t + Duration::hours(1)), t + Duration::hours(1));
+        assert_eq!(
+            w.release_at(t, t + Duration::seconds(5)),
+            t + Duration::minutes(10)
+        );
+        assert_eq!(
+            w.release_at(t, t + Duration::hours(1)),
+            t + Duration::hours(1)
+        );
     }
 
     #[test]
@@ -283,6 +351,9 @@ mod tests {
         assert_eq!(parse_day("sat"), Some(Weekday::Sat));
         assert_eq!(parse_day("Sunday"), Some(Weekday::Sun));
         assert_eq!(parse_day("someday"), None);
-        assert_eq!(length(parse_time("20:00").unwrap(), parse_time("08:00").unwrap()), Duration::hours(12));
+        assert_eq!(
+            length(parse_time("20:00").unwrap(), parse_time("08:00").unwrap()),
+            Duration::hours(12)
+        );
     }
 }

@@ -259,6 +259,7 @@ mod tests {
             mention_owner: vec![],
             card_only: false,
             app: None,
+            defer: Default::default(),
         };
         Team {
             name: name.into(),

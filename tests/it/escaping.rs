@@ -232,6 +232,7 @@ fn hostile_text_never_breaks_a_payload() {
                         mention_owner: vec![],
                         card_only: false,
                         app: None,
+                        defer: Default::default(),
                     };
                     let payload = r
                         .payload("lighting", &channel, &snap, &tr)
@@ -297,6 +298,7 @@ fn a_job_value_cannot_rearrange_the_message() {
             mention_owner: vec![],
             card_only: false,
             app: None,
+            defer: Default::default(),
         };
         defaults
             .payload(
