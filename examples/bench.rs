@@ -260,6 +260,9 @@ async fn run_throughput(m: usize, sim: String, sink: String, stats: String) {
                 failure: None,
                 snapshot: None,
                 transition: None,
+                held: false,
+                brief: None,
+                digest_of: 0,
             });
         }
         let state = JobState {

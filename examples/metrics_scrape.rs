@@ -88,6 +88,9 @@ url = "http://127.0.0.1:9/hook"
             failure: None,
             snapshot: None,
             transition: None,
+            held: false,
+            brief: None,
+            digest_of: 0,
         };
         let st = JobState {
             job: key(i),

@@ -97,6 +97,9 @@ pub fn give_up_at(e: &OutboxEntry, give_up_after: Duration) -> DateTime<Utc> {
 #[derive(Debug, Default)]
 pub struct Queue {
     entries: BTreeMap<u64, Pending>,
+    /// How many entries are held: most channels hold none, and then nothing
+    /// below walks the queue for them.
+    held_count: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +111,8 @@ struct Pending {
     test: bool,
     /// Being sent now: its job's later messages wait until this one is settled.
     sending: bool,
+    /// Held for the channel's digest.
+    held: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +124,8 @@ pub enum Next {
 
 impl Queue {
     pub fn insert(&mut self, e: &OutboxEntry) {
-        self.entries.insert(
+        self.held_count += usize::from(e.held);
+        let old = self.entries.insert(
             e.seq,
             Pending {
                 job: e.job.clone(),
@@ -127,8 +133,12 @@ impl Queue {
                 created_at: e.created_at,
                 test: e.is_test(),
                 sending: false,
+                held: e.held,
             },
         );
+        if old.is_some_and(|p| p.held) {
+            self.held_count -= 1;
+        }
     }
 
     /// Marks a message as being sent; [`Queue::next`] then passes over its job.
@@ -146,7 +156,9 @@ impl Queue {
     }
 
     pub fn remove(&mut self, seq: u64) {
-        self.entries.remove(&seq);
+        if self.entries.remove(&seq).is_some_and(|p| p.held) {
+            self.held_count -= 1;
+        }
     }
 
     pub fn set_due(&mut self, seq: u64, due: DateTime<Utc>) {
@@ -169,6 +181,40 @@ impl Queue {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Jobs whose held messages go on their own, in order: a later message of the
+    /// job is not held (an urgent event), and must not overtake them.
+    fn released(&self) -> HashSet<&JobKey> {
+        if self.held_count == 0 {
+            return HashSet::new();
+        }
+        self.entries
+            .values()
+            .filter(|p| !p.held)
+            .map(|p| &p.job)
+            .collect()
+    }
+
+    /// The messages held for the digest (not released by a later urgent one of
+    /// their job), oldest first, and the creation time of the oldest.
+    pub fn held(&self) -> (Vec<u64>, Option<DateTime<Utc>>) {
+        if self.held_count == 0 {
+            return (Vec::new(), None);
+        }
+        let released = self.released();
+        let seqs: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, p)| p.held && !released.contains(&p.job))
+            .map(|(s, _)| *s)
+            .collect();
+        let oldest = seqs
+            .iter()
+            .filter_map(|s| self.entries.get(s))
+            .map(|p| p.created_at)
+            .min();
+        (seqs, oldest)
     }
 
     /// Whether a later message of the same job as `seq` is queued (a living
@@ -203,12 +249,17 @@ impl Queue {
     /// A message being sent holds back its job's later ones (and, if real, every
     /// test) until its outcome is known: a failed send is retried before them.
     pub fn next(&self, now: DateTime<Utc>) -> Next {
+        let released = self.released();
         for tests in [false, true] {
             let mut seen: HashSet<&JobKey> = HashSet::new();
             let mut soonest: Option<DateTime<Utc>> = None;
             let mut sending = false;
             for (seq, p) in self.entries.iter().filter(|(_, p)| p.test == tests) {
                 if !seen.insert(&p.job) {
+                    continue;
+                }
+                // Held for the digest: the job's later messages wait behind it.
+                if p.held && !released.contains(&p.job) {
                     continue;
                 }
                 if p.sending {
@@ -474,6 +525,9 @@ mod tests {
             failure: None,
             snapshot: None,
             transition: None,
+            held: false,
+            brief: None,
+            digest_of: 0,
         }
     }
 
@@ -783,6 +837,29 @@ mod tests {
             before_send(None, &e, false, None, t0()),
             BeforeSend::Unrenderable("no payload".into())
         );
+    }
+
+    #[test]
+    fn held_messages_wait_and_a_later_urgent_one_releases_its_job_in_order() {
+        let held = |seq, j| OutboxEntry {
+            held: true,
+            ..entry(seq, j, 0)
+        };
+        let mut q = Queue::default();
+        q.insert(&held(1, 1));
+        q.insert(&held(2, 2));
+        q.insert(&held(3, 1));
+        assert_eq!(q.next(t0()), Next::Idle, "everything held");
+        assert_eq!(q.held(), (vec![1, 2, 3], Some(t0())));
+        // Job 1's urgent message: its held ones go first, one at a time, in order.
+        q.insert(&entry(4, 1, 0));
+        assert_eq!(q.held().0, vec![2]);
+        assert_eq!(q.next(t0()), Next::Send(1));
+        q.start(1);
+        assert_eq!(q.next(t0()), Next::Idle);
+        q.finish(1);
+        q.remove(1);
+        assert_eq!(q.next(t0()), Next::Send(3));
     }
 
     #[test]

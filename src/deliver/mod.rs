@@ -22,32 +22,91 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-/// What each worker has queued (count, oldest creation time), for `/metrics`
-/// without reading the store.
+/// What each worker has queued (count, oldest creation time) and holds for a
+/// digest, for `/metrics` and `/v1/channels` without reading the store; and the
+/// channels whose held messages a person asked to send now.
 #[derive(Clone, Default)]
-pub struct Backlogs(Arc<Mutex<HashMap<(String, String), Backlog>>>);
+pub struct Backlogs {
+    queued: Arc<Mutex<HashMap<(String, String), Backlog>>>,
+    held: Arc<Mutex<HashMap<(String, String), Held>>>,
+    flush: Arc<Mutex<HashSet<(String, String)>>>,
+}
 
 /// Queued messages and the creation time of the oldest.
 type Backlog = (usize, Option<DateTime<Utc>>);
 
+/// Messages held for a digest, and when it goes.
+pub type Held = (usize, Option<DateTime<Utc>>);
+
+fn key(team: &str, channel: &str) -> (String, String) {
+    (team.to_string(), channel.to_string())
+}
+
 impl Backlogs {
     fn set(&self, team: &str, channel: &str, n: usize, oldest: Option<DateTime<Utc>>) {
-        self.0
+        self.queued
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((team.to_string(), channel.to_string()), (n, oldest));
+            .insert(key(team, channel), (n, oldest));
     }
 
     fn remove(&self, team: &str, channel: &str) {
-        self.0
+        self.queued
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&(team.to_string(), channel.to_string()));
+            .remove(&key(team, channel));
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(team, channel));
+    }
+
+    fn set_held(&self, team: &str, channel: &str, n: usize, next: Option<DateTime<Utc>>) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key(team, channel), (n, next));
+    }
+
+    /// Held messages of a channel, and when its digest goes.
+    pub fn held(&self, team: &str, channel: &str) -> Held {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key(team, channel))
+            .copied()
+            .unwrap_or((0, None))
+    }
+
+    /// (team, channel, held) per running worker.
+    pub fn held_snapshot(&self) -> Vec<(String, String, usize)> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((t, c), (n, _))| (t.clone(), c.clone(), *n))
+            .collect()
+    }
+
+    /// Asks the channel's worker to send what it holds now, as one digest (the
+    /// caller wakes it).
+    pub fn request_flush(&self, team: &str, channel: &str) {
+        self.flush
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key(team, channel));
+    }
+
+    fn take_flush(&self, team: &str, channel: &str) -> bool {
+        self.flush
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(team, channel))
     }
 
     /// (team, channel, queued, oldest) per running worker.
     pub fn snapshot(&self) -> Vec<(String, String, usize, Option<DateTime<Utc>>)> {
-        self.0
+        self.queued
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
@@ -325,6 +384,9 @@ impl Worker {
             self.backlogs
                 .set(&self.team, &self.channel, queue.len(), queue.oldest());
             let now = self.clock.now();
+            let digest_at = self
+                .digest_turn(&active, &channel, &mut queue, &mut kept, now)
+                .await?;
             let dest = channel.destination();
             let url: &str = &dest;
             let tripped = self.dests().tripped(url);
@@ -353,6 +415,10 @@ impl Worker {
                 }
                 Next::WaitUntil(t) => (t - now).to_std().unwrap_or(Duration::ZERO),
                 Next::Idle => Duration::from_secs(60),
+            };
+            let wait = match digest_at {
+                Some(t) => wait.min((t - now).to_std().unwrap_or(Duration::ZERO)),
+                None => wait,
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -430,6 +496,129 @@ impl Worker {
                 Some(_) => {}
             }
         }
+        Ok(())
+    }
+
+    /// Folds what the channel holds into a digest once it is due (or asked for with
+    /// `POST /v1/channels/{name}/flush`); returns when the next one is due.
+    async fn digest_turn(
+        &self,
+        active: &Active,
+        channel: &Channel,
+        queue: &mut Queue,
+        kept: &mut HashMap<u64, OutboxEntry>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        // Taken whether or not anything is held: a "send now" with nothing held
+        // must not release a later message early.
+        let asked = self.backlogs.take_flush(&self.team, &self.channel);
+        let (seqs, oldest) = queue.held();
+        let Some(oldest) = oldest else {
+            self.backlogs.set_held(&self.team, &self.channel, 0, None);
+            return Ok(None);
+        };
+        let at = if asked {
+            now
+        } else {
+            channel.defer.release_at(oldest, now)
+        };
+        if at > now {
+            self.backlogs
+                .set_held(&self.team, &self.channel, seqs.len(), Some(at));
+            return Ok(Some(at));
+        }
+        self.fold(active, channel, &seqs, queue, kept, now).await?;
+        self.backlogs.set_held(&self.team, &self.channel, 0, None);
+        Ok(None)
+    }
+
+    /// One digest of the held messages `seqs`: rendered into pages and queued in
+    /// their place in one transaction. If it cannot be rendered, the held messages
+    /// go one by one instead: late, never lost.
+    async fn fold(
+        &self,
+        active: &Active,
+        channel: &Channel,
+        seqs: &[u64],
+        queue: &mut Queue,
+        kept: &mut HashMap<u64, OutboxEntry>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (t, c, wanted) = (self.team.clone(), self.channel.clone(), seqs.to_vec());
+        let held: Vec<OutboxEntry> = self
+            .store
+            .run(move |s| {
+                let mut out = Vec::new();
+                for seq in wanted {
+                    out.extend(s.outbox_entry(&t, &c, seq)?);
+                }
+                Ok(out)
+            })
+            .await?;
+        for seq in seqs {
+            queue.remove(*seq);
+            kept.remove(seq);
+        }
+        if held.is_empty() {
+            return Ok(());
+        }
+        let pages = match active.renderer.digest_pages(&self.team, channel, &held) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(team = %self.team, channel = %self.channel, error = %e, held = held.len(), "the digest could not be rendered; sending the held messages one by one");
+                for mut e in held {
+                    e.held = false;
+                    queue.insert(&e);
+                    let saved = e.clone();
+                    self.store.run(move |s| s.update_outbox(&saved)).await?;
+                }
+                return Ok(());
+            }
+        };
+        let first = held[0].webhook_id.clone();
+        let event = held[held.len() - 1].event;
+        let n = pages.len();
+        let entries: Vec<OutboxEntry> = pages
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| {
+                // Stable per digest page: a crash before the fold commits leaves the
+                // held messages, after it the pages with these ids.
+                let id = format!("digest_{first}_{}", i + 1);
+                OutboxEntry {
+                    seq: 0,
+                    webhook_id: id.clone(),
+                    team: self.team.clone(),
+                    channel: self.channel.clone(),
+                    kind: channel.kind.as_str().to_string(),
+                    job: crate::domain::JobKey {
+                        farm_id: "digest".into(),
+                        queue_id: self.channel.clone().into(),
+                        job_id: id.into(),
+                    },
+                    event,
+                    created_at: now,
+                    attempts: 0,
+                    next_attempt_at: now,
+                    last_error: None,
+                    payload,
+                    triage_until: None,
+                    failure: None,
+                    snapshot: None,
+                    transition: None,
+                    held: false,
+                    brief: None,
+                    digest_of: held.len() as u32,
+                }
+            })
+            .collect();
+        let folded = held.len();
+        self.store
+            .run(move |s| s.fold_into_digest(&held, entries, now))
+            .await?;
+        metrics::counter!("deadline_notifier_digests_total", "team" => self.team.clone(), "channel" => self.channel.clone())
+            .increment(1);
+        tracing::info!(team = %self.team, channel = %self.channel, held = folded, pages = n, "digest queued");
         Ok(())
     }
 
@@ -712,6 +901,9 @@ mod tests {
             failure: None,
             snapshot: None,
             transition: None,
+            held: false,
+            brief: None,
+            digest_of: 0,
         }
     }
 

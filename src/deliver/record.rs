@@ -103,6 +103,9 @@ mod tests {
             failure: None,
             snapshot: None,
             transition: None,
+            held: false,
+            brief: None,
+            digest_of: 0,
         }
     }
 

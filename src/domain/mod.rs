@@ -16,7 +16,7 @@ pub mod secret;
 pub mod text;
 pub use failure::{FailedStep, FailedTask, Failure};
 pub use records::{
-    Anchor, ChannelState, DeadLetter, JobState, Notice, NoticeState, OutboxEntry, Progress,
+    Anchor, Brief, ChannelState, DeadLetter, JobState, Notice, NoticeState, OutboxEntry, Progress,
     Subscription, SubscriptionHead, TEST_MESSAGE_PREFIX, Watch,
 };
 

@@ -132,6 +132,37 @@ pub struct OutboxEntry {
     pub snapshot: Option<Box<super::JobSnapshot>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transition: Option<super::Transition>,
+    /// Held for a digest (quiet hours or a digest window) until its channel's
+    /// digest goes out, or until a later urgent message of its job releases it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+    /// What a digest line says of the job, on channels that may hold messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brief: Option<Brief>,
+    /// A digest page: how many held messages it folds (0 for any other message).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub digest_of: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A job as one line of a digest: kept with each message of a channel that may
+/// hold messages, so a digest needs nothing but the outbox.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Brief {
+    pub name: String,
+    /// The job's state in words ("Succeeded").
+    pub status: String,
+    pub failed_tasks: i64,
+    pub duration: Option<String>,
+    /// The owner's display name, from the people directory.
+    pub owner: Option<String>,
+    /// The owner's Slack member id, when this message mentions the owner.
+    pub mention_slack: Option<String>,
+    pub link: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +193,9 @@ pub enum NoticeState {
     Delivered,
     #[serde(rename = "dead letter")]
     DeadLetter,
+    /// Held (quiet hours, a digest window) and folded into a digest message.
+    #[serde(rename = "in digest")]
+    InDigest,
 }
 
 /// The latest notification a team's subscription sent (or is sending) to one channel.

@@ -70,6 +70,30 @@ pub struct Rendered {
     pub template: String,
 }
 
+/// One page of a digest: the text its template rendered and the facts behind it.
+pub struct Digest<'a> {
+    pub channel: &'a str,
+    pub rendered: &'a Rendered,
+    /// Times of the first and last held message.
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub to: chrono::DateTime<chrono::Utc>,
+    /// The jobs on this page, newest state first.
+    pub jobs: &'a [DigestJob],
+    /// Each held message's own payload, as it would have been sent alone.
+    pub items: &'a [Value],
+    /// The channel's `card_only` (Teams).
+    pub card_only: bool,
+}
+
+/// A job on a digest page: what a kind links to and mentions.
+#[derive(Debug, Clone)]
+pub struct DigestJob {
+    pub name: String,
+    pub link: Option<String>,
+    /// A member id from the people directory, when the channel mentions the owner.
+    pub mention_slack: Option<String>,
+}
+
 /// What came back from the destination.
 #[derive(Debug)]
 pub struct Answer<'a> {
@@ -107,6 +131,16 @@ pub trait Kind: Sync + Send + 'static {
     /// `give_up_after`) rather than dead-lettering them.
     fn holds_when_disabled(&self) -> bool {
         false
+    }
+    /// The built-in `templates/default/<name>/digest.hbs`, for kinds that fold
+    /// held messages into a digest.
+    fn digest_template(&self) -> Option<&'static str> {
+        None
+    }
+    /// A digest page's payload, and whether it is within the platform's limits
+    /// (a page that is not gets fewer jobs).
+    fn digest_payload(&self, _d: &Digest) -> (Value, bool) {
+        (Value::Null, false)
     }
     /// Escapes a job value for the kind's markup (applied by templates to every
     /// `{{field}}`). The default strips control characters (keeps `\n`, `\t`).

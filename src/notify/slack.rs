@@ -46,6 +46,12 @@ impl Kind for Slack {
         }
         v
     }
+    fn digest_template(&self) -> Option<&'static str> {
+        Some(include_str!("../../templates/default/slack/digest.hbs"))
+    }
+    fn digest_payload(&self, d: &super::Digest) -> (Value, bool) {
+        digest(d)
+    }
     fn classify(&self, a: &Answer, max_retry_after: Duration) -> Verdict {
         // Slack's Web API answers 200 with {"ok":false,...}; incoming webhooks answer "ok".
         if (200..300).contains(&a.status)
@@ -117,6 +123,73 @@ pub fn payload(r: &Rendered, link: Option<&str>) -> Value {
         "unfurl_links": false,
         "unfurl_media": false
     })
+}
+
+/// Blocks a digest page may use at most (of Slack's 50), leaving room for the
+/// header and the links.
+const DIGEST_SECTIONS: usize = 45;
+
+/// A digest page: the header, the rendered lines in `mrkdwn` sections (cut on line
+/// boundaries, each within Slack's 3,000 characters), and a `rich_text` list that
+/// links each job (its name a plain text element: never parsed) and mentions the
+/// owners from the people directory.
+fn digest(d: &super::Digest) -> (Value, bool) {
+    let r = d.rendered;
+    let mut sections: Vec<String> = Vec::new();
+    let mut fits = true;
+    for line in r.body.lines().filter(|l| !l.trim().is_empty()) {
+        if line.chars().count() > TEXT_LIMIT {
+            fits = false;
+        }
+        let line = truncate(line, TEXT_LIMIT);
+        match sections.last_mut() {
+            Some(cur) if cur.chars().count() + 1 + line.chars().count() <= TEXT_LIMIT => {
+                cur.push('\n');
+                cur.push_str(&line);
+            }
+            _ => sections.push(line),
+        }
+    }
+    fits &= sections.len() <= DIGEST_SECTIONS;
+    let mut blocks = vec![json!({
+        "type": "header",
+        "text": {"type": "plain_text", "text": truncate(&r.title, HEADER_LIMIT), "emoji": true}
+    })];
+    for t in sections {
+        blocks.push(
+            json!({"type": "section", "text": {"type": "mrkdwn", "text": t, "verbatim": true}}),
+        );
+    }
+    let items: Vec<Value> = d
+        .jobs
+        .iter()
+        .filter(|j| j.link.is_some() || j.mention_slack.is_some())
+        .map(|j| {
+            let mut el = vec![match &j.link {
+                Some(url) => json!({"type": "link", "url": url, "text": truncate(&crate::domain::text::sanitize(&j.name), 200)}),
+                None => json!({"type": "text", "text": truncate(&crate::domain::text::sanitize(&j.name), 200)}),
+            }];
+            if let Some(id) = &j.mention_slack {
+                el.push(json!({"type": "text", "text": " · "}));
+                el.push(json!({"type": "user", "user_id": id}));
+            }
+            json!({"type": "rich_text_section", "elements": el})
+        })
+        .collect();
+    if !items.is_empty() {
+        blocks.push(json!({"type": "rich_text", "elements": [
+            {"type": "rich_text_list", "style": "bullet", "elements": items}
+        ]}));
+    }
+    let fallback = if r.fallback.is_empty() {
+        "Deadline Cloud digest".to_string()
+    } else {
+        truncate(&r.fallback, TEXT_LIMIT)
+    };
+    (
+        json!({"text": fallback, "blocks": blocks, "unfurl_links": false, "unfurl_media": false}),
+        fits,
+    )
 }
 
 /// Slack's code block for a log tail: lines are text elements of a

@@ -27,6 +27,17 @@ impl Kind for Teams {
     fn default_template(&self) -> &'static str {
         include_str!("../../templates/default/teams/default.hbs")
     }
+    fn digest_template(&self) -> Option<&'static str> {
+        Some(include_str!("../../templates/default/teams/digest.hbs"))
+    }
+    fn digest_payload(&self, d: &super::Digest) -> (Value, bool) {
+        let (v, fits) = digest(d);
+        if d.card_only {
+            (bare_card(v), fits)
+        } else {
+            (v, fits)
+        }
+    }
     fn refuse_url(&self, url: &url::Url) -> Option<String> {
         match url.host() {
             Some(url::Host::Domain(d))
@@ -146,6 +157,14 @@ fn card(
             "content": content
         }]
     })
+}
+
+/// A digest page: the rendered lines as TextRuns (nothing in them can format, link
+/// or mention), within the envelope limit without cutting any line.
+pub fn digest(d: &super::Digest) -> (Value, bool) {
+    let whole = card(d.rendered, None, None, usize::MAX);
+    let fits = serde_json::to_vec(&whole).map_or(false, |b| b.len() <= ENVELOPE_LIMIT);
+    (whole, fits)
 }
 
 /// The card inside a `message` envelope.

@@ -8,6 +8,9 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
+/// A webhook digest page's body at most (receivers commonly accept 256 KB).
+pub const DIGEST_LIMIT: usize = 250_000;
+
 pub struct Webhook;
 
 impl Kind for Webhook {
@@ -16,6 +19,34 @@ impl Kind for Webhook {
     }
     fn default_template(&self) -> &'static str {
         include_str!("../../templates/default/webhook/default.hbs")
+    }
+    fn digest_template(&self) -> Option<&'static str> {
+        Some(include_str!("../../templates/default/webhook/digest.hbs"))
+    }
+    /// `{"type": "notifications.digest", "data": {channel, from, to, summary,
+    /// items}}`: each item is a held message's own payload, signed as one body.
+    fn digest_payload(&self, d: &super::Digest) -> (Value, bool) {
+        let ts = |t: chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let summary = if d.rendered.body.is_empty() {
+            d.rendered.title.clone()
+        } else {
+            format!("{}\n{}", d.rendered.title, d.rendered.body)
+        };
+        let v = json!({
+            "type": "notifications.digest",
+            "timestamp": ts(d.to),
+            "data": {
+                "channel": d.channel,
+                "from": ts(d.from),
+                "to": ts(d.to),
+                "summary": super::truncate(&summary, SUMMARY_LIMIT),
+                "items": d.items,
+            }
+        });
+        let fits = serde_json::to_vec(&v).map_or(false, |b| b.len() <= DIGEST_LIMIT);
+        (v, fits)
     }
     fn check_secret(&self, secret: &str) -> Result<(), String> {
         decode_secret(secret).map(|_| ())

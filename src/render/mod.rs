@@ -10,12 +10,15 @@
 //!
 //! Layer "decisions": imports `domain`, `notify` (the kinds' escaping and payloads),
 //! `config` and `watch::progress`; never the store, the network or the loops.
+mod digest;
+
 use crate::config::Config;
 use crate::domain::monitor::Monitor;
 use crate::domain::text::sanitize;
 use crate::domain::{Event, JobKey, JobSnapshot, Transition};
 use crate::notify::{ChannelKind, Message, Rendered};
 use chrono::{DateTime, Utc};
+use digest::sample_digest_context;
 use handlebars::Handlebars;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -41,6 +44,9 @@ pub fn embedded(rel: &str) -> Option<&'static str> {
     if let Some(kind) = rest.strip_suffix("/root.hbs") {
         return ChannelKind::named(kind).and_then(|k| k.root_template());
     }
+    if let Some(kind) = rest.strip_suffix("/digest.hbs") {
+        return ChannelKind::named(kind).and_then(|k| k.digest_template());
+    }
     let kind = rest.strip_suffix("/default.hbs")?;
     ChannelKind::named(kind).map(|k| k.default_template())
 }
@@ -55,6 +61,8 @@ pub struct Renderer {
     resolved: HashMap<(String, ChannelKind, Event), String>,
     /// (team, kind) → the living message's template, for kinds that keep one.
     roots: HashMap<(String, ChannelKind), String>,
+    /// (team, kind) → the digest template, for kinds that fold held messages.
+    digests: HashMap<(String, ChannelKind), String>,
     monitor: Option<Monitor>,
     people: std::sync::Arc<crate::domain::people::People>,
     /// Templates that use `failure` (their messages wait for triage whatever the event).
@@ -105,6 +113,7 @@ impl Renderer {
             by_kind: HashMap::new(),
             resolved: HashMap::new(),
             roots: HashMap::new(),
+            digests: HashMap::new(),
             monitor: Monitor::new(
                 cfg.deadline.monitor_url.as_deref(),
                 cfg.deadline
@@ -144,6 +153,15 @@ impl Renderer {
                             message: "no root template found for this channel kind".into(),
                         })?;
                     r.roots.insert((team.name.clone(), kind), rel);
+                }
+                if kind.digest_template().is_some() {
+                    let candidates = [
+                        format!("{}/{kind_s}/digest.hbs", team.name),
+                        format!("default/{kind_s}/digest.hbs"),
+                    ];
+                    if let Some(rel) = r.find_template(dir, &candidates, &mut loaded)? {
+                        r.digests.insert((team.name.clone(), kind), rel);
+                    }
                 }
                 for event in Event::ALL {
                     let candidates = [
@@ -189,6 +207,16 @@ impl Renderer {
                     other => other,
                 })?;
             }
+        }
+        for ((team, kind), rel) in &r.digests {
+            let ctx = sample_digest_context(team);
+            r.render_named(rel, *kind, &ctx).map_err(|e| match e {
+                RenderError::Render { message, .. } => RenderError::Render {
+                    file: loaded[rel].clone(),
+                    message,
+                },
+                other => other,
+            })?;
         }
         Ok(r)
     }
@@ -332,6 +360,30 @@ impl Renderer {
                 .as_ref()
                 .is_some_and(|a| a.dm_owner.contains(&tr.event)),
         }))
+    }
+
+    /// What a digest line says of `job` after `tr` on `channel`.
+    pub fn brief(
+        &self,
+        channel: &crate::notify::Channel,
+        job: &JobSnapshot,
+        tr: &Transition,
+    ) -> crate::domain::Brief {
+        let owner = self.people.owner(&job.created_by);
+        let duration = job
+            .started_at
+            .map(|s| human_duration((job.ended_at.unwrap_or(tr.detected_at) - s).num_seconds()));
+        crate::domain::Brief {
+            name: job.name.clone(),
+            status: status_words(job).1.to_string(),
+            failed_tasks: job.count("FAILED"),
+            duration,
+            owner: owner.map(|p| p.name.clone()),
+            mention_slack: owner
+                .filter(|_| channel.mention_owner.contains(&tr.event))
+                .and_then(|p| p.slack.clone()),
+            link: self.monitor().and_then(|m| m.job(&job.key)),
+        }
     }
 
     /// Whether a message of this event on this channel waits for failure triage: the

@@ -254,6 +254,46 @@ impl Store {
         )
     }
 
+    /// Folds a channel's held entries into digest `pages`, atomically: the held
+    /// entries leave the outbox (their notices say "in digest") and the pages are
+    /// queued in their place. A crash leaves either the held entries or the pages,
+    /// so a digest goes out once, with the same webhook-ids. Returns the pages
+    /// with their sequence numbers.
+    pub fn fold_into_digest(
+        &self,
+        held: &[OutboxEntry],
+        pages: Vec<OutboxEntry>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let s = &self.inner;
+        let (out, removed) = self.committing(
+            || {
+                (&s.outbox, &s.meta, &s.notices)
+                    .transaction(
+                        |(outbox, meta, notices)| -> TxResult<(Vec<OutboxEntry>, i64)> {
+                            let mut removed = 0;
+                            for e in held {
+                                if outbox
+                                    .remove(outbox_key(&e.team, &e.channel, e.seq))?
+                                    .is_some()
+                                {
+                                    removed += 1;
+                                    note(notices, e, NoticeState::InDigest, now, true)?;
+                                }
+                            }
+                            bump(meta, Counted::Outbox, -removed)?;
+                            let out = put_entries(outbox, meta, notices, &pages)?;
+                            Ok((out, removed))
+                        },
+                    )
+                    .map_err(|e| self.tx_err(e))
+            },
+            |(out, _)| out.iter().map(|e| e.seq).max(),
+        )?;
+        self.adjust(Counted::Outbox, out.len() as i64 - removed);
+        Ok(out)
+    }
+
     /// Removes a delivered entry and records its webhook-id in the delivery log,
     /// atomically. Synced by the group commit (≤ [`GROUP_COMMIT`]), not per message.
     pub fn delivered(&self, e: &OutboxEntry, now: DateTime<Utc>) -> Result<(), StoreError> {

@@ -11,7 +11,8 @@ pub(super) fn note(
     at: DateTime<Utc>,
     latest_only: bool,
 ) -> TxResult<()> {
-    if e.is_test() {
+    // A test message and a digest page belong to no subscription.
+    if e.is_test() || e.digest_of > 0 {
         return Ok(());
     }
     let key = notice_key(e);

@@ -28,6 +28,9 @@ fn entry(team: &str, ch: &str, job: JobKey) -> OutboxEntry {
         failure: None,
         snapshot: None,
         transition: None,
+        held: false,
+        brief: None,
+        digest_of: 0,
     }
 }
 

@@ -187,6 +187,13 @@ fn entry(
             Err(e) => (serde_json::Value::Null, Some(e.to_string())),
         };
     let until = wait.then(|| now + chrono::Duration::from_std(triage.timeout).unwrap_or_default());
+    // Quiet hours and digest windows decide at detection time, so a message found
+    // at 19:59:59.9 leaves at once and one found at 20:00 waits, whenever it is sent.
+    let defer = &channel.defer;
+    let held = defer.is_active() && defer.holds(tr.event, now);
+    let brief = defer
+        .is_active()
+        .then(|| renderer.brief(channel, snap, &tr));
     OutboxEntry {
         seq: 0,
         webhook_id: webhook_id(&snap.key, &tr, team, &channel.name),
@@ -204,6 +211,9 @@ fn entry(
         failure: None,
         snapshot: wait.then(|| Box::new(snap.clone())),
         transition: wait.then_some(tr),
+        held,
+        brief,
+        digest_of: 0,
     }
 }
 

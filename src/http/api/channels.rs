@@ -40,10 +40,28 @@ pub(super) async fn channels(
                 .collect::<Result<Vec<_>, _>>()
         })
         .await?;
+    let now = st.clock.now();
+    let rfc = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    };
     for (c, s) in team.channels.iter().zip(states) {
+        let (held, next_digest) = st.backlogs.held(&team.name, &c.name);
+        let quiet_until = crate::notify::quiet::quiet_until(&c.defer.quiet, now);
+        // For the page: the end in the zone of the range in force ("08:00 (Europe/London)").
+        let quiet_local = quiet_until.and_then(|end| {
+            let tz = c.defer.quiet.first()?.tz;
+            Some(format!(
+                "{} ({})",
+                end.with_timezone(&tz).format("%H:%M"),
+                tz.name()
+            ))
+        });
         out.push(json!({
             "name": c.name, "kind": c.kind, "events": c.events,
             "disabled": s.disabled_reason.is_some(), "disabledReason": s.disabled_reason, "disabledAt": s.disabled_at,
+            "held": held, "quietUntil": rfc(quiet_until), "quietUntilLocal": quiet_local,
+            "nextDigest": rfc(next_digest),
+            "quietHours": !c.defer.quiet.is_empty(), "digest": c.defer.digest.map(|d| humantime::format_duration(d).to_string()),
         }));
     }
     Ok(Json(json!({"channels": out})))
@@ -90,6 +108,9 @@ pub(super) async fn test_channel(
         failure: None,
         snapshot: None,
         transition: None,
+        held: false,
+        brief: None,
+        digest_of: 0,
     };
     let key = (team.name.clone(), channel.name.clone());
     admit_test(&st, &key).await?;
@@ -196,6 +217,23 @@ pub(super) async fn preview(
         .payload_with(&team.name, &channel, &job, &tr, failure.as_ref())
         .map_err(|e| ApiError::BadRequest(format!("the channel's template fails: {e}")))?;
     Ok(Json(payload))
+}
+
+/// `POST /v1/channels/{name}/flush`: what the channel holds goes now, as one digest.
+pub(super) async fn flush(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let team = team_for(&st, &headers)?;
+    if team.channel(&name).is_none() {
+        return Err(ApiError::NotFound("channel"));
+    }
+    let (held, _) = st.backlogs.held(&team.name, &name);
+    st.backlogs.request_flush(&team.name, &name);
+    st.wakers.wake(&team.name, &name);
+    tracing::info!(team = %team.name, channel = %name, held, "held messages released now as one digest");
+    Ok((StatusCode::ACCEPTED, Json(json!({"held": held}))).into_response())
 }
 
 pub(super) async fn enable(

@@ -222,6 +222,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/watches", post(create_watch).get(list_watches))
         .route("/v1/watches/{id}", get(show_watch).delete(remove_watch))
         .route("/v1/channels/{name}/enable", post(enable))
+        .route("/v1/channels/{name}/flush", post(flush))
         .merge(crate::http::web::routes())
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -287,6 +288,10 @@ async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> 
     metrics::gauge!("deadline_notifier_outbox_oldest_age_seconds").set(age(oldest));
     metrics::gauge!("deadline_notifier_dead_letters").set(st.store.dead_letter_count() as f64);
     metrics::gauge!("deadline_notifier_subscriptions").set(st.store.subscription_count() as f64);
+    for (team, channel, held) in st.backlogs.held_snapshot() {
+        metrics::gauge!("deadline_notifier_channel_held", "team" => team, "channel" => channel)
+            .set(held as f64);
+    }
     for (team, channel, queued, oldest) in backlogs {
         metrics::gauge!("deadline_notifier_channel_queued", "team" => team.clone(), "channel" => channel.clone())
             .set(queued as f64);
