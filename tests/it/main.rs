@@ -7,6 +7,7 @@ mod fairness;
 mod golden;
 mod helpers;
 mod pipeline;
+mod quiet;
 mod redaction;
 mod reload;
 mod retention;
