@@ -1270,6 +1270,71 @@ name = "Jane Doe"
     }
 
     #[test]
+    fn quiet_hours_and_digests_are_checked_naming_the_key() {
+        let with = |keys: &str| {
+            GOOD.replacen(
+                "kind = \"slack\"\n",
+                &format!("kind = \"slack\"\n{keys}\n"),
+                1,
+            )
+        };
+        let c = Config::from_toml(
+            &with("quiet_hours = { from = \"20:00\", to = \"08:00\", tz = \"Europe/London\" }\nquiet_urgent = [\"job.failed\"]\ndigest = \"15m\""),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let d = &c.teams[0].channels[0].defer;
+        assert_eq!(d.quiet.len(), 1);
+        assert_eq!(d.urgent, vec![Event::Failed]);
+        assert_eq!(d.digest, Some(Duration::from_secs(900)));
+        let list = Config::from_toml(
+            &with("quiet_hours = [{ days = [\"sat\", \"sun\"], tz = \"UTC\" }, { from = \"22:00\", to = \"06:00:30\", tz = \"Asia/Kolkata\", days = [\"fri\"] }]"),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(list.teams[0].channels[0].defer.quiet.len(), 2);
+        for (keys, key) in [
+            (
+                "quiet_hours = { from = \"20:00\", to = \"08:00\", tz = \"Mars/Olympus\" }",
+                "channels[0].quiet_hours.tz",
+            ),
+            (
+                "quiet_hours = { from = \"8pm\", to = \"08:00\", tz = \"UTC\" }",
+                "channels[0].quiet_hours.from",
+            ),
+            (
+                "quiet_hours = { from = \"08:00\", to = \"08:00\", tz = \"UTC\" }",
+                "channels[0].quiet_hours.to",
+            ),
+            (
+                "quiet_hours = { from = \"08:00\", to = \"08:00:30\", tz = \"UTC\" }",
+                "channels[0].quiet_hours.to",
+            ),
+            (
+                "quiet_hours = { from = \"08:00\", tz = \"UTC\" }",
+                "channels[0].quiet_hours.to",
+            ),
+            (
+                "quiet_hours = { tz = \"UTC\" }",
+                "channels[0].quiet_hours.from",
+            ),
+            (
+                "quiet_hours = [{ days = [\"sat\"], tz = \"UTC\" }, { days = [\"someday\"], tz = \"UTC\" }]",
+                "channels[0].quiet_hours[1].days[0]",
+            ),
+            ("digest = \"25h\"", "channels[0].digest"),
+            ("digest = \"500ms\"", "channels[0].digest"),
+            (
+                "quiet_urgent = [\"job.failed\"]",
+                "channels[0].quiet_urgent",
+            ),
+        ] {
+            let e = err(&with(keys));
+            assert!(e.contains(key), "{keys}: {e}");
+        }
+    }
+
+    #[test]
     fn card_only_is_a_teams_option() {
         let teams = GOOD.to_string()
             + "[[teams.channels]]\nname = \"lighting-teams\"\nkind = \"teams\"\nurl = \"https://prod-12.westus.logic.azure.com/workflows/x\"\n";

@@ -601,6 +601,104 @@ fn channel(
     })
 }
 
+/// One quiet range, every error naming its key (`quiet_hours[1].tz`).
+fn quiet_range(
+    r: &super::RawQuiet,
+    qk: &str,
+    path: &Path,
+) -> Result<crate::notify::quiet::QuietRange, ConfigError> {
+    use crate::notify::quiet;
+    let tz: chrono_tz::Tz = r.tz.parse().map_err(|_| {
+        invalid(
+            path,
+            format!("{qk}.tz"),
+            format!(
+                "{:?} is not an IANA time zone (like \"Europe/London\")",
+                r.tz
+            ),
+        )
+    })?;
+    let time = |key: &str, v: &Option<String>| -> Result<Option<chrono::NaiveTime>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(s) => quiet::parse_time(s).map(Some).ok_or_else(|| {
+                invalid(
+                    path,
+                    format!("{qk}.{key}"),
+                    format!("{s:?} is not a time; write \"HH:MM\" or \"HH:MM:SS\" (24-hour)"),
+                )
+            }),
+        }
+    };
+    let times = match (time("from", &r.from)?, time("to", &r.to)?) {
+        (Some(f), Some(t)) => {
+            if f == t {
+                return Err(invalid(
+                    path,
+                    format!("{qk}.to"),
+                    "equals `from`: a range must have a length (for whole days, give `days` alone)"
+                        .into(),
+                ));
+            }
+            if quiet::length(f, t) < chrono::Duration::minutes(1) {
+                return Err(invalid(
+                    path,
+                    format!("{qk}.to"),
+                    "the range is shorter than 1 minute".into(),
+                ));
+            }
+            Some((f, t))
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                path,
+                format!("{qk}.to"),
+                "is required with `from`".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                path,
+                format!("{qk}.from"),
+                "is required with `to`".into(),
+            ));
+        }
+    };
+    let days = match &r.days {
+        None => None,
+        Some(d) if d.is_empty() => {
+            return Err(invalid(
+                path,
+                format!("{qk}.days"),
+                "an empty list; omit the key for every day".into(),
+            ));
+        }
+        Some(d) => Some(
+            d.iter()
+                .enumerate()
+                .map(|(j, s)| {
+                    quiet::parse_day(s).ok_or_else(|| {
+                        invalid(
+                            path,
+                            format!("{qk}.days[{j}]"),
+                            format!("{s:?} is not a day; write \"mon\" … \"sun\""),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    if times.is_none() && days.is_none() {
+        return Err(invalid(
+            path,
+            format!("{qk}.from"),
+            "give `from` and `to`, or `days` for whole days".into(),
+        ));
+    }
+    Ok(quiet::QuietRange { tz, times, days })
+}
+
 /// `quiet_hours`, `quiet_urgent`, `digest`: each range checked, every error naming
 /// its key (`quiet_hours[1].tz`).
 fn deferral(
@@ -609,7 +707,6 @@ fn deferral(
     ck: &str,
     path: &Path,
 ) -> Result<crate::notify::quiet::Deferral, ConfigError> {
-    use crate::notify::quiet::{self, QuietRange};
     if is_app && (c.quiet_hours.is_some() || c.digest.is_some()) {
         let key = if c.quiet_hours.is_some() {
             "quiet_hours"
@@ -639,93 +736,7 @@ fn deferral(
             } else {
                 format!("{ck}.quiet_hours")
             };
-            let tz: chrono_tz::Tz = r.tz.parse().map_err(|_| {
-                invalid(
-                    path,
-                    format!("{qk}.tz"),
-                    format!(
-                        "{:?} is not an IANA time zone (like \"Europe/London\")",
-                        r.tz
-                    ),
-                )
-            })?;
-            let time =
-                |key: &str, v: &Option<String>| -> Result<Option<chrono::NaiveTime>, ConfigError> {
-                    match v {
-                        None => Ok(None),
-                        Some(s) => quiet::parse_time(s).map(Some).ok_or_else(|| {
-                            invalid(
-                                path,
-                                format!("{qk}.{key}"),
-                                format!(
-                                    "{s:?} is not a time; write \"HH:MM\" or \"HH:MM:SS\" (24-hour)"
-                                ),
-                            )
-                        }),
-                    }
-                };
-            let times = match (time("from", &r.from)?, time("to", &r.to)?) {
-                (Some(f), Some(t)) => {
-                    if f == t {
-                        return Err(invalid(path, format!("{qk}.to"), "equals `from`: a range must have a length (for whole days, give `days` alone)".into()));
-                    }
-                    if quiet::length(f, t) < chrono::Duration::minutes(1) {
-                        return Err(invalid(
-                            path,
-                            format!("{qk}.to"),
-                            "the range is shorter than 1 minute".into(),
-                        ));
-                    }
-                    Some((f, t))
-                }
-                (None, None) => None,
-                (Some(_), None) => {
-                    return Err(invalid(
-                        path,
-                        format!("{qk}.to"),
-                        "is required with `from`".into(),
-                    ));
-                }
-                (None, Some(_)) => {
-                    return Err(invalid(
-                        path,
-                        format!("{qk}.from"),
-                        "is required with `to`".into(),
-                    ));
-                }
-            };
-            let days = match &r.days {
-                None => None,
-                Some(d) if d.is_empty() => {
-                    return Err(invalid(
-                        path,
-                        format!("{qk}.days"),
-                        "an empty list; omit the key for every day".into(),
-                    ));
-                }
-                Some(d) => Some(
-                    d.iter()
-                        .enumerate()
-                        .map(|(j, s)| {
-                            quiet::parse_day(s).ok_or_else(|| {
-                                invalid(
-                                    path,
-                                    format!("{qk}.days[{j}]"),
-                                    format!("{s:?} is not a day; write \"mon\" … \"sun\""),
-                                )
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?,
-                ),
-            };
-            if times.is_none() && days.is_none() {
-                return Err(invalid(
-                    path,
-                    format!("{qk}.from"),
-                    "give `from` and `to`, or `days` for whole days".into(),
-                ));
-            }
-            ranges.push(QuietRange { tz, times, days });
+            ranges.push(quiet_range(r, &qk, path)?);
         }
     }
     if let Some(d) = c.digest

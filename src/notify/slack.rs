@@ -129,6 +129,9 @@ pub fn payload(r: &Rendered, link: Option<&str>) -> Value {
 /// header and the links.
 const DIGEST_SECTIONS: usize = 45;
 
+/// Characters of block text a digest page may hold at most.
+const DIGEST_TEXT: usize = 12_000;
+
 /// A digest page: the header, the rendered lines in `mrkdwn` sections (cut on line
 /// boundaries, each within Slack's 3,000 characters), and a `rich_text` list that
 /// links each job (its name a plain text element: never parsed) and mentions the
@@ -151,6 +154,14 @@ fn digest(d: &super::Digest) -> (Value, bool) {
         }
     }
     fits &= sections.len() <= DIGEST_SECTIONS;
+    // Slack refuses messages well before 50 full sections (`msg_blocks_too_long`
+    // is reported near 13,000 characters of block text): keep a page under that.
+    let total: usize = sections.iter().map(|t| t.chars().count()).sum::<usize>()
+        + d.jobs
+            .iter()
+            .map(|j| j.name.chars().count().min(200) + 8)
+            .sum::<usize>();
+    fits &= total <= DIGEST_TEXT;
     let mut blocks = vec![json!({
         "type": "header",
         "text": {"type": "plain_text", "text": truncate(&r.title, HEADER_LIMIT), "emoji": true}

@@ -163,7 +163,7 @@ fn card(
 /// or mention), within the envelope limit without cutting any line.
 pub fn digest(d: &super::Digest) -> (Value, bool) {
     let whole = card(d.rendered, None, None, usize::MAX);
-    let fits = serde_json::to_vec(&whole).map_or(false, |b| b.len() <= ENVELOPE_LIMIT);
+    let fits = serde_json::to_vec(&whole).is_ok_and(|b| b.len() <= ENVELOPE_LIMIT);
     (whole, fits)
 }
 

@@ -45,7 +45,7 @@ impl Kind for Webhook {
                 "items": d.items,
             }
         });
-        let fits = serde_json::to_vec(&v).map_or(false, |b| b.len() <= DIGEST_LIMIT);
+        let fits = serde_json::to_vec(&v).is_ok_and(|b| b.len() <= DIGEST_LIMIT);
         (v, fits)
     }
     fn check_secret(&self, secret: &str) -> Result<(), String> {

@@ -71,7 +71,7 @@ fn lines(held: &[OutboxEntry]) -> Vec<JobLine> {
         }
     }
     // Stable: jobs with the same time keep their first-seen order.
-    out.sort_by(|a, b| b.newest.cmp(&a.newest));
+    out.sort_by_key(|l| std::cmp::Reverse(l.newest));
     out
 }
 
@@ -85,7 +85,7 @@ fn counts(lines: &[JobLine]) -> String {
             None => c.push((s, 1)),
         }
     }
-    c.sort_by(|a, b| b.1.cmp(&a.1));
+    c.sort_by_key(|x| std::cmp::Reverse(x.1));
     c.iter()
         .map(|(k, n)| format!("{n} {k}"))
         .collect::<Vec<_>>()

@@ -334,3 +334,108 @@ fn a_job_value_cannot_rearrange_the_message() {
         "exact in data"
     );
 }
+
+/// A digest of 300 jobs, some with hostile names, is paged so that every Slack page
+/// passes the block checks above, every Teams page the envelope checks, every
+/// webhook page stays under its limit; each job is on exactly one page.
+#[test]
+fn digests_page_within_the_limits_and_names_stay_inert() {
+    use deadline_notifier::domain::{Brief, OutboxEntry};
+    let (defaults, _custom, _dir) = renderers();
+    let hostile = [
+        "<!channel> <http://evil|x> <@U024BE7LH>",
+        "shot_010\n*Status:* SUCCEEDED",
+        "&amp; <at>Jane</at> {{{x}}}",
+    ];
+    let at = deadline_notifier::clock::wall_now();
+    let held: Vec<OutboxEntry> = (0..300u32)
+        .map(|i| {
+            let name = if i % 10 == 0 {
+                format!("{} {i:03}", hostile[(i / 10) as usize % 3])
+            } else {
+                format!("night render shot_{i:03} lighting pass v{}", i % 7)
+            };
+            OutboxEntry {
+                seq: u64::from(i),
+                webhook_id: format!("msg_{i}"),
+                team: "lighting".into(),
+                channel: "c".into(),
+                kind: "webhook".into(),
+                job: JobKey {
+                    farm_id: "farm-1".into(),
+                    queue_id: "queue-1".into(),
+                    job_id: format!("job-{i:032x}").into(),
+                },
+                event: Event::Succeeded,
+                created_at: at + chrono::Duration::seconds(i64::from(i)),
+                attempts: 0,
+                next_attempt_at: at,
+                last_error: None,
+                payload: serde_json::json!({"type": "job.succeeded", "data": {"name": name, "pad": "x".repeat(600)}}),
+                triage_until: None,
+                failure: None,
+                snapshot: None,
+                transition: None,
+                held: true,
+                brief: Some(Brief {
+                    name,
+                    status: "Succeeded".into(),
+                    duration: Some("1h 2m 3s".into()),
+                    owner: Some("Jane Doe".into()),
+                    mention_slack: (i % 2 == 0).then(|| "U024BE7LH".to_string()),
+                    link: Some(format!("https://monitor.example.com/jobs/{i}")),
+                    ..Default::default()
+                }),
+                digest_of: 0,
+            }
+        })
+        .collect();
+    for kind in ["slack", "teams", "webhook"] {
+        let channel = Channel {
+            name: "c".into(),
+            kind: ChannelKind::named(kind).unwrap(),
+            url: Secret::new("https://x"),
+            secret: None,
+            events: None,
+            mention_owner: vec![],
+            card_only: false,
+            app: None,
+            defer: Default::default(),
+        };
+        let pages = defaults.digest_pages("lighting", &channel, &held).unwrap();
+        assert!(
+            pages.len() > 1 || kind == "webhook",
+            "{kind}: 300 jobs fit one page?"
+        );
+        let mut seen = 0;
+        for p in &pages {
+            let bytes = serde_json::to_vec(p).unwrap();
+            let text = p.to_string();
+            match kind {
+                "slack" => {
+                    check_slack(p).unwrap_or_else(|e| panic!("slack page: {e}"));
+                    seen += text.matches("Succeeded · succeeded").count();
+                }
+                "teams" => {
+                    check_teams(&bytes, p).unwrap_or_else(|e| panic!("teams page: {e}"));
+                    seen += text.matches("Succeeded · succeeded").count();
+                }
+                _ => {
+                    assert!(
+                        bytes.len() <= 250_000,
+                        "webhook page of {} bytes",
+                        bytes.len()
+                    );
+                    assert_eq!(p["type"], "notifications.digest");
+                    seen += p["data"]["items"].as_array().unwrap().len();
+                }
+            }
+        }
+        assert_eq!(
+            seen,
+            300,
+            "{kind}: every job once across {} pages",
+            pages.len()
+        );
+    }
+}

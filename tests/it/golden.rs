@@ -86,6 +86,63 @@ dm_owner = ["job.failed"]
             }
         }
     }
+    // A digest per kind that has one: three jobs held in quiet hours, one of which
+    // went through several events.
+    let held: Vec<_> = [
+        ("shot_010 comp v3", Event::Started, 0),
+        ("shot_020 light", Event::Succeeded, 1),
+        ("shot_010 comp v3", Event::TasksFailed, 2),
+        ("shot_010 comp v3", Event::Failed, 3),
+        ("shot_030 fx", Event::Canceled, 4),
+    ]
+    .into_iter()
+    .map(|(name, event, i)| {
+        let (mut job, mut tr) = render::sample_job(event);
+        job.name = name.into();
+        job.key.job_id = format!("job-{:032x}", name.len()).into();
+        tr.detected_at += chrono::Duration::minutes(i);
+        let channel = cfg.teams[0].channel("webhook").unwrap();
+        deadline_notifier::domain::OutboxEntry {
+            seq: i as u64,
+            webhook_id: format!("msg_{i}"),
+            team: "lighting".into(),
+            channel: "webhook".into(),
+            kind: "webhook".into(),
+            job: job.key.clone(),
+            event,
+            created_at: tr.detected_at,
+            attempts: 0,
+            next_attempt_at: tr.detected_at,
+            last_error: None,
+            payload: renderer.payload("lighting", channel, &job, &tr).unwrap(),
+            triage_until: None,
+            failure: None,
+            snapshot: None,
+            transition: None,
+            held: true,
+            brief: Some(renderer.brief(channel, &job, &tr)),
+            digest_of: 0,
+        }
+    })
+    .collect();
+    for kind in ChannelKind::all().filter(|k| k.digest_template().is_some()) {
+        let channel = cfg.teams[0].channel(kind.as_str()).unwrap();
+        let pages = renderer.digest_pages("lighting", channel, &held).unwrap();
+        assert_eq!(pages.len(), 1);
+        let got = serde_json::to_string_pretty(&pages[0]).unwrap() + "\n";
+        let file = root
+            .join("tests/golden")
+            .join(kind.as_str())
+            .join("digest.json");
+        n += 1;
+        if update {
+            std::fs::write(&file, &got).unwrap();
+            continue;
+        }
+        if std::fs::read_to_string(&file).unwrap_or_default() != got {
+            mismatches.push(format!("{}:\n{got}", file.display()));
+        }
+    }
     assert!(
         mismatches.is_empty(),
         "golden files differ (UPDATE_GOLDEN=1 to accept):\n{}",
