@@ -110,6 +110,11 @@ name = "fx-slack"
 kind = "slack"
 url = "http://127.0.0.1:{sink_port}/slack/T000/B000/fx"
 [[teams.channels]]
+name = "fx-digest"
+kind = "webhook"
+url = "http://127.0.0.1:{sink_port}/webhook/fx-digest"
+digest = "1h"
+[[teams.channels]]
 name = "fx-live"
 kind = "slack_app"
 token = "xoxb-sink-token"

@@ -121,6 +121,34 @@ def test_a_living_slack_message_is_one_message_with_a_link(watched, stack):
     assert watched.unexpected_console_errors() == []
 
 
+def test_a_held_digest_shows_its_count_and_send_now_releases_it(watched, stack):
+    key = stack.add_job(name="shot_160 digest", taskRunStatus="READY", taskRunStatusCounts={"READY": 4})
+    page = watched.page
+    page.goto(f"{stack.api}/")
+    page.get_by_label("Team token").fill(OTHER_TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#team-name")).to_have_text("fx")
+    page.get_by_label("Job ID or monitor URL").fill(monitor_url(key))
+    page.get_by_role("button", name="Subscribe", exact=True).click()
+    r = row(page, "shot_160 digest")
+    expect(r).to_contain_text("READY")
+    # Other tests' jobs may already be held on this channel: wait for one more.
+    _, channels = stack.call("GET", "/v1/channels", token=OTHER_TOKEN)
+    before = next(c["held"] for c in channels["channels"] if c["name"] == "fx-digest")
+    stack.patch_job(key, taskRunStatus="SUCCEEDED", taskRunStatusCounts={"SUCCEEDED": 4})
+    item = page.locator("#channels li").filter(has_text="fx-digest")
+    expect(item).to_contain_text(f"{before + 1} held", timeout=30_000)
+    expect(item).to_contain_text("next digest")
+    item.get_by_role("button", name="Send now").click()
+
+    def digest():
+        return [m for m in stack.received("/webhook/fx-digest")
+                if m["body"].get("type") == "notifications.digest" and key["jobId"] in json.dumps(m["body"])]
+
+    assert wait_until(digest, "the digest after Send now")
+    assert watched.unexpected_console_errors() == []
+
+
 def test_a_bare_job_id_uses_the_prefilled_farm_and_queue(watched, stack):
     stack.add_job(name="prefill anchor", taskRunStatus="READY")
     anchor = stack.call("GET", "/v1/subscriptions")[1]["subscriptions"]

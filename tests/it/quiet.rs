@@ -231,3 +231,47 @@ async fn a_digest_window_folds_fifty_jobs_into_one_message() {
         "nothing went alone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_now_releases_what_is_held_as_one_digest() {
+    let mut env = Env::new().await;
+    pipeline_with(&env, "digest = \"1h\"");
+    let _svc = env.start().await;
+    let job = running(&env, "held until asked");
+    env.subscribe_job(&job, json!({"channels": ["pipeline"]}))
+        .await;
+    env.observed(&job, 2).await;
+    env.sim.set_status(&job, "SUCCEEDED");
+    wait_for(T, "one message held", || {
+        let env = &env;
+        async move {
+            let c = channel_state(env).await;
+            if c["held"] == 1 { Ok(()) } else { Err(c) }
+        }
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/channels/pipeline/flush", env.api()))
+        .bearer_auth(LIGHTING)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    wait_until(T, "the digest", || digests(&env).len() == 1).await;
+    assert_eq!(
+        digests(&env)[0].body["data"]["items"][0]["type"],
+        "job.succeeded"
+    );
+    wait_for(T, "nothing held", || {
+        let env = &env;
+        async move {
+            let c = channel_state(env).await;
+            if c["held"] == 0 && c["nextDigest"].is_null() {
+                Ok(())
+            } else {
+                Err(c)
+            }
+        }
+    })
+    .await;
+}

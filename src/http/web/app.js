@@ -438,10 +438,21 @@ function renderChannels(channels) {
       const re = button("Re-enable", () => enableChannel(c.name));
       re.classList.add("reenable");
       bar.append(re);
+      const now = button("Send now", () => flushChannel(c.name));
+      now.classList.add("flush");
+      bar.append(now);
+      li.append(el("div", "quiet help"));
       return li;
     },
     (li, c) => {
       li.querySelector(".kind").textContent = c.kind;
+      // Quiet hours and digests: what is held, and until when (text only).
+      const words = [];
+      if (c.quietUntilLocal) words.push(`quiet until ${c.quietUntilLocal}`);
+      if (c.held) words.push(`${c.held} held`);
+      if (c.nextDigest) words.push(`next digest ${new Date(c.nextDigest).toLocaleTimeString()}`);
+      li.querySelector(".quiet").textContent = words.join(" · ");
+      li.querySelector(".flush").hidden = !c.held;
       const st = li.querySelector(".state");
       st.className = `state badge ${c.disabled ? "n-dead-letter" : "n-delivered"}`;
       st.textContent = c.disabled ? `disabled: ${c.disabledReason ?? "no reason given"}` : "enabled";
@@ -544,6 +555,10 @@ function testChannel(name) {
 
 function enableChannel(name) {
   return act(() => api("POST", `/v1/channels/${encodeURIComponent(name)}/enable`), () => `${name} re-enabled.`);
+}
+
+function flushChannel(name) {
+  return act(() => api("POST", `/v1/channels/${encodeURIComponent(name)}/flush`), (r) => `${r.held} held messages of ${name} go now, as one digest.`);
 }
 
 function replay(id) {
