@@ -275,3 +275,59 @@ async fn send_now_releases_what_is_held_as_one_digest() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_quiet_hours_on_reload_releases_what_is_held_as_one_digest() {
+    let mut env = Env::new().await;
+    let admin = "admin-token-0123456789abcdef";
+    let text = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replacen(
+            "[server]\n",
+            &format!("[server]\nadmin_tokens = [\"{admin}\"]\n"),
+            1,
+        );
+    std::fs::write(env.config_path(), &text).unwrap();
+    let now = deadline_notifier::clock::wall_now();
+    let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%H:%M:%S").to_string();
+    pipeline_with(
+        &env,
+        &format!(
+            "quiet_hours = {{ from = \"{}\", to = \"{}\", tz = \"UTC\" }}",
+            fmt(now - chrono::Duration::minutes(5)),
+            fmt(now + chrono::Duration::hours(2)),
+        ),
+    );
+    let _svc = env.start().await;
+    let jobs: Vec<JobKey> = (0..3)
+        .map(|i| running(&env, &format!("reload {i}")))
+        .collect();
+    for j in &jobs {
+        env.subscribe_job(j, json!({"channels": ["pipeline"]}))
+            .await;
+    }
+    env.observed_all(&jobs, 2).await;
+    for j in &jobs {
+        env.sim.set_status(j, "SUCCEEDED");
+    }
+    wait_for(T, "three messages held", || {
+        let env = &env;
+        async move {
+            let c = channel_state(env).await;
+            if c["held"] == 3 { Ok(()) } else { Err(c) }
+        }
+    })
+    .await;
+    std::fs::write(env.config_path(), &text).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/-/reload", env.api()))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_until(T, "the digest", || !digests(&env).is_empty()).await;
+    let ds = digests(&env);
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0].body["data"]["items"].as_array().unwrap().len(), 3);
+}
