@@ -192,15 +192,28 @@ impl Renderer {
         };
         // Greedy: as many jobs per page as fit (numbered as if there were many, so
         // the page numbers added afterwards cannot push a page over).
+        // The largest page that fits is found by doubling, then halving the step:
+        // a few builds per page, not one per job.
         let mut cuts: Vec<(usize, usize)> = Vec::new();
         let mut start = 0;
         while start < all.len() {
-            let mut end = start + 1;
-            while end < all.len() && build(&all[start..=end], (99, 99))?.1 {
-                end += 1;
+            let fits = |end: usize| -> Result<bool, RenderError> {
+                Ok(build(&all[start..end], (99, 99))?.1)
+            };
+            let mut good = start + 1;
+            let mut step = 1;
+            while good < all.len() && fits((good + step).min(all.len()))? {
+                good = (good + step).min(all.len());
+                step *= 2;
             }
-            cuts.push((start, end));
-            start = end;
+            while step > 1 && good < all.len() {
+                step /= 2;
+                if fits((good + step).min(all.len()))? {
+                    good = (good + step).min(all.len());
+                }
+            }
+            cuts.push((start, good));
+            start = good;
         }
         let n = cuts.len();
         cuts.iter()
