@@ -30,6 +30,8 @@ pub struct Backlogs {
     queued: Arc<Mutex<HashMap<(String, String), Backlog>>>,
     held: Arc<Mutex<HashMap<(String, String), Held>>>,
     flush: Arc<Mutex<HashSet<(String, String)>>>,
+    /// Whether any flush is asked for: the workers' every turn checks this alone.
+    flush_asked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Queued messages and the creation time of the oldest.
@@ -95,13 +97,21 @@ impl Backlogs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key(team, channel));
+        self.flush_asked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn take_flush(&self, team: &str, channel: &str) -> bool {
-        self.flush
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key(team, channel))
+        if !self.flush_asked.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        let mut f = self.flush.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = f.remove(&key(team, channel));
+        if f.is_empty() {
+            self.flush_asked
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        taken
     }
 
     /// (team, channel, queued, oldest) per running worker.
@@ -176,6 +186,8 @@ pub struct Worker {
     pub warns: Mutex<decide::WarnGate>,
     /// What Slack app channels share (workspace links, member lookups).
     pub slack: Arc<living::Shared>,
+    /// What this worker last published of its held messages (published on change).
+    pub last_held: Mutex<Held>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -293,6 +305,7 @@ impl Supervisor {
                     recorder: self.recorder.clone(),
                     warns: Mutex::default(),
                     slack: self.slack.clone(),
+                    last_held: Mutex::new((0, None)),
                 };
                 let id = self.tasks.spawn(w.run(self.worker_shutdown.clone())).id();
                 self.running.insert(key.clone());
@@ -499,6 +512,15 @@ impl Worker {
         Ok(())
     }
 
+    fn publish_held(&self, held: Held) {
+        let mut last = self.last_held.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != held {
+            *last = held;
+            self.backlogs
+                .set_held(&self.team, &self.channel, held.0, held.1);
+        }
+    }
+
     /// Folds what the channel holds into a digest once it is due (or asked for with
     /// `POST /v1/channels/{name}/flush`); returns when the next one is due.
     async fn digest_turn(
@@ -514,7 +536,7 @@ impl Worker {
         let asked = self.backlogs.take_flush(&self.team, &self.channel);
         let (seqs, oldest) = queue.held();
         let Some(oldest) = oldest else {
-            self.backlogs.set_held(&self.team, &self.channel, 0, None);
+            self.publish_held((0, None));
             return Ok(None);
         };
         let at = if asked {
@@ -523,12 +545,11 @@ impl Worker {
             channel.defer.release_at(oldest, now)
         };
         if at > now {
-            self.backlogs
-                .set_held(&self.team, &self.channel, seqs.len(), Some(at));
+            self.publish_held((seqs.len(), Some(at)));
             return Ok(Some(at));
         }
         self.fold(active, channel, &seqs, queue, kept, now).await?;
-        self.backlogs.set_held(&self.team, &self.channel, 0, None);
+        self.publish_held((0, None));
         Ok(None)
     }
 
