@@ -183,17 +183,24 @@ impl Queue {
         self.entries.is_empty()
     }
 
-    /// Jobs whose held messages go on their own, in order: a later message of the
-    /// job is not held (an urgent event), and must not overtake them.
-    fn released(&self) -> HashSet<&JobKey> {
+    /// Per job, the newest message that is not held: a held message older than it
+    /// goes on its own, in order (a later urgent event must not overtake it); one
+    /// newer than it stays held.
+    fn released(&self) -> HashMap<&JobKey, u64> {
+        let mut out = HashMap::new();
         if self.held_count == 0 {
-            return HashSet::new();
+            return out;
         }
-        self.entries
-            .values()
-            .filter(|p| !p.held)
-            .map(|p| &p.job)
-            .collect()
+        for (seq, p) in &self.entries {
+            if !p.held {
+                out.insert(&p.job, *seq);
+            }
+        }
+        out
+    }
+
+    fn is_held(released: &HashMap<&JobKey, u64>, seq: u64, p: &Pending) -> bool {
+        p.held && released.get(&p.job).is_none_or(|newest| *newest < seq)
     }
 
     /// The messages held for the digest (not released by a later urgent one of
@@ -206,7 +213,7 @@ impl Queue {
         let seqs: Vec<u64> = self
             .entries
             .iter()
-            .filter(|(_, p)| p.held && !released.contains(&p.job))
+            .filter(|(seq, p)| Self::is_held(&released, **seq, p))
             .map(|(s, _)| *s)
             .collect();
         let oldest = seqs
@@ -259,7 +266,7 @@ impl Queue {
                     continue;
                 }
                 // Held for the digest: the job's later messages wait behind it.
-                if p.held && !released.contains(&p.job) {
+                if Self::is_held(&released, *seq, p) {
                     continue;
                 }
                 if p.sending {
@@ -860,6 +867,9 @@ mod tests {
         q.finish(1);
         q.remove(1);
         assert_eq!(q.next(t0()), Next::Send(3));
+        // A message held after the urgent one stays held.
+        q.insert(&held(5, 1));
+        assert_eq!(q.held().0, vec![2, 5]);
     }
 
     #[test]
