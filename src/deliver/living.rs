@@ -28,6 +28,9 @@ const LOOKUP_MISS: Duration = Duration::from_secs(3600);
 pub struct Shared {
     workspaces: Mutex<HashMap<[u8; 32], String>>,
     members: Mutex<HashMap<MemberKey, Lookup>>,
+    /// One lookup at a time: sends of several jobs in flight at once would
+    /// otherwise all miss the cache together and ask Slack the same question.
+    asking: tokio::sync::Mutex<()>,
 }
 
 /// (token digest, e-mail).
@@ -145,6 +148,10 @@ impl Calls<'_> {
         if let Some(u) = shared.workspaces.lock().ok()?.get(&key) {
             return Some(u.clone());
         }
+        let _one = shared.asking.lock().await;
+        if let Some(u) = shared.workspaces.lock().ok()?.get(&key) {
+            return Some(u.clone());
+        }
         match self.call("auth.test", ApiBody::Json(&json!({}))).await {
             Ok(Outcome::Ok(v)) => {
                 let url = v.get("url").and_then(Value::as_str)?.to_string();
@@ -164,21 +171,22 @@ impl Calls<'_> {
             return Ok(None);
         };
         let key = (token_key(self.ch), email.to_string());
-        let now = crate::clock::monotonic();
-        if let Some((id, at)) = shared
-            .members
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).cloned())
-        {
+        let cached = |now: Instant| {
+            let (id, at) = shared.members.lock().ok()?.get(&key).cloned()?;
             let ttl = if id.is_some() {
                 LOOKUP_HIT
             } else {
                 LOOKUP_MISS
             };
-            if now.saturating_duration_since(at) < ttl {
-                return Ok(id);
-            }
+            (now.saturating_duration_since(at) < ttl).then_some(id)
+        };
+        if let Some(id) = cached(crate::clock::monotonic()) {
+            return Ok(id);
+        }
+        let _one = shared.asking.lock().await;
+        let now = crate::clock::monotonic();
+        if let Some(id) = cached(now) {
+            return Ok(id);
         }
         let found = match self
             .call("users.lookupByEmail", ApiBody::Form(&[("email", email)]))

@@ -67,13 +67,14 @@ async fn quiet_hours_hold_then_one_digest_and_urgent_failures_go_at_once() {
     let now = deadline_notifier::clock::wall_now();
     let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%H:%M:%S").to_string();
     // Quiet hours in UTC that began 40 s ago (a range under a minute is refused)
-    // and end 40 s from now.
+    // and end 90 s from now: time enough for a loaded machine to start the service
+    // and see every transition inside them.
     pipeline_with(
         &env,
         &format!(
             "quiet_hours = {{ from = \"{}\", to = \"{}\", tz = \"UTC\" }}\nquiet_urgent = [\"job.failed\"]",
             fmt(now - chrono::Duration::seconds(40)),
-            fmt(now + chrono::Duration::seconds(40)),
+            fmt(now + chrono::Duration::seconds(90)),
         ),
     );
     let mut svc = env.start().await;
@@ -120,9 +121,11 @@ async fn quiet_hours_hold_then_one_digest_and_urgent_failures_go_at_once() {
     // A crash while they are held loses nothing.
     svc.kill();
     let _svc = env.start().await;
-    wait_until(T, "the digest when quiet hours end", || {
-        !digests(&env).is_empty()
-    })
+    wait_until(
+        Duration::from_secs(180),
+        "the digest when quiet hours end",
+        || !digests(&env).is_empty(),
+    )
     .await;
     // The control: a later transition of one job arrives after the digest, and
     // nothing else of the 30 came alone or twice.
