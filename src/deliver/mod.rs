@@ -607,29 +607,21 @@ impl Worker {
                 // held messages, after it the pages with these ids.
                 let id = format!("digest_{first}_{}", i + 1);
                 OutboxEntry {
-                    seq: 0,
-                    webhook_id: id.clone(),
-                    team: self.team.clone(),
-                    channel: self.channel.clone(),
-                    kind: channel.kind.as_str().to_string(),
-                    job: crate::domain::JobKey {
-                        farm_id: "digest".into(),
-                        queue_id: self.channel.clone().into(),
-                        job_id: id.into(),
-                    },
-                    event,
-                    created_at: now,
-                    attempts: 0,
-                    next_attempt_at: now,
-                    last_error: None,
-                    payload,
-                    triage_until: None,
-                    failure: None,
-                    snapshot: None,
-                    transition: None,
-                    held: false,
-                    brief: None,
                     digest_of: held.len() as u32,
+                    ..OutboxEntry::due_now(
+                        id.clone(),
+                        &self.team,
+                        &self.channel,
+                        channel.kind.as_str(),
+                        crate::domain::JobKey {
+                            farm_id: "digest".into(),
+                            queue_id: self.channel.clone().into(),
+                            job_id: id.into(),
+                        },
+                        event,
+                        now,
+                        payload,
+                    )
                 }
             })
             .collect();

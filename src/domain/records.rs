@@ -179,6 +179,42 @@ pub struct DeadLetter {
 pub const TEST_MESSAGE_PREFIX: &str = "msg_test_";
 
 impl OutboxEntry {
+    /// A message due now that belongs to no transition's triage (a channel test, a
+    /// digest page): every later field at its starting value.
+    #[allow(clippy::too_many_arguments)]
+    pub fn due_now(
+        webhook_id: String,
+        team: &str,
+        channel: &str,
+        kind: &str,
+        job: JobKey,
+        event: Event,
+        now: DateTime<Utc>,
+        payload: serde_json::Value,
+    ) -> OutboxEntry {
+        OutboxEntry {
+            seq: 0,
+            webhook_id,
+            team: team.to_string(),
+            channel: channel.to_string(),
+            kind: kind.to_string(),
+            job,
+            event,
+            created_at: now,
+            attempts: 0,
+            next_attempt_at: now,
+            last_error: None,
+            payload,
+            triage_until: None,
+            failure: None,
+            snapshot: None,
+            transition: None,
+            held: false,
+            brief: None,
+            digest_of: 0,
+        }
+    }
+
     pub fn is_test(&self) -> bool {
         self.webhook_id.starts_with(TEST_MESSAGE_PREFIX)
     }

@@ -76,11 +76,7 @@ impl Sender {
             Err(e) => return transport_verdict(e, channel),
         };
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let retry_after = retry_after(&resp);
         // Bodies are only read for the reason text; cap what we keep.
         let body = resp.text().await.unwrap_or_default();
         let body: String = body.chars().take(1000).collect();
@@ -94,6 +90,14 @@ impl Sender {
             self.cfg.max_retry_after,
         )
     }
+}
+
+/// The answer's `Retry-After`, as sent (parsed by the classifier).
+fn retry_after(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// What a transport error (no HTTP answer) means: retry, unless the address
@@ -195,11 +199,7 @@ impl Sender {
             Err(e) => return Err(transport_verdict(e, channel)),
         };
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let retry_after = retry_after(&resp);
         let mut bytes = Vec::new();
         loop {
             match resp.chunk().await {

@@ -37,6 +37,20 @@ pub enum RenderError {
     Render { file: String, message: String },
 }
 
+impl RenderError {
+    /// A render error named by the template's file as the user knows it (its
+    /// path, or "(embedded) …"), not its registry name.
+    fn in_file(self, file: &str) -> RenderError {
+        match self {
+            RenderError::Render { message, .. } => RenderError::Render {
+                file: file.to_string(),
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
 /// The built-in `default/<kind>/default.hbs`, shipped in the binary (each kind
 /// owns its own), so the service runs without a templates directory.
 pub fn embedded(rel: &str) -> Option<&'static str> {
@@ -199,24 +213,14 @@ impl Renderer {
             let mut without = with_owner.clone();
             without["owner"] = Value::Null;
             for ctx in [with_owner, without] {
-                r.render_named(rel, *kind, &ctx).map_err(|e| match e {
-                    RenderError::Render { message, .. } => RenderError::Render {
-                        file: loaded[rel].clone(),
-                        message,
-                    },
-                    other => other,
-                })?;
+                r.render_named(rel, *kind, &ctx)
+                    .map_err(|e| e.in_file(&loaded[rel]))?;
             }
         }
         for ((team, kind), rel) in &r.digests {
             let ctx = sample_digest_context(team);
-            r.render_named(rel, *kind, &ctx).map_err(|e| match e {
-                RenderError::Render { message, .. } => RenderError::Render {
-                    file: loaded[rel].clone(),
-                    message,
-                },
-                other => other,
-            })?;
+            r.render_named(rel, *kind, &ctx)
+                .map_err(|e| e.in_file(&loaded[rel]))?;
         }
         Ok(r)
     }

@@ -188,6 +188,19 @@ url = "http://{sink_addr}/webhook/fx"
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET <api><path>` with `token`; the JSON answer (null if none).
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.api()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null)
+    }
+
     pub async fn subscribe_job(&self, key: &JobKey, extra: Value) -> Value {
         let mut body = json!({"farmId": key.farm_id, "queueId": key.queue_id, "jobId": key.job_id});
         if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {

@@ -45,15 +45,7 @@ fn digests(env: &Env) -> Vec<Received> {
 }
 
 async fn channel_state(env: &Env) -> Value {
-    let v: Value = reqwest::Client::new()
-        .get(format!("{}/v1/channels", env.api()))
-        .bearer_auth(LIGHTING)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = env.get_json("/v1/channels", LIGHTING).await;
     v["channels"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["name"] == "pipeline"))

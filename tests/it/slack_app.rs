@@ -78,19 +78,11 @@ impl App {
     /// Waits until the subscription's latest message on `live` is `event`, delivered
     /// (recorded in the store: a SIGKILL now cannot send it again).
     async fn delivered(&self, id: &str, event: &str) {
-        let url = format!("{}/v1/subscriptions/{id}", self.env.api());
+        let path = format!("/v1/subscriptions/{id}");
         wait_for(T, &format!("{event} recorded as delivered"), || {
-            let url = url.clone();
+            let path = path.clone();
             async move {
-                let v: Value = reqwest::Client::new()
-                    .get(&url)
-                    .bearer_auth(LIGHTING)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap_or(Value::Null);
+                let v = self.env.get_json(&path, LIGHTING).await;
                 let n = v["notifications"]
                     .as_array()
                     .and_then(|n| n.iter().find(|n| n["channel"] == "live"))
@@ -218,15 +210,10 @@ async fn one_living_message_per_job_with_the_story_in_its_thread() {
     // The root was edited in place for every later event (edits may coalesce).
     assert!(root.edits >= 1, "{root:?}");
     // The page's "one message in #live" links to it (workspace URL from auth.test).
-    let sub: Value = reqwest::Client::new()
-        .get(format!("{}/v1/subscriptions/{id}", a.env.api()))
-        .bearer_auth(LIGHTING)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sub = a
+        .env
+        .get_json(&format!("/v1/subscriptions/{id}"), LIGHTING)
+        .await;
     assert_eq!(
         sub["livingMessages"],
         json!([{
@@ -310,15 +297,7 @@ async fn refused_blocks_are_sent_again_as_plain_text() {
 }
 
 async fn channels(env: &Env) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}/v1/channels", env.api()))
-        .bearer_auth(LIGHTING)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    env.get_json("/v1/channels", LIGHTING).await
 }
 
 fn live(v: &Value) -> Value {
@@ -543,15 +522,7 @@ name = "Jane Mail"
         dm_channels.into_iter().collect::<Vec<_>>(),
         ["UJANE0001", "UMAIL0001"]
     );
-    let unmapped: Value = reqwest::Client::new()
-        .get(format!("{}/v1/people/unmapped", a.env.api()))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let unmapped = a.env.get_json("/v1/people/unmapped", ADMIN).await;
     assert!(unmapped.to_string().contains("\"bob\""), "{unmapped}");
 }
 

@@ -87,31 +87,20 @@ pub(super) async fn test_channel(
         .renderer
         .payload(&team.name, &channel, &job, &tr)
         .map_err(|e| ApiError::BadRequest(format!("the channel's template fails: {e}")))?;
-    let entry = crate::domain::OutboxEntry {
-        seq: 0,
-        webhook_id: format!(
+    let entry = crate::domain::OutboxEntry::due_now(
+        format!(
             "{}{}",
             crate::domain::TEST_MESSAGE_PREFIX,
             uuid::Uuid::new_v4().simple()
         ),
-        team: team.name.clone(),
-        channel: channel.name.clone(),
-        kind: channel.kind.as_str().to_string(),
-        job: job.key.clone(),
-        event: tr.event,
-        created_at: now,
-        attempts: 0,
-        next_attempt_at: now,
-        last_error: None,
+        &team.name,
+        &channel.name,
+        channel.kind.as_str(),
+        job.key.clone(),
+        tr.event,
+        now,
         payload,
-        triage_until: None,
-        failure: None,
-        snapshot: None,
-        transition: None,
-        held: false,
-        brief: None,
-        digest_of: 0,
-    };
+    );
     let key = (team.name.clone(), channel.name.clone());
     admit_test(&st, &key).await?;
     let queued = match st.store.run(move |s| s.enqueue(vec![entry])).await {
