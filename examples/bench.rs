@@ -243,27 +243,20 @@ async fn run_throughput(m: usize, sim: String, sink: String, stats: String) {
         let now = deadline_notifier::clock::wall_now();
         let mut entries = Vec::with_capacity(m);
         for i in 0..m {
-            entries.push(OutboxEntry {
-                seq: 0,
-                webhook_id: format!("msg_{i:032x}"),
-                team: "bench".into(),
-                channel: format!("hook{}", i % channels),
-                kind: "webhook".into(),
-                job: JobKey { farm_id: "f".into(), queue_id: "q".into(), job_id: format!("j{i}").into() },
-                event: Event::Succeeded,
-                created_at: now,
-                attempts: 0,
-                next_attempt_at: now,
-                last_error: None,
-                payload: json!({"type": "job.succeeded", "timestamp": now.to_rfc3339(), "data": {"i": i}}),
-                triage_until: None,
-                failure: None,
-                snapshot: None,
-                transition: None,
-                held: false,
-                brief: None,
-                digest_of: 0,
-            });
+            entries.push(OutboxEntry::due_now(
+                format!("msg_{i:032x}"),
+                "bench",
+                &format!("hook{}", i % channels),
+                "webhook",
+                JobKey {
+                    farm_id: "f".into(),
+                    queue_id: "q".into(),
+                    job_id: format!("j{i}").into(),
+                },
+                Event::Succeeded,
+                now,
+                json!({"type": "job.succeeded", "timestamp": now.to_rfc3339(), "data": {"i": i}}),
+            ));
         }
         let state = JobState {
             job: JobKey {

@@ -71,27 +71,16 @@ url = "http://127.0.0.1:9/hook"
         .collect();
     store.insert_subscriptions_bulk(&subs).unwrap();
     for i in 0..n / 10 {
-        let e = OutboxEntry {
-            seq: 0,
-            webhook_id: format!("msg_{i}"),
-            team: "lighting".into(),
-            channel: "pipeline".into(),
-            kind: "webhook".into(),
-            job: key(i),
-            event: Event::Failed,
-            created_at: now,
-            attempts: 0,
-            next_attempt_at: now,
-            last_error: None,
-            payload: serde_json::json!({"data": {"summary": "x".repeat(400)}}),
-            triage_until: None,
-            failure: None,
-            snapshot: None,
-            transition: None,
-            held: false,
-            brief: None,
-            digest_of: 0,
-        };
+        let e = OutboxEntry::due_now(
+            format!("msg_{i}"),
+            "lighting",
+            "pipeline",
+            "webhook",
+            key(i),
+            Event::Failed,
+            now,
+            serde_json::json!({"data": {"summary": "x".repeat(400)}}),
+        );
         let st = JobState {
             job: key(i),
             status: JobStatus::of(&JobSnapshot::sample(key(i), "x")),

@@ -517,24 +517,17 @@ mod tests {
     fn entry(seq: u64, j: u8, due_s: i64) -> OutboxEntry {
         OutboxEntry {
             seq,
-            webhook_id: format!("msg_{seq}"),
-            team: "t".into(),
-            channel: "c".into(),
-            kind: "webhook".into(),
-            job: job(j),
-            event: Event::Succeeded,
-            created_at: t0(),
-            attempts: 0,
             next_attempt_at: t0() + chrono::Duration::seconds(due_s),
-            last_error: None,
-            payload: serde_json::json!({}),
-            triage_until: None,
-            failure: None,
-            snapshot: None,
-            transition: None,
-            held: false,
-            brief: None,
-            digest_of: 0,
+            ..OutboxEntry::due_now(
+                format!("msg_{seq}"),
+                "t",
+                "c",
+                "webhook",
+                job(j),
+                Event::Succeeded,
+                t0(),
+                serde_json::json!({}),
+            )
         }
     }
 

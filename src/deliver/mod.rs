@@ -897,27 +897,16 @@ mod tests {
     }
 
     fn entry(n: u8) -> OutboxEntry {
-        OutboxEntry {
-            seq: 0,
-            webhook_id: format!("msg_{n}"),
-            team: "lighting".into(),
-            channel: "pipeline".into(),
-            kind: "webhook".into(),
-            job: key(n),
-            event: Event::Succeeded,
-            created_at: crate::clock::wall_now(),
-            attempts: 0,
-            next_attempt_at: crate::clock::wall_now(),
-            last_error: None,
-            payload: serde_json::json!({"n": n}),
-            triage_until: None,
-            failure: None,
-            snapshot: None,
-            transition: None,
-            held: false,
-            brief: None,
-            digest_of: 0,
-        }
+        OutboxEntry::due_now(
+            format!("msg_{n}"),
+            "lighting",
+            "pipeline",
+            "webhook",
+            key(n),
+            Event::Succeeded,
+            crate::clock::wall_now(),
+            serde_json::json!({"n": n}),
+        )
     }
 
     fn state(n: u8) -> JobState {

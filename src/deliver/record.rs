@@ -81,32 +81,20 @@ mod tests {
     use crate::domain::{Event, JobKey, JobSnapshot, JobState, JobStatus};
 
     fn entry(n: u32) -> OutboxEntry {
-        let now = crate::clock::wall_now();
-        OutboxEntry {
-            seq: 0,
-            webhook_id: format!("msg_{n}"),
-            team: "lighting".into(),
-            channel: format!("c{}", n % 3),
-            kind: "webhook".into(),
-            job: JobKey {
+        OutboxEntry::due_now(
+            format!("msg_{n}"),
+            "lighting",
+            &format!("c{}", n % 3),
+            "webhook",
+            JobKey {
                 farm_id: "farm-1".into(),
                 queue_id: "queue-1".into(),
                 job_id: format!("job-{n}").into(),
             },
-            event: Event::Succeeded,
-            created_at: now,
-            attempts: 0,
-            next_attempt_at: now,
-            last_error: None,
-            payload: serde_json::json!({"n": n}),
-            triage_until: None,
-            failure: None,
-            snapshot: None,
-            transition: None,
-            held: false,
-            brief: None,
-            digest_of: 0,
-        }
+            Event::Succeeded,
+            crate::clock::wall_now(),
+            serde_json::json!({"n": n}),
+        )
     }
 
     /// Many workers recording at once: every entry leaves the outbox, every

@@ -6,7 +6,7 @@
 //! Untrusted text sits where Slack parses no markup (`plain_text` header, escaped
 //! `mrkdwn` with `verbatim`), exactly as for the incoming-webhook kind.
 use super::retry::{self, Verdict};
-use super::{Answer, Kind, Message, Rendered, slack, truncate};
+use super::{Answer, Kind, Message, slack};
 use crate::domain::Event;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -312,11 +312,6 @@ pub fn edit_window() -> EditWindow {
 pub fn progress_bar(percent: i64) -> String {
     let full = (percent.clamp(0, 100) as usize + 5) / 10;
     format!("{}{}", "█".repeat(full), "░".repeat(10 - full))
-}
-
-/// The root's plain text when it must be posted without blocks.
-pub fn root_fallback(r: &Rendered) -> String {
-    truncate(&r.fallback, slack::TEXT_LIMIT)
 }
 
 #[cfg(test)]

@@ -77,9 +77,4 @@ impl Store {
             .apply_batch(batch)
             .map_err(|e| self.eng(e))
     }
-
-    /// Anchors held (walks them: checks and tools).
-    pub fn anchor_count(&self) -> usize {
-        self.inner.anchors.len()
-    }
 }

@@ -11,27 +11,16 @@ fn key(n: u8) -> JobKey {
 }
 
 fn entry(team: &str, ch: &str, job: JobKey) -> OutboxEntry {
-    OutboxEntry {
-        seq: 0,
-        webhook_id: "msg_x".into(),
-        team: team.into(),
-        channel: ch.into(),
-        kind: "webhook".into(),
+    OutboxEntry::due_now(
+        "msg_x".into(),
+        team,
+        ch,
+        "webhook",
         job,
-        event: Event::Succeeded,
-        created_at: crate::clock::wall_now(),
-        attempts: 0,
-        next_attempt_at: crate::clock::wall_now(),
-        last_error: None,
-        payload: serde_json::json!({}),
-        triage_until: None,
-        failure: None,
-        snapshot: None,
-        transition: None,
-        held: false,
-        brief: None,
-        digest_of: 0,
-    }
+        Event::Succeeded,
+        crate::clock::wall_now(),
+        serde_json::json!({}),
+    )
 }
 
 fn state(n: u8) -> JobState {
