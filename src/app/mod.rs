@@ -128,8 +128,6 @@ impl App {
         // The delivery log only needs to outlive any possible duplicate or replay.
         let before = self.clock.now() - crate::watch::retention::DELIVERY_LOG_LIFE;
         let pruned = self.store.run(move |s| s.prune_delivered(before)).await?;
-        // Subscriptions are counted in the watcher's "loaded" line; sled counts by
-        // walking the tree, which took ~0.2 s at 100k.
         tracing::info!(%addr, outbox, pruned, store = %self.store.path().display(), "deadline-notifier started");
 
         let (triage, requests) = crate::triage::Handle::new();
@@ -138,21 +136,13 @@ impl App {
             self.logs.clone(),
             self.live.current().config.triage_budget().max(0.1),
         ));
-        let watcher = Watcher {
-            store: self.store.clone(),
-            client: self.client.clone(),
-            live: self.live.clone(),
-            clock: self.clock.clone(),
-            changes,
-            health: health.clone(),
-            triage,
-        };
+        let (watcher, event_loop) = self.watcher(changes, health.clone(), triage).await;
         // Watcher and delivery workers run until shutdown; any of them ending early
         // means a store error, which stops the service rather than limping on.
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(async move {
             watcher
-                .run(rx.clone())
+                .run(rx)
                 .await
                 .map_err(|e| anyhow::Error::new(e).context("watcher stopped"))
         });
@@ -179,6 +169,8 @@ impl App {
             wakers.clone(),
         ));
         let (hup, sweep) = self.side_tasks(&watch_handle, &worker_rx);
+        // Receiving stops with the process: a message it holds comes back to SQS.
+        let events_task = event_loop.map(|l| tokio::spawn(l.run(worker_rx.clone())));
 
         let state = AppState::new(
             self.store.clone(),
@@ -215,8 +207,9 @@ impl App {
             }
         }
         let _ = tx.send(true);
-        hup.abort();
-        sweep.abort();
+        for t in [Some(hup), Some(sweep), events_task].into_iter().flatten() {
+            t.abort();
+        }
         // Unfinished triage is redone at the next start (its entries are stored).
         triage_task.abort();
         drain(
@@ -235,6 +228,43 @@ impl App {
 }
 
 impl App {
+    /// The poll loop, and the event queue's receive loop feeding it when `[events]`
+    /// names a queue. Read at start-up: a reload that changes `[events]` applies at
+    /// the next start.
+    async fn watcher(
+        &self,
+        changes: tokio::sync::mpsc::UnboundedReceiver<crate::watch::SubChange>,
+        health: Arc<Health>,
+        triage: crate::triage::Handle,
+    ) -> (Watcher, Option<crate::watch::events::EventLoop>) {
+        let cfg = self.live.current().config.clone();
+        let (event_loop, inbox) = match &cfg.events.sqs_queue_url {
+            Some(url) => {
+                let queue =
+                    crate::deadline::queue::EventQueue::from_chain(url, cfg.deadline.max_attempts)
+                        .await;
+                let (l, inbox) = crate::watch::events::EventLoop::new(
+                    Arc::new(queue),
+                    self.store.clone(),
+                    cfg.events.clone(),
+                );
+                (Some(l), Some(inbox))
+            }
+            None => (None, None),
+        };
+        let watcher = Watcher {
+            store: self.store.clone(),
+            client: self.client.clone(),
+            live: self.live.clone(),
+            clock: self.clock.clone(),
+            changes,
+            health,
+            triage,
+            events: inbox,
+        };
+        (watcher, event_loop)
+    }
+
     /// Reload on SIGHUP, and the retention sweep: they stop with the process.
     fn side_tasks(
         &self,

@@ -68,6 +68,8 @@ struct RawConfig {
     #[serde(default)]
     triage: TriageConfig,
     #[serde(default)]
+    events: EventsConfig,
+    #[serde(default)]
     teams: Vec<RawTeam>,
     #[serde(default)]
     people: Vec<RawPerson>,
@@ -425,6 +427,63 @@ fn default_triage_rps() -> f64 {
     2.5
 }
 
+/// `[events]`: Deadline Cloud's own state changes, pushed through EventBridge to an
+/// SQS queue. Events only make a job due now; the read that follows is the truth, and
+/// polling goes on at `backstop_interval` as the safety net for a lost event.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// The queue the EventBridge rule feeds; none: polling only.
+    #[serde(default)]
+    pub sqs_queue_url: Option<String>,
+    /// How often subscribed jobs are still polled while events flow.
+    #[serde(default = "default_backstop", deserialize_with = "duration::de")]
+    pub backstop_interval: Duration,
+    /// Receives must have succeeded this long before polling relaxes to the backstop.
+    #[serde(default = "default_relax_after", deserialize_with = "duration::de")]
+    pub relax_after: Duration,
+    /// Long-poll wait of each receive (SQS allows 0–20 s).
+    #[serde(default = "default_wait_time", deserialize_with = "duration::de")]
+    pub wait_time: Duration,
+    /// How long a received message stays invisible to other receives: longer than
+    /// reading its job and committing what it found, so a message still being
+    /// worked on never comes back, and one whose work was lost does.
+    #[serde(default = "default_visibility", deserialize_with = "duration::de")]
+    pub visibility_timeout: Duration,
+    /// Events arriving within this window share one BatchGetJob call.
+    #[serde(default = "default_batch_window", deserialize_with = "duration::de")]
+    pub batch_window: Duration,
+}
+
+fn default_backstop() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_relax_after() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_wait_time() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_visibility() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_batch_window() -> Duration {
+    Duration::from_millis(100)
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            sqs_queue_url: None,
+            backstop_interval: default_backstop(),
+            relax_after: default_relax_after(),
+            wait_time: default_wait_time(),
+            visibility_timeout: default_visibility(),
+            batch_window: default_batch_window(),
+        }
+    }
+}
+
 impl Default for TriageConfig {
     fn default() -> Self {
         Self {
@@ -642,6 +701,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub templates: TemplatesConfig,
     pub triage: TriageConfig,
+    pub events: EventsConfig,
     pub teams: Vec<Team>,
     /// `[[people]]`: who a job's `createdBy` is in chat.
     pub people: std::sync::Arc<crate::domain::people::People>,
@@ -1011,6 +1071,45 @@ events = ["job.failed", "job.succeeded"]
             e.contains("teams[0].tokens[0]") && e.contains("DN_UNSET_TOKEN_VAR"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn events_section_defaults_and_errors_name_the_key() {
+        let c = Config::from_toml(GOOD, Path::new("x.toml")).unwrap();
+        assert_eq!(c.events.sqs_queue_url, None);
+        assert_eq!(c.events.backstop_interval, Duration::from_secs(300));
+        assert_eq!(c.events.wait_time, Duration::from_secs(20));
+        let with = |extra: &str| format!("{GOOD}\n[events]\n{extra}\n");
+        let url = "https://sqs.us-west-2.amazonaws.com/111122223333/deadline-events";
+        let c = Config::from_toml(
+            &with(&format!(
+                "sqs_queue_url = \"{url}\"\nbackstop_interval = \"2s\""
+            )),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.events.sqs_queue_url.as_deref(), Some(url));
+        assert_eq!(c.events.backstop_interval, Duration::from_secs(2));
+        for (extra, key) in [
+            (
+                "sqs_queue_url = \"deadline-events\"",
+                "events.sqs_queue_url",
+            ),
+            (
+                "sqs_queue_url = \"https://sqs.us-west-2.amazonaws.com/deadline-events\"",
+                "events.sqs_queue_url",
+            ),
+            ("wait_time = \"25s\"", "events.wait_time"),
+            ("visibility_timeout = \"1s\"", "events.visibility_timeout"),
+            ("backstop_interval = \"soon\"", "backstop_interval"),
+            ("queue = \"x\"", "queue"),
+        ] {
+            let e = err(&with(extra));
+            assert!(
+                e.contains(key) && e.contains("notifier.toml"),
+                "{extra}: {e}"
+            );
+        }
     }
 
     #[test]

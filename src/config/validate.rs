@@ -14,6 +14,7 @@ fn invalid(path: &Path, key: String, message: String) -> ConfigError {
 pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     check_deadline(&raw.deadline, path)?;
     check_triage(&raw.triage, path)?;
+    check_events(&raw.events, path)?;
     let delivery = DeliveryConfig::from_table(&raw.delivery)
         .map_err(|e| invalid(path, format!("delivery.{}", e.key), e.message))?;
     if delivery.retry_schedule.is_empty() {
@@ -72,6 +73,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         delivery,
         templates,
         triage: raw.triage,
+        events: raw.events,
         teams,
         people: std::sync::Arc::new(crate::domain::people::People::new(people)),
     })
@@ -251,6 +253,54 @@ fn check_triage(t: &TriageConfig, path: &Path) -> Result<(), ConfigError> {
             "triage.max_requests_per_second".into(),
             "must be at least 0.1".into(),
         ));
+    }
+    Ok(())
+}
+
+fn check_events(e: &EventsConfig, path: &Path) -> Result<(), ConfigError> {
+    let bad = |key: &str, message: &str| invalid(path, format!("events.{key}"), message.into());
+    if let Some(u) = &e.sqs_queue_url {
+        let parsed = url::Url::parse(u).map_err(|err| {
+            bad(
+                "sqs_queue_url",
+                &format!("{u:?} is not a URL ({err}); write the queue URL SQS shows, e.g. https://sqs.us-west-2.amazonaws.com/111122223333/deadline-events"),
+            )
+        })?;
+        let segments: Vec<&str> = parsed
+            .path_segments()
+            .map(|s| s.filter(|x| !x.is_empty()).collect())
+            .unwrap_or_default();
+        if !matches!(parsed.scheme(), "https" | "http") || segments.len() != 2 {
+            return Err(bad(
+                "sqs_queue_url",
+                &format!(
+                    "{u:?} is not a queue URL: expected https://sqs.<region>.amazonaws.com/<account>/<queue name>"
+                ),
+            ));
+        }
+    }
+    if e.backstop_interval < Duration::from_millis(100) {
+        return Err(bad("backstop_interval", "must be at least 100ms"));
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&e.relax_after) {
+        return Err(bad("relax_after", "must be between 1s and 1h"));
+    }
+    if e.wait_time > Duration::from_secs(20) || e.wait_time.subsec_nanos() != 0 {
+        return Err(bad(
+            "wait_time",
+            "must be whole seconds between 0s and 20s (SQS long polling waits at most 20 s)",
+        ));
+    }
+    if !(Duration::from_secs(5)..=Duration::from_secs(12 * 3600)).contains(&e.visibility_timeout)
+        || e.visibility_timeout.subsec_nanos() != 0
+    {
+        return Err(bad(
+            "visibility_timeout",
+            "must be whole seconds between 5s and 12h",
+        ));
+    }
+    if e.batch_window > Duration::from_secs(5) {
+        return Err(bad("batch_window", "must be at most 5s"));
     }
     Ok(())
 }

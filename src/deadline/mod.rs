@@ -3,6 +3,7 @@
 //! imports `domain` and `config` only.
 pub mod client;
 pub mod logs;
+pub mod queue;
 pub mod wire;
 
 use crate::domain::JobKey;

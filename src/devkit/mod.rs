@@ -5,3 +5,4 @@ pub mod demo;
 pub mod simulator;
 pub mod sink;
 pub mod slack;
+pub mod sqs;

@@ -203,7 +203,7 @@ impl Loop {
     /// (then the watch shows why). A job nobody tracked yet starts from the state
     /// every new job starts in, so one that already started, failed or succeeded
     /// before its first poll is still announced.
-    fn adopt(
+    pub(super) fn adopt(
         &mut self,
         job: &crate::deadline::NewJob,
         watches: &[(Watch, Option<regex_lite::Regex>)],

@@ -15,12 +15,16 @@
 //! and `triage`.
 mod discover;
 mod health;
+mod hinted;
 pub use discovery::SearchedQueues;
 pub use health::{Health, HealthView};
 pub mod diff;
 pub mod discovery;
+pub mod events;
+pub mod hints;
 pub mod plan;
 pub mod progress;
+pub mod push;
 pub mod retention;
 pub mod route;
 pub mod schedule;
@@ -86,6 +90,8 @@ pub struct Watcher {
     pub health: Arc<Health>,
     /// Where committed failures go to be triaged.
     pub triage: crate::triage::Handle,
+    /// The event queue's hints and health, when `[events]` names a queue.
+    pub events: Option<events::Inbox>,
 }
 
 struct Loop {
@@ -117,6 +123,14 @@ struct Loop {
     discovery_backoff: discovery::Backoff,
     /// Shared team names and channel lists of the subscriptions followed.
     interner: route::Interner,
+    /// Event hints from the queue (none without `[events]`).
+    pushed: Option<mpsc::UnboundedReceiver<Vec<events::Pushed>>>,
+    answers: Option<mpsc::UnboundedSender<events::Answer>>,
+    mode_rx: Option<watch::Receiver<push::Mode>>,
+    /// Polling mode: relaxed to the backstop interval while events flow.
+    mode: push::Mode,
+    /// Messages waiting for their job's next read to be committed, by slot.
+    awaiting: HashMap<Slot, Vec<(Arc<JobKey>, events::Pushed)>>,
 }
 
 /// Runs blocking store work from the poll loop without stalling the runtime's other
@@ -216,7 +230,17 @@ impl Loop {
             last_pass: HashMap::default(),
             discovery_backoff: HashMap::default(),
             interner,
+            pushed: None,
+            answers: None,
+            mode_rx: None,
+            mode: push::Mode::Tight,
+            awaiting: HashMap::default(),
         };
+        if let Some(inbox) = l.w.events.take() {
+            l.pushed = Some(inbox.pushed);
+            l.answers = Some(inbox.answers);
+            l.mode_rx = Some(inbox.mode);
+        }
         for (farm, queue, at) in blocking(|| l.w.store.discovery_marks())? {
             l.last_pass.insert((farm, queue), at);
         }
@@ -299,8 +323,13 @@ impl Loop {
         self.origin.elapsed().as_millis() as u64
     }
 
+    /// The base poll interval: `poll_interval`, or the backstop while events flow.
     fn interval_ms(&self) -> u64 {
-        self.active.config.deadline.poll_interval.as_millis().max(1) as u64
+        let d = match self.mode {
+            push::Mode::Tight => self.active.config.deadline.poll_interval,
+            push::Mode::Relaxed => self.active.config.events.backstop_interval,
+        };
+        d.as_millis().max(1) as u64
     }
 
     fn finished_interval_ms(&self) -> u64 {
@@ -387,6 +416,7 @@ impl Loop {
 
     /// Stops following the job in `slot`.
     fn forget(&mut self, slot: Slot) -> Option<Tracked> {
+        self.answer(slot, false);
         self.unschedule(slot);
         let t = self.tracked.remove(slot)?;
         self.w.health.drop_view(&t.key);
@@ -511,6 +541,10 @@ impl Loop {
             while let Ok(c) = self.w.changes.try_recv() {
                 self.apply(c)?;
             }
+            self.take_mode();
+            while let Some(batch) = self.pushed.as_mut().and_then(|p| p.try_recv().ok()) {
+                self.hinted(batch).await?;
+            }
             self.w.health.set_watched_jobs(self.schedule.len());
             metrics::gauge!("deadline_notifier_watched_jobs").set(self.schedule.len() as f64);
             let now = self.now_ms();
@@ -556,6 +590,8 @@ impl Loop {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 Some(c) = self.w.changes.recv() => self.apply(c)?,
+                Some(batch) = events::next(&mut self.pushed) => self.hinted(batch).await?,
+                _ = events::mode_changed(&mut self.mode_rx) => {}
                 _ = reloads.changed() => {}
                 _ = shutdown.changed() => {}
             }
@@ -596,7 +632,20 @@ impl Loop {
                             .get(due.slot)
                             .is_some_and(|t| Arc::ptr_eq(&t.key, &due.key))
                         {
-                            self.handle(due.slot, fetched)?;
+                            let hinted = self.awaiting.contains_key(&due.slot);
+                            if matches!(fetched, Fetched::Failed(_)) {
+                                self.answer_again(due.slot);
+                            }
+                            let transition = self.handle(due.slot, fetched)?;
+                            if transition && !hinted && self.answers.is_some() {
+                                // Events were expected to announce this one: a
+                                // steady count here means events go missing.
+                                metrics::counter!(
+                                    "deadline_notifier_transitions_found_by_polling_total"
+                                )
+                                .increment(1);
+                            }
+                            self.answer(due.slot, transition);
                         }
                     }
                     Ok(())
@@ -616,6 +665,7 @@ impl Loop {
                 tracing::warn!(error = %e, jobs = keys.len(), "poll failed; retrying these jobs next interval");
                 for k in &keys {
                     self.reschedule(k.slot, 0, true);
+                    self.answer_again(k.slot);
                 }
             }
         }
@@ -671,15 +721,17 @@ impl Loop {
         Ok(())
     }
 
-    fn handle(&mut self, slot: Slot, fetched: Fetched) -> Result<(), StoreError> {
+    /// Carries out one read; returns whether it found a transition.
+    fn handle(&mut self, slot: Slot, fetched: Fetched) -> Result<bool, StoreError> {
         let Some(key) = self.tracked.get(slot).map(|t| t.key.clone()) else {
-            return Ok(());
+            return Ok(false);
         };
+        let mut transition = false;
         match fetched {
             Fetched::Found(snap) => {
                 self.w.health.clear_poll_error(&key);
                 self.w.health.refresh_view(&key, &snap, self.w.clock.now());
-                self.observe(slot, *snap)?;
+                transition = self.observe(slot, *snap)?;
                 let finished = self.tracked.get(slot).is_some_and(|t| t.finished);
                 match (self.settled(slot), finished) {
                     (true, false) => self.set_finished(slot, true)?,
@@ -707,13 +759,14 @@ impl Loop {
                 self.reschedule(slot, 0, true);
             }
         }
-        Ok(())
+        Ok(transition)
     }
 
     /// Diffs one observation and, if the state changed, commits it with its messages.
-    fn observe(&mut self, slot: Slot, observed: Observed) -> Result<(), StoreError> {
+    /// Returns whether it found events.
+    fn observe(&mut self, slot: Slot, observed: Observed) -> Result<bool, StoreError> {
         let Some(t) = self.tracked.get(slot) else {
-            return Ok(());
+            return Ok(false);
         };
         let prev = t.state.as_ref();
         let now = self.w.clock.now();
@@ -736,7 +789,7 @@ impl Loop {
             if let Some(k) = self.tracked.get_mut(slot).and_then(|t| t.state.as_mut()) {
                 k.progress = look.progress;
             }
-            return Ok(());
+            return Ok(false);
         }
         // Changed (or first seen): only now is the full snapshot built.
         let cur = observed.status.clone();
@@ -771,6 +824,6 @@ impl Loop {
         if let Some(t) = self.tracked.get_mut(slot) {
             t.state = Some(Known::from(plan.state));
         }
-        Ok(())
+        Ok(!plan.events.is_empty())
     }
 }

@@ -126,6 +126,39 @@ impl Lanes {
         self.pos[i] = Some((lane, at));
     }
 
+    /// When `slot` is due, if scheduled.
+    pub fn due(&self, slot: Slot) -> Option<u64> {
+        self.pos
+            .get(slot as usize)
+            .copied()
+            .flatten()
+            .map(|(_, at)| at)
+    }
+
+    /// Moves `slot` to `at` if that is earlier than its turn (or it is unscheduled
+    /// and in `lane`). Returns whether it moved.
+    pub fn pull(&mut self, slot: Slot, lane: LaneId, at: u64) -> bool {
+        match self.pos.get(slot as usize).copied().flatten() {
+            Some((l, due)) if due > at => {
+                self.set(slot, l, at);
+                true
+            }
+            Some(_) => false,
+            None => {
+                self.set(slot, lane, at);
+                true
+            }
+        }
+    }
+
+    /// Every scheduled slot with its due time, in slot order.
+    pub fn scheduled(&self) -> impl Iterator<Item = (Slot, u64)> + '_ {
+        self.pos
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.map(|(_, at)| (i as Slot, at)))
+    }
+
     pub fn remove(&mut self, slot: Slot) {
         if let Some(p) = self.pos.get_mut(slot as usize)
             && let Some((lane, at)) = p.take()

@@ -5,6 +5,7 @@
 //!
 //! Control it in-process with [`Simulator`], or over HTTP under `/_sim/`.
 mod details;
+mod events;
 pub use details::{StepSpec, TaskSpec};
 
 use crate::domain::{JobKey, JobSnapshot, LifecycleStatus, TaskRunStatus};
@@ -144,6 +145,8 @@ struct Inner {
     faults: Faults,
     stats: Stats,
     next_id: u64,
+    /// Where job changes are published as EventBridge envelopes, if anywhere.
+    events_queue: Option<String>,
 }
 
 impl Inner {
@@ -159,6 +162,8 @@ impl Inner {
 #[derive(Clone, Default)]
 pub struct Simulator {
     inner: Arc<Mutex<Inner>>,
+    /// The SQS stand-in served beside the Deadline API (`POST /`, `AmazonSQS.*`).
+    sqs: super::sqs::FakeSqs,
 }
 
 fn apply(snap: &mut JobSnapshot, p: &Patch) {
@@ -275,6 +280,12 @@ impl Simulator {
         snap.task_failure_retry_count = Some(0);
         let mut script = spec.script;
         script.sort_by_key(|p| p.after_ms);
+        // A job born later (`create_after_ms`) publishes nothing: its creation is
+        // found by discovery, as a job whose event was lost would be.
+        let created = match &g.events_queue {
+            Some(q) if born_in.is_zero() => Some((q.clone(), events::created(&snap))),
+            _ => None,
+        };
         g.jobs.insert(
             key.clone(),
             SimJob {
@@ -287,22 +298,46 @@ impl Simulator {
                 steps: spec.steps,
             },
         );
+        drop(g);
+        if let Some((q, body)) = created {
+            self.sqs.send(&q, &body);
+        }
         key
     }
 
     /// Applies a change now. Returns false if the job does not exist.
     pub fn patch(&self, key: &JobKey, p: &Patch) -> bool {
         let mut g = self.lock();
+        let queue = g.events_queue.clone();
         match g.jobs.get_mut(key) {
             Some(j) => {
+                let before = j.snap.clone();
                 apply(&mut j.snap, p);
                 if let Some(raw) = &p.raw {
                     j.raw = raw.as_object().cloned();
+                }
+                let after = j.snap.clone();
+                drop(g);
+                if let Some(q) = queue {
+                    for body in events::changes(&before, &after) {
+                        self.sqs.send(&q, &body);
+                    }
                 }
                 true
             }
             None => false,
         }
+    }
+
+    /// The SQS stand-in this simulator serves.
+    pub fn sqs(&self) -> &super::sqs::FakeSqs {
+        &self.sqs
+    }
+
+    /// Publishes every later job change (`patch`, `set_status`, a new job) to the
+    /// queue named `queue` as Deadline Cloud's EventBridge events; `None` stops.
+    pub fn emit_events(&self, queue: Option<&str>) {
+        self.lock().events_queue = queue.map(str::to_string);
     }
 
     /// Shorthand for a status change with matching task counts.
@@ -443,7 +478,7 @@ impl Simulator {
                 "/2023-10-12/batch-get-session",
                 post(details::batch_get_session),
             )
-            .route("/", post(details::logs))
+            .route("/", post(json_rpc))
             .route("/2023-10-12/farms/{farm}/search/jobs", post(search_jobs))
             .route("/_sim/jobs", post(admin_add))
             .route(
@@ -795,6 +830,23 @@ async fn list_jobs(
         out["nextToken"] = json!((start + max).to_string());
     }
     Json(out).into_response()
+}
+
+/// `POST /` carries two JSON protocols: CloudWatch Logs and SQS, told apart by target.
+async fn json_rpc(
+    State(sim): State<Simulator>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let sqs = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("AmazonSQS."));
+    if sqs {
+        sim.sqs.handle(&headers, &body).await
+    } else {
+        details::logs(State(sim), headers, body).await
+    }
 }
 
 async fn unknown_operation(headers: HeaderMap) -> Response {
