@@ -10,9 +10,11 @@ use super::*;
 use crate::domain::Watch;
 
 impl Loop {
-    /// Takes up a new polling mode; tightening brings every job due later than one
-    /// `poll_interval` (times its factor) forward, spread over that interval, so no
-    /// job waits out a backstop interval once events may be missing.
+    /// Takes up a new polling mode. Every job due later than one new interval (times
+    /// its factor) is brought forward, spread over that interval: after tightening
+    /// no job waits out a backstop interval once events may be missing, and after
+    /// relaxing none waits longer than the backstop (a backstop shorter than
+    /// `poll_interval` is honoured at once).
     pub(super) fn take_mode(&mut self) {
         let Some(rx) = self.mode_rx.as_mut() else {
             return;
@@ -22,12 +24,10 @@ impl Loop {
             return;
         }
         self.mode = mode;
-        if mode == Mode::Tight {
-            self.tighten();
-        }
+        self.respread();
     }
 
-    fn tighten(&mut self) {
+    fn respread(&mut self) {
         let now = self.now_ms();
         let interval = self.interval_ms();
         let late: Vec<(Slot, u64)> = self
@@ -42,10 +42,7 @@ impl Loop {
         let n = late.len().max(1) as u64;
         for (i, (slot, limit)) in late.into_iter().enumerate() {
             let at = (now + i as u64 * interval / n).min(limit);
-            let lane = self.tracked.get(slot).map(|t| t.read_lane());
-            if let Some(lane) = lane {
-                self.schedule.set(slot, lane, at);
-            }
+            self.reschedule(slot, at, false);
         }
     }
 

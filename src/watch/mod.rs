@@ -357,6 +357,11 @@ impl Loop {
             return (self.finished_interval_ms() / self.interval_ms()).clamp(1, u32::MAX as u64)
                 as u32;
         }
+        // While events flow, the backstop interval is the whole of polling's
+        // schedule: events, not adaptive intervals, keep active jobs current.
+        if self.mode == push::Mode::Relaxed {
+            return 1;
+        }
         let st = t.state.as_ref();
         let now = self.w.clock.now();
         crate::watch::schedule::poll_factor(

@@ -238,6 +238,25 @@ url = "http://{sink_addr}/webhook/fx"
         .await;
     }
 
+    /// The sum of every sample of metric `name` whose labels contain all of
+    /// `labels` (e.g. `outcome="malformed"`); 0 when there is none.
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.api()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                    && labels.iter().all(|x| l.contains(x))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Delivered messages about `key` (2xx answers), in arrival order.
     pub fn delivered_for(&self, key: &JobKey) -> Vec<Received> {
         self.sink
@@ -273,6 +292,7 @@ impl Launcher {
                 "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
                 format!("http://{}", self.sim_addr),
             )
+            .env("AWS_ENDPOINT_URL_SQS", format!("http://{}", self.sim_addr))
             .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
             .env("AWS_SECRET_ACCESS_KEY", "secret-test")
             .env("AWS_REGION", "us-west-2")

@@ -3,6 +3,7 @@
 mod api;
 mod delivery;
 mod escaping;
+mod events;
 mod fairness;
 mod golden;
 mod helpers;

@@ -250,13 +250,20 @@ pub fn metrics_router(state: AppState) -> Router {
 }
 
 /// Ready when the store answers and, if any job is watched, a Deadline Cloud call
-/// succeeded within three poll intervals (at least a minute).
+/// succeeded within three poll intervals (the backstop interval's, with an event
+/// queue; at least a minute). A failing event queue does not make it unready:
+/// polling covers for it.
 async fn readyz(State(st): State<AppState>) -> Response {
     let store_ok = st.store.run(|s| Ok(s.verify_open())).await.unwrap_or(false);
     let watched = st.health.watched_jobs();
     let last = st.health.last_deadline_ok_ms();
-    let window = (st.live.current().config.deadline.poll_interval * 3)
-        .max(std::time::Duration::from_secs(60));
+    let cfg = &st.live.current().config;
+    // While events flow, jobs are read only every backstop interval.
+    let interval = match cfg.events.sqs_queue_url {
+        Some(_) => cfg.deadline.poll_interval.max(cfg.events.backstop_interval),
+        None => cfg.deadline.poll_interval,
+    };
+    let window = (interval * 3).max(std::time::Duration::from_secs(60));
     let age_ms = st.clock.now().timestamp_millis() - last;
     let deadline_ok = watched == 0 || (last > 0 && age_ms <= window.as_millis() as i64);
     let body = json!({
