@@ -5,7 +5,6 @@
 //! events flow, tightened back to `poll_interval` when they stop.
 use super::events::{Answer, Pushed};
 use super::hints::JobCause;
-use super::push::Mode;
 use super::*;
 use crate::domain::Watch;
 

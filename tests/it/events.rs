@@ -62,8 +62,11 @@ async fn running_job(env: &Env, name: &str) -> JobKey {
     });
     // The first read follows the subscription at once: count from before it.
     let before = env.sim.hits(&key);
-    env.subscribe_job(&key, json!({"events": ["job.failed", "job.succeeded", "job.canceled"]}))
-        .await;
+    env.subscribe_job(
+        &key,
+        json!({"events": ["job.failed", "job.succeeded", "job.canceled"]}),
+    )
+    .await;
     wait_until(T, "the first read", || env.sim.hits(&key) > before).await;
     key
 }
@@ -75,7 +78,9 @@ fn quietly(env: &Env, key: &JobKey, status: &str) {
 }
 
 async fn relaxed(env: &Env) -> bool {
-    env.metric("deadline_notifier_event_polling_relaxed", &[]).await == 1.0
+    env.metric("deadline_notifier_event_polling_relaxed", &[])
+        .await
+        == 1.0
 }
 
 async fn wait_relaxed(env: &Env, want: bool) {
@@ -137,8 +142,11 @@ async fn a_failure_reaches_chat_from_its_event_with_polling_at_ten_minutes() {
     let sqs = env.sim.sqs().stats();
     assert_eq!(sqs.waiting, 0, "every message deleted: {sqs:?}");
     assert!(
-        env.metric("deadline_notifier_events_total", &["outcome=\"transition\""])
-            .await
+        env.metric(
+            "deadline_notifier_events_total",
+            &["outcome=\"transition\""]
+        )
+        .await
             >= 100.0
     );
 }
@@ -209,12 +217,15 @@ async fn sigkill_between_receive_and_commit_is_notified_exactly_once() {
     let key = running_job(&env, "killed mid-read").await;
     let before = env.sim.stats().batch_get_job;
     // The read the event causes hangs, so the service dies with it in flight.
-    env.sim.set_faults(deadline_notifier::devkit::simulator::Faults {
-        latency_ms: 30_000,
-        ..Default::default()
-    });
+    env.sim
+        .set_faults(deadline_notifier::devkit::simulator::Faults {
+            latency_ms: 30_000,
+            ..Default::default()
+        });
     quietly(&env, &key, "FAILED");
-    env.sim.sqs().send(QUEUE, &run_event(&key, "RUNNING", "FAILED"));
+    env.sim
+        .sqs()
+        .send(QUEUE, &run_event(&key, "RUNNING", "FAILED"));
     wait_until(T, "the event received and its read under way", || {
         env.sim.sqs().stats().in_flight == 1 && env.sim.stats().batch_get_job > before
     })
@@ -318,11 +329,7 @@ async fn a_created_event_in_a_watched_queue_subscribes_the_job_at_once() {
             .into_iter()
             .flatten()
             .any(|s| s["jobId"] == json!(key.job_id.as_str()));
-        if found {
-            Ok(sent.elapsed())
-        } else {
-            Err(subs)
-        }
+        if found { Ok(sent.elapsed()) } else { Err(subs) }
     })
     .await;
     println!("CREATE_COMPLETE event → subscribed in {waited:?}");
