@@ -136,7 +136,9 @@ impl App {
             self.logs.clone(),
             self.live.current().config.triage_budget().max(0.1),
         ));
-        let (watcher, event_loop) = self.watcher(changes, health.clone(), triage).await;
+        let (watcher, event_loop) = self
+            .watcher(changes, health.clone(), triage, wakers.clone())
+            .await;
         // Watcher and delivery workers run until shutdown; any of them ending early
         // means a store error, which stops the service rather than limping on.
         let mut tasks = tokio::task::JoinSet::new();
@@ -236,6 +238,7 @@ impl App {
         changes: tokio::sync::mpsc::UnboundedReceiver<crate::watch::SubChange>,
         health: Arc<Health>,
         triage: crate::triage::Handle,
+        wakers: Wakers,
     ) -> (Watcher, Option<crate::watch::events::EventLoop>) {
         let cfg = self.live.current().config.clone();
         let (event_loop, inbox) = match &cfg.events.sqs_queue_url {
@@ -243,10 +246,19 @@ impl App {
                 let queue =
                     crate::deadline::queue::EventQueue::from_chain(url, cfg.deadline.max_attempts)
                         .await;
+                let queue = Arc::new(queue);
+                let budgets = crate::watch::budget::BudgetLoop {
+                    client: self.client.clone(),
+                    live: self.live.clone(),
+                    store: self.store.clone(),
+                    wakers,
+                    queue: queue.clone(),
+                };
                 let (l, inbox) = crate::watch::events::EventLoop::new(
-                    Arc::new(queue),
+                    queue,
                     self.store.clone(),
                     cfg.events.clone(),
+                    budgets,
                 );
                 (Some(l), Some(inbox))
             }

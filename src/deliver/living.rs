@@ -280,6 +280,8 @@ impl Worker {
         };
         let shared = self.slack.clone();
         let result = match app.mode {
+            // A notice (no job) is one message of its own, never a living one.
+            _ if !e.event.is_job_event() => self.notice(&mut calls, e).await,
             Mode::Living => self.living(&mut calls, &shared, e, newer_waiting).await,
             Mode::Post => self.post_mode(&mut calls, &shared, e).await,
         };
@@ -479,6 +481,26 @@ impl Worker {
             Outcome::Ok(v) => {
                 self.keep_anchor(e, &v, &channel_id, workspace.as_deref())
                     .await?;
+                mark(e, "post");
+                Ok(())
+            }
+            other => Err(Ok(stop(other))),
+        }
+    }
+
+    /// A notice's `{"post": message}`, posted as is: no anchor, no thread.
+    async fn notice(
+        &self,
+        calls: &mut Calls<'_>,
+        e: &mut OutboxEntry,
+    ) -> Result<(), Result<Stop, StoreError>> {
+        if done(e, "post") {
+            return Ok(());
+        }
+        let channel_id = calls.ch.app.as_ref().map_or("", |a| &a.channel).to_string();
+        let body = to(&e.payload["post"], &channel_id, json!({}));
+        match calls.post(&body).await.map_err(Ok)? {
+            Outcome::Ok(_) => {
                 mark(e, "post");
                 Ok(())
             }

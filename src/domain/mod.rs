@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub mod budget;
 pub mod failure;
 pub mod monitor;
 pub mod people;
@@ -474,6 +475,9 @@ pub enum Event {
     Stalled,
     /// Succeeded tasks passed one of `deadline.progress_milestones` (percent).
     Progress,
+    /// A farm's budget crossed one of its thresholds (an event from the queue; it
+    /// concerns no job, so it goes only to channels that list it).
+    BudgetThreshold,
 }
 
 impl Event {
@@ -493,6 +497,9 @@ impl Event {
         Event::Stalled,
         Event::Progress,
     ];
+    /// Events that concern no job: a channel gets them only when its `events` list
+    /// names them, never by default.
+    pub const NOTICES: [Event; 1] = [Event::BudgetThreshold];
     /// What a subscription receives when it does not say.
     pub const DEFAULTS: [Event; 7] = [
         Event::Succeeded,
@@ -520,11 +527,23 @@ impl Event {
             Event::Archived => "job.archived",
             Event::Stalled => "job.stalled",
             Event::Progress => "job.progress",
+            Event::BudgetThreshold => "budget.threshold",
         }
     }
 
+    /// A job event's name (what subscriptions and watches may ask for).
     pub fn parse(s: &str) -> Option<Event> {
         Event::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+
+    /// Any event a channel may list: the job events and the notices.
+    pub fn parse_any(s: &str) -> Option<Event> {
+        Event::parse(s).or_else(|| Event::NOTICES.into_iter().find(|e| e.as_str() == s))
+    }
+
+    /// Whether it concerns a job (else it is a notice, sent only where listed).
+    pub fn is_job_event(self) -> bool {
+        !Event::NOTICES.contains(&self)
     }
 }
 
@@ -543,8 +562,12 @@ impl Serialize for Event {
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Event::parse(&s).ok_or_else(|| {
-            let names: Vec<_> = Event::ALL.iter().map(|e| e.as_str()).collect();
+        Event::parse_any(&s).ok_or_else(|| {
+            let names: Vec<_> = Event::ALL
+                .iter()
+                .chain(&Event::NOTICES)
+                .map(|e| e.as_str())
+                .collect();
             serde::de::Error::custom(format!(
                 "unknown event {s:?}; expected one of {}",
                 names.join(", ")

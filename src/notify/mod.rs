@@ -85,6 +85,19 @@ pub struct Digest<'a> {
     pub card_only: bool,
 }
 
+/// An event that concerns no job (a budget threshold), rendered for one channel.
+pub struct Notice<'a> {
+    pub team: &'a str,
+    pub event: Event,
+    pub rendered: &'a Rendered,
+    pub link: Option<&'a str>,
+    /// The facts, as a webhook's `data` carries them.
+    pub data: &'a Value,
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The channel's `card_only` (Teams).
+    pub card_only: bool,
+}
+
 /// A job on a digest page: what a kind links to and mentions.
 #[derive(Debug, Clone)]
 pub struct DigestJob {
@@ -137,6 +150,11 @@ pub trait Kind: Sync + Send + 'static {
     fn digest_template(&self) -> Option<&'static str> {
         None
     }
+    /// The built-in `templates/default/<name>/<event>.hbs` of a notice, an event
+    /// that concerns no job (`budget.threshold`).
+    fn notice_template(&self, event: Event) -> Option<&'static str>;
+    /// A notice's payload.
+    fn notice_payload(&self, n: &Notice) -> Value;
     /// A digest page's payload, and whether it is within the platform's limits
     /// (a page that is not gets fewer jobs).
     fn digest_payload(&self, _d: &Digest) -> (Value, bool) {
@@ -262,8 +280,13 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// A job event: unless the channel's `events` leaves it out. A notice (no job):
+    /// only when the channel's `events` names it.
     pub fn wants(&self, event: Event) -> bool {
-        self.events.as_ref().is_none_or(|e| e.contains(&event))
+        match &self.events {
+            Some(e) => e.contains(&event),
+            None => event.is_job_event(),
+        }
     }
 
     /// What pacing, back-off and `Retry-After` apply to: the URL, or for a Slack

@@ -52,6 +52,14 @@ impl Kind for Slack {
     fn digest_payload(&self, d: &super::Digest) -> (Value, bool) {
         digest(d)
     }
+    fn notice_template(&self, event: crate::domain::Event) -> Option<&'static str> {
+        (event == crate::domain::Event::BudgetThreshold).then_some(include_str!(
+            "../../templates/default/slack/budget.threshold.hbs"
+        ))
+    }
+    fn notice_payload(&self, n: &super::Notice) -> Value {
+        payload(n.rendered, n.link)
+    }
     fn classify(&self, a: &Answer, max_retry_after: Duration) -> Verdict {
         // Slack's Web API answers 200 with {"ok":false,...}; incoming webhooks answer "ok".
         if (200..300).contains(&a.status)

@@ -79,6 +79,17 @@ impl Kind for SlackApp {
     fn root_template(&self) -> Option<&'static str> {
         Some(include_str!("../../templates/default/slack_app/root.hbs"))
     }
+    fn notice_template(&self, event: crate::domain::Event) -> Option<&'static str> {
+        (event == crate::domain::Event::BudgetThreshold).then_some(include_str!(
+            "../../templates/default/slack_app/budget.threshold.hbs"
+        ))
+    }
+    /// `{"post": message}`: a notice has no living message; it is posted as is.
+    fn notice_payload(&self, n: &super::Notice) -> Value {
+        let mut post = slack::payload(n.rendered, n.link);
+        strip_webhook_fields(&mut post);
+        json!({"post": post})
+    }
     fn holds_when_disabled(&self) -> bool {
         true
     }

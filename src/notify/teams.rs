@@ -38,6 +38,15 @@ impl Kind for Teams {
             (v, fits)
         }
     }
+    fn notice_template(&self, event: crate::domain::Event) -> Option<&'static str> {
+        (event == crate::domain::Event::BudgetThreshold).then_some(include_str!(
+            "../../templates/default/teams/budget.threshold.hbs"
+        ))
+    }
+    fn notice_payload(&self, n: &super::Notice) -> Value {
+        let v = payload(n.rendered, n.link);
+        if n.card_only { bare_card(v) } else { v }
+    }
     fn refuse_url(&self, url: &url::Url) -> Option<String> {
         match url.host() {
             Some(url::Host::Domain(d))

@@ -48,6 +48,34 @@ impl Kind for Webhook {
         let fits = serde_json::to_vec(&v).is_ok_and(|b| b.len() <= DIGEST_LIMIT);
         (v, fits)
     }
+    fn notice_template(&self, event: crate::domain::Event) -> Option<&'static str> {
+        (event == crate::domain::Event::BudgetThreshold).then_some(include_str!(
+            "../../templates/default/webhook/budget.threshold.hbs"
+        ))
+    }
+    /// `{"type": "<event>", "timestamp", "data": {team, …facts, summary}}`, signed
+    /// like every other message.
+    fn notice_payload(&self, n: &super::Notice) -> Value {
+        let summary = if n.rendered.body.is_empty() {
+            n.rendered.title.clone()
+        } else {
+            format!("{}\n{}", n.rendered.title, n.rendered.body)
+        };
+        let mut data = serde_json::Map::new();
+        data.insert("team".into(), json!(n.team));
+        if let Some(facts) = n.data.as_object() {
+            data.extend(facts.clone());
+        }
+        data.insert(
+            "summary".into(),
+            json!(super::truncate(&summary, SUMMARY_LIMIT)),
+        );
+        json!({
+            "type": n.event.as_str(),
+            "timestamp": n.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "data": data,
+        })
+    }
     fn check_secret(&self, secret: &str) -> Result<(), String> {
         decode_secret(secret).map(|_| ())
     }

@@ -40,6 +40,7 @@ fn step(e: Event, failed_tasks: i64) -> String {
         Event::Archived => "archived".into(),
         Event::Stalled => "stalled".into(),
         Event::Progress => "progress".into(),
+        Event::BudgetThreshold => "budget threshold".into(),
     }
 }
 

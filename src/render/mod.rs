@@ -11,6 +11,8 @@
 //! Layer "decisions": imports `domain`, `notify` (the kinds' escaping and payloads),
 //! `config` and `watch::progress`; never the store, the network or the loops.
 mod digest;
+mod notice;
+pub use notice::{budget_context, sample_budget};
 
 use crate::config::Config;
 use crate::domain::monitor::Monitor;
@@ -61,6 +63,12 @@ pub fn embedded(rel: &str) -> Option<&'static str> {
     if let Some(kind) = rest.strip_suffix("/digest.hbs") {
         return ChannelKind::named(kind).and_then(|k| k.digest_template());
     }
+    if let Some((kind, file)) = rest.split_once('/')
+        && let Some(event) = file.strip_suffix(".hbs").and_then(Event::parse_any)
+        && !event.is_job_event()
+    {
+        return ChannelKind::named(kind).and_then(|k| k.notice_template(event));
+    }
     let kind = rest.strip_suffix("/default.hbs")?;
     ChannelKind::named(kind).map(|k| k.default_template())
 }
@@ -77,6 +85,8 @@ pub struct Renderer {
     roots: HashMap<(String, ChannelKind), String>,
     /// (team, kind) → the digest template, for kinds that fold held messages.
     digests: HashMap<(String, ChannelKind), String>,
+    /// (team, kind, notice event) → its template.
+    notices: HashMap<(String, ChannelKind, Event), String>,
     monitor: Option<Monitor>,
     people: std::sync::Arc<crate::domain::people::People>,
     /// Templates that use `failure` (their messages wait for triage whatever the event).
@@ -128,6 +138,7 @@ impl Renderer {
             resolved: HashMap::new(),
             roots: HashMap::new(),
             digests: HashMap::new(),
+            notices: HashMap::new(),
             monitor: Monitor::new(
                 cfg.deadline.monitor_url.as_deref(),
                 cfg.deadline
@@ -177,6 +188,7 @@ impl Renderer {
                         r.digests.insert((team.name.clone(), kind), rel);
                     }
                 }
+                r.find_notices(dir, &team.name, kind, &mut loaded)?;
                 for event in Event::ALL {
                     let candidates = [
                         format!("{}/{kind_s}/{}.hbs", team.name, event.as_str()),
@@ -222,6 +234,7 @@ impl Renderer {
             r.render_named(rel, *kind, &ctx)
                 .map_err(|e| e.in_file(&loaded[rel]))?;
         }
+        r.check_notices(&loaded)?;
         Ok(r)
     }
 
@@ -492,6 +505,7 @@ fn event_words(e: Event) -> (&'static str, &'static str) {
         Event::Archived => ("🗄️", "was archived"),
         Event::Stalled => ("🐢", "has stalled"),
         Event::Progress => ("📈", "passed a milestone"),
+        Event::BudgetThreshold => ("💰", "crossed a budget threshold"),
     }
 }
 
@@ -723,7 +737,8 @@ pub fn sample_job(event: Event) -> (JobSnapshot, Transition) {
             &[("SUCCEEDED", 240), ("RUNNING", 8), ("READY", 352)],
             L::CreateComplete,
         ),
-        Event::Progress => (
+        // A running job, for a notice's template checked against a job context.
+        Event::Progress | Event::BudgetThreshold => (
             S::Running,
             S::Running,
             &[("SUCCEEDED", 310), ("RUNNING", 8), ("READY", 282)],

@@ -6,6 +6,7 @@
 //!
 //! It also keeps the queue's health (`push`), which sets how often the poll loop
 //! still polls subscribed jobs.
+use super::budget::count;
 use super::hints::{self, Hint, JobCause};
 use super::push::{Mode, QueueHealth};
 use crate::deadline::queue::{EventQueue, QueueError, Received};
@@ -55,6 +56,8 @@ pub struct EventLoop {
     pushed: mpsc::UnboundedSender<Vec<Pushed>>,
     answers: mpsc::UnboundedReceiver<Answer>,
     mode: watch::Sender<Mode>,
+    /// Carries out budget events (they concern no job).
+    budgets: super::budget::BudgetLoop,
 }
 
 impl EventLoop {
@@ -62,6 +65,7 @@ impl EventLoop {
         queue: Arc<EventQueue>,
         store: Store,
         config: crate::config::EventsConfig,
+        budgets: super::budget::BudgetLoop,
     ) -> (EventLoop, Inbox) {
         let (ptx, prx) = mpsc::unbounded_channel();
         let (atx, arx) = mpsc::unbounded_channel();
@@ -74,6 +78,7 @@ impl EventLoop {
                 pushed: ptx,
                 answers: arx,
                 mode: mtx,
+                budgets,
             },
             Inbox {
                 pushed: prx,
@@ -92,7 +97,10 @@ impl EventLoop {
             pushed,
             answers,
             mode,
+            budgets,
         } = self;
+        let (budget_tx, budget_rx) = super::budget::BudgetLoop::channel();
+        let budget_task = tokio::spawn(budgets.run(budget_rx));
         let permits = Arc::new(Semaphore::new(MAX_UNANSWERED));
         let deleter = tokio::spawn(delete_answered(
             queue.clone(),
@@ -106,6 +114,7 @@ impl EventLoop {
             pushed,
             mode,
             permits,
+            budgets: Some(budget_tx),
             health: QueueHealth::default(),
             origin: crate::clock::tokio_monotonic(),
             last_malformed_log: None,
@@ -113,6 +122,7 @@ impl EventLoop {
         };
         r.run(shutdown).await;
         deleter.abort();
+        budget_task.abort();
     }
 }
 
@@ -122,6 +132,7 @@ struct Receiver {
     pushed: mpsc::UnboundedSender<Vec<Pushed>>,
     mode: watch::Sender<Mode>,
     permits: Arc<Semaphore>,
+    budgets: Option<super::budget::Budgets>,
     health: QueueHealth,
     origin: tokio::time::Instant,
     last_malformed_log: Option<u64>,
@@ -148,12 +159,6 @@ pub(super) async fn mode_changed(mode: &mut Option<watch::Receiver<Mode>>) {
     if rx.changed().await.is_err() {
         std::future::pending::<()>().await;
     }
-}
-
-/// Counts one message by detail-type and what came of it.
-pub fn count(label: &'static str, outcome: &'static str) {
-    metrics::counter!("deadline_notifier_events_total", "type" => label, "outcome" => outcome)
-        .increment(1);
 }
 
 impl Receiver {
@@ -282,7 +287,15 @@ impl Receiver {
                     receipt: m.receipt,
                     label,
                 }),
-                Hint::Budget { .. } | Hint::Ignored => done.push((m.receipt, label, "nothing")),
+                Hint::Budget(crossed) => match &self.budgets {
+                    Some(b) => b.submit(super::budget::Crossing {
+                        crossed,
+                        receipt: m.receipt,
+                        label,
+                    }),
+                    None => done.push((m.receipt, label, "nothing")),
+                },
+                Hint::Ignored => done.push((m.receipt, label, "nothing")),
                 Hint::Unknown => done.push((m.receipt, label, "unknown")),
                 Hint::Malformed(why) => {
                     let now = self.now_ms();

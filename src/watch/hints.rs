@@ -50,11 +50,7 @@ pub enum Hint {
         key: JobKey,
         cause: JobCause,
     },
-    Budget {
-        farm_id: String,
-        budget_id: String,
-        threshold_percent: f64,
-    },
+    Budget(crate::domain::budget::BudgetCrossed),
     /// A Deadline Cloud event nothing here needs (fleet sizes, workers).
     Ignored,
     /// An envelope whose detail-type (or source) is not one we know.
@@ -147,13 +143,13 @@ fn read(v: &Value) -> Hint {
         TASK_RUN => job_hint(JobCause::TaskRun {
             failed: s("runStatus") == Some("FAILED"),
         }),
-        BUDGET => budget(detail),
+        BUDGET => budget(v, detail),
         _ if IGNORED.contains(&dt) => Hint::Ignored,
         _ => Hint::Unknown,
     }
 }
 
-fn budget(detail: &Value) -> Hint {
+fn budget(envelope: &Value, detail: &Value) -> Hint {
     let farm = detail.get("farmId").and_then(Value::as_str);
     let budget = detail.get("budgetId").and_then(Value::as_str);
     let pct = detail.get("thresholdInPercent").and_then(Value::as_f64);
@@ -161,11 +157,24 @@ fn budget(detail: &Value) -> Hint {
         (Some(f), Some(b), Some(p))
             if hex_id("farm-", f) && hex_id("budget-", b) && p.is_finite() =>
         {
-            Hint::Budget {
+            let id = envelope.get("id").and_then(Value::as_str).unwrap_or("");
+            let at = envelope
+                .get("time")
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc));
+            Hint::Budget(crate::domain::budget::BudgetCrossed {
                 farm_id: f.to_string(),
                 budget_id: b.to_string(),
                 threshold_percent: p,
-            }
+                // Without an id, the budget and threshold stand for the event.
+                event_id: if id.is_empty() || id.len() > 128 {
+                    format!("{b}@{p}")
+                } else {
+                    id.to_string()
+                },
+                at: at.unwrap_or(chrono::DateTime::UNIX_EPOCH),
+            })
         }
         _ => Hint::Malformed(
             "\"Budget Threshold Reached\" without a valid farmId, budgetId and thresholdInPercent"
@@ -298,14 +307,22 @@ mod tests {
             json!({"farmId": id("farm", 1), "budgetId": id("budget", 4), "thresholdInPercent": 80}),
         ));
         assert_eq!(label, BUDGET);
+        let Hint::Budget(b) = h else { panic!("{h:?}") };
         assert_eq!(
-            h,
-            Hint::Budget {
-                farm_id: id("farm", 1),
-                budget_id: id("budget", 4),
-                threshold_percent: 80.0
-            }
+            (
+                b.farm_id,
+                b.budget_id,
+                b.threshold_percent,
+                b.event_id.as_str()
+            ),
+            (
+                id("farm", 1),
+                id("budget", 4),
+                80.0,
+                "6a7e8feb-b491-4cf7-a9f1-bf3703467718"
+            )
         );
+        assert_eq!(b.at.to_rfc3339(), "2026-12-05T20:00:00+00:00");
         let (h, _) = parse(&envelope(
             BUDGET,
             json!({"farmId": id("farm", 1), "budgetId": "x"}),

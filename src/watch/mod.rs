@@ -18,6 +18,7 @@ mod health;
 mod hinted;
 pub use discovery::SearchedQueues;
 pub use health::{Health, HealthView};
+pub mod budget;
 pub mod diff;
 pub mod discovery;
 pub mod events;

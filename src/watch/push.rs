@@ -123,6 +123,9 @@ mod tests {
             h.next_change(MIN + 5_000, MIN, SILENCE),
             Some(MIN + 5_000 + MIN)
         );
+        for t in (MIN + 5_000..=MIN + 5_000 + MIN).step_by(20_000) {
+            h.received(t, SILENCE);
+        }
         assert_eq!(h.mode(MIN + 5_000 + MIN, MIN, SILENCE), Mode::Relaxed);
     }
 

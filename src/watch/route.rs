@@ -201,6 +201,50 @@ pub fn route<'a>(
 
 /// The idempotency key of one notification: the same (job, transition, channel)
 /// always yields the same id, across retries, restarts and replays.
+/// The (team, channel) pairs a notice about `farm_id` (and `queue_id`, when known)
+/// goes to: channels whose `events` name it, of teams whose allow-lists admit the
+/// farm and queue. Never a channel that does not list it: notices are opt-in.
+pub fn notice_targets<'a>(
+    cfg: &'a crate::config::Config,
+    event: crate::domain::Event,
+    farm_id: &str,
+    queue_id: Option<&str>,
+) -> Vec<(&'a str, &'a crate::notify::Channel)> {
+    cfg.teams
+        .iter()
+        .filter(|t| {
+            t.farm_ids
+                .as_ref()
+                .is_none_or(|f| f.iter().any(|x| x == farm_id))
+        })
+        .filter(|t| match (&t.queue_ids, queue_id) {
+            (Some(qs), Some(q)) => qs.iter().any(|x| x == q),
+            // A budget of no known queue reaches a queue-limited team: it is the
+            // team's farm.
+            _ => true,
+        })
+        .flat_map(|t| {
+            t.channels
+                .iter()
+                .filter(move |c| c.events.as_ref().is_some_and(|e| e.contains(&event)))
+                .map(move |c| (t.name.as_str(), c))
+        })
+        .collect()
+}
+
+/// `webhook-id` of a notice: stable per (event id, team, channel), so a repeated
+/// event is recognisable by the receiver as the same message.
+pub fn notice_webhook_id(event_id: &str, team: &str, channel: &str) -> String {
+    let mut h = Sha256::new();
+    for part in ["notice", event_id, team, channel] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    let hex: String = d.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("msg_{hex}")
+}
+
 pub fn webhook_id(job: &JobKey, tr: &Transition, team: &str, channel: &str) -> String {
     let mut h = Sha256::new();
     for part in [

@@ -393,3 +393,128 @@ async fn malformed_and_hostile_bodies_are_deleted_and_counted() {
     );
     assert!(env.sink.delivered().iter().all(|r| !r.raw.contains("bad")));
 }
+
+/// A budget crossing a threshold reaches only the channels that list
+/// `budget.threshold`, once however often the event repeats, with its hostile name
+/// inert in Slack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_threshold_reaches_the_channels_that_list_it_once() {
+    let mut env = Env::new().await;
+    let sink = env.sink_addr;
+    configure(
+        &env,
+        "10m",
+        "",
+        &format!(
+            r#"
+[[teams]]
+name = "producers"
+tokens = ["producers-token-0123456789abcdef"]
+[[teams.channels]]
+name = "budget-hook"
+kind = "webhook"
+url = "http://{sink}/webhook/budget"
+events = ["budget.threshold"]
+[[teams.channels]]
+name = "budget-slack"
+kind = "slack"
+url = "http://{sink}/slack/budget"
+events = ["budget.threshold", "job.failed"]
+"#
+        ),
+    );
+    // `[[teams]]` after `[events]` would still be read as part of it in TOML: move
+    // the events table to the end.
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let (head, rest) = text.split_once("\n[events]\n").unwrap();
+    let (events, teams) = rest.split_once("\n[[teams]]").unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!("{head}\n[[teams]]{teams}\n[events]\n{events}\n"),
+    )
+    .unwrap();
+    let farm = format!("farm-{:032x}", 0xfa_u64);
+    let budget = format!("budget-{:032x}", 0xb0_u64);
+    env.sim.add_budget(
+        &farm,
+        &budget,
+        "Ep104 <!channel> <https://evil.example|click> & co",
+        25_000.0,
+        20_137.5,
+    );
+    let _svc = env.start().await;
+    let event = envelope(
+        "Budget Threshold Reached",
+        json!({"farmId": farm, "budgetId": budget, "thresholdInPercent": 80}),
+    );
+    // The same event delivered three times (SQS is at-least-once).
+    for _ in 0..3 {
+        env.sim.sqs().send(QUEUE, &event);
+    }
+    wait_until(T, "the budget notices", || {
+        env.sink
+            .delivered()
+            .iter()
+            .filter(|r| r.path.ends_with("/budget"))
+            .count()
+            >= 2
+    })
+    .await;
+    wait_until(T, "every message deleted", || {
+        env.sim.sqs().stats().waiting == 0
+    })
+    .await;
+    // Control: a job failure on the same team, after the repeats were read.
+    let key = running_job(&env, "control").await;
+    quietly(&env, &key, "FAILED");
+    env.sim
+        .sqs()
+        .send(QUEUE, &run_event(&key, "RUNNING", "FAILED"));
+    wait_until(T, "the control announced", || {
+        !announced(&env, &key).is_empty()
+    })
+    .await;
+    let all = env.sink.delivered();
+    let hook: Vec<_> = all.iter().filter(|r| r.path == "/webhook/budget").collect();
+    let slack: Vec<_> = all.iter().filter(|r| r.path == "/slack/budget").collect();
+    assert_eq!((hook.len(), slack.len()), (1, 1), "once per channel");
+    let data = &hook[0].body["data"];
+    assert_eq!(hook[0].body["type"], json!("budget.threshold"));
+    assert_eq!(data["budgetId"], json!(budget));
+    assert_eq!(data["thresholdPercent"], json!(80.0));
+    assert_eq!(data["approximateDollarUsage"], json!(20137.5));
+    assert!(
+        hook[0].headers.contains_key("webhook-signature")
+            || hook[0].headers.contains_key("webhook-id")
+    );
+    let text = slack[0].body.to_string();
+    assert!(
+        text.contains("passed 80%") && text.contains("20,137.50"),
+        "{text}"
+    );
+    for t in [
+        &slack[0].body["text"],
+        &slack[0].body["blocks"][1]["text"]["text"],
+    ] {
+        let t = t.as_str().unwrap_or_default();
+        assert!(!t.contains('<') && !t.contains('>'), "inert: {t}");
+    }
+    // No other channel lists it: nothing about the budget anywhere else.
+    assert!(
+        all.iter()
+            .filter(|r| !r.path.ends_with("/budget"))
+            .all(|r| !r.raw.contains(&budget)),
+        "never by default"
+    );
+    assert_eq!(
+        env.metric(
+            "deadline_notifier_events_total",
+            &[
+                "type=\"Budget Threshold Reached\"",
+                "outcome=\"transition\""
+            ]
+        )
+        .await,
+        1.0
+    );
+}

@@ -86,6 +86,34 @@ dm_owner = ["job.failed"]
             }
         }
     }
+    // A budget notice on every channel (its name holds markup, escaped per kind).
+    let (crossed, facts) = render::sample_budget();
+    for (name, folder) in [
+        ("slack", "slack"),
+        ("teams", "teams"),
+        ("webhook", "webhook"),
+        ("teams-card", "teams_card_only"),
+        ("slack_app", "slack_app"),
+    ] {
+        let channel = cfg.teams[0].channel(name).unwrap();
+        let payload = renderer
+            .budget_payload("lighting", channel, &crossed, &facts)
+            .unwrap();
+        let got = serde_json::to_string_pretty(&payload).unwrap() + "\n";
+        let file = root
+            .join("tests/golden")
+            .join(folder)
+            .join("budget.threshold.json");
+        n += 1;
+        if update {
+            std::fs::write(&file, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&file).unwrap_or_default();
+        if want != got {
+            mismatches.push(format!("{}:\n{got}", file.display()));
+        }
+    }
     // A digest per kind that has one: three jobs held in quiet hours, one of which
     // went through several events.
     let held: Vec<_> = [

@@ -206,3 +206,56 @@ impl DeadlineClient {
             .collect())
     }
 }
+
+impl DeadlineClient {
+    /// GetBudget: the budget's name, limit, usage and actions. `Ok(None)`: it no
+    /// longer exists.
+    pub async fn budget(
+        &self,
+        farm_id: &str,
+        budget_id: &str,
+    ) -> Result<Option<crate::domain::budget::BudgetFacts>, SourceError> {
+        let out = match self
+            .client
+            .get_budget()
+            .farm_id(farm_id)
+            .budget_id(budget_id)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.code() == Some("ResourceNotFoundException")) =>
+            {
+                api_call("GetBudget", "not_found");
+                return Ok(None);
+            }
+            Err(e) => return Err(failed("GetBudget", &e)),
+        };
+        api_call("GetBudget", "ok");
+        let queue_id = match out.usage_tracking_resource() {
+            Some(dl::types::UsageTrackingResource::QueueId(q)) => Some(q.clone()),
+            _ => None,
+        };
+        Ok(Some(crate::domain::budget::BudgetFacts {
+            name: out.display_name().to_string(),
+            queue_id,
+            status: Some(out.status().as_str().to_string()),
+            limit_dollars: Some(f64::from(out.approximate_dollar_limit())),
+            used_dollars: out
+                .usages()
+                .map(|u| f64::from(u.approximate_dollar_usage())),
+            actions: out
+                .actions()
+                .iter()
+                .map(|a| {
+                    (
+                        a.r#type().as_str().to_string(),
+                        f64::from(a.threshold_percentage()),
+                    )
+                })
+                .collect(),
+        }))
+    }
+}

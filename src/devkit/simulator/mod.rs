@@ -147,6 +147,8 @@ struct Inner {
     next_id: u64,
     /// Where job changes are published as EventBridge envelopes, if anywhere.
     events_queue: Option<String>,
+    /// (farm, budget id) → GetBudget's answer.
+    budgets: BTreeMap<(String, String), Value>,
 }
 
 impl Inner {
@@ -329,6 +331,27 @@ impl Simulator {
         }
     }
 
+    /// Adds (or replaces) a budget that GetBudget answers for.
+    pub fn add_budget(&self, farm_id: &str, budget_id: &str, name: &str, limit: f64, used: f64) {
+        let now = crate::clock::wall_now();
+        let ts = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let v = json!({
+            "budgetId": budget_id,
+            "usageTrackingResource": {"queueId": format!("queue-{:032x}", 0x9e_u64)},
+            "status": "ACTIVE",
+            "displayName": name,
+            "approximateDollarLimit": limit,
+            "usages": {"approximateDollarUsage": used},
+            "createdBy": "arn:aws:sts::111122223333:assumed-role/Admin/ops",
+            "createdAt": ts(now),
+            "actions": [{"type": "STOP_SCHEDULING_AND_COMPLETE_TASKS", "thresholdPercentage": 100.0}],
+            "schedule": {"fixed": {"startTime": ts(now), "endTime": ts(now + chrono::Duration::days(30))}},
+        });
+        self.lock()
+            .budgets
+            .insert((farm_id.to_string(), budget_id.to_string()), v);
+    }
+
     /// The SQS stand-in this simulator serves.
     pub fn sqs(&self) -> &super::sqs::FakeSqs {
         &self.sqs
@@ -462,6 +485,7 @@ impl Simulator {
                 get(list_jobs),
             )
             .route("/2023-10-12/batch-get-job", post(batch_get_job))
+            .route("/2023-10-12/farms/{farm}/budgets/{budget}", get(get_budget))
             .route(
                 "/2023-10-12/farms/{farm}/queues/{queue}/jobs/{job}/steps",
                 get(details::list_steps),
@@ -830,6 +854,24 @@ async fn list_jobs(
         out["nextToken"] = json!((start + max).to_string());
     }
     Json(out).into_response()
+}
+
+async fn get_budget(
+    State(sim): State<Simulator>,
+    Path((farm, budget)): Path<(String, String)>,
+) -> Response {
+    if let Some(r) = sim.gate().await {
+        return r;
+    }
+    match sim.lock().budgets.get(&(farm, budget.clone())) {
+        Some(v) => Json(v.clone()).into_response(),
+        None => aws_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            &format!("budget {budget} not found"),
+            json!({"resourceId": budget, "resourceType": "budget"}),
+        ),
+    }
 }
 
 /// `POST /` carries two JSON protocols: CloudWatch Logs and SQS, told apart by target.
