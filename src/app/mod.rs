@@ -33,6 +33,9 @@ pub struct App {
     /// `/metrics` on its own address, when `server.metrics_listen` is set.
     metrics_listener: Option<tokio::net::TcpListener>,
     clock: SharedClock,
+    /// The event queue's client, when given (the demo, benchmarks); otherwise built
+    /// from the AWS chain for `[events] sqs_queue_url`.
+    queue: Option<crate::deadline::queue::EventQueue>,
 }
 
 impl App {
@@ -95,7 +98,14 @@ impl App {
             listener,
             metrics_listener,
             clock,
+            queue: None,
         })
+    }
+
+    /// Reads `[events]` through `queue` (a local stand-in) instead of the AWS chain.
+    pub fn with_event_queue(mut self, queue: crate::deadline::queue::EventQueue) -> App {
+        self.queue = Some(queue);
+        self
     }
 
     /// Reads session logs through `logs` (the demo points one at its simulator).
@@ -114,7 +124,7 @@ impl App {
     /// finish within `[server] shutdown_grace`, and flushes the store. Anything not
     /// delivered stays in the outbox for the next start.
     pub async fn run(
-        self,
+        mut self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (tx, rx) = watch::channel(false);
@@ -234,7 +244,7 @@ impl App {
     /// names a queue. Read at start-up: a reload that changes `[events]` applies at
     /// the next start.
     async fn watcher(
-        &self,
+        &mut self,
         changes: tokio::sync::mpsc::UnboundedReceiver<crate::watch::SubChange>,
         health: Arc<Health>,
         triage: crate::triage::Handle,
@@ -243,9 +253,16 @@ impl App {
         let cfg = self.live.current().config.clone();
         let (event_loop, inbox) = match &cfg.events.sqs_queue_url {
             Some(url) => {
-                let queue =
-                    crate::deadline::queue::EventQueue::from_chain(url, cfg.deadline.max_attempts)
-                        .await;
+                let queue = match self.queue.take() {
+                    Some(q) => q,
+                    None => {
+                        crate::deadline::queue::EventQueue::from_chain(
+                            url,
+                            cfg.deadline.max_attempts,
+                        )
+                        .await
+                    }
+                };
                 let queue = Arc::new(queue);
                 let budgets = crate::watch::budget::BudgetLoop {
                     client: self.client.clone(),

@@ -193,10 +193,14 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
         url: String,
     },
-    /// Run the Deadline Cloud simulator alone.
+    /// Run the Deadline Cloud simulator alone (with an SQS stand-in on the same port).
     Simulate {
         #[arg(long, default_value = "127.0.0.1:4566")]
         listen: std::net::SocketAddr,
+        /// Publish every job change made through `/_sim/jobs` to the SQS stand-in's
+        /// queue of this name, as Deadline Cloud's EventBridge events.
+        #[arg(long)]
+        events_queue: Option<String>,
     },
     /// Run a local webhook receiver that answers 200 and prints each request as a
     /// JSON line (for trying templates and for the container smoke test).
@@ -341,7 +345,10 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sink { listen } => sink(listen).await,
-        Command::Simulate { listen } => simulate(listen).await,
+        Command::Simulate {
+            listen,
+            events_queue,
+        } => simulate(listen, events_queue).await,
     }
 }
 
@@ -534,11 +541,21 @@ async fn sink(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn simulate(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+async fn simulate(
+    listen: std::net::SocketAddr,
+    events_queue: Option<String>,
+) -> anyhow::Result<()> {
     let sim = Simulator::new();
+    sim.emit_events(events_queue.as_deref());
     let (addr, handle) = sim.serve(listen).await?;
     println!("Deadline Cloud simulator on http://{addr}");
     println!("  export AWS_ENDPOINT_URL_DEADLINE=http://{addr}");
+    if let Some(q) = &events_queue {
+        println!("  export AWS_ENDPOINT_URL_SQS=http://{addr}");
+        println!(
+            "  [events] sqs_queue_url = \"https://sqs.us-west-2.amazonaws.com/111122223333/{q}\""
+        );
+    }
     println!(
         "  add a job:  curl -X POST http://{addr}/_sim/jobs -H 'content-type: application/json' -d '{{\"name\":\"shot_010\"}}'"
     );

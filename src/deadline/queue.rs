@@ -83,6 +83,22 @@ impl EventQueue {
         }
     }
 
+    /// For the demo and benchmarks: fixed credentials and region, a local endpoint.
+    pub fn local(endpoint: &str, url: &str) -> EventQueue {
+        let conf = sqs::Config::builder()
+            .behavior_version(sqs::config::BehaviorVersion::latest())
+            .region(sqs::config::Region::new("us-west-2"))
+            .credentials_provider(sqs::config::Credentials::new(
+                "demo", "demo", None, None, "demo",
+            ))
+            .endpoint_url(endpoint)
+            .build();
+        EventQueue {
+            client: sqs::Client::from_conf(conf),
+            url: url.to_string(),
+        }
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -518,3 +518,48 @@ events = ["budget.threshold", "job.failed"]
         1.0
     );
 }
+
+/// The CloudFormation rule sends only detail-types the service reads, and at least
+/// the ones the service needs.
+#[test]
+fn the_deployed_rule_matches_what_the_service_reads() {
+    use deadline_notifier::watch::hints;
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/aws/events.yaml"),
+    )
+    .unwrap();
+    let (_, after) = text.split_once("detail-type:\n").unwrap();
+    let listed: Vec<&str> = after
+        .lines()
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .collect();
+    for t in &listed {
+        let body = envelope(t, json!({}));
+        let parsed: Value = serde_json::from_str(&body).unwrap();
+        assert_ne!(
+            hints::type_label(&parsed),
+            "other",
+            "{t} is not read by the service"
+        );
+    }
+    for needed in [
+        hints::JOB_LIFECYCLE,
+        hints::JOB_RUN,
+        hints::TASK_RUN,
+        hints::BUDGET,
+    ] {
+        assert!(
+            listed.contains(&needed),
+            "the rule must send {needed}: {listed:?}"
+        );
+    }
+    assert!(text.contains("aws:SourceArn") && text.contains("events.amazonaws.com"));
+    for action in [
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "deadline:GetBudget",
+    ] {
+        assert!(text.contains(action), "{action}");
+    }
+}
