@@ -273,7 +273,7 @@ impl Receiver {
         let mut done = Vec::new();
         for m in messages {
             let (hint, label) = hints::parse(&m.body);
-            if let Some(t) = event_time(&m.body)
+            if let Some(t) = hints::time_ms(&m.body)
                 && self.newest_event.is_none_or(|n| t > n)
             {
                 self.newest_event = Some(t);
@@ -329,21 +329,6 @@ impl Receiver {
             });
         }
     }
-}
-
-/// The envelope's `time` in ms since the epoch.
-fn event_time(body: &str) -> Option<i64> {
-    if body.len() > hints::MAX_BODY {
-        return None;
-    }
-    #[derive(serde::Deserialize)]
-    struct T {
-        time: String,
-    }
-    let t: T = serde_json::from_str(body).ok()?;
-    chrono::DateTime::parse_from_rfc3339(&t.time)
-        .ok()
-        .map(|d| d.timestamp_millis())
 }
 
 /// Deletes the messages the poll loop answered, once what they led to is on disk.

@@ -82,6 +82,21 @@ pub fn type_label(body: &Value) -> &'static str {
     .unwrap_or("other")
 }
 
+/// The envelope's `time`, in ms since the epoch (for the newest event's age).
+pub fn time_ms(body: &str) -> Option<i64> {
+    if body.len() > MAX_BODY {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct T {
+        time: String,
+    }
+    let t: T = serde_json::from_str(body).ok()?;
+    chrono::DateTime::parse_from_rfc3339(&t.time)
+        .ok()
+        .map(|d| d.timestamp_millis())
+}
+
 /// Reads one message body. Returns the hint and the detail-type label.
 pub fn parse(body: &str) -> (Hint, &'static str) {
     if body.len() > MAX_BODY {
