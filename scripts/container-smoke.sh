@@ -108,8 +108,10 @@ url = "http://127.0.0.1:$SINK_PORT/webhook/smoke"
 TOML
 chmod 644 "$work/notifier.toml"
 
-step "starting the service (non-root, config mounted, secrets from env, /data a volume)"
+step "starting the service as the manifests run it (read-only root, no capabilities, UID 10001, config mounted, secrets from env, /data a volume)"
+# The security settings of deploy/kubernetes/statefulset.yaml and deploy/compose.yaml.
 containers+=("$("${RUN[@]}" -d --name dn-smoke-svc \
+    --read-only --tmpfs /tmp --cap-drop ALL --user 10001:10001 --security-opt no-new-privileges \
     -v "$work/notifier.toml:/app/config/notifier.toml:ro" -v dn-smoke-data:/data \
     -e SMOKE_TOKEN=$TOKEN -e AWS_ACCESS_KEY_ID=AKIDSMOKE -e AWS_SECRET_ACCESS_KEY=smoke \
     -e AWS_REGION=us-west-2 -e AWS_EC2_METADATA_DISABLED=true "$IMAGE")")
