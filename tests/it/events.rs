@@ -77,6 +77,22 @@ fn quietly(env: &Env, key: &JobKey, status: &str) {
     env.sim.set_status(key, status);
 }
 
+/// The control event: a new job fails and only its event says so; returns once its
+/// message has arrived. A message something earlier would have caused is there by
+/// then: earlier events were read and answered first.
+async fn control(env: &Env) -> JobKey {
+    let key = running_job(env, "control").await;
+    quietly(env, &key, "FAILED");
+    env.sim
+        .sqs()
+        .send(QUEUE, &run_event(&key, "RUNNING", "FAILED"));
+    wait_until(T, "the control announced", || {
+        !announced(env, &key).is_empty()
+    })
+    .await;
+    key
+}
+
 async fn relaxed(env: &Env) -> bool {
     env.metric("deadline_notifier_event_polling_relaxed", &[])
         .await
@@ -187,14 +203,7 @@ async fn duplicates_reorders_and_drops_make_exactly_one_notification_each() {
     })
     .await;
     wait_until(T, "every message deleted", || q.stats().waiting == 0).await;
-    // Control: a later event, read and announced after all of the above.
-    let control = running_job(&env, "control").await;
-    q.send(QUEUE, &run_event(&control, "RUNNING", "CANCELED"));
-    quietly(&env, &control, "CANCELED");
-    wait_until(T, "the control announced", || {
-        !announced(&env, &control).is_empty()
-    })
-    .await;
+    control(&env).await;
     assert_eq!(announced(&env, &dup), ["job.succeeded"]);
     assert_eq!(announced(&env, &late), ["job.succeeded"]);
     assert_eq!(announced(&env, &dropped), ["job.failed"]);
@@ -242,15 +251,7 @@ async fn sigkill_between_receive_and_commit_is_notified_exactly_once() {
         env.sim.sqs().stats().waiting == 0
     })
     .await;
-    let control = running_job(&env, "control").await;
-    quietly(&env, &control, "SUCCEEDED");
-    env.sim
-        .sqs()
-        .send(QUEUE, &run_event(&control, "RUNNING", "SUCCEEDED"));
-    wait_until(T, "the control announced", || {
-        !announced(&env, &control).is_empty()
-    })
-    .await;
+    control(&env).await;
     assert_eq!(announced(&env, &key), ["job.failed"]);
     assert!(env.sim.sqs().stats().delivered >= 2, "received twice");
 }
@@ -464,16 +465,7 @@ events = ["budget.threshold", "job.failed"]
         env.sim.sqs().stats().waiting == 0
     })
     .await;
-    // Control: a job failure on the same team, after the repeats were read.
-    let key = running_job(&env, "control").await;
-    quietly(&env, &key, "FAILED");
-    env.sim
-        .sqs()
-        .send(QUEUE, &run_event(&key, "RUNNING", "FAILED"));
-    wait_until(T, "the control announced", || {
-        !announced(&env, &key).is_empty()
-    })
-    .await;
+    control(&env).await;
     let all = env.sink.delivered();
     let hook: Vec<_> = all.iter().filter(|r| r.path == "/webhook/budget").collect();
     let slack: Vec<_> = all.iter().filter(|r| r.path == "/slack/budget").collect();

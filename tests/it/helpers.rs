@@ -241,20 +241,27 @@ url = "http://{sink_addr}/webhook/fx"
     /// The sum of every sample of metric `name` whose labels contain all of
     /// `labels` (e.g. `outcome="malformed"`); 0 when there is none.
     pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        self.metric_opt(name, labels).await.unwrap_or(0.0)
+    }
+
+    /// [`Env::metric`], or `None` when `/metrics` has no such sample yet.
+    pub async fn metric_opt(&self, name: &str, labels: &[&str]) -> Option<f64> {
         let text = reqwest::get(format!("{}/metrics", self.api()))
             .await
             .unwrap()
             .text()
             .await
             .unwrap();
-        text.lines()
+        let values: Vec<f64> = text
+            .lines()
             .filter(|l| {
                 l.strip_prefix(name)
                     .is_some_and(|rest| rest.starts_with(['{', ' ']))
                     && labels.iter().all(|x| l.contains(x))
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
 
     /// Delivered messages about `key` (2xx answers), in arrival order.

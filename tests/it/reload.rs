@@ -41,18 +41,6 @@ async fn post_reload(env: &Env, token: Option<&str>) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn metric(env: &Env, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{}/metrics", env.api()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.split([' ', '{']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 /// Drives a fresh job to SUCCEEDED and returns the `summary` its webhook message carried.
 async fn succeed_one(env: &Env, name: &str) -> String {
     let job = env.add_job(name);
@@ -83,7 +71,8 @@ async fn sighup_swaps_templates_and_a_broken_template_keeps_the_old_set() {
     std::fs::write(&tpl, "v1 {{name}} {{verb}}").unwrap();
     let svc = env.start().await;
     assert_eq!(
-        metric(&env, "deadline_notifier_config_generation").await,
+        env.metric_opt("deadline_notifier_config_generation", &[])
+            .await,
         Some(1.0)
     );
     assert_eq!(succeed_one(&env, "shot_a").await, "v1 shot_a succeeded");
@@ -97,7 +86,8 @@ async fn sighup_swaps_templates_and_a_broken_template_keeps_the_old_set() {
     .await;
     assert_eq!(succeed_one(&env, "shot_b").await, "v2 shot_b succeeded");
     assert_eq!(
-        metric(&env, "deadline_notifier_config_generation").await,
+        env.metric_opt("deadline_notifier_config_generation", &[])
+            .await,
         Some(2.0)
     );
 
@@ -118,11 +108,13 @@ async fn sighup_swaps_templates_and_a_broken_template_keeps_the_old_set() {
         "the error names the file: {line}"
     );
     assert_eq!(
-        metric(&env, "deadline_notifier_config_last_reload_successful").await,
+        env.metric_opt("deadline_notifier_config_last_reload_successful", &[])
+            .await,
         Some(0.0)
     );
     assert_eq!(
-        metric(&env, "deadline_notifier_config_generation").await,
+        env.metric_opt("deadline_notifier_config_generation", &[])
+            .await,
         Some(2.0)
     );
     assert_eq!(succeed_one(&env, "shot_c").await, "v2 shot_c succeeded");
@@ -141,7 +133,8 @@ async fn sighup_swaps_templates_and_a_broken_template_keeps_the_old_set() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["report"]["generation"], 3);
     assert_eq!(
-        metric(&env, "deadline_notifier_config_last_reload_successful").await,
+        env.metric_opt("deadline_notifier_config_last_reload_successful", &[])
+            .await,
         Some(1.0)
     );
     assert_eq!(succeed_one(&env, "shot_d").await, "v4 shot_d succeeded");

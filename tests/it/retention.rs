@@ -20,20 +20,6 @@ async fn get(env: &Env, token: &str, path: &str) -> (u16, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn metric(env: &Env, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", env.api()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1.0)
-}
-
 /// 2,000 jobs followed by a watch succeed, finish after `terminal_grace` and are
 /// removed `keep_finished` later with their job states and notices; five running
 /// jobs are untouched; a SIGKILL in the middle loses nothing active and the next
@@ -73,7 +59,11 @@ async fn finished_subscriptions_fade_and_the_store_returns_to_what_is_active() {
         .map(|i| env.add_job(&format!("shot {i}")))
         .collect();
     wait_for(T, "every job subscribed", || async {
-        match metric(&env, "deadline_notifier_subscriptions").await {
+        match env
+            .metric_opt("deadline_notifier_subscriptions", &[])
+            .await
+            .unwrap_or(-1.0)
+        {
             n if n >= 2005.0 => Ok(()),
             n => Err(n),
         }
@@ -85,7 +75,11 @@ async fn finished_subscriptions_fade_and_the_store_returns_to_what_is_active() {
     }
     // Killed once removals have begun: the next sweep finishes the job.
     wait_for(T, "the first removals", || async {
-        match metric(&env, "deadline_notifier_subscriptions").await {
+        match env
+            .metric_opt("deadline_notifier_subscriptions", &[])
+            .await
+            .unwrap_or(-1.0)
+        {
             n if (5.0..2005.0).contains(&n) => Ok(()),
             n => Err(n),
         }
@@ -94,7 +88,10 @@ async fn finished_subscriptions_fade_and_the_store_returns_to_what_is_active() {
     svc.kill();
     let mut svc = env.start().await;
     wait_for(T, "only the running jobs' subscriptions", || async {
-        let n = metric(&env, "deadline_notifier_subscriptions").await;
+        let n = env
+            .metric_opt("deadline_notifier_subscriptions", &[])
+            .await
+            .unwrap_or(-1.0);
         if n == 5.0 { Ok(()) } else { Err(n) }
     })
     .await;
@@ -139,7 +136,11 @@ async fn finished_subscriptions_fade_and_the_store_returns_to_what_is_active() {
     // (a state left by a stop before that is removed at the next start): wait
     // until it follows only the running jobs.
     wait_for(T, "the watcher follows only the running jobs", || async {
-        match metric(&env, "deadline_notifier_watched_jobs").await {
+        match env
+            .metric_opt("deadline_notifier_watched_jobs", &[])
+            .await
+            .unwrap_or(-1.0)
+        {
             5.0 => Ok(()),
             n => Err(n),
         }
