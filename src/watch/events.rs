@@ -50,9 +50,9 @@ pub struct Inbox {
 
 /// What the receive loop needs; `run` consumes it.
 pub struct EventLoop {
-    pub queue: Arc<EventQueue>,
-    pub store: Store,
-    pub config: crate::config::EventsConfig,
+    queue: Arc<EventQueue>,
+    store: Store,
+    config: crate::config::EventsConfig,
     pushed: mpsc::UnboundedSender<Vec<Pushed>>,
     answers: mpsc::UnboundedReceiver<Answer>,
     mode: watch::Sender<Mode>,

@@ -643,9 +643,9 @@ impl Loop {
                                 self.answer_again(due.slot);
                             }
                             let transition = self.handle(due.slot, fetched)?;
-                            if transition && !hinted && self.answers.is_some() {
-                                // Events were expected to announce this one: a
-                                // steady count here means events go missing.
+                            if transition && !hinted && self.mode == push::Mode::Relaxed {
+                                // A backstop poll found what no event announced while
+                                // events flow: a steady count means events go missing.
                                 metrics::counter!(
                                     "deadline_notifier_transitions_found_by_polling_total"
                                 )
