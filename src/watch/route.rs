@@ -384,4 +384,69 @@ mod tests {
             job_id: "j".into(),
         }
     }
+
+    #[test]
+    fn notices_reach_only_channels_that_list_them_within_the_allow_lists() {
+        let farm = format!("farm-{}", "a".repeat(32));
+        let (q1, q2) = (
+            format!("queue-{}", "1".repeat(32)),
+            format!("queue-{}", "2".repeat(32)),
+        );
+        let text = format!(
+            r#"
+[delivery]
+allow_private_targets = true
+[[teams]]
+name = "everyone"
+tokens = ["everyone-token-0123456789"]
+[[teams.channels]]
+name = "all-job-events"
+kind = "webhook"
+url = "http://127.0.0.1:1/a"
+[[teams.channels]]
+name = "budgets"
+kind = "webhook"
+url = "http://127.0.0.1:1/b"
+events = ["budget.threshold"]
+[[teams]]
+name = "other-farm"
+tokens = ["other-farm-token-0123456789"]
+farm_ids = ["farm-{b}"]
+[[teams.channels]]
+name = "budgets"
+kind = "webhook"
+url = "http://127.0.0.1:1/c"
+events = ["budget.threshold"]
+[[teams]]
+name = "one-queue"
+tokens = ["one-queue-token-0123456789"]
+queue_ids = ["{q1}"]
+[[teams.channels]]
+name = "budgets"
+kind = "webhook"
+url = "http://127.0.0.1:1/d"
+events = ["budget.threshold", "job.failed"]
+"#,
+            b = "b".repeat(32)
+        );
+        let cfg = crate::config::Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap();
+        let names = |queue: Option<&str>| -> Vec<String> {
+            notice_targets(&cfg, Event::BudgetThreshold, &farm, queue)
+                .iter()
+                .map(|(t, c)| format!("{t}/{}", c.name))
+                .collect()
+        };
+        // Never a channel by default; never a team whose farms exclude it.
+        assert_eq!(names(None), ["everyone/budgets", "one-queue/budgets"]);
+        assert_eq!(names(Some(&q1)), ["everyone/budgets", "one-queue/budgets"]);
+        assert_eq!(names(Some(&q2)), ["everyone/budgets"]);
+        assert_ne!(
+            notice_webhook_id("e1", "everyone", "budgets"),
+            notice_webhook_id("e1", "one-queue", "budgets")
+        );
+        assert_eq!(
+            notice_webhook_id("e1", "everyone", "budgets"),
+            notice_webhook_id("e1", "everyone", "budgets")
+        );
+    }
 }

@@ -368,6 +368,30 @@ mod tests {
     }
 
     #[test]
+    fn a_pull_only_brings_a_job_forward_and_keeps_its_lane() {
+        let mut s = Lanes::default();
+        let (a, b) = (s.lane("a", 1.0), s.lane("b", 1.0));
+        s.set(1, a, 1_000);
+        s.set(2, a, 50);
+        // An event pulls 1 forward; it stays in lane a whatever lane the caller names.
+        assert!(s.pull(1, b, 100));
+        assert_eq!(s.due(1), Some(100));
+        // A job already due sooner is not pushed back.
+        assert!(!s.pull(2, a, 100));
+        assert_eq!(s.due(2), Some(50));
+        // One not scheduled yet is scheduled in the named lane.
+        assert!(s.pull(3, b, 70));
+        assert_eq!(s.due(3), Some(70));
+        let mut all: Vec<_> = s.scheduled().collect();
+        all.sort();
+        assert_eq!(all, vec![(1, 100), (2, 50), (3, 70)]);
+        assert_eq!(s.len(), 3);
+        s.remove(1);
+        assert_eq!(s.due(1), None);
+        assert_eq!(s.due_by(100, 10).len(), 2);
+    }
+
+    #[test]
     fn a_team_with_many_due_jobs_does_not_crowd_out_another() {
         let mut l = Lanes::default();
         let (big, small) = (l.lane("big", 1.0), l.lane("small", 1.0));
