@@ -26,6 +26,9 @@ pub enum SqsFault {
     Deny,
     /// 500 InternalError on every call.
     Fail,
+    /// No answer at all to ReceiveMessage (a queue endpoint that accepts and hangs),
+    /// until the fault is lifted.
+    Hang,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -245,8 +248,13 @@ impl FakeSqs {
             .unwrap_or("");
         let op = target.strip_prefix("AmazonSQS.").unwrap_or("");
         let fault = self.lock().fault;
+        if fault == SqsFault::Hang && op == "ReceiveMessage" {
+            while self.lock().fault == SqsFault::Hang {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         let refuse = match fault {
-            SqsFault::None => None,
+            SqsFault::None | SqsFault::Hang => None,
             SqsFault::Deny => Some(error(
                 StatusCode::BAD_REQUEST,
                 "AccessDenied",

@@ -294,6 +294,32 @@ async fn a_denied_queue_tightens_polling_and_nothing_is_missed() {
     );
 }
 
+/// A queue that stops answering (no error, no answer) tightens polling once no
+/// receive has succeeded for twice the wait; answers again relax it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_queue_tightens_polling_too() {
+    let mut env = Env::new().await;
+    configure(
+        &env,
+        "1s",
+        "backstop_interval = \"1h\"\nrelax_after = \"2s\"",
+        "",
+    );
+    let _svc = env.start().await;
+    let key = running_job(&env, "while silent").await;
+    wait_relaxed(&env, true).await;
+    env.sim.sqs().set_fault(SqsFault::Hang);
+    wait_relaxed(&env, false).await;
+    quietly(&env, &key, "FAILED");
+    wait_until(T, "polling to find the failure", || {
+        !announced(&env, &key).is_empty()
+    })
+    .await;
+    env.sim.sqs().set_fault(SqsFault::None);
+    wait_relaxed(&env, true).await;
+    assert_eq!(announced(&env, &key), ["job.failed"]);
+}
+
 /// A job created in a watched queue is subscribed from its CREATE_COMPLETE event,
 /// before discovery's next pass (no SearchJobs call in between).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
