@@ -26,6 +26,8 @@ pub const UNMAPPED_DAYS: i64 = 30;
 pub struct Health {
     last_deadline_ok_ms: AtomicI64,
     watched_jobs: AtomicUsize,
+    /// The polling mode while an event queue is configured: 0 none, 1 tight, 2 relaxed.
+    polling: std::sync::atomic::AtomicU8,
     /// Each watched job's name, status and task counts as last read. Readers take
     /// the read side only, so page refreshes do not wait on each other.
     views: RwLock<foldhash::HashMap<Arc<JobKey>, CompactView>>,
@@ -52,6 +54,14 @@ impl Health {
 
     pub(super) fn set_watched_jobs(&self, n: usize) {
         self.watched_jobs.store(n, Ordering::Relaxed);
+    }
+
+    pub(super) fn set_polling(&self, mode: super::push::Mode) {
+        let v = match mode {
+            super::push::Mode::Tight => 1,
+            super::push::Mode::Relaxed => 2,
+        };
+        self.polling.store(v, Ordering::Relaxed);
     }
 
     pub(super) fn deadline_ok(&self, at_ms: i64) {
@@ -174,6 +184,16 @@ pub struct HealthView(Arc<Health>);
 impl HealthView {
     pub fn watched_jobs(&self) -> usize {
         self.0.watched_jobs.load(Ordering::Relaxed)
+    }
+
+    /// How subscribed jobs are polled, when an event queue is configured:
+    /// `tight` (every `poll_interval`) or `relaxed` (every `backstop_interval`).
+    pub fn polling(&self) -> Option<&'static str> {
+        match self.0.polling.load(Ordering::Relaxed) {
+            1 => Some(super::push::Mode::Tight.as_str()),
+            2 => Some(super::push::Mode::Relaxed.as_str()),
+            _ => None,
+        }
     }
 
     /// When a Deadline Cloud call last succeeded (ms since the epoch; 0: never).

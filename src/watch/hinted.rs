@@ -19,6 +19,7 @@ impl Loop {
             return;
         };
         let mode = *rx.borrow_and_update();
+        self.w.health.set_polling(mode);
         if mode == self.mode {
             return;
         }

@@ -284,8 +284,24 @@ async fn a_denied_queue_tightens_polling_and_nothing_is_missed() {
     .await;
     let ready = reqwest::get(format!("{}/readyz", env.api())).await.unwrap();
     assert_eq!(ready.status(), 200, "polling covers for the queue");
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["polling"], json!("tight"), "{body}");
     env.sim.sqs().set_fault(SqsFault::None);
     wait_relaxed(&env, true).await;
+    wait_for(T, "/readyz to say polling relaxed", || async {
+        let v: Value = reqwest::get(format!("{}/readyz", env.api()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["polling"] == json!("relaxed") {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    })
+    .await;
     assert_eq!(announced(&env, &key), ["job.failed"]);
     assert!(
         env.metric("deadline_notifier_event_receive_errors_total", &[])

@@ -272,6 +272,12 @@ async fn readyz(State(st): State<AppState>) -> Response {
         "watchedJobs": watched,
         "lastDeadlineSuccessMsAgo": (last > 0).then_some(age_ms),
     });
+    let mut body = body;
+    if let Some(p) = st.health.polling() {
+        // With an event queue: `relaxed` while events flow, `tight` while polling
+        // covers for the queue (still ready: nothing is missed).
+        body["polling"] = json!(p);
+    }
     let status = if store_ok && deadline_ok {
         StatusCode::OK
     } else {
