@@ -348,3 +348,21 @@ def test_the_image_runs_with_the_manifests_security_settings():
         )
     r = subprocess.run([str(ROOT / "scripts/container-smoke.sh")], capture_output=True, text=True)
     assert r.returncode == 0 and "PASS" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_the_iam_policy_grants_every_call_the_service_makes():
+    import json
+    policy = json.loads((ROOT / "deploy/aws/notifier-policy.json").read_text())
+    actions = {a for st in policy["Statement"] for a in
+               ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+    assert all(st["Effect"] == "Allow" for st in policy["Statement"])
+    # Every Deadline Cloud and CloudWatch Logs operation the client code calls.
+    calls = set()
+    for path in (ROOT / "src/deadline").rglob("*.rs"):
+        calls |= set(re.findall(r"\.(batch_get_job|get_job|search_jobs|list_jobs|list_steps|list_tasks|"
+                                r"batch_get_session_action|batch_get_session|get_log_events)\(\)",
+                                path.read_text()))
+    wanted = {"".join(w.capitalize() for w in c.split("_")) for c in calls}
+    granted = {a.split(":", 1)[1] for a in actions}
+    assert wanted and wanted <= granted, wanted - granted
+    assert "deadline:GetBudget" not in actions, "GetBudget comes with the events stack's policy"
