@@ -256,38 +256,33 @@ async fn sigkill_between_receive_and_commit_is_notified_exactly_once() {
     assert!(env.sim.sqs().stats().delivered >= 2, "received twice");
 }
 
-/// A queue that denies receives tightens polling at once; the transition no event
-/// announces is found by polling; receives that work again relax it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_denied_queue_tightens_polling_and_nothing_is_missed() {
-    let mut env = Env::new().await;
+/// Polling every second, a backstop of an hour: relaxed with one running job, then
+/// `fault` on the queue. Returns once polling has tightened and found the failure
+/// that no event announced.
+async fn tightened_by(env: &mut Env, fault: SqsFault) -> (Service, JobKey) {
     configure(
-        &env,
+        env,
         "1s",
         "backstop_interval = \"1h\"\nrelax_after = \"2s\"",
         "",
     );
-    let _svc = env.start().await;
-    let key = running_job(&env, "while denied").await;
-    wait_relaxed(&env, true).await;
-    env.sim.sqs().set_fault(SqsFault::Deny);
-    wait_relaxed(&env, false).await;
-    assert_eq!(
-        env.metric("deadline_notifier_event_queue_healthy", &[])
-            .await,
-        0.0
-    );
-    quietly(&env, &key, "FAILED");
+    let svc = env.start().await;
+    let key = running_job(env, "while the queue fails").await;
+    wait_relaxed(env, true).await;
+    env.sim.sqs().set_fault(fault);
+    wait_relaxed(env, false).await;
+    quietly(env, &key, "FAILED");
     wait_until(T, "polling to find the failure", || {
-        !announced(&env, &key).is_empty()
+        !announced(env, &key).is_empty()
     })
     .await;
-    let ready = reqwest::get(format!("{}/readyz", env.api())).await.unwrap();
-    assert_eq!(ready.status(), 200, "polling covers for the queue");
-    let body: Value = ready.json().await.unwrap();
-    assert_eq!(body["polling"], json!("tight"), "{body}");
+    (svc, key)
+}
+
+/// The fault lifted: polling relaxes again, and `/readyz` says so.
+async fn relaxed_again(env: &Env, key: &JobKey) {
     env.sim.sqs().set_fault(SqsFault::None);
-    wait_relaxed(&env, true).await;
+    wait_relaxed(env, true).await;
     wait_for(T, "/readyz to say polling relaxed", || async {
         let v: Value = reqwest::get(format!("{}/readyz", env.api()))
             .await
@@ -302,7 +297,25 @@ async fn a_denied_queue_tightens_polling_and_nothing_is_missed() {
         }
     })
     .await;
-    assert_eq!(announced(&env, &key), ["job.failed"]);
+    assert_eq!(announced(env, key), ["job.failed"]);
+}
+
+/// A queue that denies receives tightens polling at once; the transition no event
+/// announces is found by polling; receives that work again relax it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_queue_tightens_polling_and_nothing_is_missed() {
+    let mut env = Env::new().await;
+    let (_svc, key) = tightened_by(&mut env, SqsFault::Deny).await;
+    assert_eq!(
+        env.metric("deadline_notifier_event_queue_healthy", &[])
+            .await,
+        0.0
+    );
+    let ready = reqwest::get(format!("{}/readyz", env.api())).await.unwrap();
+    assert_eq!(ready.status(), 200, "polling covers for the queue");
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["polling"], json!("tight"), "{body}");
+    relaxed_again(&env, &key).await;
     assert!(
         env.metric("deadline_notifier_event_receive_errors_total", &[])
             .await
@@ -315,25 +328,8 @@ async fn a_denied_queue_tightens_polling_and_nothing_is_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_queue_tightens_polling_too() {
     let mut env = Env::new().await;
-    configure(
-        &env,
-        "1s",
-        "backstop_interval = \"1h\"\nrelax_after = \"2s\"",
-        "",
-    );
-    let _svc = env.start().await;
-    let key = running_job(&env, "while silent").await;
-    wait_relaxed(&env, true).await;
-    env.sim.sqs().set_fault(SqsFault::Hang);
-    wait_relaxed(&env, false).await;
-    quietly(&env, &key, "FAILED");
-    wait_until(T, "polling to find the failure", || {
-        !announced(&env, &key).is_empty()
-    })
-    .await;
-    env.sim.sqs().set_fault(SqsFault::None);
-    wait_relaxed(&env, true).await;
-    assert_eq!(announced(&env, &key), ["job.failed"]);
+    let (_svc, key) = tightened_by(&mut env, SqsFault::Hang).await;
+    relaxed_again(&env, &key).await;
 }
 
 /// A job created in a watched queue is subscribed from its CREATE_COMPLETE event,
