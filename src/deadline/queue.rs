@@ -166,20 +166,6 @@ impl EventQueue {
         }
         Ok(failed)
     }
-
-    /// Makes a message visible again after `after` (0: at once), so work given up
-    /// on is retried sooner than the full visibility timeout.
-    pub async fn retry_after(&self, receipt: &str, after: Duration) -> Result<(), QueueError> {
-        self.client
-            .change_message_visibility()
-            .queue_url(&self.url)
-            .receipt_handle(receipt)
-            .visibility_timeout(after.as_secs().min(43_200) as i32)
-            .send()
-            .await
-            .map_err(|e| classify("ChangeMessageVisibility", e))?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
