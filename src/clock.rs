@@ -4,7 +4,7 @@
 //! [`Clock`] so that tests and the simulator can control it, and adapters that only
 //! stamp or measure use the free functions here.
 #![allow(clippy::disallowed_methods)]
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -17,8 +17,16 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        stamp()
     }
+}
+
+/// The system's time at the store's resolution (whole microseconds). The store
+/// orders rows by microsecond keys and the API shows the stamp itself; stamps
+/// finer than the key would let two rows created within one microsecond show in
+/// an order their times contradict.
+fn stamp() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
 }
 
 pub type SharedClock = Arc<dyn Clock>;
@@ -30,7 +38,7 @@ pub fn system() -> SharedClock {
 /// Wall-clock time, for stamps that no decision reads back (signatures, logs,
 /// metrics) and for code that has no [`Clock`] to hand.
 pub fn wall_now() -> DateTime<Utc> {
-    Utc::now()
+    stamp()
 }
 
 /// Wall-clock time as `SystemTime` (HTTP dates such as `Retry-After`).
@@ -47,4 +55,20 @@ pub fn monotonic() -> Instant {
 /// Monotonic time as tokio's `Instant` (for `sleep_until` deadlines).
 pub fn tokio_monotonic() -> tokio::time::Instant {
     tokio::time::Instant::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Timelike;
+
+    /// Every stamp the service makes is a whole microsecond, so the microsecond
+    /// keys that order rows and the times shown for them agree.
+    #[test]
+    fn stamps_have_the_store_resolution() {
+        for _ in 0..1_000 {
+            assert_eq!(SystemClock.now().nanosecond() % 1_000, 0);
+            assert_eq!(wall_now().nanosecond() % 1_000, 0);
+        }
+    }
 }
