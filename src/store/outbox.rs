@@ -22,16 +22,48 @@ pub(super) fn put_entries(
     Ok(out)
 }
 
+/// Whether the latest notice of `e`'s job on its channel is `e`'s own message.
+fn queued_before(notices: &TransactionalTree, e: &OutboxEntry) -> TxResult<bool> {
+    Ok(match notices.get(notice_key(e))? {
+        Some(v) => decode_in_tx::<Notice>(&v)?.webhook_id == e.webhook_id,
+        None => false,
+    })
+}
+
 impl Store {
     /// Queues entries that belong to no job transition (a channel test), and syncs;
     /// they are sent like any other once durable.
     pub fn enqueue(&self, entries: Vec<OutboxEntry>) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.enqueue_where(entries, false)
+    }
+
+    /// Like [`Store::enqueue`], but an entry whose channel's latest notice of the
+    /// same job already carries its `webhook_id` is left out: a message for an
+    /// event that was queued before (SQS delivers at least once, and again after a
+    /// crash between the commit and the delete) is not sent twice. The check and the
+    /// insert are one transaction. Returns what was queued.
+    pub fn enqueue_once(&self, entries: Vec<OutboxEntry>) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.enqueue_where(entries, true)
+    }
+
+    fn enqueue_where(
+        &self,
+        entries: Vec<OutboxEntry>,
+        once: bool,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
         let s = &self.inner;
         let out = self.committing(
             || {
                 (&s.outbox, &s.meta, &s.notices)
                     .transaction(|(outbox, meta, notices)| -> TxResult<Vec<OutboxEntry>> {
-                        put_entries(outbox, meta, notices, &entries)
+                        let mut new = Vec::with_capacity(entries.len());
+                        for e in &entries {
+                            if once && queued_before(notices, e)? {
+                                continue;
+                            }
+                            new.push(e.clone());
+                        }
+                        put_entries(outbox, meta, notices, &new)
                     })
                     .map_err(|e| self.tx_err(e))
             },

@@ -626,3 +626,38 @@ fn a_filtered_page_reads_a_bounded_slice_and_the_cursor_finds_the_rest() {
     assert_eq!(found, vec!["s00003".to_string()]);
     assert_eq!(pages, 3);
 }
+
+/// A repeat of an event's messages is not queued again: the notice of the same
+/// job and channel already carries the message's id. A new message (another id)
+/// and another channel are queued, and plain `enqueue` never skips.
+#[test]
+fn enqueue_once_leaves_out_what_was_queued_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("db")).unwrap();
+    let with_id = |id: &str, ch: &str| {
+        let mut e = entry("t", ch, key(1));
+        e.webhook_id = id.into();
+        e
+    };
+    let first = s
+        .enqueue_once(vec![with_id("msg_a", "c1"), with_id("msg_a", "c2")])
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(
+        s.enqueue_once(vec![with_id("msg_a", "c1")])
+            .unwrap()
+            .is_empty()
+    );
+    let again = s
+        .enqueue_once(vec![with_id("msg_a", "c2"), with_id("msg_b", "c1")])
+        .unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .map(|e| e.webhook_id.as_str())
+            .collect::<Vec<_>>(),
+        ["msg_b"]
+    );
+    assert_eq!(s.enqueue(vec![with_id("msg_b", "c1")]).unwrap().len(), 1);
+    assert_eq!(s.outbox_len(), 4);
+}

@@ -9,7 +9,6 @@ use crate::deadline::queue::EventQueue;
 use crate::domain::budget::{BudgetCrossed, BudgetFacts};
 use crate::domain::{Event, JobKey, OutboxEntry};
 use crate::store::{Store, Wakers};
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -19,9 +18,6 @@ pub fn count(label: &'static str, outcome: &'static str) {
     metrics::counter!("deadline_notifier_events_total", "type" => label, "outcome" => outcome)
         .increment(1);
 }
-
-/// Event ids remembered to drop SQS's duplicate deliveries of one event.
-const REMEMBERED: usize = 4096;
 
 /// One event to carry out, with its queue message.
 #[derive(Debug)]
@@ -57,27 +53,11 @@ impl BudgetLoop {
 
     /// Carries out crossings until the receive loop drops its end.
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Crossing>) {
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut order: VecDeque<String> = VecDeque::new();
         while let Some(c) = rx.recv().await {
-            let id = c.crossed.event_id.clone();
-            let outcome = if seen.contains(&id) {
-                Some("nothing")
-            } else {
-                self.carry_out(&c.crossed).await
-            };
-            let Some(outcome) = outcome else {
+            let Some(outcome) = self.carry_out(&c.crossed).await else {
                 // Not carried out: the message comes back after its visibility timeout.
                 continue;
             };
-            if outcome == "transition" && seen.insert(id.clone()) {
-                order.push_back(id);
-                if order.len() > REMEMBERED
-                    && let Some(old) = order.pop_front()
-                {
-                    seen.remove(&old);
-                }
-            }
             match self.queue.delete(std::slice::from_ref(&c.receipt)).await {
                 Ok(_) => count(c.label, outcome),
                 Err(e) => {
@@ -140,16 +120,23 @@ impl BudgetLoop {
         if entries.is_empty() {
             return Some("nothing");
         }
-        let queued = match self.store.run(move |s| s.enqueue(entries)).await {
+        // A repeat of this event (a duplicate delivery, or the message back after a
+        // crash between this commit and its delete) finds its notices queued already.
+        let queued = match self.store.run(move |s| s.enqueue_once(entries)).await {
             Ok(q) => q,
             Err(e) => {
                 tracing::error!(error = %e, "budget notices could not be stored; the event will be read again");
                 return None;
             }
         };
+        // Synced even when nothing new was queued: a repeat's earlier notices may be
+        // the ones whose sync failed, and the message is deleted after this.
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "store sync failed; the budget event will be read again");
             return None;
+        }
+        if queued.is_empty() {
+            return Some("nothing");
         }
         for e in &queued {
             tracing::info!(team = %e.team, channel = %e.channel, budget = %c.budget_id, threshold = c.threshold_percent, webhook_id = %e.webhook_id, "budget notice queued");

@@ -434,8 +434,8 @@ async fn malformed_and_hostile_bodies_are_deleted_and_counted() {
 }
 
 /// A budget crossing a threshold reaches only the channels that list
-/// `budget.threshold`, once however often the event repeats, with its hostile name
-/// inert in Slack.
+/// `budget.threshold`, once however often the event repeats (a restart between
+/// repeats included), with its hostile name inert in Slack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_threshold_reaches_the_channels_that_list_it_once() {
     let mut env = Env::new().await;
@@ -481,7 +481,7 @@ events = ["budget.threshold", "job.failed"]
         25_000.0,
         20_137.5,
     );
-    let _svc = env.start().await;
+    let mut svc = env.start().await;
     let event = envelope(
         "Budget Threshold Reached",
         json!({"farmId": farm, "budgetId": budget, "thresholdInPercent": 80}),
@@ -543,6 +543,32 @@ events = ["budget.threshold", "job.failed"]
                 "type=\"Budget Threshold Reached\"",
                 "outcome=\"transition\""
             ]
+        )
+        .await,
+        1.0
+    );
+    // The same event once more after a restart (as a crash between the commit and
+    // the delete would bring it back): the service remembers nothing of it in
+    // memory, and its notices were queued before, so nothing is sent. A clean stop,
+    // so that the deliveries themselves are on disk and none is sent again.
+    svc.terminate();
+    let _svc = env.start().await;
+    env.sim.sqs().send(QUEUE, &event);
+    wait_until(T, "the repeat deleted", || {
+        env.sim.sqs().stats().waiting == 0
+    })
+    .await;
+    control(&env).await;
+    let all = env.sink.delivered();
+    assert_eq!(
+        all.iter().filter(|r| r.path.ends_with("/budget")).count(),
+        2,
+        "still once per channel after a restart"
+    );
+    assert_eq!(
+        env.metric(
+            "deadline_notifier_events_total",
+            &["type=\"Budget Threshold Reached\"", "outcome=\"nothing\""]
         )
         .await,
         1.0
