@@ -41,7 +41,8 @@ impl Store {
     /// same job already carries its `webhook_id` is left out: a message for an
     /// event that was queued before (SQS delivers at least once, and again after a
     /// crash between the commit and the delete) is not sent twice. The check and the
-    /// insert are one transaction. Returns what was queued.
+    /// insert are one transaction; it syncs like `enqueue`, even when nothing is new.
+    /// Returns what was queued.
     pub fn enqueue_once(&self, entries: Vec<OutboxEntry>) -> Result<Vec<OutboxEntry>, StoreError> {
         self.enqueue_where(entries, true)
     }

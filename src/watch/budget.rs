@@ -122,6 +122,9 @@ impl BudgetLoop {
         }
         // A repeat of this event (a duplicate delivery, or the message back after a
         // crash between this commit and its delete) finds its notices queued already.
+        // `enqueue_once` syncs before it returns, even when it queued nothing new (a
+        // repeat's first sync may be the one that failed): the message is deleted
+        // after this.
         let queued = match self.store.run(move |s| s.enqueue_once(entries)).await {
             Ok(q) => q,
             Err(e) => {
@@ -129,12 +132,6 @@ impl BudgetLoop {
                 return None;
             }
         };
-        // Synced even when nothing new was queued: a repeat's earlier notices may be
-        // the ones whose sync failed, and the message is deleted after this.
-        if let Err(e) = self.store.flush().await {
-            tracing::error!(error = %e, "store sync failed; the budget event will be read again");
-            return None;
-        }
         if queued.is_empty() {
             return Some("nothing");
         }
