@@ -125,6 +125,21 @@ fn job(name: &str, description: &str, created_by: &str, param: &str) -> JobSnaps
 }
 
 /// Slack mrkdwn: no `<` or `>` at all, and `&` only as one of the three entities.
+/// A channel of `kind` named `name`, with every option at its default.
+fn channel(name: &str, kind: &str) -> Channel {
+    Channel {
+        name: name.into(),
+        kind: ChannelKind::named(kind).unwrap(),
+        url: Secret::new("https://x"),
+        secret: None,
+        events: None,
+        mention_owner: vec![],
+        card_only: false,
+        app: None,
+        defer: Default::default(),
+    }
+}
+
 fn mrkdwn_is_inert(t: &str) -> bool {
     if t.contains('<') || t.contains('>') {
         return false;
@@ -223,17 +238,7 @@ fn hostile_text_never_breaks_a_payload() {
             };
             for r in [&defaults, &custom] {
                 for (kind, ch) in [("slack", "s"), ("teams", "t"), ("webhook", "w")] {
-                    let channel = Channel {
-                        name: ch.into(),
-                        kind: ChannelKind::named(kind).unwrap(),
-                        url: Secret::new("https://x"),
-                        secret: None,
-                        events: None,
-                        mention_owner: vec![],
-                        card_only: false,
-                        app: None,
-                        defer: Default::default(),
-                    };
+                    let channel = channel(ch, kind);
                     let payload = r
                         .payload("lighting", &channel, &snap, &tr)
                         .map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -289,17 +294,7 @@ fn a_job_value_cannot_rearrange_the_message() {
         stalled_since: None,
     };
     let payload = |kind: &str, name: &str| {
-        let channel = Channel {
-            name: "c".into(),
-            kind: ChannelKind::named(kind).unwrap(),
-            url: Secret::new("https://x"),
-            secret: None,
-            events: None,
-            mention_owner: vec![],
-            card_only: false,
-            app: None,
-            defer: Default::default(),
-        };
+        let channel = channel("c", kind);
         defaults
             .payload(
                 "lighting",
@@ -391,17 +386,7 @@ fn digests_page_within_the_limits_and_names_stay_inert() {
         })
         .collect();
     for kind in ["slack", "teams", "webhook"] {
-        let channel = Channel {
-            name: "c".into(),
-            kind: ChannelKind::named(kind).unwrap(),
-            url: Secret::new("https://x"),
-            secret: None,
-            events: None,
-            mention_owner: vec![],
-            card_only: false,
-            app: None,
-            defer: Default::default(),
-        };
+        let channel = channel("c", kind);
         let pages = defaults.digest_pages("lighting", &channel, &held).unwrap();
         assert!(
             pages.len() > 1 || kind == "webhook",
